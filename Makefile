@@ -1,0 +1,28 @@
+# Each target builds its own virtualenv (.venv) on first use; nothing else is needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/touchpoint demo
+
+test: $(STAMP) lint typecheck
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check engine tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy engine
+
+clean:
+	rm -rf $(VENV) touchpoint-demo.db* .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,573 @@
+"""The `touchpoint` command: a thin shell over the engine.
+
+Global options come before the command: ``touchpoint --db URL --now ISO8601 log``.
+Every error a user can cause is printed as one line (``Error: …``), never a traceback;
+set ``TOUCHPOINT_DEBUG=1`` to see the traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from engine import __version__, clock
+from engine.channels import build_channels
+from engine.definitions import Definitions, load_definitions
+from engine.errors import TouchpointError, UserError
+from engine.importer import ImportSummary, import_appointments, import_patients
+from engine.outcomes import Status
+from engine.privacy import redact
+from engine.reports import LOG_FIELDS, log_rows, why
+from engine.runner import Runner, TickReport
+from engine.settings import Settings, load_settings
+from engine.simulate import Feed, simulate
+from engine.store.database import Database, head_revision, open_database, safe_url
+from engine.timing import parse_duration
+
+# --------------------------------------------------------------------------- plumbing
+
+
+@dataclass
+class App:
+    """What every command shares: settings, database and definitions, loaded on demand."""
+
+    config: str | None
+    flags: dict[str, object]
+    _settings: Settings | None = None
+    _db: Database | None = None
+    _definitions: Definitions | None = None
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config, self.flags)
+        return self._settings
+
+    def db(self, check: bool = True) -> Database:
+        if self._db is None:
+            self._db = open_database(self.settings().database_url, check=check)
+            self.cleanups.append(self._db.dispose)
+        return self._db
+
+    def definitions(self) -> Definitions:
+        if self._definitions is None:
+            settings = self.settings()
+            self._definitions = load_definitions(
+                settings.schedules_dir, settings.templates_dir,
+                settings.practice.language).raise_for_errors()
+        return self._definitions
+
+
+class TouchpointGroup(click.Group):
+    """Turns UserError into one printed line; hides tracebacks of the unexpected."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise click.ClickException(exc.message) from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get("TOUCHPOINT_DEBUG"):
+                raise
+            kind = "Touchpoint error" if isinstance(exc, TouchpointError) else "unexpected error"
+            raise click.ClickException(
+                f"{kind}: {type(exc).__name__}: {redact(str(exc))[:300]} — run again with "
+                "TOUCHPOINT_DEBUG=1 for the details, and please report it") from None
+        finally:
+            app = ctx.obj
+            if isinstance(app, App):
+                for cleanup in reversed(app.cleanups):
+                    cleanup()
+                app.cleanups.clear()
+
+
+def _parse_now(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        instant = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter("write an ISO 8601 instant, e.g. 2026-11-24T09:00-05:00") \
+            from None
+    if instant.tzinfo is None:
+        raise click.BadParameter("give a UTC offset, e.g. 2026-11-24T09:00-05:00 or …T14:00Z")
+    return instant
+
+
+def _interactive() -> bool:
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+@contextmanager
+def progress_bar(label: str, total: float | None) -> Iterator[Callable[[float], None] | None]:
+    """A progress bar on a terminal; nothing when output is piped."""
+    if not _interactive():
+        yield None
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda amount: bar.update(task, advance=amount)
+
+
+def _echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _app(ctx: click.Context) -> App:
+    app = ctx.obj
+    assert isinstance(app, App)
+    return app
+
+
+# --------------------------------------------------------------------------- the group
+
+
+@click.group(cls=TouchpointGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", "db_url", metavar="URL", help="Database URL [env TOUCHPOINT_DATABASE_URL; "
+              "default sqlite:///touchpoint.db].")
+@click.option("--config", "config", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Settings file [env TOUCHPOINT_CONFIG; default ./touchpoint.toml].")
+@click.option("--now", "now", metavar="ISO8601",
+              help="Pretend it is this instant (a virtual clock for dry runs and tests).")
+@click.option("--schedules", type=click.Path(file_okay=False), metavar="DIR",
+              help="Journey definitions folder [default ./schedules].")
+@click.option("--templates", type=click.Path(file_okay=False), metavar="DIR",
+              help="Message templates folder [default ./message_templates].")
+@click.version_option(__version__, prog_name="touchpoint")
+@click.pass_context
+def cli(ctx: click.Context, db_url: str | None, config: str | None, now: str | None,
+        schedules: str | None, templates: str | None) -> None:
+    """Touchpoint: patient journeys, a touch-point ledger, SMS and email."""
+    instant = _parse_now(now)
+    if instant is not None:
+        clock.set_now(instant)
+        ctx.call_on_close(lambda: clock.set_now(None))
+    flags: dict[str, object] = {}
+    if db_url:
+        flags["database.url"] = db_url
+    if schedules:
+        flags["paths.schedules"] = schedules
+    if templates:
+        flags["paths.templates"] = templates
+    ctx.obj = App(config, flags)
+
+
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def config_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Show every setting's effective value (secrets masked) and the file it came from."""
+    settings = _app(ctx).settings()
+    values = settings.describe()
+    if as_json:
+        _echo_json({"config_file": str(settings.config_file or ""), "settings": values})
+        return
+    click.echo(f"config file: {settings.config_file or '(none)'}")
+    for key, value in values.items():
+        click.echo(f"  {key} = {value}")
+
+
+# --------------------------------------------------------------------------- db
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Create the schema, or upgrade it to this version of Touchpoint."""
+    database = _app(ctx).db(check=False)
+    before = database.revision()
+    database.upgrade()
+    after = database.revision()
+    where = safe_url(database.url)
+    if before == after:
+        click.echo(f"{where} is up to date (schema revision {after}).")
+    else:
+        click.echo(f"{where}: schema upgraded from {before or 'empty'} to {after}.")
+
+
+@db.command("current")
+@click.pass_context
+def db_current(ctx: click.Context) -> None:
+    """Show the schema revision of the database and the one this Touchpoint needs."""
+    database = _app(ctx).db(check=False)
+    click.echo(f"database: {database.revision() or 'empty'}; this Touchpoint: {head_revision()}")
+
+
+# --------------------------------------------------------------------------- import
+
+
+@cli.group("import")
+def import_() -> None:
+    """Import (sync) patients or appointments from an EMR's CSV export."""
+
+
+def _report_import(summary: ImportSummary, as_json: bool) -> None:
+    if as_json:
+        _echo_json(summary.as_dict())
+    else:
+        parts = [f"{summary.rows} rows", f"{summary.created} new", f"{summary.updated} updated",
+                 f"{summary.unchanged} unchanged"]
+        if summary.historical:
+            parts.append(f"{summary.historical} past (no journeys started)")
+        click.echo(f"{summary.file}: {', '.join(parts)}, {summary.rejected} rejected.")
+        if summary.events:
+            click.echo("events: " + ", ".join(f"{n} {k}" for k, n in
+                                              sorted(summary.events.items())))
+        for problem in summary.problems:
+            click.echo(f"  {summary.file}: {problem}", err=True)
+    if summary.problems:
+        sys.exit(3)
+
+
+def _count_lines(path: Path) -> int | None:
+    try:
+        with path.open("rb") as fh:
+            return max(sum(1 for _ in fh) - 1, 0)
+    except OSError:
+        return None
+
+
+@import_.command("patients")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--baseline", is_flag=True,
+              help="These are existing patients: store them without starting journeys "
+                   "triggered by patient.created (no welcome messages).")
+@click.pass_context
+def import_patients_cmd(ctx: click.Context, file: Path, as_json: bool, baseline: bool) -> None:
+    """Sync patients from FILE.CSV (bad rows are reported; good rows are kept).
+
+    Exits 3 if any row was rejected.
+    """
+    app = _app(ctx)
+    settings, database = app.settings(), app.db()
+    with progress_bar("importing patients", _count_lines(file)) as bar, \
+            database.transaction() as conn:
+        summary = import_patients(conn, file, region=settings.phone_region, now=clock.now(),
+                                  baseline=baseline, progress=bar)
+    _report_import(summary, as_json)
+
+
+@import_.command("appointments")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def import_appointments_cmd(ctx: click.Context, file: Path, as_json: bool) -> None:
+    """Sync appointments from FILE.CSV (bad rows are reported; good rows are kept).
+
+    Exits 3 if any row was rejected.
+    """
+    app = _app(ctx)
+    settings, database = app.settings(), app.db()
+    with progress_bar("importing appointments", _count_lines(file)) as bar, \
+            database.transaction() as conn:
+        summary = import_appointments(conn, file, practice_tz=settings.require(
+            "practice.timezone"), now=clock.now(), progress=bar)
+    _report_import(summary, as_json)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _describe_tick(report: TickReport) -> str:
+    d = report.dispatch
+    parts = []
+    if report.recovered:
+        parts.append(f"{report.recovered} interrupted send(s) marked unknown")
+    if report.lapses:
+        parts.append(f"{report.lapses} lapse(s) found")
+    parts.append(f"{report.events} event(s) planned into {report.planned} touch point(s)")
+    if report.exited:
+        parts.append(f"{report.exited} cancelled by exits")
+    parts.append(f"{d.sent} sent")
+    for label, counter in (("skipped", d.skipped), ("cancelled", d.cancelled)):
+        if counter:
+            parts.append(f"{sum(counter.values())} {label} (" + ", ".join(
+                f"{n} {r}" for r, n in counter.most_common()) + ")")
+    if d.deferred:
+        parts.append(f"{d.deferred} deferred to daytime")
+    if d.retried:
+        parts.append(f"{d.retried} to retry")
+    if d.failed:
+        parts.append(f"{d.failed} failed")
+    if d.unknown:
+        parts.append(f"{d.unknown} unknown")
+    return "; ".join(parts) + "."
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Run one pass and exit.")
+@click.option("--dry-run", is_flag=True,
+              help="Print what would be sent; call no provider and record nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def run(ctx: click.Context, once: bool, dry_run: bool, as_json: bool) -> None:
+    """Plan pending events and send what is due now."""
+    if not once:
+        raise click.UsageError("run needs --once (to keep running, use `touchpoint daemon`)")
+    app = _app(ctx)
+    settings, database, definitions = app.settings(), app.db(), app.definitions()
+    out = sys.stderr if as_json else sys.stdout
+    channels = build_channels(settings, dry_run=dry_run, out=out)
+    runner = Runner(database, settings, definitions, channels)
+    if dry_run:
+        with database.rolled_back():
+            report = runner.tick()
+    else:
+        report = runner.tick()
+    if as_json:
+        _echo_json({**report.as_dict(), "dry_run": dry_run})
+    else:
+        prefix = "dry run (nothing recorded): " if dry_run else ""
+        click.echo(prefix + _describe_tick(report))
+
+
+@cli.command("simulate")
+@click.option("--until", "until", required=True, metavar="ISO8601",
+              help="Run the virtual clock until this instant (start: --now).")
+@click.option("--tick", "tick", default="5m", show_default=True, metavar="DURATION",
+              help="Step of the virtual clock (e.g. 1m, 5m, 1h).")
+@click.option("--feed", "feed_dir", type=click.Path(file_okay=False, path_type=Path),
+              metavar="DIR", help="Replay feed_patients.csv / feed_appointments.csv from DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print the totals as JSON.")
+@click.pass_context
+def simulate_cmd(ctx: click.Context, until: str, tick: str, feed_dir: Path | None,
+                 as_json: bool) -> None:
+    """Advance a virtual clock from --now to --until, running the engine each tick.
+
+    Only the fake and console channels are allowed.
+    """
+    start = clock.pinned()
+    if start is None:
+        raise click.UsageError("simulate needs a start: give --now before the command, e.g. "
+                               "touchpoint --now 2026-10-05T08:00-05:00 simulate --until …")
+    end = _parse_now(until)
+    assert end is not None
+    try:
+        step = parse_duration(tick)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tick") from None
+    app = _app(ctx)
+    settings, database, definitions = app.settings(), app.db(), app.definitions()
+    runner = Runner(database, settings, definitions, build_channels(settings))
+    feed = Feed.load(feed_dir) if feed_dir else None
+    with progress_bar("simulating", 1.0) as bar:
+        last = [0.0]
+
+        def advance(fraction: float) -> None:
+            if bar:
+                bar(fraction - last[0])
+                last[0] = fraction
+        result = simulate(runner, start, end, step, feed, progress=advance)
+    totals: dict[str, Any] = {"start": start.isoformat(), "until": end.isoformat(),
+                              "ticks": result.ticks,
+                              "planned": sum(r.planned for r in result.reports),
+                              "sent": result.sent,
+                              "failed": sum(r.dispatch.failed for r in result.reports)}
+    if as_json:
+        _echo_json(totals)
+    else:
+        click.echo(f"simulated {start.isoformat()} → {end.isoformat()} in {result.ticks} ticks: "
+                   f"{totals['planned']} touch points planned, {totals['sent']} sent, "
+                   f"{totals['failed']} failed. See `touchpoint log`.")
+
+
+# --------------------------------------------------------------------------- reports
+
+
+@cli.command("log")
+@click.option("--patient", metavar="ID", help="Only this patient (imported patient_id).")
+@click.option("--journey", metavar="NAME", help="Only this journey.")
+@click.option("--status", type=click.Choice([s.value for s in Status]), help="Only this status.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@click.option("--json", "as_json", is_flag=True, help="JSON array of rows.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
+@click.option("--reveal", is_flag=True, help="Show full phone numbers and emails.")
+@click.pass_context
+def log_cmd(ctx: click.Context, patient: str | None, journey: str | None, status: str | None,
+            limit: int | None, as_json: bool, as_csv: bool, reveal: bool) -> None:
+    """List touch points: when, to whom, what happened and why."""
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    database = _app(ctx).db()
+    with database.transaction() as conn:
+        rows = log_rows(conn, patient=patient, journey=journey, status=status, reveal=reveal,
+                        limit=limit)
+        if as_json:
+            _stream_json(rows, sys.stdout)
+        elif as_csv:
+            writer = csv.DictWriter(sys.stdout, LOG_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            _print_log_table(list(rows))
+
+
+def _stream_json(rows: Iterator[dict[str, Any]], out: TextIO) -> None:
+    out.write("[")
+    for index, row in enumerate(rows):
+        out.write(("," if index else "") + "\n  " + json.dumps(row, ensure_ascii=False))
+    out.write("\n]\n")
+
+
+def _print_log_table(rows: list[dict[str, Any]]) -> None:
+    console = Console()
+    if not rows:
+        console.print("No touch points match.")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("id", "due_at", "patient_id", "journey", "step", "channel", "status",
+                   "reason", "recipient"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(str(row["id"]), (row["due_at"] or "")[:16].replace("T", " "),
+                      row["patient_id"], row["journey"], row["step"], row["channel"] or "",
+                      row["status"], row["reason"] or "", row["recipient"] or "")
+    console.print(table)
+
+
+@cli.command("why")
+@click.argument("touch_point_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def why_cmd(ctx: click.Context, touch_point_id: int, as_json: bool) -> None:
+    """Explain one touch point: what was planned, what happened, and why."""
+    app = _app(ctx)
+    database = app.db()
+    try:
+        definitions: Definitions | None = app.definitions()
+    except UserError:
+        definitions = None  # explain from the ledger even if definitions are broken
+    with database.transaction() as conn:
+        answer = why(conn, touch_point_id, definitions)
+    data = answer.as_dict()
+    if as_json:
+        _echo_json(data)
+        return
+    echo = click.echo
+    echo(f"Touch point {data['id']} — {data['journey']} / {data['step']}")
+    echo(f"  patient     {data['patient_id']} {answer.patient_name}")
+    if data["appointment_id"]:
+        echo(f"  appointment {data['appointment_id']} (anchor {data['anchor']})")
+    echo(f"  status      {data['status']}" + (f" ({data['reason']})" if data["reason"] else ""))
+    echo(f"  why         {data['explanation']}")
+    echo(f"  due         {data['due_at']}" + (f", deadline {data['expires_at']}"
+                                              if data["expires_at"] else ""))
+    if data["event"]:
+        event = data["event"]
+        echo(f"  planned by  {event['kind']} at {event['occurred_at']} ({event['source']})")
+    echo(f"  step        {data['definition']}")
+    if answer.touch_point.content:
+        echo("  message     " + answer.touch_point.content.replace("\n", "\n              "))
+    echo("  history")
+    for entry in data["history"]:
+        move = f"{entry['previous_status']} → {entry['status']}" if entry["previous_status"] \
+            else entry["status"] or entry["kind"]
+        extra = ", ".join(filter(None, (entry["reason"], entry["detail"])))
+        echo(f"    {entry['at']}  {move:<22} {entry['source']:<10} {extra}")
+
+
+# --------------------------------------------------------------------------- definitions
+
+
+@cli.command("validate")
+@click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
+@click.pass_context
+def validate_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Check every schedule and template; exit 1 on any error."""
+    settings = _app(ctx).settings()
+    definitions = load_definitions(settings.schedules_dir, settings.templates_dir,
+                                   settings.practice.language)
+    found = list(definitions.diagnostics)
+    errors = [d for d in found if d.severity == "error"]
+    if as_json:
+        _echo_json({"ok": not errors, "errors": len(errors),
+                    "warnings": len(found) - len(errors),
+                    "journeys": sorted(definitions.journeys),
+                    "diagnostics": [d.as_dict() for d in found]})
+    else:
+        for diagnostic in found:
+            click.echo(str(diagnostic), err=diagnostic.severity == "error")
+        click.echo(f"{len(definitions.journeys)} journeys, {len(errors)} error(s), "
+                   f"{len(found) - len(errors)} warning(s).")
+    if errors:
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@cli.command("demo")
+@click.option("--days", type=click.IntRange(1, 365), default=60, show_default=True,
+              help="Days to simulate.")
+@click.pass_context
+def demo_cmd(ctx: click.Context, days: int) -> None:
+    """Simulate a fictional practice for 60 days and show what Touchpoint did.
+
+    Uses its own database (touchpoint-demo.db unless --db is given) and the fake channels.
+    """
+    from engine.demo import print_report, run_demo
+
+    app = _app(ctx)
+    if "database.url" not in app.flags:
+        Path("touchpoint-demo.db").unlink(missing_ok=True)
+        for suffix in ("-wal", "-shm"):
+            Path(f"touchpoint-demo.db{suffix}").unlink(missing_ok=True)
+        app.flags["database.url"] = "sqlite:///touchpoint-demo.db"
+    if app.config is None and not os.environ.get("TOUCHPOINT_CONFIG") \
+            and not Path("touchpoint.toml").is_file():
+        app.config = str(Path(__file__).parent / "demo" / "practice.toml")
+    settings = app.settings()
+    database, definitions = app.db(), app.definitions()
+    began = time.monotonic()
+    with progress_bar(f"simulating {days} days", 1.0) as bar:
+        last = [0.0]
+
+        def advance(fraction: float) -> None:
+            if bar:
+                bar(fraction - last[0])
+                last[0] = fraction
+        result = run_demo(database, settings, definitions, days=days, progress=advance)
+    console = Console(soft_wrap=True)
+    patients = next(s for s in result.imports if s.kind == "patients")
+    appointments = next(s for s in result.imports if s.kind == "appointments")
+    console.print(f"[bold]Touchpoint demo[/] — {settings.practice.name}: {patients.created} "
+                  f"patients and {appointments.created} appointments on file, then {days} days "
+                  f"of bookings, visits, cancellations, moves and no-shows from the EMR feed "
+                  f"({sum(s.rows for s in result.simulation.imports)} changes), simulated in "
+                  f"{result.simulation.ticks} ticks.")
+    print_report(console, database, settings, days)
+    url = safe_url(database.url)
+    console.print(f"\nDone in {time.monotonic() - began:.1f} s. Explore it:\n"
+                  f"  touchpoint --db {url} log --patient P1004\n"
+                  f"  touchpoint --db {url} log --status skipped\n"
+                  f"  touchpoint --db {url} why 1")
+
+
+def main() -> None:
+    cli(prog_name="touchpoint")

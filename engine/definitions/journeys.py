@@ -1,0 +1,476 @@
+"""Journeys: what practice managers write in ``schedules/*.yaml``.
+
+::
+
+    version: 1
+    journey: pre-visit
+    purpose: transactional            # or marketing
+    trigger: appointment.booked       # or {event: patient.lapsed, after: 30d}
+    exit_on: [appointment.cancelled]  # pending steps are cancelled with that reason
+    steps:
+      - id: two-days-before
+        when: {days_before: 2, at: "10:00"}   # calendar day, recipient's local time
+        channels: [sms, email]                # first allowed and reachable wins
+        template: pre-visit/two-days-before
+
+Every problem is reported as a :class:`Diagnostic` with file, line and a fix; loading
+never raises on bad input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import time, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from engine.definitions.diagnostics import Diagnostic, did_you_mean
+from engine.timing import format_duration, parse_clock, parse_duration
+
+Purpose = Literal["transactional", "marketing"]
+WhenKind = Literal["immediately", "before", "after", "days_before", "days_after"]
+Scope = Literal["anchor", "patient"]
+
+CHANNELS = ("sms", "email")
+RECIPIENTS = ("patient",)
+TRIGGER_EVENTS = (
+    "patient.created",
+    "appointment.booked",
+    "appointment.completed",
+    "appointment.no_show",
+    "appointment.cancelled",
+    "patient.lapsed",
+)
+EXIT_EVENTS = (
+    "appointment.booked",
+    "appointment.cancelled",
+    "appointment.completed",
+    "appointment.no_show",
+    "appointment.rescheduled",
+)
+# Events about an appointment that already exists: on a journey anchored on an
+# appointment they end the run for *that* appointment only (a cancelled visit does not
+# stop the reminders of another visit). A newly booked visit ends runs of any anchor.
+_ANCHOR_EVENTS = {"appointment.cancelled", "appointment.completed", "appointment.no_show",
+                  "appointment.rescheduled"}
+
+_TOP_KEYS = ("version", "journey", "description", "purpose", "trigger", "exit_on", "steps")
+_STEP_KEYS = ("id", "when", "channels", "template", "catch_up", "expires_after", "exit_on",
+              "only_if", "recipient", "description")
+_WHEN_KEYS = ("immediately", "before", "after", "days_before", "days_after", "at")
+
+
+@dataclass(frozen=True)
+class When:
+    kind: WhenKind
+    offset: timedelta = timedelta(0)
+    days: int = 0
+    at: time | None = None
+
+    @property
+    def before_anchor(self) -> bool:
+        return self.kind in ("before", "days_before")
+
+    def describe(self) -> str:
+        if self.kind == "immediately":
+            return "immediately"
+        if self.kind in ("before", "after"):
+            return f"{format_duration(self.offset)} {self.kind}"
+        at = f" at {self.at:%H:%M}" if self.at else ""
+        direction = "before" if self.kind == "days_before" else "after"
+        return f"{self.days} day{'s' if self.days != 1 else ''} {direction}{at}"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    event: str
+    after: timedelta | None = None
+
+    def describe(self) -> str:
+        return f"{self.event} after {format_duration(self.after)}" if self.after else self.event
+
+
+@dataclass(frozen=True)
+class ExitRule:
+    event: str
+    scope: Scope
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    when: When
+    channels: tuple[str, ...]
+    template: str
+    line: int
+    catch_up: bool = False
+    expires_after: timedelta | None = None
+    exit_on: tuple[ExitRule, ...] | None = None  # None: the journey's exit_on applies
+    only_if: str | None = None
+    recipient: str = "patient"
+
+    def fingerprint(self) -> str:
+        """Changes when anything that decides timing or content of this step changes."""
+        text = repr((self.when, self.channels, self.template, self.catch_up, self.expires_after,
+                     self.only_if, self.recipient))
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Journey:
+    name: str
+    purpose: Purpose
+    trigger: Trigger
+    exit_on: tuple[ExitRule, ...]
+    steps: tuple[Step, ...]
+    file: str
+    description: str = ""
+    _steps_by_id: Mapping[str, Step] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_steps_by_id", {s.id: s for s in self.steps})
+
+    @property
+    def anchored_on_appointment(self) -> bool:
+        return self.trigger.event.startswith("appointment.")
+
+    def step(self, step_id: str) -> Step | None:
+        return self._steps_by_id.get(step_id)
+
+    def exits_for(self, step: Step) -> tuple[ExitRule, ...]:
+        return step.exit_on if step.exit_on is not None else self.exit_on
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_journeys(directory: Path) -> tuple[dict[str, Journey], list[Diagnostic]]:
+    """Every ``*.yaml`` / ``*.yml`` in ``directory``; invalid files are left out and reported."""
+    diagnostics: list[Diagnostic] = []
+    journeys: dict[str, Journey] = {}
+    if not directory.is_dir():
+        diagnostics.append(Diagnostic(str(directory), None, "schedules folder not found",
+                                      "create it or point --schedules / paths.schedules at it"))
+        return journeys, diagnostics
+    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    for path in files:
+        journey, found = parse_journey_file(path)
+        diagnostics.extend(found)
+        if journey is None:
+            continue
+        if journey.name in journeys:
+            diagnostics.append(Diagnostic(
+                journey.file, 1, f"journey '{journey.name}' is already defined in "
+                f"{journeys[journey.name].file}", "give each journey a unique name"))
+            continue
+        journeys[journey.name] = journey
+    return journeys, diagnostics
+
+
+def parse_journey_file(path: Path) -> tuple[Journey | None, list[Diagnostic]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [Diagnostic(str(path), None, f"cannot read the file: {exc}",
+                                 "save it as UTF-8 text")]
+    return parse_journey(text, str(path))
+
+
+def parse_journey(text: str, file: str) -> tuple[Journey | None, list[Diagnostic]]:
+    yaml = YAML(typ="rt")
+    try:
+        data = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = (exc.problem or exc.context or "invalid YAML").strip()
+        return None, [Diagnostic(file, line, f"YAML syntax error: {problem}",
+                                 "check indentation, colons and quotes on this line and the one "
+                                 "above", code="yaml")]
+    except YAMLError as exc:
+        return None, [Diagnostic(file, None, f"YAML syntax error: {exc}", "fix the YAML syntax",
+                                 code="yaml")]
+    return _JourneyReader(file).read(data)
+
+
+class _JourneyReader:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.diagnostics: list[Diagnostic] = []
+
+    def error(self, line: int | None, message: str, fix: str = "", code: str = "") -> None:
+        self.diagnostics.append(Diagnostic(self.file, line, message, fix, code=code))
+
+    # ruamel keeps 0-based positions on every mapping and sequence
+    @staticmethod
+    def key_line(node: Any, key: str) -> int | None:
+        if isinstance(node, CommentedMap) and key in node:
+            return int(node.lc.key(key)[0]) + 1
+        return _node_line(node)
+
+    @staticmethod
+    def item_line(node: Any, index: int) -> int | None:
+        if isinstance(node, CommentedSeq) and index < len(node):
+            return int(node.lc.item(index)[0]) + 1
+        return _node_line(node)
+
+    def unknown_keys(self, node: CommentedMap, allowed: Sequence[str], where: str) -> None:
+        for key in node:
+            if key not in allowed:
+                hint = did_you_mean(str(key), allowed, f"allowed keys: {', '.join(allowed)}")
+                self.error(self.key_line(node, key), f"unknown key '{key}' {where}", hint,
+                           code="unknown-key")
+
+    def read(self, data: Any) -> tuple[Journey | None, list[Diagnostic]]:
+        if not isinstance(data, CommentedMap):
+            self.error(1, "a journey file must be a mapping of keys (version, journey, purpose, "
+                       "trigger, steps)", "start from one of the shipped files in schedules/")
+            return None, self.diagnostics
+        self.unknown_keys(data, _TOP_KEYS, "at the top level")
+        version = data.get("version")
+        if version != 1:
+            self.error(self.key_line(data, "version"),
+                       f"version must be 1, not {version!r}" if "version" in data
+                       else "missing 'version'", "write `version: 1` on the first line")
+        name = data.get("journey")
+        if not isinstance(name, str) or not name.strip():
+            self.error(self.key_line(data, "journey"), "missing journey name",
+                       "add `journey: NAME`, e.g. `journey: pre-visit`")
+            name = None
+        purpose = data.get("purpose", "transactional")
+        if purpose not in ("transactional", "marketing"):
+            self.error(self.key_line(data, "purpose"),
+                       f"purpose must be transactional or marketing, not {purpose!r}",
+                       did_you_mean(str(purpose), ("transactional", "marketing"),
+                                    "marketing needs marketing consent; reminders are "
+                                    "transactional"))
+        trigger = self.read_trigger(data)
+        exits = self.read_exits(data, "exit_on", trigger) if "exit_on" in data else ()
+        steps = self.read_steps(data, trigger)
+        if self.diagnostics or name is None or trigger is None or exits is None:
+            return None, self.diagnostics
+        return Journey(
+            name=name.strip(),
+            purpose=purpose,
+            trigger=trigger,
+            exit_on=exits,
+            steps=tuple(steps),
+            file=self.file,
+            description=str(data.get("description") or ""),
+        ), self.diagnostics
+
+    def read_trigger(self, data: CommentedMap) -> Trigger | None:
+        line = self.key_line(data, "trigger")
+        raw = data.get("trigger")
+        if raw is None:
+            self.error(line, "missing 'trigger'", f"add e.g. `trigger: appointment.booked` "
+                       f"(one of {', '.join(TRIGGER_EVENTS)})")
+            return None
+        after: timedelta | None = None
+        if isinstance(raw, CommentedMap):
+            self.unknown_keys(raw, ("event", "after"), "in trigger")
+            event = raw.get("event")
+            if "after" in raw:
+                try:
+                    after = parse_duration(raw["after"])
+                except ValueError as exc:
+                    self.error(self.key_line(raw, "after"), str(exc))
+        else:
+            event = raw
+        if event not in TRIGGER_EVENTS:
+            self.error(line, f"unknown trigger event {event!r}",
+                       did_you_mean(str(event), TRIGGER_EVENTS,
+                                    f"use one of {', '.join(TRIGGER_EVENTS)}"), code="trigger")
+            return None
+        if event == "patient.lapsed" and after is None:
+            self.error(line, "patient.lapsed needs to know how long without a visit",
+                       "write `trigger: {event: patient.lapsed, after: 30d}`")
+            return None
+        if event != "patient.lapsed" and after is not None:
+            self.error(line, f"'after' only applies to patient.lapsed, not {event}",
+                       "remove 'after' or time the steps with `when`")
+            return None
+        return Trigger(str(event), after)
+
+    def read_exits(self, node: CommentedMap, key: str,
+                   trigger: Trigger | None) -> tuple[ExitRule, ...] | None:
+        raw = node.get(key)
+        line = self.key_line(node, key)
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            self.error(line, f"{key} must be a list of events",
+                       "write e.g. `exit_on: [appointment.cancelled]`")
+            return None
+        rules: list[ExitRule] = []
+        for index, item in enumerate(raw):
+            item_line = self.item_line(raw, index)
+            scope: str | None = None
+            if isinstance(item, CommentedMap):
+                self.unknown_keys(item, ("event", "scope"), f"in {key}")
+                event, scope = item.get("event"), item.get("scope")
+            else:
+                event = item
+            if event not in EXIT_EVENTS:
+                self.error(item_line, f"unknown exit event {event!r}",
+                           did_you_mean(str(event), EXIT_EVENTS,
+                                        f"use one of {', '.join(EXIT_EVENTS)}"), code="exit")
+                continue
+            if scope is None:
+                anchored = trigger is not None and trigger.event.startswith("appointment.")
+                scope = "anchor" if anchored and event in _ANCHOR_EVENTS else "patient"
+            if scope not in ("anchor", "patient"):
+                self.error(item_line, f"scope must be anchor or patient, not {scope!r}",
+                           "anchor: only the appointment the journey started from; patient: any")
+                continue
+            rules.append(ExitRule(str(event), scope))  # type: ignore[arg-type]
+        return tuple(rules)
+
+    def read_steps(self, data: CommentedMap, trigger: Trigger | None) -> list[Step]:
+        raw = data.get("steps")
+        if not isinstance(raw, list) or not raw:
+            self.error(self.key_line(data, "steps"), "a journey needs at least one step",
+                       "add `steps:` with items that have id, when, channels and template")
+            return []
+        steps: list[Step] = []
+        seen: dict[str, int | None] = {}
+        for index, item in enumerate(raw):
+            line = self.item_line(raw, index) or 1
+            if not isinstance(item, CommentedMap):
+                self.error(line, "each step must be a mapping with id, when, channels, template")
+                continue
+            step = self.read_step(item, line, trigger)
+            if step is None:
+                continue
+            if step.id in seen:
+                self.error(self.key_line(item, "id"), f"duplicate step id '{step.id}' "
+                           f"(first at line {seen[step.id]})", "give each step a unique id",
+                           code="duplicate-step")
+                continue
+            seen[step.id] = self.key_line(item, "id")
+            steps.append(step)
+        return steps
+
+    def read_step(self, item: CommentedMap, line: int, trigger: Trigger | None) -> Step | None:
+        before = len(self.diagnostics)
+        self.unknown_keys(item, _STEP_KEYS, f"in step '{item.get('id', '?')}'")
+        step_id = item.get("id")
+        if not isinstance(step_id, str) or not step_id.strip():
+            self.error(line, "a step needs an id", "add `id: some-name` (letters, digits, dashes)")
+            step_id = "?"
+        when = self.read_when(item, trigger)
+        channels = item.get("channels")
+        if (not isinstance(channels, list) or not channels
+                or any(c not in CHANNELS for c in channels)):
+            bad = [c for c in channels or [] if c not in CHANNELS] if isinstance(channels, list) \
+                else [channels]
+            hint = did_you_mean(str(bad[0]), CHANNELS, "") if bad else ""
+            self.error(self.key_line(item, "channels"),
+                       f"channels must be a list of {' and/or '.join(CHANNELS)}"
+                       + (f", not {bad[0]!r}" if bad and bad[0] is not None else ""),
+                       hint or "write e.g. `channels: [sms, email]`")
+        elif len(set(channels)) != len(channels):
+            self.error(self.key_line(item, "channels"), "a channel is listed twice",
+                       "list each channel once, in the order to try them")
+        template = item.get("template")
+        if not isinstance(template, str) or not template.strip():
+            self.error(self.key_line(item, "template"), "a step needs a template",
+                       "add e.g. `template: pre-visit/two-days-before` (a path under "
+                       "message_templates/, without extension)")
+        catch_up = item.get("catch_up", False)
+        if not isinstance(catch_up, bool):
+            self.error(self.key_line(item, "catch_up"), "catch_up must be true or false")
+        expires: timedelta | None = None
+        if "expires_after" in item:
+            try:
+                expires = parse_duration(item["expires_after"])
+            except ValueError as exc:
+                self.error(self.key_line(item, "expires_after"), str(exc))
+        exits = self.read_exits(item, "exit_on", trigger) if "exit_on" in item else None
+        only_if = item.get("only_if")
+        if only_if is not None and not isinstance(only_if, str):
+            self.error(self.key_line(item, "only_if"), "only_if must be an expression in quotes",
+                       "write e.g. `only_if: \"appointment.visit_number == 3\"`")
+        recipient = item.get("recipient", "patient")
+        if recipient not in RECIPIENTS:
+            self.error(self.key_line(item, "recipient"), f"unknown recipient {recipient!r}",
+                       f"use one of {', '.join(RECIPIENTS)}")
+        if len(self.diagnostics) > before or when is None:
+            return None
+        return Step(
+            id=step_id.strip(),
+            when=when,
+            channels=tuple(channels),
+            template=template.strip(),
+            line=line,
+            catch_up=catch_up,
+            expires_after=expires,
+            exit_on=exits,
+            only_if=only_if,
+            recipient=recipient,
+        )
+
+    def read_when(self, item: CommentedMap, trigger: Trigger | None) -> When | None:
+        line = self.key_line(item, "when")
+        raw = item.get("when")
+        forms = ("write one of: immediately, {before: 2h}, {after: 90m}, "
+                 "{days_before: 2, at: \"10:00\"}, {days_after: 1, at: \"18:00\"}")
+        if raw is None:
+            self.error(line, "a step needs `when`", forms)
+            return None
+        if raw == "immediately":
+            return When("immediately")
+        if not isinstance(raw, CommentedMap):
+            self.error(line, f"cannot read when: {raw!r}", forms)
+            return None
+        self.unknown_keys(raw, _WHEN_KEYS, "in when")
+        kinds = [k for k in ("immediately", "before", "after", "days_before", "days_after")
+                 if k in raw]
+        if len(kinds) != 1:
+            self.error(line, "when needs exactly one of immediately, before, after, "
+                       "days_before, days_after", forms)
+            return None
+        kind: WhenKind = kinds[0]  # type: ignore[assignment]
+        when: When | None = None
+        try:
+            if kind == "immediately":
+                when = When("immediately")
+            elif kind in ("before", "after"):
+                if "at" in raw:
+                    raise ValueError(f"'at' goes with days_{kind}, not {kind}; write "
+                                     f"{{days_{kind}: 1, at: \"10:00\"}}")
+                when = When(kind, offset=parse_duration(raw[kind]))
+            else:
+                days = raw[kind]
+                if not isinstance(days, int) or isinstance(days, bool) or days < 0:
+                    raise ValueError(f"{kind} must be a whole number of days, e.g. {kind}: 2")
+                if "at" not in raw:
+                    raise ValueError(f"{kind} needs a local time: write {{{kind}: {days}, "
+                                     f"at: \"10:00\"}}")
+                when = When(kind, days=days, at=parse_clock(raw["at"]))
+        except ValueError as exc:
+            self.error(line, f"when: {exc}")
+            return None
+        if when.before_anchor and (trigger is None or trigger.event != "appointment.booked"):
+            event = trigger.event if trigger else "this trigger"
+            self.error(line, f"'{kind}' needs an upcoming appointment, but {event} has none",
+                       "time the step with after/days_after, or trigger on appointment.booked")
+            return None
+        return when
+
+
+def _node_line(node: Any) -> int | None:
+    lc = getattr(node, "lc", None)
+    return int(lc.line) + 1 if lc is not None and lc.line is not None else None
+
+
+def iter_steps(journeys: Mapping[str, Journey]) -> Iterator[tuple[Journey, Step]]:
+    for journey in journeys.values():
+        for step in journey.steps:
+            yield journey, step

@@ -1,0 +1,373 @@
+"""Message templates: ``message_templates/<journey>/<step>[.<lang>].<channel>.j2``.
+
+* ``<step>.sms.j2`` is the SMS body.
+* ``<step>.email.j2`` defines blocks ``subject`` and ``text`` and, optionally, ``html``.
+* ``<step>.es.sms.j2`` is the Spanish variant; a recipient whose language has no variant
+  gets the default file (``es-MX`` tries ``es-MX``, then ``es``, then the default).
+
+Templates run in Jinja's sandbox with ``StrictUndefined``: a misspelt variable is an
+error, never an empty string in a patient's message. Dates and times format in the
+recipient's timezone and language: ``{{ appointment.start | date }}`` → "Tuesday,
+November 24" or "martes, 24 de noviembre"; ``| time`` → "3:00 PM" or "15:00".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import phonenumbers
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date, format_skeleton, format_time
+from jinja2 import (
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateError,
+    TemplateSyntaxError,
+    UndefinedError,
+    meta,
+    nodes,
+    pass_context,
+)
+from jinja2.runtime import Context
+from jinja2.sandbox import SandboxedEnvironment
+
+from engine.definitions.diagnostics import Diagnostic, did_you_mean
+from engine.errors import TemplateRenderError
+
+# What templates can use. ``custom`` (patient) and ``links`` (practice) are open tables.
+FIELDS: dict[str, tuple[str, ...]] = {
+    "patient": ("id", "first_name", "last_name", "full_name", "language", "timezone", "custom"),
+    "appointment": ("id", "start", "end", "duration_minutes", "visit_type", "therapist",
+                    "location", "status", "visit_number", "confirmed"),
+    "practice": ("name", "phone", "phone_e164", "address", "website", "timezone", "links"),
+    "recipient": ("role", "first_name", "last_name", "language", "timezone"),
+    "touch_point": ("id", "journey", "step"),
+}
+OPEN_TABLES = {("patient", "custom"), ("practice", "links")}
+EMAIL_BLOCKS = ("subject", "text", "html")
+_SUFFIX = re.compile(r"^(?P<step>[^.]+)(?:\.(?P<lang>[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]+)?))?"
+                     r"\.(?P<channel>sms|email)\.j2$")
+
+
+class Fields:
+    """A read-only bag of attributes for templates (``patient.first_name``)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"Fields({', '.join(self._values)})"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    channel: str
+    body: str  # the SMS body, or the email's plain text
+    subject: str | None = None
+    html: str | None = None
+    template_file: str = ""
+    language: str = ""
+
+
+# --------------------------------------------------------------------------- filters
+
+
+# CLDR formats use narrow and non-breaking spaces ("3:00\u202fPM"); either one would force
+# an SMS into UCS-2 (70 characters a segment instead of 160). Dates use plain spaces.
+_PLAIN_SPACES = str.maketrans({"\u202f": " ", "\u00a0": " ", "\u2009": " "})
+
+
+def _plain(text: str) -> str:
+    return text.translate(_PLAIN_SPACES)
+
+
+def _zone_and_locale(context: Context) -> tuple[ZoneInfo, str]:
+    return context.get("_zone"), context.get("_locale", "en")
+
+
+def _as_instant(value: object) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise TemplateRenderError(f"expected a date and time, got {value!r}")
+    return value
+
+
+@pass_context
+def _date(context: Context, value: object) -> str:
+    """Tuesday, November 24 — martes, 24 de noviembre."""
+    tz, locale = _zone_and_locale(context)
+    instant = _as_instant(value).astimezone(tz)
+    return _plain(f"{format_date(instant, 'EEEE', locale=locale)}, "
+                  f"{format_skeleton('MMMMd', instant, locale=locale)}")
+
+
+@pass_context
+def _short_date(context: Context, value: object) -> str:
+    """Tue, Nov 24 — mar, 24 nov."""
+    tz, locale = _zone_and_locale(context)
+    return _plain(format_skeleton("MMMEd", _as_instant(value).astimezone(tz), locale=locale))
+
+
+@pass_context
+def _weekday(context: Context, value: object) -> str:
+    tz, locale = _zone_and_locale(context)
+    return _plain(format_date(_as_instant(value).astimezone(tz), "EEEE", locale=locale))
+
+
+@pass_context
+def _time(context: Context, value: object) -> str:
+    """3:00 PM — 15:00."""
+    tz, locale = _zone_and_locale(context)
+    return _plain(format_time(_as_instant(value).astimezone(tz), "short", locale=locale))
+
+
+@pass_context
+def _datetime(context: Context, value: object) -> str:
+    return f"{_date(context, value)}, {_time(context, value)}"
+
+
+def format_phone(value: object) -> str:
+    """+15035550100 → (503) 555-0100."""
+    try:
+        number = phonenumbers.parse(str(value), None)
+    except phonenumbers.NumberParseException:
+        return str(value)
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL))
+
+
+FILTERS = {
+    "date": _date,
+    "short_date": _short_date,
+    "weekday": _weekday,
+    "time": _time,
+    "datetime": _datetime,
+    "phone": format_phone,
+}
+
+
+def _environment(directory: Path, autoescape: bool) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(
+        loader=FileSystemLoader(str(directory), encoding="utf-8"),
+        undefined=StrictUndefined,
+        autoescape=autoescape,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        auto_reload=False,
+        cache_size=2000,
+    )
+    env.filters.update(FILTERS)
+    return env
+
+
+def language_candidates(language: str | None) -> list[str]:
+    """``es-MX`` → ``["es-MX", "es"]``; ``None`` → ``[]``."""
+    if not language:
+        return []
+    normalised = language.replace("_", "-")
+    base = normalised.split("-")[0].lower()
+    return [normalised, base] if normalised.lower() != base else [base]
+
+
+def locale_for(language: str) -> str:
+    try:
+        return str(Locale.parse(language.replace("-", "_")))
+    except (UnknownLocaleError, ValueError):
+        return "en"
+
+
+# --------------------------------------------------------------------------- the set
+
+
+class TemplateSet:
+    """All templates under one folder, compiled once and rendered many times."""
+
+    def __init__(self, directory: Path, default_language: str = "en") -> None:
+        self.directory = directory
+        self.default_language = default_language
+        self._text = _environment(directory, autoescape=False)
+        self._html = _environment(directory, autoescape=True)
+        self._files = self._scan()
+        self._resolved: dict[tuple[str, str, str | None], tuple[str, str] | None] = {}
+
+    def _scan(self) -> dict[tuple[str, str, str | None], str]:
+        found: dict[tuple[str, str, str | None], str] = {}
+        if not self.directory.is_dir():
+            return found
+        for path in sorted(self.directory.rglob("*.j2")):
+            match = _SUFFIX.match(path.name)
+            if not match:
+                continue
+            relative = path.relative_to(self.directory)
+            name = str(relative.parent / match["step"]).replace("\\", "/")
+            lang = match["lang"].replace("_", "-") if match["lang"] else None
+            found[(name, match["channel"], lang)] = str(relative).replace("\\", "/")
+        return found
+
+    def files(self) -> Iterator[tuple[str, str, str | None, str]]:
+        """(template name, channel, language or None, relative file) for every file."""
+        for (name, channel, lang), file in self._files.items():
+            yield name, channel, lang, file
+
+    def languages(self, name: str, channel: str) -> list[str | None]:
+        return [lang for (n, c, lang) in self._files if n == name and c == channel]
+
+    def has(self, name: str, channel: str) -> bool:
+        return (name, channel, None) in self._files
+
+    def resolve(self, name: str, channel: str, language: str | None) -> tuple[str, str] | None:
+        """(file, language used) for a recipient's language, falling back to the default."""
+        key = (name, channel, language)
+        if key not in self._resolved:
+            result: tuple[str, str] | None = None
+            for lang in language_candidates(language):
+                for (n, c, variant), file in self._files.items():
+                    if n == name and c == channel and variant and variant.lower() == lang.lower():
+                        result = (file, variant)
+                        break
+                if result:
+                    break
+            if result is None and (name, channel, None) in self._files:
+                result = (self._files[(name, channel, None)], self.default_language)
+            self._resolved[key] = result
+        return self._resolved[key]
+
+    def path(self, file: str) -> Path:
+        return self.directory / file
+
+    def render(self, name: str, channel: str, language: str | None, variables: Mapping[str, Any],
+               zone: ZoneInfo) -> Rendered:
+        """Render one message. Raises TemplateRenderError naming the file and line."""
+        resolved = self.resolve(name, channel, language)
+        if resolved is None:
+            raise TemplateRenderError(f"no {channel} template {name}.{channel}.j2 in "
+                                      f"{self.directory}")
+        file, used = resolved
+        context = {**variables, "_zone": zone, "_locale": locale_for(used)}
+        try:
+            if channel == "sms":
+                body = self._text.get_template(file).render(context)
+                return Rendered("sms", _tidy(body), template_file=file, language=used)
+            text_template = self._text.get_template(file)
+            subject = " ".join(_block(text_template, "subject", context).split())
+            text = _tidy(_block(text_template, "text", context))
+            html_template = self._html.get_template(file)
+            html = _block(html_template, "html", context).strip() \
+                if "html" in html_template.blocks else None
+            return Rendered("email", text, subject=subject, html=html or None,
+                            template_file=file, language=used)
+        except TemplateRenderError:
+            raise
+        except UndefinedError as exc:
+            raise TemplateRenderError(f"{file}: {exc.message} — check the variable name") from None
+        except TemplateError as exc:
+            raise TemplateRenderError(f"{file}: {exc}") from None
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise TemplateRenderError(f"{file}: {type(exc).__name__}: {exc}") from None
+
+    # ----------------------------------------------------------------- checking
+
+    def check_file(self, file: str) -> list[Diagnostic]:
+        """Syntax, required email blocks and undefined variables of one template file."""
+        where = str(self.directory / file)
+        try:
+            source = self.path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            return [Diagnostic(where, None, f"cannot read the template: {exc}",
+                               "save it as UTF-8 text")]
+        try:
+            tree = self._text.parse(source, file)
+        except TemplateSyntaxError as exc:
+            return [Diagnostic(where, exc.lineno, f"template syntax error: {exc.message}",
+                               "check the {{ }} and {% %} tags on this line", code="jinja")]
+        found = list(check_variables(tree, where))
+        if file.endswith(".email.j2"):
+            blocks = {block.name for block in tree.find_all(nodes.Block)}
+            for required in ("subject", "text"):
+                if required not in blocks:
+                    found.append(Diagnostic(
+                        where, 1, f"email template has no {required} block",
+                        f"add {{% block {required} %}}…{{% endblock %}}", code="email-block"))
+        return found
+
+    def variables_used(self, file: str) -> set[str]:
+        """``{"patient.first_name", "appointment.start", …}`` used by one file."""
+        try:
+            tree = self._text.parse(self.path(file).read_text(encoding="utf-8"), file)
+        except (OSError, UnicodeDecodeError, TemplateSyntaxError):
+            return set()
+        return {f"{obj}.{attr}" if attr else obj for obj, attr, _ in _references(tree)}
+
+    def compile_expression(self, source: str) -> Callable[..., Any]:
+        """A step's ``only_if`` condition, compiled in the same sandbox."""
+        return self._text.compile_expression(source, undefined_to_none=False)
+
+
+def _block(template: Template, name: str, context: Mapping[str, Any]) -> str:
+    render = template.blocks.get(name)
+    if render is None:
+        return ""
+    return "".join(render(template.new_context(dict(context))))
+
+
+def _tidy(text: str) -> str:
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
+
+
+def _references(tree: nodes.Template) -> Iterator[tuple[str, str | None, int]]:
+    """(top-level name, attribute or None, line) for every variable the template reads."""
+    undeclared = meta.find_undeclared_variables(tree)
+    attributed: set[int] = set()
+    for node in tree.find_all(nodes.Getattr):
+        if isinstance(node.node, nodes.Name) and node.node.name in undeclared:
+            attributed.add(id(node.node))
+            yield node.node.name, node.attr, node.lineno
+    for item in tree.find_all(nodes.Getitem):
+        if (isinstance(item.node, nodes.Name) and item.node.name in undeclared
+                and isinstance(item.arg, nodes.Const) and isinstance(item.arg.value, str)):
+            attributed.add(id(item.node))
+            yield item.node.name, item.arg.value, item.lineno
+    for name in tree.find_all(nodes.Name):
+        if name.ctx == "load" and name.name in undeclared and id(name) not in attributed:
+            yield name.name, None, name.lineno
+
+
+def check_variables(tree: nodes.Template, where: str,
+                    extra_names: Iterable[str] = ("unsubscribe_url",)) -> Iterator[Diagnostic]:
+    known_top = (*FIELDS, *extra_names)
+    for name, attr, line in _references(tree):
+        if name not in known_top:
+            yield Diagnostic(where, line, f"unknown variable '{name}'",
+                             did_you_mean(name, known_top,
+                                          f"templates can use {', '.join(FIELDS)}"),
+                             code="undefined")
+        elif attr is not None and name in FIELDS and attr not in FIELDS[name]:
+            yield Diagnostic(where, line, f"'{name}' has no field '{attr}'",
+                             did_you_mean(attr, FIELDS[name],
+                                          f"{name} has: {', '.join(FIELDS[name])}"),
+                             code="undefined")
+

@@ -1,0 +1,342 @@
+"""The dispatcher: claim due → re-check guards → render → send → record.
+
+For each due touch point, in order of due time:
+
+1. the journey and step still exist (else ``cancelled``: journey_removed / step_removed);
+2. its deadline has not passed (else ``skipped``: too_late);
+3. its anchor still holds and no exit event happened since planning (else ``cancelled``);
+4. it is daytime where the recipient is (else deferred to the next allowed minute, or
+   ``skipped``: too_late if that is past the deadline);
+5. the first of the step's channels with a contact, consent and no opt-out is chosen
+   (else ``skipped`` with the first channel's reason, every channel's in the detail);
+6. the message is rendered and the row marked ``sending`` — **committed before the
+   provider is called**, so a crash can never lead to a blind re-send;
+7. the provider's answer is recorded: ``sent``; a transient error is retried by the
+   retry policy (back to ``planned`` at a later time) or ``failed``; a permanent error
+   falls through to the next channel or ``failed``; an ambiguous one becomes ``unknown``.
+
+Only :class:`~engine.errors.ChannelError` and template render errors are caught here;
+configuration errors stop the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert
+
+from engine import clock
+from engine.channels.base import Channel, OutboundMessage
+from engine.definitions import Definitions
+from engine.definitions.journeys import Journey, Step
+from engine.errors import (
+    AmbiguousChannelError,
+    ChannelError,
+    PermanentChannelError,
+    TemplateRenderError,
+    TransientChannelError,
+)
+from engine.guards import (
+    Defer,
+    Verdict,
+    address_for,
+    anchor_verdict,
+    channel_refusal,
+    deadline_verdict,
+    quiet_hours_verdict,
+    recipient_zone,
+)
+from engine.message_context import message_context, practice_fields
+from engine.outcomes import Reason, Status
+from engine.privacy import mask_address, redact
+from engine.records import Appointment, Patient
+from engine.retry import GiveUp, RetryPolicy
+from engine.settings import Settings
+from engine.store import ledger
+from engine.store.database import Database
+from engine.store.ledger import TouchPoint
+from engine.store.records import (
+    latest_events,
+    load_appointments,
+    load_patients,
+    next_booked,
+    opted_out,
+    visit_numbers,
+)
+from engine.store.schema import opt_outs
+from engine.timing import zone
+
+log = logging.getLogger("touchpoint.dispatch")
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class DispatchStats:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    unknown: int = 0
+    deferred: int = 0
+    retried: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    cancelled: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"claimed": self.claimed, "sent": self.sent, "failed": self.failed,
+                "unknown": self.unknown, "deferred": self.deferred, "retried": self.retried,
+                "skipped": dict(self.skipped), "cancelled": dict(self.cancelled)}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the guards and templates need for one claimed batch, read in one go."""
+
+    patients: Mapping[int, Patient]
+    appointments: Mapping[int, Appointment]
+    next_appointments: Mapping[int, Appointment]
+    visit_numbers: Mapping[int, int]
+    opt_outs: Mapping[tuple[str, str], set[str]]
+    latest_events: Mapping[int, Mapping[str, datetime]]
+
+
+class Dispatcher:
+    def __init__(self, db: Database, definitions: Definitions, settings: Settings,
+                 channels: Mapping[str, Channel], *, worker: str | None = None,
+                 retry: RetryPolicy | None = None) -> None:
+        self.db = db
+        self.definitions = definitions
+        self.settings = settings
+        self.channels = channels
+        self.worker = worker or new_worker_id()
+        self.retry = retry or RetryPolicy(settings.dispatch.max_attempts,
+                                          settings.dispatch.retry_backoff)
+        self.practice_timezone: str = settings.require("practice.timezone")
+        self.practice = practice_fields(settings)
+        self.quiet_hours = settings.quiet_hours
+        self.stats = DispatchStats()
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, stop: Callable[[], bool] = lambda: False) -> DispatchStats:
+        """Send everything due now; return when nothing due is left or ``stop()`` says so."""
+        self.stats = DispatchStats()
+        batch_size = self.settings.dispatch.batch_size
+        lease = max(timedelta(minutes=2), self.settings.dispatch.send_timeout)
+        while not stop():
+            with self.db.transaction() as conn:
+                batch = ledger.claim_due(conn, self.worker, clock.now(), batch_size, lease)
+            if not batch:
+                break
+            self.stats.claimed += len(batch)
+            snapshot = self._snapshot(batch)
+            for index, tp in enumerate(batch):
+                if stop():
+                    with self.db.transaction() as conn:
+                        ledger.release(conn, [t.id for t in batch[index:]], self.worker)
+                    break
+                self.handle(tp, snapshot)
+        return self.stats
+
+    def _snapshot(self, batch: list[TouchPoint]) -> Snapshot:
+        patient_ids = {tp.patient_id for tp in batch}
+        exit_kinds = {rule.event for journey in self.definitions.journeys.values()
+                      for step in journey.steps for rule in journey.exits_for(step)
+                      if rule.scope == "patient"}
+        with self.db.transaction() as conn:
+            patients = load_patients(conn, patient_ids)
+            appointment_ids = {tp.appointment_id for tp in batch if tp.appointment_id}
+            appointments = load_appointments(conn, appointment_ids)
+            unanchored = {tp.patient_id for tp in batch if tp.appointment_id is None}
+            upcoming = next_booked(conn, unanchored, clock.now()) if unanchored else {}
+            numbers = visit_numbers(conn, appointment_ids | {a.id for a in upcoming.values()})
+            addresses = {a for p in patients.values() for a in (p.phone, p.email) if a}
+            blocked = opted_out(conn, addresses)
+            events = latest_events(conn, patient_ids, exit_kinds)
+        return Snapshot(patients, appointments, upcoming, numbers, blocked, events)
+
+    # ------------------------------------------------------------------ one touch point
+
+    def handle(self, tp: TouchPoint, snapshot: Snapshot) -> None:
+        journey = self.definitions.journey(tp.journey)
+        step = journey.step(tp.step) if journey else None
+        if journey is None or step is None:
+            reason = Reason.JOURNEY_REMOVED if journey is None else Reason.STEP_REMOVED
+            self._settle(tp, Verdict(Status.CANCELLED, reason,
+                                     f"{tp.journey}/{tp.step} is no longer in schedules/"))
+            return
+        patient = snapshot.patients[tp.patient_id]
+        appointment = snapshot.appointments.get(tp.appointment_id) if tp.appointment_id \
+            else None
+        now = clock.now()
+        verdict = deadline_verdict(tp, now) or anchor_verdict(
+            tp, journey, step, appointment, snapshot.latest_events.get(tp.patient_id, {}))
+        if verdict is not None:
+            self._settle(tp, verdict)
+            return
+        timezone = recipient_zone(patient, self.practice_timezone)
+        quiet = quiet_hours_verdict(tp, now, self.quiet_hours, timezone)
+        if isinstance(quiet, Verdict):
+            self._settle(tp, quiet)
+            return
+        if isinstance(quiet, Defer):
+            with self.db.transaction() as conn:
+                ledger.reschedule(conn, tp.id, worker=self.worker, due_at=quiet.until,
+                                  now=now, reason="quiet_hours", detail=quiet.detail)
+            self.stats.deferred += 1
+            return
+        candidates, refusals = [], []
+        for channel in step.channels:
+            refusal = channel_refusal(channel, patient, tp.purpose, snapshot.opt_outs)
+            if refusal is None:
+                candidates.append(channel)
+            else:
+                refusals.append(refusal)
+        if not candidates:
+            self._settle(tp, Verdict(Status.SKIPPED, refusals[0][0],
+                                     "; ".join(detail for _, detail in refusals)))
+            return
+        self._send(tp, journey, step, patient, appointment, snapshot, candidates, timezone)
+
+    def _send(self, tp: TouchPoint, journey: Journey, step: Step, patient: Patient,
+              appointment: Appointment | None, snapshot: Snapshot, candidates: list[str],
+              timezone: str) -> None:
+        shown = appointment or snapshot.next_appointments.get(patient.id)
+        context = message_context(
+            patient=patient, appointment=shown, practice=self.practice,
+            practice_timezone=self.practice_timezone, touch_point_id=tp.id,
+            journey=tp.journey, step=tp.step,
+            visit_number=snapshot.visit_numbers.get(shown.id) if shown else None)
+        failures: list[tuple[str, str]] = []
+        attempts = 0
+        for position, kind in enumerate(candidates):
+            last = position == len(candidates) - 1
+            try:
+                rendered = self.definitions.templates.render(
+                    step.template, kind, patient.language, context, zone(timezone))
+            except TemplateRenderError as exc:
+                failures.append((Reason.TEMPLATE_ERROR, f"{kind}: {exc.message}"))
+                log.error("template error for touch point %s: %s", tp.id, exc.message)
+                continue
+            address = address_for(patient, kind)
+            assert address is not None
+            message = OutboundMessage(
+                touch_point_id=tp.id, kind=kind, to=address, body=rendered.body,
+                subject=rendered.subject, html=rendered.html, purpose=tp.purpose,
+                journey=tp.journey, step=tp.step)
+            attempts += 1
+            outcome = self._attempt(tp, kind, message, attempt=tp.attempts + attempts,
+                                    template_file=rendered.template_file, last=last,
+                                    failures=failures)
+            if outcome != "next":
+                return
+        # Every candidate failed before reaching a provider (template errors).
+        reason, _ = failures[0]
+        self._settle(tp, Verdict(Status.FAILED, reason, "; ".join(d for _, d in failures)))
+
+    def _attempt(self, tp: TouchPoint, kind: str, message: OutboundMessage, *, attempt: int,
+                 template_file: str, last: bool, failures: list[tuple[str, str]]) -> str:
+        """Send through one channel. Returns "done", or "next" to try the next channel."""
+        channel = self.channels[kind]
+        with self.db.transaction() as conn:
+            started = ledger.transition(
+                conn, tp.id, expect=Status.PLANNED, to=Status.SENDING, now=clock.now(),
+                source="dispatcher", worker=self.worker,
+                detail=f"{kind} via {channel.provider} to {mask_address(message.to)}",
+                values={"channel": kind, "address": message.to, "provider": channel.provider,
+                        "attempts": attempt, "sending_at": clock.now(),
+                        "template_file": template_file, "content": _content(message)})
+        if not started:
+            log.warning("touch point %s was taken by another worker; leaving it", tp.id)
+            return "done"
+        try:
+            result = channel.send(message)
+        except TransientChannelError as exc:
+            self._after_transient(tp, exc, attempt)
+            return "done"
+        except PermanentChannelError as exc:
+            detail = f"{kind}: {redact(exc.describe())}"
+            failures.append((Reason.PROVIDER_ERROR, detail))
+            if exc.opted_out:
+                self._record_opt_out(kind, message.to, f"provider: {exc.describe()}")
+            if last:
+                self._finish(tp, Status.SENDING, Status.FAILED, Reason.PROVIDER_ERROR,
+                             "; ".join(d for _, d in failures))
+                self.stats.failed += 1
+                return "done"
+            self._finish(tp, Status.SENDING, Status.PLANNED, Reason.PROVIDER_ERROR,
+                         f"{detail}; trying the next channel", keep_claim=True)
+            return "next"
+        except AmbiguousChannelError as exc:
+            self._finish(tp, Status.SENDING, Status.UNKNOWN, "ambiguous",
+                         f"{redact(exc.describe())}; not re-sent — waiting for the provider's "
+                         "status callback")
+            self.stats.unknown += 1
+            return "done"
+        except ChannelError as exc:
+            self._after_transient(
+                tp, TransientChannelError(exc.message, provider=exc.provider), attempt)
+            return "done"
+        self._finish(tp, Status.SENDING, Status.SENT, None, result.detail or None,
+                     values={"provider_message_id": result.provider_message_id,
+                             "provider": result.provider, "sent_at": clock.now()})
+        self.stats.sent += 1
+        return "done"
+
+    def _after_transient(self, tp: TouchPoint, exc: TransientChannelError, attempt: int,
+                         ) -> None:
+        now = clock.now()
+        decision = self.retry.decide(attempt, exc, now, tp.expires_at)
+        detail = redact(exc.describe())
+        if isinstance(decision, GiveUp):
+            self._finish(tp, Status.SENDING, Status.FAILED, Reason.PROVIDER_ERROR,
+                         f"{detail}; {decision.why}")
+            self.stats.failed += 1
+            return
+        with self.db.transaction() as conn:
+            ledger.reschedule(conn, tp.id, worker=self.worker, due_at=decision.at, now=now,
+                              reason="retry", detail=f"{detail}; retrying at "
+                              f"{decision.at.isoformat()}")
+        self.stats.retried += 1
+
+    def _finish(self, tp: TouchPoint, expect: str, to: str, reason: str | None,
+                detail: str | None, values: dict[str, Any] | None = None,
+                keep_claim: bool = False) -> None:
+        changes = dict(values or {})
+        if not keep_claim:
+            changes.update(claimed_by=None, claim_expires_at=None)
+        with self.db.transaction() as conn:
+            ledger.transition(conn, tp.id, expect=expect, to=to, now=clock.now(),
+                              source="dispatcher", reason=reason, detail=detail,
+                              values=changes)
+
+    def _settle(self, tp: TouchPoint, verdict: Verdict) -> None:
+        self._finish(tp, Status.PLANNED, verdict.status, verdict.reason, verdict.detail)
+        bucket = self.stats.skipped if verdict.status == Status.SKIPPED else \
+            self.stats.cancelled if verdict.status == Status.CANCELLED else None
+        if bucket is not None:
+            bucket[verdict.reason] += 1
+        elif verdict.status == Status.FAILED:
+            self.stats.failed += 1
+
+    def _record_opt_out(self, channel: str, address: str, detail: str) -> None:
+        with self.db.transaction() as conn:
+            existing = opted_out(conn, [address]).get((channel, address), set())
+            if "all" not in existing:
+                conn.execute(insert(opt_outs).values(
+                    channel=channel, address=address, purpose="all", source="provider",
+                    detail=redact(detail), created_at=clock.now()))
+
+
+def _content(message: OutboundMessage) -> str:
+    return f"Subject: {message.subject}\n\n{message.body}" if message.subject else message.body

@@ -1,0 +1,461 @@
+"""CSV import of patients and appointments, re-runnable as a sync from an EMR export.
+
+* The header is checked first: a missing required column refuses the whole file.
+* Each row is then validated on its own. **Bad rows are reported with their line number
+  and reason, and every good row is kept** (they are written in one transaction, so an
+  interrupted import writes nothing).
+* A row identical to what is stored changes nothing. A changed row updates the record
+  and records the matching event — ``patient.created``, ``appointment.booked``,
+  ``appointment.rescheduled``, ``appointment.cancelled``, ``appointment.completed``,
+  ``appointment.no_show`` — which the planner turns into touch points.
+* Rows that describe the past (a visit completed weeks ago, a booking whose start has
+  passed) are stored as history without starting journeys.
+
+Problems never echo patient data: they name the line, the column and what to write.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import phonenumbers
+from babel import Locale, UnknownLocaleError
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import Connection, insert, select, update
+
+from engine.errors import ImportFileError
+from engine.records import APPOINTMENT_STATUSES
+from engine.store.records import append_events, chunks
+from engine.store.schema import appointments, patients
+from engine.timing import zone
+
+PATIENT_COLUMNS = ("patient_id", "first_name", "last_name", "phone", "email", "language",
+                   "timezone", "sms_consent", "email_consent", "marketing_consent")
+APPOINTMENT_COLUMNS = ("appointment_id", "patient_id", "start", "duration_minutes", "status",
+                       "visit_type", "therapist", "location")
+# A completed visit or no-show seen for the first time starts journeys only if it is this
+# recent; older rows are history (an initial import must not thank patients for last year).
+RECENT = timedelta(days=3)
+
+_YES = {"yes", "y", "true", "1", "x"}
+_NO = {"no", "n", "false", "0", ""}
+_STATUS_ALIASES = {"canceled": "cancelled", "no-show": "no_show", "noshow": "no_show",
+                   "no show": "no_show", "scheduled": "booked", "complete": "completed",
+                   "attended": "completed"}
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+@dataclass
+class ImportSummary:
+    file: str
+    kind: str
+    rows: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    historical: int = 0
+    problems: list[RowProblem] = field(default_factory=list)
+    events: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.problems)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file, "kind": self.kind, "rows": self.rows, "created": self.created,
+            "updated": self.updated, "unchanged": self.unchanged, "rejected": self.rejected,
+            "historical": self.historical, "events": dict(sorted(self.events.items())),
+            "problems": [{"line": p.line, "message": p.message} for p in self.problems],
+        }
+
+
+class _RowError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, Mapping[str, str]]]:
+    """(line number, row with lower-cased, stripped keys) after checking the header."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ImportFileError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise ImportFileError(f"{path}: not UTF-8 text — export the CSV as UTF-8") from None
+    except OSError as exc:
+        raise ImportFileError(f"{path}: cannot read it ({exc.strerror})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ImportFileError(f"{path}: the file is empty — it needs a header row") from None
+    columns = [name.strip().lower() for name in header]
+    missing = [name for name in required if name not in columns]
+    if missing:
+        raise ImportFileError(
+            f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} — "
+            f"the header must include {', '.join(required)}")
+    duplicated = sorted({name for name in columns if columns.count(name) > 1 and name})
+    if duplicated:
+        raise ImportFileError(f"{path}: column {', '.join(duplicated)} appears twice in the header")
+    line = reader.line_num
+    for values in reader:
+        start_line, line = line + 1, reader.line_num
+        if not any(v.strip() for v in values):
+            continue
+        if len(values) != len(columns):
+            yield start_line, {"__error__": f"has {len(values)} fields, the header has "
+                               f"{len(columns)} — check for a stray comma or quote"}
+            continue
+        yield start_line, {name: value.strip() for name, value in zip(columns, values,
+                                                                     strict=True)}
+
+
+def _consent(row: Mapping[str, str], column: str) -> bool:
+    value = row.get(column, "").lower()
+    if value in _YES:
+        return True
+    if value in _NO:
+        return False
+    raise _RowError(f"{column} must be yes or no")
+
+
+def _phone(raw: str, region: str) -> str | None:
+    if not raw:
+        return None
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        raise _RowError("phone is not a phone number — write it with its area code, e.g. "
+                        "503-555-0100 or +1 503 555 0100") from None
+    if not phonenumbers.is_valid_number(number):
+        raise _RowError(f"phone is not a valid number (default region {region}) — check the "
+                        "digits, or add the country code")
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def _email(raw: str) -> str | None:
+    if not raw:
+        return None
+    try:
+        return str(validate_email(raw, check_deliverability=False).normalized)
+    except EmailNotValidError:
+        raise _RowError("email is not a valid email address") from None
+
+
+def _language(raw: str) -> str | None:
+    if not raw:
+        return None
+    try:
+        Locale.parse(raw.replace("-", "_"))
+    except (UnknownLocaleError, ValueError):
+        raise _RowError(f"language {raw!r} is not a language code — use e.g. en, es or es-MX") \
+            from None
+    return raw.replace("_", "-")
+
+
+def _timezone(raw: str) -> str | None:
+    if not raw:
+        return None
+    try:
+        zone(raw)
+    except ValueError as exc:
+        raise _RowError(str(exc)) from None
+    return raw
+
+
+def _hash(values: Mapping[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- patients
+
+
+def parse_patient(row: Mapping[str, str], region: str) -> dict[str, Any]:
+    external_id = row.get("patient_id", "")
+    if not external_id:
+        raise _RowError("patient_id is empty")
+    values: dict[str, Any] = {
+        "external_id": external_id,
+        "first_name": row.get("first_name", ""),
+        "last_name": row.get("last_name", ""),
+        "phone": _phone(row.get("phone", ""), region),
+        "email": _email(row.get("email", "")),
+        "language": _language(row.get("language", "")),
+        "timezone": _timezone(row.get("timezone", "")),
+        "sms_consent": _consent(row, "sms_consent"),
+        "email_consent": _consent(row, "email_consent"),
+        "marketing_consent": _consent(row, "marketing_consent"),
+        "custom": {k: v for k, v in row.items() if k not in PATIENT_COLUMNS and k},
+    }
+    if not values["first_name"]:
+        raise _RowError("first_name is empty — messages greet patients by first name")
+    return values
+
+
+Rows = Iterable[tuple[int, Mapping[str, str]]]
+
+
+def import_patients(conn: Connection, path: Path, *, region: str, now: datetime,
+                    baseline: bool = False, progress: Progress | None = None) -> ImportSummary:
+    """Sync patients from ``path``. With ``baseline``, new patients start no journeys."""
+    return sync_patients(conn, _rows(path, PATIENT_COLUMNS), path.name, region=region,
+                         now=now, baseline=baseline, progress=progress)
+
+
+def sync_patients(conn: Connection, rows: Rows, source: str, *, region: str, now: datetime,
+                  baseline: bool = False, progress: Progress | None = None) -> ImportSummary:
+    """Sync patient rows (line number, row) that came from ``source``."""
+    summary = ImportSummary(source, "patients")
+    parsed: dict[str, tuple[int, dict[str, Any]]] = {}
+    for line, row in rows:
+        summary.rows += 1
+        if progress:
+            progress(1)
+        if "__error__" in row:
+            summary.problems.append(RowProblem(line, row["__error__"]))
+            continue
+        try:
+            values = parse_patient(row, region)
+        except _RowError as exc:
+            summary.problems.append(RowProblem(line, str(exc)))
+            continue
+        if values["external_id"] in parsed:
+            first = parsed[values["external_id"]][0]
+            summary.problems.append(RowProblem(
+                line, f"patient_id appears again (first on line {first}) — keep one row per "
+                "patient; this row was ignored"))
+            continue
+        parsed[values["external_id"]] = (line, values)
+
+    existing = _existing(conn, patients, list(parsed))
+    new_rows: list[dict[str, Any]] = []
+    for external_id, (line, values) in parsed.items():
+        digest = _hash(values)
+        where = f"{source}:{line}"
+        if external_id not in existing:
+            new_rows.append({**values, "row_hash": digest, "source": where, "created_at": now,
+                             "updated_at": now})
+        elif existing[external_id]["row_hash"] == digest:
+            summary.unchanged += 1
+        else:
+            conn.execute(update(patients).where(patients.c.id == existing[external_id]["id"])
+                         .values(**values, row_hash=digest, source=where, updated_at=now))
+            summary.updated += 1
+    for part in chunks(new_rows):
+        conn.execute(insert(patients), list(part))
+    summary.created = len(new_rows)
+    if new_rows and not baseline:
+        ids = _existing(conn, patients, [r["external_id"] for r in new_rows])
+        events = [{"kind": "patient.created", "patient_id": ids[r["external_id"]]["id"],
+                   "appointment_id": None, "occurred_at": now, "data": {},
+                   "source": r["source"], "dedupe_key": None, "processed_at": None}
+                  for r in new_rows]
+        append_events(conn, events)
+        summary.events["patient.created"] += len(events)
+    return summary
+
+
+def _existing(conn: Connection, table: Any, external_ids: Sequence[str],
+              ) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for part in chunks(list(external_ids)):
+        for row in conn.execute(select(table).where(table.c.external_id.in_(part))):
+            found[row.external_id] = dict(row._mapping)
+    return found
+
+
+# --------------------------------------------------------------------------- appointments
+
+
+def parse_start(raw: str, practice_tz: str) -> datetime:
+    if not raw:
+        raise _RowError("start is empty")
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
+    except ValueError:
+        raise _RowError("start is not a date and time — write ISO 8601, e.g. "
+                        "2026-11-24T15:00-05:00, or local time 2026-11-24 15:00") from None
+    if parsed.tzinfo is not None:
+        return parsed.astimezone(UTC)
+    tz = zone(practice_tz)
+    localised = parsed.replace(tzinfo=tz)
+    if localised.astimezone(UTC).astimezone(tz).replace(tzinfo=None) != parsed:
+        raise _RowError(f"start {parsed:%Y-%m-%d %H:%M} does not exist in {practice_tz} (the "
+                        "clocks skip that hour) — check the time, or give the UTC offset")
+    return localised.astimezone(UTC)
+
+
+def parse_appointment(row: Mapping[str, str], practice_tz: str) -> dict[str, Any]:
+    external_id = row.get("appointment_id", "")
+    if not external_id:
+        raise _RowError("appointment_id is empty")
+    if not row.get("patient_id"):
+        raise _RowError("patient_id is empty")
+    status = row.get("status", "").lower().strip()
+    status = _STATUS_ALIASES.get(status, status)
+    if status not in APPOINTMENT_STATUSES:
+        raise _RowError(f"status must be one of {', '.join(APPOINTMENT_STATUSES)}")
+    try:
+        duration = int(row.get("duration_minutes") or "0")
+    except ValueError:
+        raise _RowError("duration_minutes must be a whole number of minutes") from None
+    if not 0 < duration <= 24 * 60:
+        raise _RowError("duration_minutes must be between 1 and 1440")
+    return {
+        "external_id": external_id,
+        "patient_external_id": row["patient_id"],
+        "start_at": parse_start(row.get("start", ""), practice_tz),
+        "duration_minutes": duration,
+        "status": status,
+        "visit_type": row.get("visit_type", ""),
+        "therapist": row.get("therapist", ""),
+        "location": row.get("location", ""),
+    }
+
+
+def import_appointments(conn: Connection, path: Path, *, practice_tz: str, now: datetime,
+                        progress: Progress | None = None) -> ImportSummary:
+    """Sync appointments from ``path``."""
+    return sync_appointments(conn, _rows(path, APPOINTMENT_COLUMNS), path.name,
+                             practice_tz=practice_tz, now=now, progress=progress)
+
+
+def sync_appointments(conn: Connection, rows: Rows, source: str, *, practice_tz: str,
+                      now: datetime, progress: Progress | None = None) -> ImportSummary:
+    """Sync appointment rows (line number, row) that came from ``source``."""
+    summary = ImportSummary(source, "appointments")
+    parsed: dict[str, tuple[int, dict[str, Any]]] = {}
+    for line, row in rows:
+        summary.rows += 1
+        if progress:
+            progress(1)
+        if "__error__" in row:
+            summary.problems.append(RowProblem(line, row["__error__"]))
+            continue
+        try:
+            values = parse_appointment(row, practice_tz)
+        except _RowError as exc:
+            summary.problems.append(RowProblem(line, str(exc)))
+            continue
+        if values["external_id"] in parsed:
+            first = parsed[values["external_id"]][0]
+            summary.problems.append(RowProblem(
+                line, f"appointment_id appears again (first on line {first}) — keep one row "
+                "per appointment; this row was ignored"))
+            continue
+        parsed[values["external_id"]] = (line, values)
+
+    patient_ids = {k: v["id"] for k, v in _existing(
+        conn, patients, sorted({v["patient_external_id"] for _, v in parsed.values()})).items()}
+    existing = _existing(conn, appointments, list(parsed))
+    new_rows: list[tuple[dict[str, Any], str | None]] = []
+    events: list[dict[str, Any]] = []
+    for external_id, (line, values) in parsed.items():
+        where = f"{source}:{line}"
+        patient_id = patient_ids.get(values.pop("patient_external_id"))
+        if patient_id is None:
+            summary.problems.append(RowProblem(
+                line, "patient_id is not a known patient — import patients first"))
+            continue
+        values["patient_id"] = patient_id
+        digest = _hash(values)
+        current = existing.get(external_id)
+        if current is None:
+            kind = _first_sight_event(values, now)
+            if kind is None:
+                summary.historical += 1
+            new_rows.append(({**values, "version": 1, "row_hash": digest, "source": where,
+                              "created_at": now, "updated_at": now, "confirmed_at": None}, kind))
+            continue
+        if current["row_hash"] == digest:
+            summary.unchanged += 1
+            continue
+        if current["patient_id"] != patient_id:
+            summary.problems.append(RowProblem(
+                line, "this appointment belongs to another patient in Touchpoint — an "
+                "appointment cannot change patient; give it a new appointment_id"))
+            continue
+        kind, version = _change_event(current, values)
+        changes = {**values, "version": version, "row_hash": digest, "source": where,
+                   "updated_at": now}
+        if kind in ("appointment.rescheduled", "appointment.booked"):
+            changes["confirmed_at"] = None
+        conn.execute(update(appointments).where(appointments.c.id == current["id"])
+                     .values(**changes))
+        summary.updated += 1
+        if kind is not None:
+            events.append(_event(kind, current["id"], {**current, **changes}, now, where,
+                                 previous_start=current["start_at"]))
+    for part in chunks(new_rows):
+        conn.execute(insert(appointments), [row for row, _ in part])
+    summary.created = len(new_rows)
+    fresh = [(row, kind) for row, kind in new_rows if kind is not None]
+    if fresh:
+        ids = _existing(conn, appointments, [row["external_id"] for row, _ in fresh])
+        for row, kind in fresh:
+            assert kind is not None
+            events.append(_event(kind, ids[row["external_id"]]["id"], row, now, row["source"]))
+    append_events(conn, events)
+    summary.events.update(e["kind"] for e in events)
+    return summary
+
+
+def _first_sight_event(values: Mapping[str, Any], now: datetime) -> str | None:
+    start: datetime = values["start_at"]
+    end = start + timedelta(minutes=values["duration_minutes"])
+    if values["status"] == "booked":
+        return "appointment.booked" if start > now else None
+    if values["status"] in ("completed", "no_show"):
+        return f"appointment.{values['status']}" if end >= now - RECENT else None
+    return None
+
+
+def _change_event(current: Mapping[str, Any], values: Mapping[str, Any]) -> tuple[str | None, int]:
+    before, after = current["status"], values["status"]
+    version = int(current["version"])
+    if before != after:
+        if after == "booked":
+            return "appointment.booked", version + 1
+        return f"appointment.{after}", version
+    if after == "booked" and values["start_at"] != current["start_at"]:
+        return "appointment.rescheduled", version + 1
+    return None, version
+
+
+def _event(kind: str, appointment_id: int, row: Mapping[str, Any], now: datetime, source: str,
+           previous_start: datetime | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "appointment": row["external_id"],
+        "start": row["start_at"].isoformat(),
+        "duration_minutes": row["duration_minutes"],
+        "version": row["version"],
+        "status": row["status"],
+    }
+    if kind == "appointment.rescheduled" and previous_start is not None:
+        data["previous_start"] = previous_start.isoformat()
+    return {"kind": kind, "patient_id": row["patient_id"], "appointment_id": appointment_id,
+            "occurred_at": now, "data": data, "source": source, "dedupe_key": None,
+            "processed_at": None}

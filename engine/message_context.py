@@ -1,0 +1,77 @@
+"""What a template sees: plain values built from records and practice settings.
+
+Only fields listed in ``definitions.templates.FIELDS`` are exposed — no phone numbers,
+emails or consents — so a template cannot leak what it was never given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.definitions.templates import Fields, format_phone
+from engine.records import Appointment, Patient
+from engine.settings import Settings
+
+
+def practice_fields(settings: Settings) -> Fields:
+    practice = settings.practice
+    return Fields({
+        "name": practice.name or "",
+        "phone": format_phone(practice.phone) if practice.phone else "",
+        "phone_e164": practice.phone or "",
+        "address": practice.address,
+        "website": practice.website,
+        "timezone": practice.timezone or "",
+        "links": Fields(practice.links),
+    })
+
+
+def patient_fields(patient: Patient, practice_timezone: str) -> Fields:
+    return Fields({
+        "id": patient.external_id,
+        "first_name": patient.first_name,
+        "last_name": patient.last_name,
+        "full_name": patient.full_name,
+        "language": patient.language or "",
+        "timezone": patient.timezone or practice_timezone,
+        "custom": Fields(patient.custom),
+    })
+
+
+def appointment_fields(appointment: Appointment, visit_number: int | None = None) -> Fields:
+    return Fields({
+        "id": appointment.external_id,
+        "start": appointment.start_at,
+        "end": appointment.end_at,
+        "duration_minutes": appointment.duration_minutes,
+        "visit_type": appointment.visit_type,
+        "therapist": appointment.therapist,
+        "location": appointment.location,
+        "status": appointment.status,
+        "visit_number": visit_number if visit_number is not None else 0,
+        "confirmed": appointment.confirmed_at is not None,
+    })
+
+
+def message_context(
+    *,
+    patient: Patient,
+    appointment: Appointment | None,
+    practice: Fields,
+    practice_timezone: str,
+    touch_point_id: int = 0,
+    journey: str = "",
+    step: str = "",
+    visit_number: int | None = None,
+) -> dict[str, Any]:
+    patient_view = patient_fields(patient, practice_timezone)
+    return {
+        "patient": patient_view,
+        "recipient": Fields({"role": "patient", "first_name": patient.first_name,
+                             "last_name": patient.last_name,
+                             "language": patient.language or "",
+                             "timezone": patient.timezone or practice_timezone}),
+        "appointment": appointment_fields(appointment, visit_number) if appointment else None,
+        "practice": practice,
+        "touch_point": Fields({"id": touch_point_id, "journey": journey, "step": step}),
+    }

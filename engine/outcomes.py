@@ -1,0 +1,69 @@
+"""Touch-point statuses and reason codes, with the sentence `touchpoint why` shows for each.
+
+::
+
+    planned ──► sending ──► sent ──► delivered
+       │           │          └────► failed        (a provider callback)
+       │           ├──► failed      (permanent error, or retries exhausted)
+       │           ├──► planned     (transient error: retried later)
+       │           └──► unknown     (crash or ambiguous timeout; a callback reconciles it)
+       ├──► skipped   (a guard said no: opted_out, no_consent, too_late, …)
+       └──► cancelled (the journey ended: appointment_cancelled, journey_exited, …)
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    PLANNED = "planned"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+
+PENDING = frozenset({Status.PLANNED})
+IN_FLIGHT = frozenset({Status.SENDING})
+# Where a touch point may rest. `sent` can still become delivered/failed by callback;
+# `unknown` waits for reconciliation or staff.
+SETTLED = frozenset({Status.SENT, Status.DELIVERED, Status.FAILED, Status.SKIPPED,
+                     Status.CANCELLED, Status.UNKNOWN})
+FINAL = frozenset({Status.DELIVERED, Status.FAILED, Status.SKIPPED, Status.CANCELLED})
+
+
+class Reason(StrEnum):
+    OPTED_OUT = "opted_out"
+    NO_CONSENT = "no_consent"
+    NO_CONTACT = "no_contact"
+    TOO_LATE = "too_late"
+    APPOINTMENT_CANCELLED = "appointment_cancelled"
+    ANCHOR_CHANGED = "anchor_changed"
+    JOURNEY_EXITED = "journey_exited"
+    PROVIDER_ERROR = "provider_error"
+    TEMPLATE_ERROR = "template_error"
+    JOURNEY_REMOVED = "journey_removed"
+    STEP_REMOVED = "step_removed"
+    INTERRUPTED = "interrupted"
+
+
+EXPLANATIONS: dict[str, str] = {
+    Reason.OPTED_OUT: "the recipient opted out of this channel",
+    Reason.NO_CONSENT: "the patient has not consented to this channel or purpose",
+    Reason.NO_CONTACT: "there is no phone number or email address to send to",
+    Reason.TOO_LATE: "the moment to send it had passed (or quiet hours would have pushed it "
+                     "past its deadline)",
+    Reason.APPOINTMENT_CANCELLED: "the appointment it was about was cancelled",
+    Reason.ANCHOR_CHANGED: "the appointment moved; a new touch point was planned for the new time",
+    Reason.JOURNEY_EXITED: "an event ended the journey (e.g. a visit was booked)",
+    Reason.PROVIDER_ERROR: "the provider refused it or kept failing",
+    Reason.TEMPLATE_ERROR: "its message template failed to render",
+    Reason.JOURNEY_REMOVED: "the journey was removed from schedules/",
+    Reason.STEP_REMOVED: "the step was removed from its journey",
+    Reason.INTERRUPTED: "the sender stopped after calling the provider and before recording the "
+                        "result; it was not re-sent — a provider callback or staff will settle it",
+}

@@ -1,0 +1,232 @@
+"""The planner: a pure function from an event to the touch points it plans and ends.
+
+``plan(event, patient, journeys, rules)`` returns a :class:`Plan`:
+
+* ``planned`` — one :class:`Planned` per step of every journey the event triggers, each
+  with its unique key (patient × recipient × journey × step × anchor), its due time in
+  UTC and its deadline. A step whose moment has already passed is planned as
+  ``skipped/too_late`` (unless it sets ``catch_up: true``), so the ledger still says why.
+* ``exits`` — which pending touch points the event ends (an appointment cancelled, a
+  visit booked, an appointment moved).
+
+It reads no clock, no database and no channel: the same event always plans the same
+thing, which is what makes re-processing after a crash safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from engine.definitions.journeys import Journey, Step, When
+from engine.outcomes import Reason, Status
+from engine.records import Event, Patient
+from engine.timing import QuietHours, at_local, parse_duration, zone
+
+Condition = Callable[[Journey, Step], bool]
+
+
+@dataclass(frozen=True)
+class PlanningRules:
+    quiet_hours: QuietHours
+    practice_timezone: str
+    default_expiry: timedelta = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Planned:
+    patient_id: int
+    appointment_id: int | None
+    recipient: str
+    journey: str
+    step: str
+    anchor: str
+    purpose: str
+    event_id: int
+    step_fingerprint: str
+    due_at: datetime
+    expires_at: datetime | None
+    status: str = Status.PLANNED
+    reason: str | None = None
+    detail: str | None = None
+
+    @property
+    def key(self) -> tuple[int, str, str, str, str]:
+        return (self.patient_id, self.recipient, self.journey, self.step, self.anchor)
+
+
+@dataclass(frozen=True)
+class Exit:
+    """Cancel the patient's pending touch points of ``journey``/``steps``.
+
+    ``anchor_prefix`` limits it to one appointment (any of its versions); ``None`` means
+    any anchor. ``spare_anchor`` is never cancelled (the new version after a move).
+    """
+
+    patient_id: int
+    journey: str
+    steps: tuple[str, ...]
+    anchor_prefix: str | None
+    reason: str
+    detail: str
+    spare_anchor: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    planned: tuple[Planned, ...] = ()
+    exits: tuple[Exit, ...] = ()
+
+
+@dataclass(frozen=True)
+class Anchor:
+    key: str
+    appointment_id: int | None
+    start: datetime  # what "before" counts back from
+    end: datetime  # what "after" counts on from
+
+
+def appointment_anchor(appointment_id: int, version: int) -> str:
+    return f"appointment:{appointment_id}:v{version}"
+
+
+def anchor_for(journey: Journey, event: Event) -> Anchor | None:
+    """Where a journey triggered by ``event`` is anchored, or None if it cannot be."""
+    data = event.data
+    if journey.anchored_on_appointment:
+        if event.appointment_id is None or "start" not in data:
+            return None
+        start = datetime.fromisoformat(data["start"])
+        end = start + timedelta(minutes=int(data.get("duration_minutes", 0)))
+        return Anchor(appointment_anchor(event.appointment_id, int(data.get("version", 1))),
+                      event.appointment_id, start, end)
+    if journey.trigger.event == "patient.lapsed":
+        # Win-back steps count from the last visit: {days_after: 30, at: "11:00"}.
+        last_visit = datetime.fromisoformat(data["last_visit_at"]) \
+            if "last_visit_at" in data else event.occurred_at
+        return Anchor(f"lapse:{data.get('last_visit_id', event.id)}", None, last_visit,
+                      last_visit)
+    return Anchor(f"patient:{event.patient_id}", None, event.occurred_at, event.occurred_at)
+
+
+def due_time(when: When, anchor: Anchor, event_time: datetime, tz: ZoneInfo) -> datetime:
+    """The raw moment a step is due, before quiet hours."""
+    if when.kind == "immediately":
+        return event_time
+    if when.kind == "before":
+        return anchor.start - when.offset
+    if when.kind == "after":
+        return anchor.end + when.offset
+    assert when.at is not None
+    if when.kind == "days_before":
+        day = anchor.start.astimezone(tz).date() - timedelta(days=when.days)
+    else:
+        day = anchor.end.astimezone(tz).date() + timedelta(days=when.days)
+    return at_local(day, when.at, tz)
+
+
+def triggered_by(journey: Journey, event: Event) -> bool:
+    trigger = journey.trigger
+    if event.kind == "appointment.rescheduled":
+        return trigger.event == "appointment.booked"
+    if trigger.event != event.kind:
+        return False
+    if trigger.event == "patient.lapsed":
+        after = event.data.get("after")
+        return after is not None and parse_duration(after) == trigger.after
+    return True
+
+
+def plan(event: Event, patient: Patient, journeys: Iterable[Journey], rules: PlanningRules,
+         condition: Condition | None = None) -> Plan:
+    journeys = list(journeys)
+    tz = zone(patient.timezone or rules.practice_timezone)
+    planned: list[Planned] = []
+    exits = list(_exits(event, journeys))
+    for journey in journeys:
+        if not triggered_by(journey, event):
+            continue
+        anchor = anchor_for(journey, event)
+        if anchor is None:
+            continue
+        if event.kind == "appointment.rescheduled":
+            exits.append(Exit(
+                event.patient_id, journey.name, tuple(s.id for s in journey.steps),
+                f"appointment:{event.appointment_id}:", Reason.ANCHOR_CHANGED,
+                f"appointment {event.data.get('appointment', '')} moved from "
+                f"{event.data.get('previous_start', '?')} to {event.data.get('start', '?')}",
+                spare_anchor=anchor.key))
+        for step in journey.steps:
+            if condition is not None and not condition(journey, step):
+                continue
+            planned.append(_plan_step(event, patient, journey, step, anchor, rules, tz))
+    return Plan(tuple(planned), tuple(exits))
+
+
+def _plan_step(event: Event, patient: Patient, journey: Journey, step: Step, anchor: Anchor,
+               rules: PlanningRules, tz: ZoneInfo) -> Planned:
+    due = due_time(step.when, anchor, event.occurred_at, tz)
+    expires = deadline(step, anchor, due, rules.default_expiry)
+    status, reason, detail = Status.PLANNED, None, None
+    if due < event.occurred_at:
+        if step.catch_up:
+            due = event.occurred_at
+        else:
+            status, reason = Status.SKIPPED, Reason.TOO_LATE
+            detail = (f"it was due {due.isoformat()}, before the {event.kind} event at "
+                      f"{event.occurred_at.isoformat()} (set catch_up: true to send late)")
+    if status == Status.PLANNED:
+        allowed = rules.quiet_hours.next_allowed(due, tz)
+        if expires is not None and allowed >= expires:
+            status, reason = Status.SKIPPED, Reason.TOO_LATE
+            detail = (f"quiet hours ({rules.quiet_hours.describe()} {tz.key}) would delay it "
+                      f"to {allowed.isoformat()}, past its deadline {expires.isoformat()}")
+        due = allowed
+    return Planned(
+        patient_id=patient.id,
+        appointment_id=anchor.appointment_id,
+        recipient=step.recipient,
+        journey=journey.name,
+        step=step.id,
+        anchor=anchor.key,
+        purpose=journey.purpose,
+        event_id=event.id,
+        step_fingerprint=step.fingerprint(),
+        due_at=due,
+        expires_at=expires,
+        status=status,
+        reason=reason,
+        detail=detail,
+    )
+
+
+def deadline(step: Step, anchor: Anchor, due: datetime, default_expiry: timedelta,
+             ) -> datetime | None:
+    """The instant from which a step may no longer go (exclusive).
+
+    A step timed before an appointment never goes at or after its start; otherwise a
+    step may go at most ``expires_after`` (default: the practice's default expiry) late.
+    """
+    late = due + (step.expires_after or default_expiry)
+    if step.when.before_anchor:
+        return min(anchor.start, late) if step.expires_after else anchor.start
+    return late
+
+
+def _exits(event: Event, journeys: Iterable[Journey]) -> Iterable[Exit]:
+    label = event.data.get("appointment", "")
+    for journey in journeys:
+        by_rule: dict[tuple[str, str], list[str]] = {}
+        for step in journey.steps:
+            for rule in journey.exits_for(step):
+                if rule.event == event.kind:
+                    by_rule.setdefault((rule.event, rule.scope), []).append(step.id)
+        for (kind, scope), steps in by_rule.items():
+            prefix = f"appointment:{event.appointment_id}:" \
+                if scope == "anchor" and event.appointment_id is not None else None
+            reason = Reason.APPOINTMENT_CANCELLED if kind == "appointment.cancelled" \
+                else Reason.JOURNEY_EXITED
+            yield Exit(event.patient_id, journey.name, tuple(steps), prefix, reason,
+                       f"{kind} {label}".strip())

@@ -1,0 +1,158 @@
+"""Reports over the ledger: the touch-point log, and "why" for one touch point."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from engine.definitions import Definitions
+from engine.errors import NotFound
+from engine.outcomes import EXPLANATIONS, Status
+from engine.privacy import mask_address
+from engine.store import ledger
+from engine.store.ledger import HistoryEntry, TouchPoint
+from engine.store.schema import appointments, events, patients, touch_points
+
+LOG_FIELDS = ("id", "patient_id", "appointment_id", "journey", "step", "channel", "recipient",
+              "due_at", "sent_at", "status", "reason", "attempts", "provider_message_id",
+              "purpose", "detail")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def log_rows(conn: Connection, *, patient: str | None = None, journey: str | None = None,
+             status: str | None = None, reveal: bool = False, limit: int | None = None,
+             ) -> Iterator[dict[str, Any]]:
+    """Touch points with the imported ids, oldest due first. Streams; never loads all."""
+    query = (
+        select(touch_points, patients.c.external_id.label("patient_external_id"),
+               appointments.c.external_id.label("appointment_external_id"))
+        .join(patients, patients.c.id == touch_points.c.patient_id)
+        .outerjoin(appointments, appointments.c.id == touch_points.c.appointment_id)
+        .order_by(touch_points.c.due_at, touch_points.c.id)
+    )
+    if patient is not None:
+        query = query.where(patients.c.external_id == patient)
+    if journey is not None:
+        query = query.where(touch_points.c.journey == journey)
+    if status is not None:
+        query = query.where(touch_points.c.status == status)
+    if limit is not None:
+        query = query.limit(limit)
+    for row in conn.execution_options(yield_per=1000).execute(query):
+        yield {
+            "id": row.id,
+            "patient_id": row.patient_external_id,
+            "appointment_id": row.appointment_external_id,
+            "journey": row.journey,
+            "step": row.step,
+            "channel": row.channel,
+            "recipient": row.address if reveal else mask_address(row.address) or None,
+            "due_at": _iso(row.due_at),
+            "sent_at": _iso(row.sent_at),
+            "status": row.status,
+            "reason": row.reason,
+            "attempts": row.attempts,
+            "provider_message_id": row.provider_message_id,
+            "purpose": row.purpose,
+            "detail": row.detail,
+        }
+
+
+@dataclass(frozen=True)
+class JourneySummary:
+    journey: str
+    planned: int
+    outcomes: Counter[str]
+    reasons: dict[str, Counter[str]]
+
+
+def summary(conn: Connection) -> list[JourneySummary]:
+    """Per journey: how many touch points, and how they ended (status, and reason)."""
+    outcomes: dict[str, Counter[str]] = defaultdict(Counter)
+    reasons: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    query = select(touch_points.c.journey, touch_points.c.status, touch_points.c.reason)
+    for journey, status, reason in conn.execute(query):
+        outcomes[journey][status] += 1
+        if status in (Status.SKIPPED, Status.CANCELLED, Status.FAILED, Status.UNKNOWN):
+            reasons[journey][status][reason or "—"] += 1
+    return [JourneySummary(j, sum(c.values()), c, dict(reasons[j]))
+            for j, c in sorted(outcomes.items())]
+
+
+@dataclass(frozen=True)
+class Why:
+    touch_point: TouchPoint
+    patient_external_id: str
+    patient_name: str
+    appointment_external_id: str | None
+    event: dict[str, Any] | None
+    history: list[HistoryEntry]
+    definition: str
+    explanation: str
+
+    def as_dict(self) -> dict[str, Any]:
+        tp = self.touch_point
+        return {
+            "id": tp.id, "patient_id": self.patient_external_id,
+            "appointment_id": self.appointment_external_id, "journey": tp.journey,
+            "step": tp.step, "anchor": tp.anchor, "purpose": tp.purpose, "status": tp.status,
+            "reason": tp.reason, "detail": tp.detail, "channel": tp.channel,
+            "recipient": mask_address(tp.address) or None, "due_at": _iso(tp.due_at),
+            "expires_at": _iso(tp.expires_at), "sent_at": _iso(tp.sent_at),
+            "attempts": tp.attempts, "provider_message_id": tp.provider_message_id,
+            "definition": self.definition, "explanation": self.explanation,
+            "event": self.event,
+            "history": [{"at": _iso(h.at), "kind": h.kind, "status": h.status,
+                         "previous_status": h.previous_status, "reason": h.reason,
+                         "detail": h.detail, "source": h.source} for h in self.history],
+        }
+
+
+def why(conn: Connection, tp_id: int, definitions: Definitions | None = None) -> Why:
+    tp = ledger.get(conn, tp_id)
+    if tp is None:
+        raise NotFound(f"no touch point {tp_id} — list them with `touchpoint log`")
+    patient = conn.execute(select(patients.c.external_id, patients.c.first_name,
+                                  patients.c.last_name)
+                           .where(patients.c.id == tp.patient_id)).one()
+    appointment = None
+    if tp.appointment_id is not None:
+        appointment = conn.execute(select(appointments.c.external_id)
+                                   .where(appointments.c.id == tp.appointment_id)).scalar()
+    event = None
+    if tp.event_id is not None:
+        row = conn.execute(select(events).where(events.c.id == tp.event_id)).first()
+        if row is not None:
+            event = {"kind": row.kind, "occurred_at": _iso(row.occurred_at),
+                     "source": row.source}
+    definition = "(journey no longer defined)"
+    if definitions is not None:
+        journey = definitions.journey(tp.journey)
+        step = journey.step(tp.step) if journey else None
+        if journey is not None and step is not None:
+            definition = (f"{journey.file}: step '{step.id}' — {step.when.describe()}, "
+                          f"channels {', '.join(step.channels)}, template {step.template}")
+    return Why(tp, patient.external_id, f"{patient.first_name} {patient.last_name}".strip(),
+               appointment, event, ledger.history_of(conn, tp_id), definition,
+               explain(tp))
+
+
+def explain(tp: TouchPoint) -> str:
+    """The one-sentence answer to "why was this (not) sent?"."""
+    if tp.status in (Status.SENT, Status.DELIVERED):
+        verb = "delivered" if tp.status == Status.DELIVERED else "handed to the provider"
+        return f"It was {verb} by {tp.channel} ({tp.provider}) at {_iso(tp.sent_at)}."
+    if tp.status == Status.PLANNED:
+        return f"It is planned for {_iso(tp.due_at)} and has not been sent yet."
+    if tp.status == Status.SENDING:
+        return "It is being sent right now."
+    text = EXPLANATIONS.get(tp.reason or "", tp.reason or "no reason recorded")
+    return f"It was {tp.status}: {text}" + (f" ({tp.detail})." if tp.detail else ".")

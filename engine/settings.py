@@ -1,0 +1,325 @@
+"""Practice settings: one documented order, one registry.
+
+Each setting is looked up in this order, first found wins:
+
+1. the command-line flag (where there is one, e.g. ``--db``),
+2. its ``TOUCHPOINT_*`` environment variable (provider credentials keep the provider's
+   own names, e.g. ``TWILIO_AUTH_TOKEN``),
+3. ``touchpoint.toml`` (``--config FILE``; by default ``./touchpoint.toml`` if present),
+4. the default.
+
+:data:`SETTINGS` is the registry; ``docs/settings.md`` documents every entry and a test
+fails if one is missing there. A required setting that is missing raises
+:class:`~engine.errors.ConfigError` naming the flag, the variable and the file key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import time, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import phonenumbers
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engine.errors import ConfigError
+from engine.timing import QuietHours, format_duration, parse_clock, parse_duration, zone
+
+DEFAULT_CONFIG = "touchpoint.toml"
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # dotted key in touchpoint.toml, e.g. "practice.name"
+    env: str
+    help: str
+    default: object = None
+    flag: str | None = None
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("database.url", "TOUCHPOINT_DATABASE_URL",
+            "SQLAlchemy database URL (SQLite file or postgresql+psycopg://…).",
+            "sqlite:///touchpoint.db", flag="--db"),
+    Setting("practice.name", "TOUCHPOINT_PRACTICE_NAME",
+            "The practice's name, as patients know it (appears in every transactional SMS)."),
+    Setting("practice.phone", "TOUCHPOINT_PRACTICE_PHONE",
+            "The practice's phone number patients call back."),
+    Setting("practice.address", "TOUCHPOINT_PRACTICE_ADDRESS",
+            "Street address (directions, and the physical address marketing email needs).", ""),
+    Setting("practice.timezone", "TOUCHPOINT_PRACTICE_TIMEZONE",
+            "IANA timezone of the practice; recipients without their own timezone use it."),
+    Setting("practice.language", "TOUCHPOINT_PRACTICE_LANGUAGE",
+            "Language of recipients who have none on file.", "en"),
+    Setting("practice.website", "TOUCHPOINT_PRACTICE_WEBSITE", "The practice's website.", ""),
+    Setting("practice.links", "TOUCHPOINT_PRACTICE_LINKS",
+            "Named links templates can use as practice.links.NAME (TOML table; env: NAME=URL,…).",
+            {}),
+    Setting("quiet_hours.send_from", "TOUCHPOINT_SEND_FROM",
+            "Earliest local time of day a message may be delivered (recipient's timezone).",
+            "08:00"),
+    Setting("quiet_hours.send_until", "TOUCHPOINT_SEND_UNTIL",
+            "Time of day from which nothing is delivered (recipient's timezone).", "21:00"),
+    Setting("phone.default_region", "TOUCHPOINT_PHONE_REGION",
+            "Region for phone numbers written without a country code (ISO 3166 code).", "US"),
+    Setting("paths.schedules", "TOUCHPOINT_SCHEDULES", "Folder of journey definitions.",
+            "schedules", flag="--schedules"),
+    Setting("paths.templates", "TOUCHPOINT_TEMPLATES", "Folder of message templates.",
+            "message_templates", flag="--templates"),
+    Setting("channels.sms_provider", "TOUCHPOINT_SMS_PROVIDER",
+            "Which channel sends SMS: fake or console."),
+    Setting("channels.email_provider", "TOUCHPOINT_EMAIL_PROVIDER",
+            "Which channel sends email: fake or console."),
+    Setting("channels.fake_outbox", "TOUCHPOINT_FAKE_OUTBOX",
+            "File where the fake channel appends each message it takes (JSON lines).", None),
+    Setting("dispatch.batch_size", "TOUCHPOINT_BATCH_SIZE",
+            "Touch points a worker claims at a time.", 200),
+    Setting("dispatch.send_timeout", "TOUCHPOINT_SEND_TIMEOUT",
+            "After this long in 'sending', a touch point whose worker vanished becomes 'unknown'.",
+            "5m"),
+    Setting("dispatch.max_attempts", "TOUCHPOINT_MAX_ATTEMPTS",
+            "Attempts on transient provider errors before a touch point fails.", 5),
+    Setting("dispatch.retry_backoff", "TOUCHPOINT_RETRY_BACKOFF",
+            "First retry delay after a transient error; doubles on each attempt.", "1m"),
+    Setting("dispatch.default_expiry", "TOUCHPOINT_DEFAULT_EXPIRY",
+            "How late a step may still be sent when it sets no expires_after.", "1d"),
+)
+
+_BY_KEY = {s.key: s for s in SETTINGS}
+_TABLE_SETTINGS = {"practice.links"}  # free-form tables: their sub-keys are not checked
+
+
+def _where(setting: Setting) -> str:
+    section, _, name = setting.key.rpartition(".")
+    places = [f"{setting.flag} " if setting.flag else "", f"{setting.env}, "]
+    return f"{''.join(places)}or [{section}] {name} in {DEFAULT_CONFIG}"
+
+
+class Practice(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str | None = None
+    phone: str | None = None
+    address: str = ""
+    timezone: str | None = None
+    language: str = "en"
+    website: str = ""
+    links: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            zone(value)
+        return value
+
+
+class Channels(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    sms_provider: Literal["fake", "console"] | None = None
+    email_provider: Literal["fake", "console"] | None = None
+    fake_outbox: Path | None = None
+
+
+class Dispatch(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    batch_size: int = Field(200, ge=1, le=10_000)
+    send_timeout: timedelta = timedelta(minutes=5)
+    max_attempts: int = Field(5, ge=1, le=50)
+    retry_backoff: timedelta = timedelta(minutes=1)
+    default_expiry: timedelta = timedelta(days=1)
+
+    @field_validator("send_timeout", "retry_backoff", "default_expiry", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+
+class Settings(BaseModel):
+    """Validated settings. Build with :func:`load_settings`."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    database_url: str
+    practice: Practice
+    send_from: time
+    send_until: time
+    phone_region: str
+    schedules_dir: Path
+    templates_dir: Path
+    channels: Channels
+    dispatch: Dispatch
+    config_file: Path | None = None
+
+    @field_validator("send_from", "send_until", mode="before")
+    @classmethod
+    def _clock(cls, value: object) -> object:
+        return parse_clock(value) if isinstance(value, str) else value
+
+    @field_validator("phone_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        region = value.upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{value!r} is not a phone region — use a code such as US or CA")
+        return region
+
+    @property
+    def quiet_hours(self) -> QuietHours:
+        return QuietHours(self.send_from, self.send_until)
+
+    def require(self, key: str) -> Any:
+        """The value of a required setting, or a ConfigError that says where to set it."""
+        value: Any = self
+        for part in _FIELD_PATH[key]:
+            value = getattr(value, part)
+        if value in (None, ""):
+            raise ConfigError(f"setting {key} is not set — set it with {_where(_BY_KEY[key])}")
+        return value
+
+    def describe(self) -> dict[str, str]:
+        """Every setting with its effective value, secrets masked (for `touchpoint config`)."""
+        shown: dict[str, str] = {}
+        for setting in SETTINGS:
+            value: Any = self
+            for part in _FIELD_PATH[setting.key]:
+                value = getattr(value, part)
+            if isinstance(value, timedelta):
+                value = format_duration(value)
+            elif isinstance(value, time):
+                value = f"{value:%H:%M}"
+            shown[setting.key] = "•••" if setting.secret and value else str(value)
+        return shown
+
+
+# Where each registry key lands in the Settings model.
+_FIELD_PATH: dict[str, tuple[str, ...]] = {
+    "database.url": ("database_url",),
+    "quiet_hours.send_from": ("send_from",),
+    "quiet_hours.send_until": ("send_until",),
+    "phone.default_region": ("phone_region",),
+    "paths.schedules": ("schedules_dir",),
+    "paths.templates": ("templates_dir",),
+    **{s.key: tuple(s.key.split(".")) for s in SETTINGS
+       if s.key.split(".")[0] in {"practice", "channels", "dispatch"}},
+}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found — check --config / "
+                          "TOUCHPOINT_CONFIG") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc} — fix the TOML syntax") from None
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping) and key not in _TABLE_SETTINGS:
+            flat.update(_flatten(value, f"{key}."))
+        else:
+            flat[key] = value
+    return flat
+
+
+def _check_keys(path: Path, flat: Mapping[str, Any]) -> None:
+    for key in flat:
+        if key not in _BY_KEY:
+            close = difflib.get_close_matches(key, list(_BY_KEY), n=1)
+            hint = f" — did you mean {close[0]}?" if close else " — see docs/settings.md"
+            raise ConfigError(f"{path}: unknown setting {key}{hint}")
+
+
+def _from_env(setting: Setting, environ: Mapping[str, str]) -> object:
+    raw = environ.get(setting.env)
+    if raw is None or raw == "":
+        return None
+    if setting.key in _TABLE_SETTINGS:
+        pairs = [item.split("=", 1) for item in raw.split(",") if item.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ConfigError(f"{setting.env}: write NAME=URL pairs separated by commas")
+        return {name.strip(): value.strip() for name, value in pairs}
+    return raw
+
+
+def load_settings(
+    config: str | Path | None = None,
+    flags: Mapping[str, object] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve every setting in the documented order and validate the result."""
+    environ = os.environ if environ is None else environ
+    flags = flags or {}
+    config_path: Path | None
+    if config is None and environ.get("TOUCHPOINT_CONFIG"):
+        config = environ["TOUCHPOINT_CONFIG"]
+    if config is not None:
+        config_path = Path(config)
+        from_file = _flatten(_read_toml(config_path))
+    elif Path(DEFAULT_CONFIG).is_file():
+        config_path = Path(DEFAULT_CONFIG)
+        from_file = _flatten(_read_toml(config_path))
+    else:
+        config_path, from_file = None, {}
+    _check_keys(config_path or Path(DEFAULT_CONFIG), from_file)
+
+    values: dict[str, object] = {}
+    origin: dict[str, str] = {}
+    for setting in SETTINGS:
+        candidates = (
+            (flags.get(setting.key), setting.flag or ""),
+            (_from_env(setting, environ), setting.env),
+            (from_file.get(setting.key), f"{config_path}: [{setting.key.rpartition('.')[0]}]"),
+            (setting.default, "default"),
+        )
+        for value, where in candidates:
+            if value is not None:
+                if setting.key.startswith("paths.") or setting.key == "channels.fake_outbox":
+                    value = Path(str(value))
+                    in_file = config_path is not None and where.startswith(str(config_path))
+                    if in_file and config_path is not None and not value.is_absolute():
+                        value = config_path.parent / value
+                values[setting.key] = value
+                origin[setting.key] = where
+                break
+
+    nested: dict[str, Any] = {"config_file": config_path}
+    for key, value in values.items():
+        target = nested
+        path = _FIELD_PATH[key]
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = value
+    nested.setdefault("practice", {})
+    nested.setdefault("channels", {})
+    nested.setdefault("dispatch", {})
+    try:
+        settings = Settings.model_validate(nested)
+        settings.quiet_hours  # noqa: B018 - validates send_from < send_until
+    except (ValidationError, ValueError) as exc:
+        raise ConfigError(_explain(exc, origin)) from None
+    return settings
+
+
+def _explain(exc: ValidationError | ValueError, origin: Mapping[str, str]) -> str:
+    if not isinstance(exc, ValidationError):
+        return f"invalid settings: {exc}"
+    error = exc.errors()[0]
+    loc = tuple(str(p) for p in error["loc"])
+    key = next((k for k, path in _FIELD_PATH.items() if path == loc[: len(path)]), ".".join(loc))
+    message = str(error["msg"]).removeprefix("Value error, ")
+    where = origin.get(key, "")
+    return f"setting {key}{f' (from {where})' if where else ''}: {message}"

@@ -1,0 +1,267 @@
+"""The ledger: one row per touch point, plus an append-only history of what happened to it.
+
+* Planning is idempotent: the unique key (patient, recipient, journey, step, anchor)
+  turns a second plan of the same touch point into a no-op (``ON CONFLICT DO NOTHING``).
+* Claiming is atomic: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the claim runs
+  in a ``BEGIN IMMEDIATE`` transaction, which serialises writers. A claim is a lease:
+  if its worker vanishes, the rows become claimable again when the lease expires.
+* Every status change goes through :func:`transition`, which only moves a row out of the
+  status the caller expects and appends the matching history entry in the same
+  transaction. A row in ``sending`` is only ever moved by the worker that set it, or by
+  :func:`recover_interrupted` (to ``unknown``, never back to ``planned``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from engine.outcomes import Status
+from engine.planner import Exit, Planned
+from engine.store.records import chunks
+from engine.store.schema import history, touch_points
+
+
+@dataclass(frozen=True)
+class TouchPoint:
+    id: int
+    patient_id: int
+    appointment_id: int | None
+    recipient: str
+    journey: str
+    step: str
+    anchor: str
+    purpose: str
+    event_id: int | None
+    step_fingerprint: str
+    due_at: datetime
+    expires_at: datetime | None
+    status: str
+    reason: str | None
+    detail: str | None
+    channel: str | None
+    address: str | None
+    provider: str | None
+    provider_message_id: str | None
+    template_file: str | None
+    content: str | None
+    attempts: int
+    claimed_by: str | None
+    claim_expires_at: datetime | None
+    sending_at: datetime | None
+    sent_at: datetime | None
+    finished_at: datetime | None
+    planned_at: datetime
+    updated_at: datetime
+
+
+_FIELDS = tuple(f.name for f in fields(TouchPoint))
+
+
+def touch_point_from_row(row: Row[Any]) -> TouchPoint:
+    mapping = row._mapping
+    return TouchPoint(**{name: mapping[name] for name in _FIELDS})
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    id: int
+    touch_point_id: int
+    at: datetime
+    kind: str
+    status: str | None
+    previous_status: str | None
+    reason: str | None
+    detail: str | None
+    source: str
+    provider_event_id: str | None
+
+
+def _insert_ignoring_duplicates(conn: Connection) -> Any:
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    return dialect.insert(touch_points).on_conflict_do_nothing(
+        index_elements=["patient_id", "recipient", "journey", "step", "anchor"])
+
+
+def insert_planned(conn: Connection, planned: Sequence[Planned], now: datetime) -> list[int]:
+    """Insert what is new; ignore what is already planned. Returns the new ids."""
+    new_ids: list[int] = []
+    for part in chunks(list(planned), 400):
+        rows = [{
+            "patient_id": p.patient_id, "appointment_id": p.appointment_id,
+            "recipient": p.recipient, "journey": p.journey, "step": p.step, "anchor": p.anchor,
+            "purpose": p.purpose, "event_id": p.event_id, "step_fingerprint": p.step_fingerprint,
+            "due_at": p.due_at, "expires_at": p.expires_at, "status": p.status,
+            "reason": p.reason, "detail": p.detail, "attempts": 0,
+            "finished_at": now if p.status != Status.PLANNED else None,
+            "planned_at": now, "updated_at": now,
+        } for p in part]
+        statement = _insert_ignoring_duplicates(conn).values(rows).returning(
+            touch_points.c.id, touch_points.c.status, touch_points.c.reason,
+            touch_points.c.detail)
+        inserted = conn.execute(statement).all()
+        if inserted:
+            conn.execute(insert(history), [{
+                "touch_point_id": row.id, "at": now, "kind": "transition", "status": row.status,
+                "previous_status": None, "reason": row.reason, "detail": row.detail,
+                "source": "planner", "provider_event_id": None,
+            } for row in inserted])
+            new_ids.extend(row.id for row in inserted)
+    return new_ids
+
+
+def apply_exit(conn: Connection, exit: Exit, now: datetime) -> list[int]:
+    """Cancel the pending touch points an exit names. Returns their ids."""
+    conditions = [
+        touch_points.c.patient_id == exit.patient_id,
+        touch_points.c.journey == exit.journey,
+        touch_points.c.step.in_(exit.steps),
+        touch_points.c.status == Status.PLANNED,
+    ]
+    if exit.anchor_prefix is not None:
+        conditions.append(touch_points.c.anchor.startswith(exit.anchor_prefix, autoescape=True))
+    if exit.spare_anchor is not None:
+        conditions.append(touch_points.c.anchor != exit.spare_anchor)
+    cancelled = conn.execute(
+        update(touch_points).where(*conditions)
+        .values(status=Status.CANCELLED, reason=exit.reason, detail=exit.detail,
+                claimed_by=None, claim_expires_at=None, finished_at=now, updated_at=now)
+        .returning(touch_points.c.id)).scalars().all()
+    _append_history(conn, cancelled, now, Status.CANCELLED, Status.PLANNED, exit.reason,
+                    exit.detail, "planner")
+    return list(cancelled)
+
+
+def _append_history(conn: Connection, ids: Iterable[int], now: datetime, status: str | None,
+                    previous: str | None, reason: str | None, detail: str | None,
+                    source: str, kind: str = "transition") -> None:
+    rows = [{"touch_point_id": tp_id, "at": now, "kind": kind, "status": status,
+             "previous_status": previous, "reason": reason, "detail": detail, "source": source,
+             "provider_event_id": None} for tp_id in ids]
+    if rows:
+        conn.execute(insert(history), rows)
+
+
+def claim_due(conn: Connection, worker: str, now: datetime, limit: int, lease: timedelta,
+              ) -> list[TouchPoint]:
+    """Lease up to ``limit`` due, planned touch points to ``worker``, oldest first."""
+    due = (
+        select(touch_points.c.id)
+        .where(touch_points.c.status == Status.PLANNED, touch_points.c.due_at <= now,
+               or_(touch_points.c.claim_expires_at.is_(None),
+                   touch_points.c.claim_expires_at < now))
+        .order_by(touch_points.c.due_at, touch_points.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = conn.execute(
+        update(touch_points).where(touch_points.c.id.in_(due.scalar_subquery()))
+        .values(claimed_by=worker, claim_expires_at=now + lease)
+        .returning(*touch_points.c)).all()
+    claimed = [touch_point_from_row(row) for row in rows]
+    claimed.sort(key=lambda tp: (tp.due_at, tp.id))
+    return claimed
+
+
+def transition(conn: Connection, tp_id: int, *, expect: str, to: str, now: datetime,
+               source: str, reason: str | None = None, detail: str | None = None,
+               worker: str | None = None, values: dict[str, Any] | None = None,
+               record: bool = True) -> bool:
+    """Move one touch point from ``expect`` to ``to`` and log it; False if it was not there.
+
+    With ``worker``, the row must also be claimed by that worker.
+    """
+    conditions = [touch_points.c.id == tp_id, touch_points.c.status == expect]
+    if worker is not None:
+        conditions.append(touch_points.c.claimed_by == worker)
+    changes: dict[str, Any] = {"status": to, "reason": reason, "detail": detail,
+                               "updated_at": now, **(values or {})}
+    if to in (Status.SENT, Status.DELIVERED, Status.FAILED, Status.SKIPPED, Status.CANCELLED,
+              Status.UNKNOWN) and "finished_at" not in changes:
+        changes["finished_at"] = now
+    result = conn.execute(update(touch_points).where(*conditions).values(**changes))
+    if result.rowcount != 1:
+        return False
+    if record:
+        _append_history(conn, [tp_id], now, to, expect, reason, detail, source)
+    return True
+
+
+def reschedule(conn: Connection, tp_id: int, *, worker: str, due_at: datetime, now: datetime,
+               reason: str, detail: str) -> bool:
+    """Keep a claimed touch point planned but move it to ``due_at`` (quiet hours, retry)."""
+    result = conn.execute(
+        update(touch_points)
+        .where(touch_points.c.id == tp_id, touch_points.c.claimed_by == worker,
+               touch_points.c.status.in_((Status.PLANNED, Status.SENDING)))
+        .values(status=Status.PLANNED, due_at=due_at, claimed_by=None, claim_expires_at=None,
+                updated_at=now))
+    if result.rowcount != 1:
+        return False
+    _append_history(conn, [tp_id], now, Status.PLANNED, None, reason, detail, "dispatcher",
+                    kind="deferred")
+    return True
+
+
+def release(conn: Connection, ids: Sequence[int], worker: str) -> None:
+    """Give back claimed rows this worker did not get to (e.g. on shutdown)."""
+    for part in chunks(list(ids)):
+        conn.execute(update(touch_points)
+                     .where(touch_points.c.id.in_(part), touch_points.c.claimed_by == worker,
+                            touch_points.c.status == Status.PLANNED)
+                     .values(claimed_by=None, claim_expires_at=None))
+
+
+def recover_interrupted(conn: Connection, now: datetime, timeout: timedelta) -> list[int]:
+    """``sending`` rows older than ``timeout`` (their worker died mid-send) → ``unknown``."""
+    stale = conn.execute(
+        update(touch_points)
+        .where(touch_points.c.status == Status.SENDING,
+               touch_points.c.sending_at < now - timeout)
+        .values(status=Status.UNKNOWN, reason="interrupted", claimed_by=None,
+                claim_expires_at=None, finished_at=now, updated_at=now,
+                detail="the sender stopped between calling the provider and recording the "
+                       "result; not re-sent — waiting for a provider callback or staff")
+        .returning(touch_points.c.id)).scalars().all()
+    _append_history(conn, stale, now, Status.UNKNOWN, Status.SENDING, "interrupted",
+                    "sender stopped mid-send", "recovery")
+    return list(stale)
+
+
+def get(conn: Connection, tp_id: int) -> TouchPoint | None:
+    row = conn.execute(select(touch_points).where(touch_points.c.id == tp_id)).first()
+    return touch_point_from_row(row) if row else None
+
+
+def history_of(conn: Connection, tp_id: int) -> list[HistoryEntry]:
+    rows = conn.execute(select(history).where(history.c.touch_point_id == tp_id)
+                        .order_by(history.c.at, history.c.id))
+    return [HistoryEntry(**{f.name: row._mapping[f.name] for f in fields(HistoryEntry)})
+            for row in rows]
+
+
+def pending_for(conn: Connection, journey: str | None = None) -> list[TouchPoint]:
+    query = select(touch_points).where(touch_points.c.status == Status.PLANNED)
+    if journey is not None:
+        query = query.where(touch_points.c.journey == journey)
+    return [touch_point_from_row(row) for row in conn.execute(query)]
+
+
+def next_due(conn: Connection) -> datetime | None:
+    row = conn.execute(select(touch_points.c.due_at)
+                       .where(touch_points.c.status == Status.PLANNED)
+                       .order_by(touch_points.c.due_at).limit(1)).first()
+    return row.due_at if row else None
+
+
+def exists_sent(conn: Connection, patient_id: int, journey: str, since: datetime) -> bool:
+    row = conn.execute(select(touch_points.c.id).where(
+        and_(touch_points.c.patient_id == patient_id, touch_points.c.journey == journey,
+             touch_points.c.status.in_((Status.SENT, Status.DELIVERED)),
+             touch_points.c.sent_at >= since)).limit(1)).first()
+    return row is not None

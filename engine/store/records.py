@@ -1,0 +1,174 @@
+"""Reading and writing patients, appointments, events and opt-outs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from engine.records import Appointment, Event, Patient
+from engine.store.schema import appointments, engine_state, events, opt_outs, patients
+
+_CHUNK = 500
+
+
+def chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def patient_from_row(row: Row[Any]) -> Patient:
+    return Patient(
+        id=row.id, external_id=row.external_id, first_name=row.first_name,
+        last_name=row.last_name, phone=row.phone, email=row.email, language=row.language,
+        timezone=row.timezone, sms_consent=row.sms_consent, email_consent=row.email_consent,
+        marketing_consent=row.marketing_consent, custom=dict(row.custom or {}),
+    )
+
+
+def appointment_from_row(row: Row[Any]) -> Appointment:
+    return Appointment(
+        id=row.id, external_id=row.external_id, patient_id=row.patient_id,
+        start_at=row.start_at, duration_minutes=row.duration_minutes, status=row.status,
+        visit_type=row.visit_type, therapist=row.therapist, location=row.location,
+        version=row.version, confirmed_at=row.confirmed_at,
+    )
+
+
+def event_from_row(row: Row[Any]) -> Event:
+    return Event(id=row.id, kind=row.kind, patient_id=row.patient_id,
+                 appointment_id=row.appointment_id, occurred_at=row.occurred_at,
+                 data=dict(row.data or {}), source=row.source)
+
+
+def load_patients(conn: Connection, ids: Iterable[int]) -> dict[int, Patient]:
+    wanted = sorted(set(ids))
+    found: dict[int, Patient] = {}
+    for part in chunks(wanted):
+        for row in conn.execute(select(patients).where(patients.c.id.in_(part))):
+            found[row.id] = patient_from_row(row)
+    return found
+
+
+def load_appointments(conn: Connection, ids: Iterable[int]) -> dict[int, Appointment]:
+    wanted = sorted(set(ids))
+    found: dict[int, Appointment] = {}
+    for part in chunks(wanted):
+        for row in conn.execute(select(appointments).where(appointments.c.id.in_(part))):
+            found[row.id] = appointment_from_row(row)
+    return found
+
+
+def patient_by_external_id(conn: Connection, external_id: str) -> Patient | None:
+    row = conn.execute(select(patients).where(patients.c.external_id == external_id)).first()
+    return patient_from_row(row) if row else None
+
+
+def appointments_of(conn: Connection, patient_id: int) -> list[Appointment]:
+    rows = conn.execute(select(appointments).where(appointments.c.patient_id == patient_id)
+                        .order_by(appointments.c.start_at))
+    return [appointment_from_row(row) for row in rows]
+
+
+def next_booked(conn: Connection, patient_ids: Iterable[int], now: datetime,
+                ) -> dict[int, Appointment]:
+    """Each patient's next booked appointment after ``now``."""
+    found: dict[int, Appointment] = {}
+    for part in chunks(sorted(set(patient_ids))):
+        rows = conn.execute(
+            select(appointments)
+            .where(appointments.c.patient_id.in_(part), appointments.c.status == "booked",
+                   appointments.c.start_at > now)
+            .order_by(appointments.c.start_at))
+        for row in rows:
+            found.setdefault(row.patient_id, appointment_from_row(row))
+    return found
+
+
+def visit_numbers(conn: Connection, appointment_ids: Iterable[int]) -> dict[int, int]:
+    """For each appointment, how many of its patient's completed visits started at or before it."""
+    found: dict[int, int] = {}
+    for part in chunks(sorted(set(appointment_ids))):
+        this = appointments.alias("this")
+        done = appointments.alias("done")
+        rows = conn.execute(
+            select(this.c.id, func.count(done.c.id))
+            .select_from(this.outerjoin(done, and_(
+                done.c.patient_id == this.c.patient_id, done.c.status == "completed",
+                done.c.start_at <= this.c.start_at)))
+            .where(this.c.id.in_(part)).group_by(this.c.id))
+        found.update({row[0]: int(row[1]) for row in rows})
+    return found
+
+
+def pending_events(conn: Connection, limit: int) -> list[Event]:
+    rows = conn.execute(select(events).where(events.c.processed_at.is_(None))
+                        .order_by(events.c.id).limit(limit))
+    return [event_from_row(row) for row in rows]
+
+
+def mark_processed(conn: Connection, ids: Sequence[int], now: datetime) -> None:
+    for part in chunks(ids):
+        conn.execute(update(events).where(events.c.id.in_(part)).values(processed_at=now))
+
+
+def append_events(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Append events; one whose ``dedupe_key`` is already recorded is skipped."""
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    added = 0
+    for part in chunks(rows):
+        statement = dialect.insert(events).on_conflict_do_nothing(index_elements=["dedupe_key"])
+        added += conn.execute(statement, list(part)).rowcount
+    return added
+
+
+def opted_out(conn: Connection, addresses: Iterable[str]) -> dict[tuple[str, str], set[str]]:
+    """``{(channel, address): {purposes}}`` for every opt-out recorded for these addresses."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for part in chunks(sorted(set(addresses))):
+        rows = conn.execute(select(opt_outs.c.channel, opt_outs.c.address, opt_outs.c.purpose)
+                            .where(opt_outs.c.address.in_(part)))
+        for row in rows:
+            found.setdefault((row.channel, row.address), set()).add(row.purpose)
+    return found
+
+
+def get_state(conn: Connection, key: str) -> dict[str, Any] | None:
+    row = conn.execute(select(engine_state.c.value).where(engine_state.c.key == key)).first()
+    return dict(row.value) if row else None
+
+
+def put_state(conn: Connection, key: str, value: Mapping[str, Any], now: datetime) -> None:
+    updated = conn.execute(update(engine_state).where(engine_state.c.key == key)
+                           .values(value=dict(value), updated_at=now))
+    if updated.rowcount == 0:
+        conn.execute(insert(engine_state).values(key=key, value=dict(value), updated_at=now))
+
+
+def latest_events(conn: Connection, patient_ids: Iterable[int], kinds: Iterable[str],
+                  ) -> dict[int, dict[str, datetime]]:
+    """``{patient_id: {kind: latest occurred_at}}`` for the given event kinds."""
+    wanted_kinds = sorted(set(kinds))
+    found: dict[int, dict[str, datetime]] = {}
+    if not wanted_kinds:
+        return found
+    for part in chunks(sorted(set(patient_ids))):
+        rows = conn.execute(
+            select(events.c.patient_id, events.c.kind, func.max(events.c.occurred_at))
+            .where(events.c.patient_id.in_(part), events.c.kind.in_(wanted_kinds))
+            .group_by(events.c.patient_id, events.c.kind))
+        for patient_id, kind, at in rows:
+            at = _aware(at)
+            found.setdefault(patient_id, {})[kind] = at
+    return found
+
+
+def _aware(value: Any) -> datetime:
+    """Aggregates (max, min) bypass the column type on SQLite: normalise what comes back."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -1,0 +1,213 @@
+"""The database schema (SQLAlchemy 2.x typed models). Migrations live in engine/migrations.
+
+::
+
+    patients ─┬─< appointments
+              ├─< events                (append-only: what happened, the planner's input)
+              └─< touch_points ─< touch_point_history   (the ledger and its append-only log)
+    opt_outs                            (per address: STOP replies, unsubscribes)
+    engine_state                        (small key/value facts: last tick, last forecast)
+
+Every instant is stored in UTC and read back timezone-aware, on SQLite too.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar, cast
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC in, aware UTC out. Naive datetimes are refused, not guessed."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"refusing to store a naive datetime ({value!r}); use engine.clock")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(),
+                                                     dict[str, Any]: JSON()}
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(64), unique=True)
+    first_name: Mapped[str] = mapped_column(String(100), default="")
+    last_name: Mapped[str] = mapped_column(String(100), default="")
+    phone: Mapped[str | None] = mapped_column(String(20))
+    email: Mapped[str | None] = mapped_column(String(254))
+    language: Mapped[str | None] = mapped_column(String(16))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    sms_consent: Mapped[bool] = mapped_column(Boolean, default=False)
+    email_consent: Mapped[bool] = mapped_column(Boolean, default=False)
+    marketing_consent: Mapped[bool] = mapped_column(Boolean, default=False)
+    custom: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    row_hash: Mapped[str] = mapped_column(String(40))
+    source: Mapped[str] = mapped_column(String(300), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Appointment(Base):
+    __tablename__ = "appointments"
+    __table_args__ = (Index(None, "patient_id", "start_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    start_at: Mapped[datetime]
+    duration_minutes: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    visit_type: Mapped[str] = mapped_column(String(100), default="")
+    therapist: Mapped[str] = mapped_column(String(100), default="")
+    location: Mapped[str] = mapped_column(String(200), default="")
+    # Bumped on every booking or move: touch points anchor on (appointment, version).
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    confirmed_at: Mapped[datetime | None]
+    row_hash: Mapped[str] = mapped_column(String(40))
+    source: Mapped[str] = mapped_column(String(300), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index(None, "processed_at", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    appointment_id: Mapped[int | None] = mapped_column(ForeignKey("appointments.id"))
+    occurred_at: Mapped[datetime]
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    source: Mapped[str] = mapped_column(String(300), default="")
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    processed_at: Mapped[datetime | None]
+
+
+class TouchPoint(Base):
+    __tablename__ = "touch_points"
+    __table_args__ = (
+        UniqueConstraint("patient_id", "recipient", "journey", "step", "anchor"),
+        Index(None, "status", "due_at"),
+        Index(None, "appointment_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    appointment_id: Mapped[int | None] = mapped_column(ForeignKey("appointments.id"))
+    recipient: Mapped[str] = mapped_column(String(40), default="patient")
+    journey: Mapped[str] = mapped_column(String(64))
+    step: Mapped[str] = mapped_column(String(64))
+    anchor: Mapped[str] = mapped_column(String(80))
+    purpose: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id"))
+    step_fingerprint: Mapped[str] = mapped_column(String(16), default="")
+    due_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(12))
+    reason: Mapped[str | None] = mapped_column(String(40))
+    detail: Mapped[str | None] = mapped_column(Text)
+    channel: Mapped[str | None] = mapped_column(String(12))
+    address: Mapped[str | None] = mapped_column(String(254))
+    provider: Mapped[str | None] = mapped_column(String(24))
+    provider_message_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    template_file: Mapped[str | None] = mapped_column(String(200))
+    content: Mapped[str | None] = mapped_column(Text)  # what was sent: subject, then body
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(80))
+    claim_expires_at: Mapped[datetime | None]
+    sending_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    planned_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class TouchPointHistory(Base):
+    __tablename__ = "touch_point_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    touch_point_id: Mapped[int] = mapped_column(ForeignKey("touch_points.id"), index=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(12), default="transition")  # or delivery, note
+    status: Mapped[str | None] = mapped_column(String(12))
+    previous_status: Mapped[str | None] = mapped_column(String(12))
+    reason: Mapped[str | None] = mapped_column(String(40))
+    detail: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(24))
+    provider_event_id: Mapped[str | None] = mapped_column(String(120), unique=True)
+
+
+class OptOut(Base):
+    __tablename__ = "opt_outs"
+    __table_args__ = (UniqueConstraint("channel", "address", "purpose"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(12))
+    address: Mapped[str] = mapped_column(String(254))
+    purpose: Mapped[str] = mapped_column(String(16))  # all | marketing | transactional
+    source: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class EngineState(Base):
+    __tablename__ = "engine_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime]
+
+
+# The tables, for Core queries (the hot paths use Core, not ORM sessions).
+patients = cast(Table, Patient.__table__)
+appointments = cast(Table, Appointment.__table__)
+events = cast(Table, Event.__table__)
+touch_points = cast(Table, TouchPoint.__table__)
+history = cast(Table, TouchPointHistory.__table__)
+opt_outs = cast(Table, OptOut.__table__)
+engine_state = cast(Table, EngineState.__table__)

@@ -1,0 +1,171 @@
+"""A practice under test: settings, database, the shipped journey library, fake channels.
+
+    clinic = Clinic(database_url, tmp_path)
+    with freeze_time("2026-11-02T14:00:00Z"):
+        clinic.patients(patient("P1"))
+        clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00-06:00"))
+        clinic.tick()
+    clinic.one("pre-visit", "two-days-before").status
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from engine import clock
+from engine.channels.fake import FakeChannel
+from engine.definitions import Definitions, load_definitions
+from engine.importer import (
+    APPOINTMENT_COLUMNS,
+    PATIENT_COLUMNS,
+    ImportSummary,
+    import_appointments,
+    import_patients,
+)
+from engine.runner import Runner, TickReport
+from engine.settings import Settings, load_settings
+from engine.store.database import Database, open_database
+from engine.store.ledger import HistoryEntry, TouchPoint, history_of, touch_point_from_row
+from engine.store.schema import patients as patients_table
+from engine.store.schema import touch_points
+
+ROOT = Path(__file__).resolve().parent.parent
+LIBRARY_SCHEDULES = ROOT / "schedules"
+LIBRARY_TEMPLATES = ROOT / "message_templates"
+
+PRACTICE_TOML = """
+[practice]
+name = "Riverside Physical Therapy"
+phone = "+13125550199"
+address = "1200 W Riverside Ave, Chicago, IL 60607"
+timezone = "America/Chicago"
+
+[practice.links]
+intake = "https://riversidept.example/intake"
+directions = "https://riversidept.example/find-us"
+exercises = "https://riversidept.example/exercises"
+book = "https://riversidept.example/book"
+
+[channels]
+sms_provider = "fake"
+email_provider = "fake"
+"""
+
+
+def write_config(folder: Path, extra: str = "") -> Path:
+    path = folder / "touchpoint.toml"
+    path.write_text(PRACTICE_TOML + extra, encoding="utf-8")
+    return path
+
+
+def patient(patient_id: str = "P1", **fields: str) -> dict[str, str]:
+    row = {"patient_id": patient_id, "first_name": "Ana", "last_name": "Reyes",
+           "phone": "(312) 555-0100", "email": f"{patient_id.lower()}@example.com",
+           "language": "", "timezone": "", "sms_consent": "yes", "email_consent": "yes",
+           "marketing_consent": "yes"}
+    row.update(fields)
+    return row
+
+
+def appointment(appointment_id: str = "A1", patient_id: str = "P1",
+                start: str = "2026-11-05T10:00:00-06:00", **fields: str) -> dict[str, str]:
+    row = {"appointment_id": appointment_id, "patient_id": patient_id, "start": start,
+           "duration_minutes": "60", "status": "booked", "visit_type": "Follow-up",
+           "therapist": "Maya Chen, DPT", "location": "Main St"}
+    row.update(fields)
+    return row
+
+
+def write_csv(path: Path, rows: Iterable[Mapping[str, str]], columns: Iterable[str]) -> Path:
+    rows = list(rows)
+    header = list(columns)
+    for row in rows:
+        header.extend(k for k in row if k not in header)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, header)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+class Clinic:
+    def __init__(self, database_url: str, folder: Path, *, config_extra: str = "",
+                 schedules: Path = LIBRARY_SCHEDULES, templates: Path = LIBRARY_TEMPLATES,
+                 ) -> None:
+        self.folder = folder
+        self.config = write_config(folder, config_extra)
+        self.settings: Settings = load_settings(self.config, {
+            "database.url": database_url, "paths.schedules": str(schedules),
+            "paths.templates": str(templates)})
+        self.db: Database = open_database(database_url)
+        self.definitions: Definitions = load_definitions(
+            schedules, templates, self.settings.practice.language).raise_for_errors()
+        self.sms = FakeChannel("sms")
+        self.email = FakeChannel("email")
+        self.runner = Runner(self.db, self.settings, self.definitions,
+                             {"sms": self.sms, "email": self.email})
+        self._files = 0
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    # ------------------------------------------------------------------ data in
+
+    def _file(self, kind: str) -> Path:
+        self._files += 1
+        return self.folder / f"{kind}-{self._files}.csv"
+
+    def patients(self, *rows: Mapping[str, str], baseline: bool = False) -> ImportSummary:
+        path = write_csv(self._file("patients"), rows, PATIENT_COLUMNS)
+        with self.db.transaction() as conn:
+            return import_patients(conn, path, region="US", now=clock.now(), baseline=baseline)
+
+    def appointments(self, *rows: Mapping[str, str]) -> ImportSummary:
+        path = write_csv(self._file("appointments"), rows, APPOINTMENT_COLUMNS)
+        with self.db.transaction() as conn:
+            return import_appointments(conn, path, practice_tz="America/Chicago",
+                                       now=clock.now())
+
+    # ------------------------------------------------------------------ running
+
+    def tick(self) -> TickReport:
+        return self.runner.tick()
+
+    def run_until(self, until: datetime, step: timedelta = timedelta(minutes=5)) -> None:
+        """Tick every ``step`` from now until ``until`` (the clock is pinned as it goes)."""
+        now = clock.now()
+        while now <= until:
+            with clock.travel_to(now):
+                self.tick()
+            now += step
+
+    # ------------------------------------------------------------------ looking
+
+    def touch_points(self, **where: Any) -> list[TouchPoint]:
+        query = select(touch_points).order_by(touch_points.c.due_at, touch_points.c.id)
+        if "patient" in where:
+            query = query.join(patients_table, patients_table.c.id == touch_points.c.patient_id
+                               ).where(patients_table.c.external_id == where.pop("patient"))
+        for column, value in where.items():
+            query = query.where(touch_points.c[column] == value)
+        with self.db.transaction() as conn:
+            return [touch_point_from_row(row) for row in conn.execute(query)]
+
+    def one(self, journey: str, step: str, **where: Any) -> TouchPoint:
+        found = self.touch_points(journey=journey, step=step, **where)
+        assert len(found) == 1, f"expected one {journey}/{step}, found {len(found)}: {found}"
+        return found[0]
+
+    def history(self, tp: TouchPoint) -> list[HistoryEntry]:
+        with self.db.transaction() as conn:
+            return history_of(conn, tp.id)
+
+    def sent_to(self, touch_point_id: int) -> list[Any]:
+        return [m for m in [*self.sms.sent, *self.email.sent]
+                if m.touch_point_id == touch_point_id]
