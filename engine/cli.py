@@ -8,6 +8,7 @@ set ``TOUCHPOINT_DEBUG=1`` to see the traceback of an unexpected error.
 from __future__ import annotations
 
 import csv
+import html
 import json
 import os
 import sys
@@ -26,17 +27,20 @@ from rich.table import Table
 
 from engine import __version__, clock
 from engine.channels import build_channels
-from engine.definitions import Definitions, load_definitions
+from engine.definitions import Definitions
 from engine.errors import TouchpointError, UserError
 from engine.importer import ImportSummary, import_appointments, import_patients
 from engine.outcomes import Status
-from engine.privacy import redact
+from engine.preview import Preview, preview, send_test
+from engine.privacy import mask_address, redact
 from engine.reports import LOG_FIELDS, log_rows, why
 from engine.runner import Runner, TickReport
 from engine.settings import Settings, load_settings
 from engine.simulate import Feed, simulate
+from engine.sms_segments import analyse
 from engine.store.database import Database, head_revision, open_database, safe_url
 from engine.timing import parse_duration
+from engine.validate import check_definitions
 
 # --------------------------------------------------------------------------- plumbing
 
@@ -64,11 +68,10 @@ class App:
         return self._db
 
     def definitions(self) -> Definitions:
+        """Schedules and templates that passed every check (errors stop the command)."""
         if self._definitions is None:
-            settings = self.settings()
-            self._definitions = load_definitions(
-                settings.schedules_dir, settings.templates_dir,
-                settings.practice.language).raise_for_errors()
+            self._definitions = check_definitions(self.settings(), clock.now())
+            self._definitions.raise_for_errors()
         return self._definitions
 
 
@@ -233,7 +236,8 @@ def _report_import(summary: ImportSummary, as_json: bool) -> None:
         parts = [f"{summary.rows} rows", f"{summary.created} new", f"{summary.updated} updated",
                  f"{summary.unchanged} unchanged"]
         if summary.historical:
-            parts.append(f"{summary.historical} past (no journeys started)")
+            parts.append(f"{summary.historical} stored without starting journeys (past, or "
+                         "already cancelled)")
         click.echo(f"{summary.file}: {', '.join(parts)}, {summary.rejected} rejected.")
         if summary.events:
             click.echo("events: " + ", ".join(f"{n} {k}" for k, n in
@@ -501,8 +505,7 @@ def why_cmd(ctx: click.Context, touch_point_id: int, as_json: bool) -> None:
 def validate_cmd(ctx: click.Context, as_json: bool) -> None:
     """Check every schedule and template; exit 1 on any error."""
     settings = _app(ctx).settings()
-    definitions = load_definitions(settings.schedules_dir, settings.templates_dir,
-                                   settings.practice.language)
+    definitions = check_definitions(settings, clock.now())
     found = list(definitions.diagnostics)
     errors = [d for d in found if d.severity == "error"]
     if as_json:
@@ -517,6 +520,114 @@ def validate_cmd(ctx: click.Context, as_json: bool) -> None:
                    f"{len(found) - len(errors)} warning(s).")
     if errors:
         sys.exit(1)
+
+
+@cli.command("segments")
+@click.argument("text")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"encoding", "segments", "characters"} as JSON.')
+def segments_cmd(text: str, as_json: bool) -> None:
+    """Count SMS segments of TEXT the way carriers do (GSM-7 or UCS-2)."""
+    info = analyse(text)
+    if as_json:
+        _echo_json(info.as_dict())
+        return
+    limit = (160, 153) if info.encoding == "GSM-7" else (70, 67)
+    click.echo(f"{info.encoding}, {info.segments} segment{'s' if info.segments != 1 else ''}, "
+               f"{info.characters} characters (one segment holds {limit[0]}; each part of a "
+               f"longer message {limit[1]})")
+    for char in info.non_gsm:
+        click.echo(f"  {char.describe()}")
+
+
+@cli.command("preview")
+@click.argument("journey")
+@click.argument("step")
+@click.option("--patient", "patient_id", metavar="ID",
+              help="Render for this imported patient instead of the built-in sample.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE", help="Write the email's HTML to FILE (one file per language).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def preview_cmd(ctx: click.Context, journey: str, step: str, patient_id: str | None,
+                html_file: Path | None, as_json: bool) -> None:
+    """Show exactly what a step sends: every channel and language, when, and how long."""
+    app = _app(ctx)
+    settings, definitions = app.settings(), app.definitions()
+    if patient_id is not None:
+        with app.db().transaction() as conn:
+            result = preview(definitions, settings, journey, step, clock.now(), conn,
+                             patient_id)
+    else:
+        result = preview(definitions, settings, journey, step, clock.now())
+    written = _write_html(result, html_file) if html_file else []
+    if as_json:
+        _echo_json({**result.as_dict(), "html_files": [str(p) for p in written]})
+        return
+    echo = click.echo
+    echo(f"{result.journey} / {result.step} ({result.purpose}) for {result.recipient}")
+    echo(f"  when: {result.when}" + (f" — would be skipped: {result.status}"
+                                     if result.status != "planned" else ""))
+    for message in result.messages:
+        header = f"\n── {message.channel} · {message.language} · {message.template_file}"
+        echo(header + (f" · {message.note}" if message.note else ""))
+        if message.error:
+            echo(f"  cannot render: {message.error}")
+            continue
+        if message.subject is not None:
+            echo(f"Subject: {message.subject}\n")
+        echo(message.body)
+        if message.segments:
+            seg = message.segments
+            echo(f"  [{seg['encoding']}, {seg['segments']} segment"
+                 f"{'s' if seg['segments'] != 1 else ''}, {seg['characters']} characters]")
+            for problem in message.problems:
+                echo(f"  {problem}")
+        if message.html:
+            echo("  [HTML part" + (f" written to {', '.join(map(str, written))}]"
+                                   if written else ": see --html FILE]"))
+
+
+@cli.command("test-send")
+@click.argument("journey")
+@click.argument("step")
+@click.option("--to", "to", required=True, metavar="PHONE_OR_EMAIL",
+              help="Your own phone number or email address.")
+@click.option("--patient", "patient_id", metavar="ID",
+              help="Render for this imported patient instead of the built-in sample.")
+@click.option("--language", metavar="CODE", help="Render this language variant (e.g. es).")
+@click.pass_context
+def test_send_cmd(ctx: click.Context, journey: str, step: str, to: str,
+                  patient_id: str | None, language: str | None) -> None:
+    """Send one rendered message of a step to your own phone or email, through the
+    configured provider. It is recorded in the log as a test."""
+    app = _app(ctx)
+    settings, definitions, database = app.settings(), app.definitions(), app.db()
+    channels = build_channels(settings)
+    tp = send_test(database, definitions, settings, channels, journey, step, to, clock.now(),
+                   patient_id=patient_id, language=language)
+    if tp.status == Status.SENT:
+        click.echo(f"test message sent by {tp.channel} via {tp.provider} to "
+                   f"{mask_address(tp.address)} (touch point {tp.id}, provider id "
+                   f"{tp.provider_message_id}).")
+        return
+    raise click.ClickException(f"the test message was not sent: {tp.status}"
+                               f"{f' ({tp.reason})' if tp.reason else ''} — {tp.detail or ''}"
+                               f" (touch point {tp.id})")
+
+
+def _write_html(result: Preview, target: Path) -> list[Path]:
+    written: list[Path] = []
+    for message in result.messages:
+        if message.channel != "email" or not message.html:
+            continue
+        path = target if not written else target.with_suffix(f".{message.language}"
+                                                             f"{target.suffix}")
+        path.write_text(f"<!doctype html>\n<meta charset=\"utf-8\">\n"
+                        f"<title>{html.escape(message.subject or '')}</title>\n{message.html}\n",
+                        encoding="utf-8")
+        written.append(path)
+    return written
 
 
 # --------------------------------------------------------------------------- demo

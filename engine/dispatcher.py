@@ -44,16 +44,7 @@ from engine.errors import (
     TemplateRenderError,
     TransientChannelError,
 )
-from engine.guards import (
-    Defer,
-    Verdict,
-    address_for,
-    anchor_verdict,
-    channel_refusal,
-    deadline_verdict,
-    quiet_hours_verdict,
-    recipient_zone,
-)
+from engine.guards import Defer, Verdict, address_for, decide
 from engine.message_context import message_context, practice_fields
 from engine.outcomes import Reason, Status
 from engine.privacy import mask_address, redact
@@ -149,7 +140,7 @@ class Dispatcher:
         return self.stats
 
     def _snapshot(self, batch: list[TouchPoint]) -> Snapshot:
-        patient_ids = {tp.patient_id for tp in batch}
+        patient_ids = {tp.patient_id for tp in batch if tp.patient_id is not None}
         exit_kinds = {rule.event for journey in self.definitions.journeys.values()
                       for step in journey.steps for rule in journey.exits_for(step)
                       if rule.scope == "patient"}
@@ -157,7 +148,8 @@ class Dispatcher:
             patients = load_patients(conn, patient_ids)
             appointment_ids = {tp.appointment_id for tp in batch if tp.appointment_id}
             appointments = load_appointments(conn, appointment_ids)
-            unanchored = {tp.patient_id for tp in batch if tp.appointment_id is None}
+            unanchored = {tp.patient_id for tp in batch
+                          if tp.appointment_id is None and tp.patient_id is not None}
             upcoming = next_booked(conn, unanchored, clock.now()) if unanchored else {}
             numbers = visit_numbers(conn, appointment_ids | {a.id for a in upcoming.values()})
             addresses = {a for p in patients.values() for a in (p.phone, p.email) if a}
@@ -170,43 +162,26 @@ class Dispatcher:
     def handle(self, tp: TouchPoint, snapshot: Snapshot) -> None:
         journey = self.definitions.journey(tp.journey)
         step = journey.step(tp.step) if journey else None
-        if journey is None or step is None:
-            reason = Reason.JOURNEY_REMOVED if journey is None else Reason.STEP_REMOVED
-            self._settle(tp, Verdict(Status.CANCELLED, reason,
-                                     f"{tp.journey}/{tp.step} is no longer in schedules/"))
-            return
+        assert tp.patient_id is not None, "test sends are never dispatched"
         patient = snapshot.patients[tp.patient_id]
         appointment = snapshot.appointments.get(tp.appointment_id) if tp.appointment_id \
             else None
         now = clock.now()
-        verdict = deadline_verdict(tp, now) or anchor_verdict(
-            tp, journey, step, appointment, snapshot.latest_events.get(tp.patient_id, {}))
-        if verdict is not None:
-            self._settle(tp, verdict)
-            return
-        timezone = recipient_zone(patient, self.practice_timezone)
-        quiet = quiet_hours_verdict(tp, now, self.quiet_hours, timezone)
-        if isinstance(quiet, Verdict):
-            self._settle(tp, quiet)
-            return
-        if isinstance(quiet, Defer):
+        decision = decide(tp, journey, step, patient, appointment,
+                          snapshot.latest_events.get(tp.patient_id, {}), snapshot.opt_outs,
+                          now, self.quiet_hours, self.practice_timezone)
+        if isinstance(decision, Verdict):
+            self._settle(tp, decision)
+        elif isinstance(decision, Defer):
             with self.db.transaction() as conn:
-                ledger.reschedule(conn, tp.id, worker=self.worker, due_at=quiet.until,
-                                  now=now, reason="quiet_hours", detail=quiet.detail)
+                ledger.reschedule(conn, tp.id, worker=self.worker, due_at=decision.until,
+                                  now=now, reason="quiet_hours", detail=decision.detail)
             self.stats.deferred += 1
-            return
-        candidates, refusals = [], []
-        for channel in step.channels:
-            refusal = channel_refusal(channel, patient, tp.purpose, snapshot.opt_outs)
-            if refusal is None:
-                candidates.append(channel)
-            else:
-                refusals.append(refusal)
-        if not candidates:
-            self._settle(tp, Verdict(Status.SKIPPED, refusals[0][0],
-                                     "; ".join(detail for _, detail in refusals)))
-            return
-        self._send(tp, journey, step, patient, appointment, snapshot, candidates, timezone)
+        else:
+            assert journey is not None
+            assert step is not None
+            self._send(tp, journey, step, patient, appointment, snapshot,
+                       list(decision.channels), decision.timezone)
 
     def _send(self, tp: TouchPoint, journey: Journey, step: Step, patient: Patient,
               appointment: Appointment | None, snapshot: Snapshot, candidates: list[str],
@@ -243,6 +218,11 @@ class Dispatcher:
         # Every candidate failed before reaching a provider (template errors).
         reason, _ = failures[0]
         self._settle(tp, Verdict(Status.FAILED, reason, "; ".join(d for _, d in failures)))
+
+    def deliver(self, tp: TouchPoint, message: OutboundMessage, template_file: str) -> None:
+        """Send one claimed touch point through ``message.kind`` now (test sends)."""
+        self._attempt(tp, message.kind, message, attempt=tp.attempts + 1,
+                      template_file=template_file, last=True, failures=[])
 
     def _attempt(self, tp: TouchPoint, kind: str, message: OutboundMessage, *, attempt: int,
                  template_file: str, last: bool, failures: list[tuple[str, str]]) -> str:

@@ -50,6 +50,17 @@ class Defer:
     detail: str
 
 
+@dataclass(frozen=True)
+class Send:
+    """Go ahead: try ``channels`` in order (each passed the consent checks)."""
+
+    channels: tuple[str, ...]
+    timezone: str
+
+
+Decision = Verdict | Defer | Send
+
+
 def anchor_version(anchor: str) -> int | None:
     """``appointment:17:v3`` → 3."""
     _, _, version = anchor.rpartition(":v")
@@ -136,3 +147,32 @@ def channel_refusal(channel: str, patient: Patient, purpose: str,
     if purpose == "marketing" and not patient.marketing_consent:
         return Reason.NO_CONSENT, f"{channel}: no marketing consent"
     return None
+
+
+def decide(tp: TouchPoint, journey: Journey | None, step: Step | None, patient: Patient,
+           appointment: Appointment | None, latest_events: Mapping[str, datetime],
+           opt_outs: Mapping[tuple[str, str], set[str]], now: datetime, quiet: QuietHours,
+           practice_timezone: str) -> Decision:
+    """Every send-time guard, in order. The dispatcher acts on it; forecast reports it."""
+    if journey is None or step is None:
+        reason = Reason.JOURNEY_REMOVED if journey is None else Reason.STEP_REMOVED
+        return Verdict(Status.CANCELLED, reason,
+                       f"{tp.journey}/{tp.step} is no longer in schedules/")
+    verdict = deadline_verdict(tp, now) or anchor_verdict(tp, journey, step, appointment,
+                                                          latest_events)
+    if verdict is not None:
+        return verdict
+    timezone = recipient_zone(patient, practice_timezone)
+    quiet_verdict = quiet_hours_verdict(tp, now, quiet, timezone)
+    if quiet_verdict is not None:
+        return quiet_verdict
+    candidates, refusals = [], []
+    for channel in step.channels:
+        refusal = channel_refusal(channel, patient, tp.purpose, opt_outs)
+        if refusal is None:
+            candidates.append(channel)
+        else:
+            refusals.append(refusal)
+    if not candidates:
+        return Verdict(Status.SKIPPED, refusals[0][0], "; ".join(d for _, d in refusals))
+    return Send(tuple(candidates), timezone)

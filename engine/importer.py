@@ -9,7 +9,12 @@
   ``appointment.rescheduled``, ``appointment.cancelled``, ``appointment.completed``,
   ``appointment.no_show`` — which the planner turns into touch points.
 * Rows that describe the past (a visit completed weeks ago, a booking whose start has
-  passed) are stored as history without starting journeys.
+  passed) and appointments first seen already cancelled are stored without starting
+  journeys (counted as ``historical``).
+* A file whose CSV quoting is broken (an unclosed quote) is refused whole: past that
+  point, where one row ends and the next begins cannot be known.
+* A naive start time in the repeated hour of an autumn DST change is taken as its first
+  occurrence; one in the skipped spring hour is rejected. Give offsets to be exact.
 
 Problems never echo patient data: they name the line, the column and what to write.
 """
@@ -106,11 +111,13 @@ def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, Mapping[st
         raise ImportFileError(f"{path}: not UTF-8 text — export the CSV as UTF-8") from None
     except OSError as exc:
         raise ImportFileError(f"{path}: cannot read it ({exc.strerror})") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except StopIteration:
         raise ImportFileError(f"{path}: the file is empty — it needs a header row") from None
+    except csv.Error as exc:
+        raise ImportFileError(f"{path}: line 1: the header is not valid CSV ({exc})") from None
     columns = [name.strip().lower() for name in header]
     missing = [name for name in required if name not in columns]
     if missing:
@@ -121,7 +128,18 @@ def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, Mapping[st
     if duplicated:
         raise ImportFileError(f"{path}: column {', '.join(duplicated)} appears twice in the header")
     line = reader.line_num
-    for values in reader:
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            # Broken quoting: where the next row starts cannot be known, so nothing of
+            # this file is imported (the caller's transaction is rolled back).
+            raise ImportFileError(
+                f"{path}: line {line + 1}: {exc} — check the quotes on that line (a field "
+                "with a comma or line break must be in double quotes, and a quote inside it "
+                "doubled); nothing from this file was imported") from None
         start_line, line = line + 1, reader.line_num
         if not any(v.strip() for v in values):
             continue
@@ -142,7 +160,7 @@ def _consent(row: Mapping[str, str], column: str) -> bool:
     raise _RowError(f"{column} must be yes or no")
 
 
-def _phone(raw: str, region: str) -> str | None:
+def normalise_phone(raw: str, region: str) -> str | None:
     if not raw:
         return None
     try:
@@ -156,7 +174,7 @@ def _phone(raw: str, region: str) -> str | None:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
-def _email(raw: str) -> str | None:
+def normalise_email(raw: str) -> str | None:
     if not raw:
         return None
     try:
@@ -171,8 +189,7 @@ def _language(raw: str) -> str | None:
     try:
         Locale.parse(raw.replace("-", "_"))
     except (UnknownLocaleError, ValueError):
-        raise _RowError(f"language {raw!r} is not a language code — use e.g. en, es or es-MX") \
-            from None
+        raise _RowError("language is not a language code — use e.g. en, es or es-MX") from None
     return raw.replace("_", "-")
 
 
@@ -181,8 +198,9 @@ def _timezone(raw: str) -> str | None:
         return None
     try:
         zone(raw)
-    except ValueError as exc:
-        raise _RowError(str(exc)) from None
+    except ValueError:
+        raise _RowError("timezone is not a known timezone — use a name from the tz "
+                        "database, such as America/New_York") from None
     return raw
 
 
@@ -201,8 +219,8 @@ def parse_patient(row: Mapping[str, str], region: str) -> dict[str, Any]:
         "external_id": external_id,
         "first_name": row.get("first_name", ""),
         "last_name": row.get("last_name", ""),
-        "phone": _phone(row.get("phone", ""), region),
-        "email": _email(row.get("email", "")),
+        "phone": normalise_phone(row.get("phone", ""), region),
+        "email": normalise_email(row.get("email", "")),
         "language": _language(row.get("language", "")),
         "timezone": _timezone(row.get("timezone", "")),
         "sms_consent": _consent(row, "sms_consent"),
@@ -420,6 +438,7 @@ def sync_appointments(conn: Connection, rows: Rows, source: str, *, practice_tz:
             events.append(_event(kind, ids[row["external_id"]]["id"], row, now, row["source"]))
     append_events(conn, events)
     summary.events.update(e["kind"] for e in events)
+    summary.problems.sort(key=lambda p: p.line)
     return summary
 
 

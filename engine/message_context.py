@@ -22,8 +22,8 @@ def practice_fields(settings: Settings) -> Fields:
         "address": practice.address,
         "website": practice.website,
         "timezone": practice.timezone or "",
-        "links": Fields(practice.links),
-    })
+        "links": Fields(practice.links, "practice.links"),
+    }, "practice")
 
 
 def patient_fields(patient: Patient, practice_timezone: str) -> Fields:
@@ -34,8 +34,8 @@ def patient_fields(patient: Patient, practice_timezone: str) -> Fields:
         "full_name": patient.full_name,
         "language": patient.language or "",
         "timezone": patient.timezone or practice_timezone,
-        "custom": Fields(patient.custom),
-    })
+        "custom": Fields(patient.custom, "patient.custom"),
+    }, "patient")
 
 
 def appointment_fields(appointment: Appointment, visit_number: int | None = None) -> Fields:
@@ -50,7 +50,7 @@ def appointment_fields(appointment: Appointment, visit_number: int | None = None
         "status": appointment.status,
         "visit_number": visit_number if visit_number is not None else 0,
         "confirmed": appointment.confirmed_at is not None,
-    })
+    }, "appointment")
 
 
 def message_context(
@@ -70,8 +70,9 @@ def message_context(
         "recipient": Fields({"role": "patient", "first_name": patient.first_name,
                              "last_name": patient.last_name,
                              "language": patient.language or "",
-                             "timezone": patient.timezone or practice_timezone}),
+                             "timezone": patient.timezone or practice_timezone}, "recipient"),
         "appointment": appointment_fields(appointment, visit_number) if appointment else None,
         "practice": practice,
-        "touch_point": Fields({"id": touch_point_id, "journey": journey, "step": step}),
+        "touch_point": Fields({"id": touch_point_id, "journey": journey, "step": step},
+                              "touch_point"),
     }

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from engine.definitions.journeys import Journey, Step, When
@@ -98,13 +98,13 @@ def anchor_for(journey: Journey, event: Event) -> Anchor | None:
     if journey.anchored_on_appointment:
         if event.appointment_id is None or "start" not in data:
             return None
-        start = datetime.fromisoformat(data["start"])
+        start = datetime.fromisoformat(data["start"]).astimezone(UTC)
         end = start + timedelta(minutes=int(data.get("duration_minutes", 0)))
         return Anchor(appointment_anchor(event.appointment_id, int(data.get("version", 1))),
                       event.appointment_id, start, end)
     if journey.trigger.event == "patient.lapsed":
         # Win-back steps count from the last visit: {days_after: 30, at: "11:00"}.
-        last_visit = datetime.fromisoformat(data["last_visit_at"]) \
+        last_visit = datetime.fromisoformat(data["last_visit_at"]).astimezone(UTC) \
             if "last_visit_at" in data else event.occurred_at
         return Anchor(f"lapse:{data.get('last_visit_id', event.id)}", None, last_visit,
                       last_visit)
@@ -134,8 +134,10 @@ def triggered_by(journey: Journey, event: Event) -> bool:
     if trigger.event != event.kind:
         return False
     if trigger.event == "patient.lapsed":
-        after = event.data.get("after")
-        return after is not None and parse_duration(after) == trigger.after
+        try:
+            return parse_duration(event.data.get("after", "")) == trigger.after
+        except ValueError:
+            return False
     return True
 
 
@@ -179,7 +181,11 @@ def _plan_step(event: Event, patient: Patient, journey: Journey, step: Step, anc
                       f"{event.occurred_at.isoformat()} (set catch_up: true to send late)")
     if status == Status.PLANNED:
         allowed = rules.quiet_hours.next_allowed(due, tz)
-        if expires is not None and allowed >= expires:
+        if expires is not None and due >= expires:
+            status, reason = Status.SKIPPED, Reason.TOO_LATE
+            detail = (f"its deadline {expires.isoformat()} had passed when the "
+                      f"{event.kind} event came in at {event.occurred_at.isoformat()}")
+        elif expires is not None and allowed >= expires:
             status, reason = Status.SKIPPED, Reason.TOO_LATE
             detail = (f"quiet hours ({rules.quiet_hours.describe()} {tz.key}) would delay it "
                       f"to {allowed.isoformat()}, past its deadline {expires.isoformat()}")

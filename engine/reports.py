@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, false, select
 
 from engine.definitions import Definitions
 from engine.errors import NotFound
@@ -20,7 +20,7 @@ from engine.store.schema import appointments, events, patients, touch_points
 
 LOG_FIELDS = ("id", "patient_id", "appointment_id", "journey", "step", "channel", "recipient",
               "due_at", "sent_at", "status", "reason", "attempts", "provider_message_id",
-              "purpose", "detail")
+              "purpose", "test", "detail")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -34,7 +34,7 @@ def log_rows(conn: Connection, *, patient: str | None = None, journey: str | Non
     query = (
         select(touch_points, patients.c.external_id.label("patient_external_id"),
                appointments.c.external_id.label("appointment_external_id"))
-        .join(patients, patients.c.id == touch_points.c.patient_id)
+        .outerjoin(patients, patients.c.id == touch_points.c.patient_id)
         .outerjoin(appointments, appointments.c.id == touch_points.c.appointment_id)
         .order_by(touch_points.c.due_at, touch_points.c.id)
     )
@@ -62,6 +62,7 @@ def log_rows(conn: Connection, *, patient: str | None = None, journey: str | Non
             "attempts": row.attempts,
             "provider_message_id": row.provider_message_id,
             "purpose": row.purpose,
+            "test": row.test,
             "detail": row.detail,
         }
 
@@ -78,7 +79,8 @@ def summary(conn: Connection) -> list[JourneySummary]:
     """Per journey: how many touch points, and how they ended (status, and reason)."""
     outcomes: dict[str, Counter[str]] = defaultdict(Counter)
     reasons: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
-    query = select(touch_points.c.journey, touch_points.c.status, touch_points.c.reason)
+    query = select(touch_points.c.journey, touch_points.c.status, touch_points.c.reason) \
+        .where(touch_points.c.test == false())
     for journey, status, reason in conn.execute(query):
         outcomes[journey][status] += 1
         if status in (Status.SKIPPED, Status.CANCELLED, Status.FAILED, Status.UNKNOWN):
@@ -122,7 +124,7 @@ def why(conn: Connection, tp_id: int, definitions: Definitions | None = None) ->
         raise NotFound(f"no touch point {tp_id} — list them with `touchpoint log`")
     patient = conn.execute(select(patients.c.external_id, patients.c.first_name,
                                   patients.c.last_name)
-                           .where(patients.c.id == tp.patient_id)).one()
+                           .where(patients.c.id == tp.patient_id)).first()
     appointment = None
     if tp.appointment_id is not None:
         appointment = conn.execute(select(appointments.c.external_id)
@@ -140,9 +142,10 @@ def why(conn: Connection, tp_id: int, definitions: Definitions | None = None) ->
         if journey is not None and step is not None:
             definition = (f"{journey.file}: step '{step.id}' — {step.when.describe()}, "
                           f"channels {', '.join(step.channels)}, template {step.template}")
-    return Why(tp, patient.external_id, f"{patient.first_name} {patient.last_name}".strip(),
-               appointment, event, ledger.history_of(conn, tp_id), definition,
-               explain(tp))
+    patient_id = patient.external_id if patient else "(test send)"
+    name = f"{patient.first_name} {patient.last_name}".strip() if patient else ""
+    return Why(tp, patient_id, name, appointment, event, ledger.history_of(conn, tp_id),
+               definition, explain(tp))
 
 
 def explain(tp: TouchPoint) -> str:

@@ -93,12 +93,14 @@ SETTINGS: tuple[Setting, ...] = (
 
 _BY_KEY = {s.key: s for s in SETTINGS}
 _TABLE_SETTINGS = {"practice.links"}  # free-form tables: their sub-keys are not checked
+# Folders and files: a relative path written in touchpoint.toml is relative to that file.
+_PATH_SETTINGS = {"paths.schedules", "paths.templates", "channels.fake_outbox"}
 
 
-def _where(setting: Setting) -> str:
+def _where(setting: Setting, config_file: Path | None = None) -> str:
     section, _, name = setting.key.rpartition(".")
-    places = [f"{setting.flag} " if setting.flag else "", f"{setting.env}, "]
-    return f"{''.join(places)}or [{section}] {name} in {DEFAULT_CONFIG}"
+    places = [setting.flag, setting.env] if setting.flag else [setting.env]
+    return f"{', '.join(places)}, or [{section}] {name} in {config_file or DEFAULT_CONFIG}"
 
 
 class Practice(BaseModel):
@@ -182,7 +184,8 @@ class Settings(BaseModel):
         for part in _FIELD_PATH[key]:
             value = getattr(value, part)
         if value in (None, ""):
-            raise ConfigError(f"setting {key} is not set — set it with {_where(_BY_KEY[key])}")
+            raise ConfigError(f"setting {key} is not set — set it with "
+                              f"{_where(_BY_KEY[key], self.config_file)}")
         return value
 
     def describe(self) -> dict[str, str]:
@@ -279,22 +282,23 @@ def load_settings(
     values: dict[str, object] = {}
     origin: dict[str, str] = {}
     for setting in SETTINGS:
+        section = setting.key.rpartition(".")[0]
         candidates = (
-            (flags.get(setting.key), setting.flag or ""),
-            (_from_env(setting, environ), setting.env),
-            (from_file.get(setting.key), f"{config_path}: [{setting.key.rpartition('.')[0]}]"),
-            (setting.default, "default"),
+            (flags.get(setting.key), setting.flag or "a flag", False),
+            (_from_env(setting, environ), setting.env, False),
+            (from_file.get(setting.key), f"{config_path}: [{section}]", True),
+            (setting.default, "default", False),
         )
-        for value, where in candidates:
-            if value is not None:
-                if setting.key.startswith("paths.") or setting.key == "channels.fake_outbox":
-                    value = Path(str(value))
-                    in_file = config_path is not None and where.startswith(str(config_path))
-                    if in_file and config_path is not None and not value.is_absolute():
-                        value = config_path.parent / value
-                values[setting.key] = value
-                origin[setting.key] = where
-                break
+        for value, where, in_file in candidates:
+            if value is None:
+                continue
+            if setting.key in _PATH_SETTINGS:
+                value = Path(str(value))
+                if in_file and config_path is not None and not value.is_absolute():
+                    value = config_path.parent / value
+            values[setting.key] = value
+            origin[setting.key] = where
+            break
 
     nested: dict[str, Any] = {"config_file": config_path}
     for key, value in values.items():
@@ -308,15 +312,17 @@ def load_settings(
     nested.setdefault("dispatch", {})
     try:
         settings = Settings.model_validate(nested)
-        settings.quiet_hours  # noqa: B018 - validates send_from < send_until
-    except (ValidationError, ValueError) as exc:
+    except ValidationError as exc:
         raise ConfigError(_explain(exc, origin)) from None
+    if settings.send_from >= settings.send_until:
+        raise ConfigError(
+            f"settings quiet_hours.send_from ({settings.send_from:%H:%M}, from "
+            f"{origin['quiet_hours.send_from']}) must be before quiet_hours.send_until "
+            f"({settings.send_until:%H:%M}, from {origin['quiet_hours.send_until']})")
     return settings
 
 
-def _explain(exc: ValidationError | ValueError, origin: Mapping[str, str]) -> str:
-    if not isinstance(exc, ValidationError):
-        return f"invalid settings: {exc}"
+def _explain(exc: ValidationError, origin: Mapping[str, str]) -> str:
     error = exc.errors()[0]
     loc = tuple(str(p) for p in error["loc"])
     key = next((k for k, path in _FIELD_PATH.items() if path == loc[: len(path)]), ".".join(loc))

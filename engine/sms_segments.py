@@ -63,6 +63,7 @@ __all__ = [
     "analyse",
     "is_gsm7",
     "split_segments",
+    "to_gsm7",
 ]
 
 Encoding = Literal["GSM-7", "UCS-2"]
@@ -294,6 +295,21 @@ def split_segments(text: str) -> list[str]:
     if _utf16_units(text) <= _UCS2_SINGLE:
         return [text]
     return _pack(_ucs2_atoms(_grapheme_clusters(text)), _UCS2_MULTI)
+
+
+def to_gsm7(text: str) -> str:
+    """``text`` with every character that has a GSM-7 stand-in replaced by it.
+
+    ``"sáb, 10 oct"`` → ``"sab, 10 oct"``; characters without one (emoji) are kept. For
+    text the engine writes itself (formatted dates) — never for what a person wrote.
+    """
+    if _GSM_ALL.issuperset(text):
+        return text
+    out = []
+    for char in text:
+        replacement = None if char in _GSM_ALL else _replacement(char)
+        out.append(char if replacement is None else replacement)
+    return "".join(out)
 
 
 # --- Helpers -------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ def _check_step(journey: Journey, step: Step, templates: TemplateSet) -> list[Di
     if step.only_if:
         try:
             templates.compile_expression(step.only_if)
+            found.extend(templates.check_expression(step.only_if, journey.file, step.line))
         except TemplateSyntaxError as exc:
             found.append(Diagnostic(journey.file, step.line,
                                     f"only_if is not a valid expression: {exc.message}",

@@ -131,6 +131,7 @@ class Journey:
     steps: tuple[Step, ...]
     file: str
     description: str = ""
+    line: int = 1  # of the `journey:` key
     _steps_by_id: Mapping[str, Step] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -166,7 +167,7 @@ def load_journeys(directory: Path) -> tuple[dict[str, Journey], list[Diagnostic]
             continue
         if journey.name in journeys:
             diagnostics.append(Diagnostic(
-                journey.file, 1, f"journey '{journey.name}' is already defined in "
+                journey.file, journey.line, f"journey '{journey.name}' is already defined in "
                 f"{journeys[journey.name].file}", "give each journey a unique name"))
             continue
         journeys[journey.name] = journey
@@ -187,7 +188,11 @@ def parse_journey(text: str, file: str) -> tuple[Journey | None, list[Diagnostic
     try:
         data = yaml.load(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
+        # "found unexpected end of stream" points at the end of the file; the context
+        # mark ("while scanning a quoted scalar") is where the unclosed quote opened.
+        at_end = "end of stream" in (exc.problem or "")
+        mark = (exc.context_mark or exc.problem_mark) if at_end else \
+            (exc.problem_mark or exc.context_mark)
         line = mark.line + 1 if mark is not None else None
         problem = (exc.problem or exc.context or "invalid YAML").strip()
         return None, [Diagnostic(file, line, f"YAML syntax error: {problem}",
@@ -205,6 +210,8 @@ class _JourneyReader:
         self.diagnostics: list[Diagnostic] = []
 
     def error(self, line: int | None, message: str, fix: str = "", code: str = "") -> None:
+        if not fix and " — " in message:
+            message, fix = message.split(" — ", 1)
         self.diagnostics.append(Diagnostic(self.file, line, message, fix, code=code))
 
     # ruamel keeps 0-based positions on every mapping and sequence
@@ -263,6 +270,7 @@ class _JourneyReader:
             steps=tuple(steps),
             file=self.file,
             description=str(data.get("description") or ""),
+            line=self.key_line(data, "journey") or 1,
         ), self.diagnostics
 
     def read_trigger(self, data: CommentedMap) -> Trigger | None:
@@ -280,7 +288,8 @@ class _JourneyReader:
                 try:
                     after = parse_duration(raw["after"])
                 except ValueError as exc:
-                    self.error(self.key_line(raw, "after"), str(exc))
+                    self.error(self.key_line(raw, "after"), f"trigger after: {exc}")
+                    return None
         else:
             event = raw
         if event not in TRIGGER_EVENTS:
@@ -329,6 +338,11 @@ class _JourneyReader:
                 self.error(item_line, f"scope must be anchor or patient, not {scope!r}",
                            "anchor: only the appointment the journey started from; patient: any")
                 continue
+            if scope == "anchor" and trigger is not None \
+                    and not trigger.event.startswith("appointment."):
+                self.error(item_line, f"scope: anchor, but {trigger.event} has no appointment "
+                           "to anchor on", "use scope: patient, or leave scope out")
+                continue
             rules.append(ExitRule(str(event), scope))  # type: ignore[arg-type]
         return tuple(rules)
 
@@ -366,7 +380,10 @@ class _JourneyReader:
             step_id = "?"
         when = self.read_when(item, trigger)
         channels = item.get("channels")
-        if (not isinstance(channels, list) or not channels
+        if isinstance(channels, str):
+            self.error(self.key_line(item, "channels"), "channels must be a list",
+                       f"write e.g. `channels: [{channels}]`")
+        elif (not isinstance(channels, list) or not channels
                 or any(c not in CHANNELS for c in channels)):
             bad = [c for c in channels or [] if c not in CHANNELS] if isinstance(channels, list) \
                 else [channels]
@@ -383,6 +400,11 @@ class _JourneyReader:
             self.error(self.key_line(item, "template"), "a step needs a template",
                        "add e.g. `template: pre-visit/two-days-before` (a path under "
                        "message_templates/, without extension)")
+        elif template.strip().endswith((".j2", ".sms", ".email")):
+            self.error(self.key_line(item, "template"),
+                       f"template names the file with its extension ({template})",
+                       f"write `template: {template.split('.')[0]}`: the channel and "
+                       "language pick the file")
         catch_up = item.get("catch_up", False)
         if not isinstance(catch_up, bool):
             self.error(self.key_line(item, "catch_up"), "catch_up must be true or false")
@@ -443,23 +465,25 @@ class _JourneyReader:
                 when = When("immediately")
             elif kind in ("before", "after"):
                 if "at" in raw:
-                    raise ValueError(f"'at' goes with days_{kind}, not {kind}; write "
+                    raise ValueError(f"'at' goes with days_{kind}, not {kind} — write "
                                      f"{{days_{kind}: 1, at: \"10:00\"}}")
                 when = When(kind, offset=parse_duration(raw[kind]))
             else:
                 days = raw[kind]
                 if not isinstance(days, int) or isinstance(days, bool) or days < 0:
-                    raise ValueError(f"{kind} must be a whole number of days, e.g. {kind}: 2")
+                    raise ValueError(f"{kind} must be a whole number of days — write e.g. "
+                                     f"{kind}: 2")
                 if "at" not in raw:
-                    raise ValueError(f"{kind} needs a local time: write {{{kind}: {days}, "
+                    raise ValueError(f"{kind} needs a local time — write {{{kind}: {days}, "
                                      f"at: \"10:00\"}}")
                 when = When(kind, days=days, at=parse_clock(raw["at"]))
         except ValueError as exc:
             self.error(line, f"when: {exc}")
             return None
-        if when.before_anchor and (trigger is None or trigger.event != "appointment.booked"):
-            event = trigger.event if trigger else "this trigger"
-            self.error(line, f"'{kind}' needs an upcoming appointment, but {event} has none",
+        if when.before_anchor and trigger is not None \
+                and trigger.event != "appointment.booked":
+            self.error(line, f"'{kind}' needs an upcoming appointment, but {trigger.event} "
+                       "has none",
                        "time the step with after/days_after, or trigger on appointment.booked")
             return None
         return when

@@ -30,6 +30,7 @@ from jinja2 import (
     Template,
     TemplateError,
     TemplateSyntaxError,
+    Undefined,
     UndefinedError,
     meta,
     nodes,
@@ -40,6 +41,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from engine.definitions.diagnostics import Diagnostic, did_you_mean
 from engine.errors import TemplateRenderError
+from engine.sms_segments import NonGsmCharacter, analyse, is_gsm7, to_gsm7
 
 # What templates can use. ``custom`` (patient) and ``links`` (practice) are open tables.
 FIELDS: dict[str, tuple[str, ...]] = {
@@ -57,12 +59,16 @@ _SUFFIX = re.compile(r"^(?P<step>[^.]+)(?:\.(?P<lang>[A-Za-z]{2,3}(?:[-_][A-Za-z
 
 
 class Fields:
-    """A read-only bag of attributes for templates (``patient.first_name``)."""
+    """A read-only bag of attributes for templates (``patient.first_name``).
 
-    __slots__ = ("_values",)
+    ``label`` names it in error messages ("patient has no field 'frist_name'").
+    """
 
-    def __init__(self, values: Mapping[str, Any]) -> None:
+    __slots__ = ("_label", "_values")
+
+    def __init__(self, values: Mapping[str, Any], label: str = "") -> None:
         object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "_label", label)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -83,6 +89,22 @@ class Fields:
         return f"Fields({', '.join(self._values)})"
 
 
+class _Undefined(StrictUndefined):
+    """StrictUndefined with messages in the template's own words."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        owner, name = self._undefined_obj, self._undefined_name
+        if isinstance(owner, Fields) and owner._label and name is not None:
+            return f"{owner._label} has no field '{name}'"
+        if owner is None and name is not None:
+            return (f"'{name}' of an empty value — is appointment empty here? Wrap it in "
+                    "{% if appointment %}…{% endif %}")
+        return str(super()._undefined_message)
+
+
 @dataclass(frozen=True)
 class Rendered:
     channel: str
@@ -101,8 +123,13 @@ class Rendered:
 _PLAIN_SPACES = str.maketrans({"\u202f": " ", "\u00a0": " ", "\u2009": " "})
 
 
-def _plain(text: str) -> str:
-    return text.translate(_PLAIN_SPACES)
+def _plain(text: str, context: Context | None = None) -> str:
+    """Formatted dates as plain text; in an SMS, folded to GSM-7 ("sáb" → "sab") so a
+    weekday name never pushes a message into UCS-2."""
+    text = text.translate(_PLAIN_SPACES)
+    if context is not None and context.get("_channel") == "sms":
+        return to_gsm7(text)
+    return text
 
 
 def _zone_and_locale(context: Context) -> tuple[ZoneInfo, str]:
@@ -110,8 +137,11 @@ def _zone_and_locale(context: Context) -> tuple[ZoneInfo, str]:
 
 
 def _as_instant(value: object) -> datetime:
+    if isinstance(value, Undefined):
+        raise TemplateRenderError(f"a date filter got no value: {value._undefined_message}")
     if not isinstance(value, datetime) or value.tzinfo is None:
-        raise TemplateRenderError(f"expected a date and time, got {value!r}")
+        raise TemplateRenderError("date filters (date, time, …) work on dates and times such as "
+                                  "appointment.start, not on text or numbers")
     return value
 
 
@@ -121,27 +151,30 @@ def _date(context: Context, value: object) -> str:
     tz, locale = _zone_and_locale(context)
     instant = _as_instant(value).astimezone(tz)
     return _plain(f"{format_date(instant, 'EEEE', locale=locale)}, "
-                  f"{format_skeleton('MMMMd', instant, locale=locale)}")
+                  f"{format_skeleton('MMMMd', instant, locale=locale)}", context)
 
 
 @pass_context
 def _short_date(context: Context, value: object) -> str:
     """Tue, Nov 24 — mar, 24 nov."""
     tz, locale = _zone_and_locale(context)
-    return _plain(format_skeleton("MMMEd", _as_instant(value).astimezone(tz), locale=locale))
+    return _plain(format_skeleton("MMMEd", _as_instant(value).astimezone(tz), locale=locale),
+                  context)
 
 
 @pass_context
 def _weekday(context: Context, value: object) -> str:
     tz, locale = _zone_and_locale(context)
-    return _plain(format_date(_as_instant(value).astimezone(tz), "EEEE", locale=locale))
+    return _plain(format_date(_as_instant(value).astimezone(tz), "EEEE", locale=locale),
+                  context)
 
 
 @pass_context
 def _time(context: Context, value: object) -> str:
     """3:00 PM — 15:00."""
     tz, locale = _zone_and_locale(context)
-    return _plain(format_time(_as_instant(value).astimezone(tz), "short", locale=locale))
+    return _plain(format_time(_as_instant(value).astimezone(tz), "short", locale=locale),
+                  context)
 
 
 @pass_context
@@ -171,7 +204,7 @@ FILTERS = {
 def _environment(directory: Path, autoescape: bool) -> SandboxedEnvironment:
     env = SandboxedEnvironment(
         loader=FileSystemLoader(str(directory), encoding="utf-8"),
-        undefined=StrictUndefined,
+        undefined=_Undefined,
         autoescape=autoescape,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -266,7 +299,7 @@ class TemplateSet:
             raise TemplateRenderError(f"no {channel} template {name}.{channel}.j2 in "
                                       f"{self.directory}")
         file, used = resolved
-        context = {**variables, "_zone": zone, "_locale": locale_for(used)}
+        context = {**variables, "_zone": zone, "_locale": locale_for(used), "_channel": channel}
         try:
             if channel == "sms":
                 body = self._text.get_template(file).render(context)
@@ -279,14 +312,15 @@ class TemplateSet:
                 if "html" in html_template.blocks else None
             return Rendered("email", text, subject=subject, html=html or None,
                             template_file=file, language=used)
-        except TemplateRenderError:
-            raise
+        except TemplateRenderError as exc:
+            raise TemplateRenderError(f"{_where(file, exc)}: {exc.message}") from None
         except UndefinedError as exc:
-            raise TemplateRenderError(f"{file}: {exc.message} — check the variable name") from None
+            raise TemplateRenderError(f"{_where(file, exc)}: {exc.message}") from None
         except TemplateError as exc:
-            raise TemplateRenderError(f"{file}: {exc}") from None
+            raise TemplateRenderError(f"{_where(file, exc)}: {exc}") from None
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise TemplateRenderError(f"{file}: {type(exc).__name__}: {exc}") from None
+            raise TemplateRenderError(f"{_where(file, exc)}: {type(exc).__name__}: {exc}") \
+                from None
 
     # ----------------------------------------------------------------- checking
 
@@ -321,9 +355,63 @@ class TemplateSet:
             return set()
         return {f"{obj}.{attr}" if attr else obj for obj, attr, _ in _references(tree)}
 
+    def source(self, file: str) -> str:
+        try:
+            return self.path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return ""
+
+    def line_of(self, file: str, word: str) -> int | None:
+        """The first line of ``file`` that mentions ``word``."""
+        for number, line in enumerate(self.source(file).splitlines(), start=1):
+            if word in line:
+                return number
+        return None
+
+    def literal_non_gsm(self, file: str) -> Iterator[tuple[int, int, NonGsmCharacter]]:
+        """(line, column, character) for each character of the file's own text — not of
+        the values it inserts — that is not GSM-7."""
+        source = self.source(file)
+        try:
+            tokens = list(self._text.lex(source, file))
+        except TemplateSyntaxError:
+            return
+        for lineno, kind, value in tokens:
+            if kind != "data" or is_gsm7(value):
+                continue
+            info = analyse(value)
+            for char in info.non_gsm:
+                before = value[:char.position]
+                line = lineno + before.count("\n")
+                column = char.position - before.rfind("\n") if "\n" in before else None
+                if column is None:  # same line the token started on
+                    line_text = source.splitlines()[lineno - 1]
+                    column = line_text.find(value.split("\n", 1)[0]) + char.position + 1
+                yield line, column, char
+
+    def check_expression(self, source: str, where: str, line: int) -> list[Diagnostic]:
+        """Unknown variables in a step's ``only_if`` expression, reported at ``line``."""
+        tree = self._text.parse("{{ " + source + " }}")
+        return [Diagnostic(where, line, f"only_if: {d.message}", d.fix, code=d.code)
+                for d in check_variables(tree, where)]
+
     def compile_expression(self, source: str) -> Callable[..., Any]:
         """A step's ``only_if`` condition, compiled in the same sandbox."""
         return self._text.compile_expression(source, undefined_to_none=False)
+
+
+def _where(file: str, exc: BaseException) -> str:
+    """``file:line`` of the template line that raised ``exc`` (from the traceback)."""
+    line = None
+    trace = exc.__traceback__
+    while trace is not None:
+        template = trace.tb_frame.f_globals.get("__jinja_template__")
+        if template is not None:  # a compiled template's frame: map its line back
+            line = template.get_corresponding_lineno(trace.tb_lineno)
+        elif trace.tb_frame.f_code.co_filename.endswith(file):  # rewritten by Jinja already
+            line = trace.tb_lineno
+        trace = trace.tb_next
+    return f"{file}:{line}" if line else file
 
 
 def _block(template: Template, name: str, context: Mapping[str, Any]) -> str:

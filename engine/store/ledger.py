@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, false, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.outcomes import Status
@@ -30,9 +30,10 @@ from engine.store.schema import history, touch_points
 @dataclass(frozen=True)
 class TouchPoint:
     id: int
-    patient_id: int
+    patient_id: int | None  # None only for test sends
     appointment_id: int | None
     recipient: str
+    test: bool
     journey: str
     step: str
     anchor: str
@@ -154,7 +155,8 @@ def claim_due(conn: Connection, worker: str, now: datetime, limit: int, lease: t
         select(touch_points.c.id)
         .where(touch_points.c.status == Status.PLANNED, touch_points.c.due_at <= now,
                or_(touch_points.c.claim_expires_at.is_(None),
-                   touch_points.c.claim_expires_at < now))
+                   touch_points.c.claim_expires_at < now),
+               touch_points.c.test == false())
         .order_by(touch_points.c.due_at, touch_points.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -206,6 +208,20 @@ def reschedule(conn: Connection, tp_id: int, *, worker: str, due_at: datetime, n
     _append_history(conn, [tp_id], now, Status.PLANNED, None, reason, detail, "dispatcher",
                     kind="deferred")
     return True
+
+
+def insert_test(conn: Connection, *, patient_id: int | None, journey: str, step: str,
+                purpose: str, worker: str, now: datetime) -> TouchPoint:
+    """A touch point for a test send, already claimed by ``worker`` (never dispatched)."""
+    row = conn.execute(insert(touch_points).values(
+        patient_id=patient_id, appointment_id=None, recipient="test", test=True,
+        journey=journey, step=step, anchor=f"test:{now.isoformat()}:{worker}",
+        purpose=purpose, event_id=None, step_fingerprint="", due_at=now, expires_at=None,
+        status=Status.PLANNED, attempts=0, claimed_by=worker,
+        claim_expires_at=now + timedelta(minutes=5), planned_at=now, updated_at=now)
+        .returning(*touch_points.c)).one()
+    _append_history(conn, [row.id], now, Status.PLANNED, None, None, "test send", "test-send")
+    return touch_point_from_row(row)
 
 
 def release(conn: Connection, ids: Sequence[int], worker: str) -> None:

@@ -32,6 +32,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -137,9 +138,11 @@ class TouchPoint(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    # None only for test sends to a manager's own phone or email (`test` is true)
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), index=True)
     appointment_id: Mapped[int | None] = mapped_column(ForeignKey("appointments.id"))
     recipient: Mapped[str] = mapped_column(String(40), default="patient")
+    test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     journey: Mapped[str] = mapped_column(String(64))
     step: Mapped[str] = mapped_column(String(64))
     anchor: Mapped[str] = mapped_column(String(80))

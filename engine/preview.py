@@ -1,0 +1,256 @@
+"""`touchpoint preview` and `test-send`: exactly what a patient would receive, before it goes.
+
+For a real patient (``--patient ID``) or the built-in sample, every channel of the step
+and every language it has templates for is rendered; the send time is computed by the
+planner's own rules (the recipient's timezone, quiet hours, the deadline), and each SMS
+shows its encoding and segment count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from engine.channels.base import Channel, OutboundMessage
+from engine.definitions import Definitions
+from engine.definitions.diagnostics import did_you_mean
+from engine.definitions.journeys import Journey, Step
+from engine.dispatcher import Dispatcher
+from engine.errors import NotFound, TemplateRenderError, UserError
+from engine.guards import address_for, channel_refusal
+from engine.importer import normalise_email, normalise_phone
+from engine.message_context import message_context, practice_fields
+from engine.planner import Anchor, PlanningRules, appointment_anchor, deadline, due_time
+from engine.privacy import mask_address
+from engine.records import Appointment, Patient
+from engine.samples import sample_appointment, sample_context, sample_patient
+from engine.settings import Settings
+from engine.sms_segments import analyse
+from engine.store import ledger
+from engine.store.database import Database
+from engine.store.ledger import TouchPoint
+from engine.store.records import appointments_of, patient_by_external_id, visit_numbers
+from engine.timing import zone
+
+
+@dataclass(frozen=True)
+class RenderedPreview:
+    channel: str
+    language: str
+    template_file: str
+    body: str = ""
+    subject: str | None = None
+    html: str | None = None
+    segments: dict[str, Any] | None = None
+    problems: tuple[str, ...] = ()
+    error: str | None = None
+    note: str | None = None  # e.g. "no SMS consent: email would be used"
+
+
+@dataclass
+class Preview:
+    journey: str
+    step: str
+    purpose: str
+    recipient: str
+    timezone: str
+    when: str
+    due_at: datetime | None
+    status: str
+    messages: list[RenderedPreview] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "journey": self.journey, "step": self.step, "purpose": self.purpose,
+            "recipient": self.recipient, "timezone": self.timezone, "when": self.when,
+            "due_at": self.due_at.isoformat() if self.due_at else None, "status": self.status,
+            "messages": [{
+                "channel": m.channel, "language": m.language, "template": m.template_file,
+                "subject": m.subject, "body": m.body, "html": m.html, "segments": m.segments,
+                "problems": list(m.problems), "error": m.error, "note": m.note,
+            } for m in self.messages],
+        }
+
+
+def find_step(definitions: Definitions, journey_name: str, step_id: str) -> tuple[Journey, Step]:
+    journey = definitions.journey(journey_name)
+    if journey is None:
+        hint = did_you_mean(journey_name, definitions.journeys,
+                            f"journeys: {', '.join(sorted(definitions.journeys))}")
+        raise NotFound(f"no journey '{journey_name}' — {hint}")
+    step = journey.step(step_id)
+    if step is None:
+        ids = [s.id for s in journey.steps]
+        raise NotFound(f"journey {journey_name} has no step '{step_id}' — "
+                       f"{did_you_mean(step_id, ids, 'steps: ' + ', '.join(ids))}")
+    return journey, step
+
+
+def _anchor_appointment(conn: Connection, journey: Journey, patient: Patient,
+                        now: datetime) -> Appointment | None:
+    visits = appointments_of(conn, patient.id)
+    trigger = journey.trigger.event
+    if trigger == "appointment.booked":
+        upcoming = [a for a in visits if a.status == "booked" and a.start_at > now]
+        return upcoming[0] if upcoming else None
+    wanted = {"appointment.completed": "completed", "appointment.no_show": "no_show",
+              "appointment.cancelled": "cancelled"}.get(trigger)
+    if wanted is None:
+        upcoming = [a for a in visits if a.status == "booked" and a.start_at > now]
+        return upcoming[0] if upcoming else None
+    past = [a for a in visits if a.status == wanted]
+    return past[-1] if past else None
+
+
+def preview(definitions: Definitions, settings: Settings, journey_name: str, step_id: str,
+            now: datetime, conn: Connection | None = None,
+            patient_id: str | None = None) -> Preview:
+    journey, step = find_step(definitions, journey_name, step_id)
+    practice_tz = settings.require("practice.timezone")
+    rules = PlanningRules(settings.quiet_hours, practice_tz, settings.dispatch.default_expiry)
+    if patient_id is not None:
+        if conn is None:
+            raise UserError("a database is needed to preview for a patient")
+        found = patient_by_external_id(conn, patient_id)
+        if found is None:
+            raise NotFound(f"no patient {patient_id} — import patients first")
+        patient = found
+        appointment = _anchor_appointment(conn, journey, patient, now)
+        if journey.anchored_on_appointment and appointment is None:
+            raise UserError(f"patient {patient_id} has no appointment this journey could be "
+                            f"about ({journey.trigger.event})")
+        numbers = visit_numbers(conn, [appointment.id]) if appointment else {}
+        languages: list[str | None] = [patient.language]
+        recipient = f"{patient.external_id} {patient.full_name}"
+    else:
+        patient = sample_patient()
+        appointment = sample_appointment(now, practice_tz)
+        numbers = {}
+        languages = sorted({lang for channel in step.channels
+                            for lang in definitions.templates.languages(step.template, channel)},
+                           key=lambda lang: (lang is not None, lang or ""))
+        recipient = "sample patient Alexandra Rivera"
+    tz_name = patient.timezone or practice_tz
+    tz = zone(tz_name)
+    due, status, when = _send_time(journey, step, appointment, now, rules, tz)
+    result = Preview(journey.name, step.id, journey.purpose, recipient, tz_name, when, due,
+                     status)
+    for language in languages:
+        if patient_id is None:
+            context = sample_context(settings, now, language, journey.name, step.id)
+        else:
+            context = message_context(
+                patient=patient, appointment=appointment, practice=practice_fields(settings),
+                practice_timezone=practice_tz, journey=journey.name, step=step.id,
+                visit_number=numbers.get(appointment.id) if appointment else None)
+        for channel in step.channels:
+            result.messages.append(_render(definitions, step, channel, language, context, tz,
+                                           patient if patient_id else None, journey.purpose))
+    return result
+
+
+def _send_time(journey: Journey, step: Step, appointment: Appointment | None, now: datetime,
+               rules: PlanningRules, tz: Any) -> tuple[datetime | None, str, str]:
+    if appointment is not None and journey.anchored_on_appointment:
+        anchor = Anchor(appointment_anchor(appointment.id, appointment.version), appointment.id,
+                        appointment.start_at, appointment.end_at)
+    else:
+        anchor = Anchor("preview", None, now, now)
+    due = due_time(step.when, anchor, now, tz)
+    expires = deadline(step, anchor, due, rules.default_expiry)
+    if due < now and not step.catch_up:
+        return due, "too_late", f"{step.when.describe()} — already past ({_local(due, tz)})"
+    due = max(due, now)
+    allowed = rules.quiet_hours.next_allowed(due, tz)
+    if expires is not None and allowed >= expires:
+        return allowed, "too_late", (f"{step.when.describe()} — quiet hours would push it past "
+                                     f"its deadline {_local(expires, tz)}")
+    note = " (moved out of quiet hours)" if allowed != due else ""
+    return allowed, "planned", f"{step.when.describe()} → {_local(allowed, tz)}{note}"
+
+
+def _local(instant: datetime, tz: Any) -> str:
+    return f"{instant.astimezone(tz):%a %d %b %Y %H:%M %Z}"
+
+
+def _render(definitions: Definitions, step: Step, channel: str, language: str | None,
+            context: dict[str, Any], tz: Any, patient: Patient | None,
+            purpose: str) -> RenderedPreview:
+    templates = definitions.templates
+    resolved = templates.resolve(step.template, channel, language)
+    file, used = resolved if resolved else ("(missing)", language or "")
+    note = None
+    if patient is not None:
+        refusal = channel_refusal(channel, patient, purpose, {})
+        address = address_for(patient, channel)
+        note = f"not usable: {refusal[1]}" if refusal else f"to {mask_address(address)}"
+    try:
+        rendered = templates.render(step.template, channel, language, context, tz)
+    except TemplateRenderError as exc:
+        return RenderedPreview(channel, used, file, error=exc.message, note=note)
+    segments = None
+    problems: tuple[str, ...] = ()
+    if channel == "sms":
+        info = analyse(rendered.body)
+        segments = info.as_dict()
+        problems = tuple(c.describe() for c in info.non_gsm)
+    return RenderedPreview(channel, rendered.language, rendered.template_file, rendered.body,
+                           rendered.subject, rendered.html, segments, problems, note=note)
+
+
+def send_test(db: Database, definitions: Definitions, settings: Settings,
+              channels: Mapping[str, Channel], journey_name: str, step_id: str, to: str,
+              now: datetime, patient_id: str | None = None,
+              language: str | None = None) -> TouchPoint:
+    """Render a step (sample patient, or ``patient_id``) and send it to ``to`` now.
+
+    The touch point is recorded with ``test`` set and no patient (unless one was
+    given), so it shows in the log as a test and never counts in reports.
+    """
+    journey, step = find_step(definitions, journey_name, step_id)
+    kind = "email" if "@" in to else "sms"
+    try:
+        address = normalise_email(to) if kind == "email" else \
+            normalise_phone(to, settings.phone_region)
+    except ValueError:
+        what = "an email address" if kind == "email" else \
+            f"a phone number (with area code; default region {settings.phone_region})"
+        raise UserError(f"--to {to!r} is not {what}") from None
+    assert address is not None
+    if kind not in step.channels:
+        raise UserError(f"{journey.name}/{step.id} sends {', '.join(step.channels)}, not "
+                        f"{kind} — give --to a {'phone number' if kind == 'email' else 'email'}")
+    practice_tz = settings.require("practice.timezone")
+    patient: Patient | None = None
+    if patient_id is not None:
+        with db.transaction() as conn:
+            patient = patient_by_external_id(conn, patient_id)
+            if patient is None:
+                raise NotFound(f"no patient {patient_id} — import patients first")
+            appointment = _anchor_appointment(conn, journey, patient, now)
+        context = message_context(patient=patient, appointment=appointment,
+                                  practice=practice_fields(settings),
+                                  practice_timezone=practice_tz, journey=journey.name,
+                                  step=step.id)
+        language = language or patient.language
+    else:
+        context = sample_context(settings, now, language, journey.name, step.id)
+    tz = zone(patient.timezone if patient and patient.timezone else practice_tz)
+    rendered = definitions.templates.render(step.template, kind, language, context, tz)
+    dispatcher = Dispatcher(db, definitions, settings, channels)
+    with db.transaction() as conn:
+        tp = ledger.insert_test(conn, patient_id=patient.id if patient else None,
+                                journey=journey.name, step=step.id, purpose=journey.purpose,
+                                worker=dispatcher.worker, now=now)
+    message = OutboundMessage(tp.id, kind, address, rendered.body, rendered.subject,
+                              rendered.html, journey.purpose, journey=journey.name,
+                              step=step.id, test=True)
+    dispatcher.deliver(tp, message, rendered.template_file)
+    with db.transaction() as conn:
+        sent = ledger.get(conn, tp.id)
+    assert sent is not None
+    return sent
