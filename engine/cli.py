@@ -13,12 +13,14 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo
 
 import click
 from rich.console import Console
@@ -29,6 +31,7 @@ from engine import __version__, clock
 from engine.channels import build_channels
 from engine.definitions import Definitions
 from engine.errors import TouchpointError, UserError
+from engine.forecast import Change, diff, forecast
 from engine.importer import ImportSummary, import_appointments, import_patients
 from engine.outcomes import Status
 from engine.preview import Preview, preview, send_test
@@ -39,7 +42,7 @@ from engine.settings import Settings, load_settings
 from engine.simulate import Feed, simulate
 from engine.sms_segments import analyse
 from engine.store.database import Database, head_revision, open_database, safe_url
-from engine.timing import parse_duration
+from engine.timing import parse_duration, zone
 from engine.validate import check_definitions
 
 # --------------------------------------------------------------------------- plumbing
@@ -87,6 +90,8 @@ class TouchpointGroup(click.Group):
             raise
         except KeyboardInterrupt:
             raise click.exceptions.Exit(130) from None
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`); main() exits quietly
         except Exception as exc:
             if os.environ.get("TOUCHPOINT_DEBUG"):
                 raise
@@ -630,6 +635,95 @@ def _write_html(result: Preview, target: Path) -> list[Path]:
     return written
 
 
+@cli.command("forecast")
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=7,
+              show_default=True, help="How far ahead to look.")
+@click.option("--diff", "show_diff", is_flag=True,
+              help="Show what changed since the previous forecast (e.g. after an edit).")
+@click.option("--journey", metavar="NAME", help="Only this journey.")
+@click.option("--patient", "patient_id", metavar="ID", help="Only this patient.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def forecast_cmd(ctx: click.Context, days: float, show_diff: bool, journey: str | None,
+                 patient_id: str | None, as_json: bool) -> None:
+    """What the next days hold: what would be sent to whom and when, what would be
+    skipped and why. Changes nothing in the ledger; the result is kept to diff against."""
+    app = _app(ctx)
+    settings, database, definitions = app.settings(), app.db(), app.definitions()
+    now = clock.now()
+    until = now + timedelta(days=days)
+    entries = forecast(database, settings, definitions, now, days)
+    changes, previous = diff(database, entries, now, until)
+    shown = [e for e in entries if (journey is None or e.journey == journey)
+             and (patient_id is None or e.patient_id == patient_id)]
+    if as_json:
+        data: dict[str, Any] = {"from": now.isoformat(), "until": until.isoformat(),
+                                "entries": [e.as_dict() for e in shown]}
+        if show_diff:
+            data["diff"] = {"previous": previous, "changes": [
+                c.as_dict() for c in changes
+                if (journey is None or c.journey == journey)
+                and (patient_id is None or c.patient_id == patient_id)]}
+        _echo_json(data)
+        return
+    tz = zone(settings.require("practice.timezone"))
+    if show_diff:
+        _print_diff(changes, previous, tz, journey, patient_id)
+        return
+    day = None
+    for entry in shown:
+        local = entry.at.astimezone(tz)
+        if local.date() != day:
+            day = local.date()
+            click.echo(f"\n{local:%a %d %b %Y}")
+        what = f"{entry.channel} to {entry.recipient}" if entry.outcome == "send" else \
+            f"{'skipped' if entry.outcome == 'skip' else 'cancelled'}: {entry.reason}"
+        click.echo(f"  {local:%H:%M}  {entry.patient_id:<8} {entry.patient_name[:18]:<18} "
+                   f"{entry.journey + '/' + entry.step:<32} {what}")
+    sends = sum(1 for e in shown if e.outcome == "send")
+    reasons = Counter(e.reason for e in shown if e.outcome != "send")
+    click.echo(f"\nNext {days:g} days ({tz.key}): {sends} to send"
+               + (", " + ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+                  if reasons else "") + ". Nothing was changed.")
+
+
+def _print_diff(changes: list[Change], previous: str | None, tz: ZoneInfo,
+                journey: str | None, patient_id: str | None) -> None:
+    if previous is None:
+        click.echo("No earlier forecast to compare with; this one is kept as the baseline. "
+                   "Edit schedules/ or message_templates/, then run `forecast --diff` again.")
+        return
+    shown = [c for c in changes if (journey is None or c.journey == journey)
+             and (patient_id is None or c.patient_id == patient_id)]
+    click.echo(f"Compared with the forecast of {previous}: {len(shown)} change(s).")
+    for change in shown:
+        after, before = change.after or {}, change.before or {}
+        at = datetime.fromisoformat((after or before)["at"].replace("Z", "+00:00"))
+        where = f"{at.astimezone(tz):%a %d %b %H:%M}  {change.patient_id:<8} " \
+                f"{change.journey}/{change.step}"
+        if change.kind == "added":
+            click.echo(f"  + {where}: now {_outcome(after)}")
+        elif change.kind == "removed":
+            click.echo(f"  - {where}: no longer {_outcome(before)}")
+        else:
+            notes = []
+            if "at" in change.what:
+                old = datetime.fromisoformat(before["at"].replace("Z", "+00:00"))
+                notes.append(f"moved from {old.astimezone(tz):%a %d %b %H:%M}")
+            if {"outcome", "channel", "reason"} & set(change.what):
+                notes.append(f"was {_outcome(before)}, now {_outcome(after)}")
+            if "digest" in change.what and after.get("outcome") == "send":
+                notes.append("the wording changed")
+            click.echo(f"  ~ {where}: {'; '.join(notes)}")
+
+
+def _outcome(entry: dict[str, Any]) -> str:
+    if entry.get("outcome") == "send":
+        return f"sent by {entry.get('channel')}"
+    return f"{'skipped' if entry.get('outcome') == 'skip' else 'cancelled'} " \
+           f"({entry.get('reason')})"
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -681,4 +775,9 @@ def demo_cmd(ctx: click.Context, days: int) -> None:
 
 
 def main() -> None:
-    cli(prog_name="touchpoint")
+    try:
+        cli(prog_name="touchpoint")
+    except BrokenPipeError:
+        # Output was piped into a program that stopped reading: not an error worth a word.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -26,17 +26,18 @@ import os
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 
 from engine import clock
 from engine.channels.base import Channel, OutboundMessage
 from engine.definitions import Definitions
 from engine.definitions.journeys import Journey, Step
+from engine.definitions.templates import Fields
 from engine.errors import (
     AmbiguousChannelError,
     ChannelError,
@@ -91,7 +92,7 @@ class DispatchStats:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the guards and templates need for one claimed batch, read in one go."""
+    """What the guards and templates need for a batch of touch points, read in one go."""
 
     patients: Mapping[int, Patient]
     appointments: Mapping[int, Appointment]
@@ -99,6 +100,34 @@ class Snapshot:
     visit_numbers: Mapping[int, int]
     opt_outs: Mapping[tuple[str, str], set[str]]
     latest_events: Mapping[int, Mapping[str, datetime]]
+
+    @classmethod
+    def load(cls, conn: Connection, batch: Iterable[TouchPoint], definitions: Definitions,
+             now: datetime) -> Snapshot:
+        batch = list(batch)
+        patient_ids = {tp.patient_id for tp in batch if tp.patient_id is not None}
+        exit_kinds = {rule.event for journey in definitions.journeys.values()
+                      for step in journey.steps for rule in journey.exits_for(step)
+                      if rule.scope == "patient"}
+        patients = load_patients(conn, patient_ids)
+        appointment_ids = {tp.appointment_id for tp in batch if tp.appointment_id}
+        appointments = load_appointments(conn, appointment_ids)
+        unanchored = {tp.patient_id for tp in batch
+                      if tp.appointment_id is None and tp.patient_id is not None}
+        upcoming = next_booked(conn, unanchored, now) if unanchored else {}
+        numbers = visit_numbers(conn, appointment_ids | {a.id for a in upcoming.values()})
+        addresses = {a for p in patients.values() for a in (p.phone, p.email) if a}
+        return cls(patients, appointments, upcoming, numbers, opted_out(conn, addresses),
+                   latest_events(conn, patient_ids, exit_kinds))
+
+    def context(self, tp: TouchPoint, patient: Patient, appointment: Appointment | None,
+                practice: Fields, practice_timezone: str) -> dict[str, Any]:
+        """Template variables for ``tp``: its appointment, or the patient's next one."""
+        shown = appointment or self.next_appointments.get(patient.id)
+        return message_context(
+            patient=patient, appointment=shown, practice=practice,
+            practice_timezone=practice_timezone, touch_point_id=tp.id, journey=tp.journey,
+            step=tp.step, visit_number=self.visit_numbers.get(shown.id) if shown else None)
 
 
 class Dispatcher:
@@ -140,22 +169,8 @@ class Dispatcher:
         return self.stats
 
     def _snapshot(self, batch: list[TouchPoint]) -> Snapshot:
-        patient_ids = {tp.patient_id for tp in batch if tp.patient_id is not None}
-        exit_kinds = {rule.event for journey in self.definitions.journeys.values()
-                      for step in journey.steps for rule in journey.exits_for(step)
-                      if rule.scope == "patient"}
         with self.db.transaction() as conn:
-            patients = load_patients(conn, patient_ids)
-            appointment_ids = {tp.appointment_id for tp in batch if tp.appointment_id}
-            appointments = load_appointments(conn, appointment_ids)
-            unanchored = {tp.patient_id for tp in batch
-                          if tp.appointment_id is None and tp.patient_id is not None}
-            upcoming = next_booked(conn, unanchored, clock.now()) if unanchored else {}
-            numbers = visit_numbers(conn, appointment_ids | {a.id for a in upcoming.values()})
-            addresses = {a for p in patients.values() for a in (p.phone, p.email) if a}
-            blocked = opted_out(conn, addresses)
-            events = latest_events(conn, patient_ids, exit_kinds)
-        return Snapshot(patients, appointments, upcoming, numbers, blocked, events)
+            return Snapshot.load(conn, batch, self.definitions, clock.now())
 
     # ------------------------------------------------------------------ one touch point
 
@@ -186,12 +201,8 @@ class Dispatcher:
     def _send(self, tp: TouchPoint, journey: Journey, step: Step, patient: Patient,
               appointment: Appointment | None, snapshot: Snapshot, candidates: list[str],
               timezone: str) -> None:
-        shown = appointment or snapshot.next_appointments.get(patient.id)
-        context = message_context(
-            patient=patient, appointment=shown, practice=self.practice,
-            practice_timezone=self.practice_timezone, touch_point_id=tp.id,
-            journey=tp.journey, step=tp.step,
-            visit_number=snapshot.visit_numbers.get(shown.id) if shown else None)
+        context = snapshot.context(tp, patient, appointment, self.practice,
+                                   self.practice_timezone)
         failures: list[tuple[str, str]] = []
         attempts = 0
         for position, kind in enumerate(candidates):

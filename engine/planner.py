@@ -15,8 +15,8 @@ thing, which is what makes re-processing after a crash safe.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -165,6 +165,95 @@ def plan(event: Event, patient: Patient, journeys: Iterable[Journey], rules: Pla
                 continue
             planned.append(_plan_step(event, patient, journey, step, anchor, rules, tz))
     return Plan(tuple(planned), tuple(exits))
+
+
+def replan(event: Event, patient: Patient, journey: Journey, rules: PlanningRules,
+           now: datetime, condition: Condition | None = None) -> tuple[Planned, ...]:
+    """What ``journey``, as it is defined *now*, plans for an event handled before.
+
+    Used when a schedule is edited. A step whose new moment has already passed is
+    skipped as ``too_late`` (or sent now if it sets ``catch_up: true``), exactly as if the
+    event had happened now; the steps are otherwise planned as :func:`plan` would.
+    """
+    tz = zone(patient.timezone or rules.practice_timezone)
+    planned = []
+    for item in plan(event, patient, [journey], rules, condition).planned:
+        step = journey.step(item.step)
+        if item.status == Status.PLANNED and item.due_at < now and step is not None:
+            if step.catch_up:
+                due = rules.quiet_hours.next_allowed(now, tz)
+                if item.expires_at is None or due < item.expires_at:
+                    planned.append(replace(item, due_at=due))
+                    continue
+            item = replace(item, status=Status.SKIPPED, reason=Reason.TOO_LATE,
+                           detail=f"the schedule changed after its new moment "
+                                  f"{item.due_at.isoformat()} had passed")
+        planned.append(item)
+    return tuple(planned)
+
+
+@dataclass(frozen=True)
+class PendingStep:
+    """A pending touch point, as much of it as following an edit needs."""
+
+    id: int
+    step: str
+    anchor: str
+    event_id: int | None
+    step_fingerprint: str
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class Retime:
+    id: int
+    planned: Planned
+
+
+@dataclass(frozen=True)
+class Retire:
+    id: int
+    status: str
+    reason: str
+    detail: str
+
+
+def follow_edits(journey: Journey, pending: Iterable[PendingStep], events: Mapping[int, Event],
+                 patients: Mapping[int, Patient], rules: PlanningRules, now: datetime,
+                 condition_for: Callable[[Event, Patient], Condition | None] | None = None,
+                 ) -> tuple[list[Retime | Retire], list[Planned]]:
+    """How a journey's pending touch points change after its definition was edited.
+
+    Returns the changes to existing rows (re-timed, or retired because the step no longer
+    applies or its new moment has passed) and the touch points to add (steps new to the
+    journey; already-planned ones are among them and are ignored by the unique key).
+    """
+    fresh: dict[tuple[str, str], Planned] = {}
+    additions: list[Planned] = []
+    for event_id in sorted({p.event_id for p in pending if p.event_id is not None}):
+        event = events.get(event_id)
+        patient = patients.get(event.patient_id) if event else None
+        if event is None or patient is None:
+            continue
+        condition = condition_for(event, patient) if condition_for else None
+        for item in replan(event, patient, journey, rules, now, condition):
+            fresh[(item.step, item.anchor)] = item
+            additions.append(item)
+    changes: list[Retime | Retire] = []
+    for row in pending:
+        step = journey.step(row.step)
+        if step is None or step.fingerprint() == row.step_fingerprint:
+            continue
+        new = fresh.get((row.step, row.anchor))
+        if new is None:
+            changes.append(Retire(row.id, Status.CANCELLED, Reason.STEP_REMOVED,
+                                  "after the schedule changed the step no longer applies"))
+        elif new.status != Status.PLANNED:
+            changes.append(Retire(row.id, new.status, new.reason or Reason.TOO_LATE,
+                                  new.detail or ""))
+        else:
+            changes.append(Retime(row.id, new))
+    return changes, additions
 
 
 def _plan_step(event: Event, patient: Patient, journey: Journey, step: Step, anchor: Anchor,

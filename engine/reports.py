@@ -135,7 +135,7 @@ def why(conn: Connection, tp_id: int, definitions: Definitions | None = None) ->
         if row is not None:
             event = {"kind": row.kind, "occurred_at": _iso(row.occurred_at),
                      "source": row.source}
-    definition = "(journey no longer defined)"
+    definition = f"({tp.journey}/{tp.step} is no longer in schedules/)"
     if definitions is not None:
         journey = definitions.journey(tp.journey)
         step = journey.step(tp.step) if journey else None

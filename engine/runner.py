@@ -21,7 +21,7 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, and_, func, select
+from sqlalchemy import Connection, and_, false, func, select
 
 from engine import clock
 from engine.channels.base import Channel
@@ -30,8 +30,17 @@ from engine.definitions.journeys import Journey, Step
 from engine.dispatcher import Dispatcher, DispatchStats
 from engine.errors import TemplateRenderError
 from engine.message_context import message_context, practice_fields
-from engine.outcomes import Status
-from engine.planner import Plan, Planned, PlanningRules, plan
+from engine.outcomes import Reason, Status
+from engine.planner import (
+    Condition,
+    PendingStep,
+    Plan,
+    Planned,
+    PlanningRules,
+    Retime,
+    follow_edits,
+    plan,
+)
 from engine.records import Appointment, Event, Patient
 from engine.settings import Settings
 from engine.store import ledger
@@ -40,10 +49,13 @@ from engine.store.locks import try_singleton
 from engine.store.records import (
     append_events,
     chunks,
+    get_state,
     load_appointments,
+    load_events,
     load_patients,
     mark_processed,
     pending_events,
+    put_state,
     visit_numbers,
 )
 from engine.store.schema import appointments, events, touch_points
@@ -58,8 +70,26 @@ LAPSE_LOOKBACK = timedelta(days=7)
 
 
 @dataclass
+class EditImpact:
+    """What an edit of schedules/ did to pending touch points."""
+
+    retimed: int = 0
+    added: int = 0
+    cancelled: int = 0
+    skipped: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.retimed or self.added or self.cancelled or self.skipped)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"retimed": self.retimed, "added": self.added, "cancelled": self.cancelled,
+                "skipped": self.skipped}
+
+
+@dataclass
 class TickReport:
     at: datetime
+    edits: EditImpact = field(default_factory=EditImpact)
     recovered: int = 0
     lapses: int = 0
     events: int = 0
@@ -68,7 +98,8 @@ class TickReport:
     dispatch: DispatchStats = field(default_factory=DispatchStats)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"at": self.at.isoformat(), "recovered": self.recovered, "lapses": self.lapses,
+        return {"at": self.at.isoformat(), "edits": self.edits.as_dict(),
+                "recovered": self.recovered, "lapses": self.lapses,
                 "events": self.events, "planned": self.planned, "exited": self.exited,
                 "dispatch": self.dispatch.as_dict()}
 
@@ -84,12 +115,14 @@ class Runner:
                                    settings.dispatch.default_expiry)
         self.dispatcher = Dispatcher(db, definitions, settings, channels, worker=worker) \
             if channels is not None else None
+        self._synced: str | None = None  # the definitions fingerprint applied to the ledger
 
     # ------------------------------------------------------------------ tick
 
     def tick(self, *, sweep: bool = True, stop: Callable[[], bool] = lambda: False,
              ) -> TickReport:
         report = TickReport(clock.now())
+        report.edits = self.sync_definitions()
         report.recovered = self.recover()
         if sweep:
             report.lapses = self.sweep_lapses()
@@ -106,6 +139,108 @@ class Runner:
             log.warning("%d touch point(s) were interrupted mid-send and are now 'unknown': %s",
                         len(recovered), ", ".join(map(str, recovered[:20])))
         return len(recovered)
+
+    # ------------------------------------------------------------------ edits
+
+    def sync_definitions(self) -> EditImpact:
+        """Make pending touch points follow the current schedules (once per change).
+
+        A step whose timing changed re-times its pending rows; a removed step or journey
+        cancels them (``step_removed`` / ``journey_removed``); a step added to a journey
+        is planned for the runs of that journey still pending.
+        """
+        fingerprint = self.definitions.fingerprint
+        if fingerprint == self._synced:
+            return EditImpact()
+        now = clock.now()
+        with self.db.transaction() as conn:
+            if not try_singleton(conn, "planner"):
+                return EditImpact()  # another worker is on it; look again next tick
+            stored = get_state(conn, "definitions") or {}
+            impact = EditImpact()
+            if stored.get("fingerprint") != fingerprint:
+                impact = self._apply_edits(conn, now)
+                put_state(conn, "definitions", {"fingerprint": fingerprint,
+                                                "applied_at": now.isoformat()}, now)
+        self._synced = fingerprint
+        if impact:
+            log.info("schedules changed: %s", impact.as_dict())
+        return impact
+
+    def _apply_edits(self, conn: Connection, now: datetime) -> EditImpact:
+        impact = EditImpact()
+        groups = conn.execute(
+            select(touch_points.c.journey, touch_points.c.step, touch_points.c.step_fingerprint)
+            .where(touch_points.c.status == Status.PLANNED, touch_points.c.test == false())
+            .distinct()).all()
+        stale_journeys: set[str] = set()
+        for journey_name, step_id, step_fingerprint in groups:
+            journey = self.definitions.journey(journey_name)
+            step = journey.step(step_id) if journey else None
+            if journey is None or step is None:
+                reason = Reason.JOURNEY_REMOVED if journey is None else Reason.STEP_REMOVED
+                impact.cancelled += len(ledger.cancel_pending(
+                    conn, journey_name, step_id, reason,
+                    f"{journey_name}/{step_id} was removed from schedules/", now))
+            elif step.fingerprint() != step_fingerprint:
+                stale_journeys.add(journey_name)
+        # Journeys whose steps changed or gained a step: re-plan their pending runs.
+        pending_journeys = {journey for journey, _, _ in groups}
+        for name in sorted(pending_journeys):
+            journey = self.definitions.journey(name)
+            if journey is None:
+                continue
+            planned_steps = {step for j, step, _ in groups if j == name}
+            if name in stale_journeys or {s.id for s in journey.steps} - planned_steps:
+                self._replan_journey(conn, journey, now, impact)
+        return impact
+
+    def _replan_journey(self, conn: Connection, journey: Journey, now: datetime,
+                        impact: EditImpact) -> None:
+        pending = [PendingStep(row.id, row.step, row.anchor, row.event_id,
+                               row.step_fingerprint, row.due_at)
+                   for row in conn.execute(
+                       select(touch_points.c.id, touch_points.c.step, touch_points.c.anchor,
+                              touch_points.c.event_id, touch_points.c.step_fingerprint,
+                              touch_points.c.due_at)
+                       .where(touch_points.c.status == Status.PLANNED,
+                              touch_points.c.test == false(),
+                              touch_points.c.journey == journey.name))]
+        events, patients, condition_for = self.planning_inputs(conn, journey, pending)
+        changes, additions = follow_edits(journey, pending, events, patients, self.rules, now,
+                                          condition_for)
+        due_before = {p.id: p.due_at for p in pending}
+        for change in changes:
+            if isinstance(change, Retime):
+                impact.retimed += ledger.retime(
+                    conn, change.id, change.planned, now,
+                    f"the schedule changed: due {due_before[change.id].isoformat()} → "
+                    f"{change.planned.due_at.isoformat()}")
+            elif change.status == Status.CANCELLED:
+                impact.cancelled += ledger.retire(conn, change.id, change.status,
+                                                  change.reason, change.detail, now)
+            else:
+                impact.skipped += ledger.retire(conn, change.id, change.status, change.reason,
+                                                change.detail, now)
+        impact.added += len(ledger.insert_planned(conn, additions, now))
+
+    def planning_inputs(self, conn: Connection, journey: Journey, pending: list[PendingStep],
+                        ) -> tuple[dict[int, Event], dict[int, Patient],
+                                   Callable[[Event, Patient], Condition | None]]:
+        """The events behind pending touch points, their patients, and only_if conditions."""
+        event_ids = sorted({p.event_id for p in pending if p.event_id is not None})
+        events = {event.id: event for event in load_events(conn, event_ids)}
+        patients = load_patients(conn, {event.patient_id for event in events.values()})
+        appointment_ids = {e.appointment_id for e in events.values() if e.appointment_id}
+        conditional = any(step.only_if for step in journey.steps)
+        appts = load_appointments(conn, appointment_ids) if conditional else {}
+        numbers = visit_numbers(conn, appointment_ids) if conditional else {}
+
+        def condition_for(event: Event, patient: Patient) -> Condition | None:
+            if not conditional:
+                return None
+            return self._condition(patient, appts.get(event.appointment_id or 0), numbers)
+        return events, patients, condition_for
 
     # ------------------------------------------------------------------ planning
 
@@ -179,9 +314,13 @@ class Runner:
 
     # ------------------------------------------------------------------ lapse sweep
 
+    @property
+    def lapse_periods(self) -> list[timedelta]:
+        return sorted({j.trigger.after for j in self.definitions.journeys.values()
+                       if j.trigger.event == "patient.lapsed" and j.trigger.after})
+
     def sweep_lapses(self) -> int:
-        periods = sorted({j.trigger.after for j in self.definitions.journeys.values()
-                          if j.trigger.event == "patient.lapsed" and j.trigger.after})
+        periods = self.lapse_periods
         if not periods:
             return 0
         now = clock.now()
@@ -194,11 +333,19 @@ class Runner:
         return added
 
     def _sweep(self, conn: Connection, after: timedelta, now: datetime) -> int:
-        """One ``patient.lapsed`` event per patient whose last visit is ``after`` ago.
+        new = self.lapses(conn, after, now, now)
+        append_events(conn, new)
+        return len(new)
 
-        The lapse happens at the start of the practice's day on which the patient has
-        gone ``after`` without a visit (so win-back steps timed ``{days_after: 30, at:
-        "11:00"}`` from the last visit are still ahead when it is noticed).
+    def lapses(self, conn: Connection, after: timedelta, now: datetime, until: datetime,
+               ) -> list[dict[str, Any]]:
+        """``patient.lapsed`` events (as rows) for lapses from ``now - LAPSE_LOOKBACK`` to
+        ``until`` that are not recorded yet.
+
+        A patient lapses at the start of the practice's day on which they have gone
+        ``after`` without a visit and have nothing booked (so win-back steps timed
+        ``{days_after: 30, at: "11:00"}`` from the last visit are still ahead when it is
+        noticed).
         """
         tz = zone(self.rules.practice_timezone)
         last = (select(appointments.c.patient_id,
@@ -214,27 +361,25 @@ class Runner:
             .join(last, and_(appointments.c.patient_id == last.c.patient_id,
                              appointments.c.start_at == last.c.last_start))
             .where(appointments.c.status == "completed",
-                   last.c.last_start <= now - after + timedelta(days=1),
+                   last.c.last_start <= until - after + timedelta(days=1),
                    last.c.last_start > now - after - LAPSE_LOOKBACK - timedelta(days=1),
                    ~booked.exists())).all()
         label = format_duration(after)
         candidates = {}
         for row in rows:
             lapsed_at = lapse_moment(row.start_at, after, tz)
-            if lapsed_at <= now and lapsed_at > now - LAPSE_LOOKBACK:
+            if now - LAPSE_LOOKBACK < lapsed_at <= until:
                 candidates[f"patient.lapsed:{row.patient_id}:{row.id}:{label}"] = (row, lapsed_at)
         if not candidates:
-            return 0
+            return []
         known = set(conn.execute(select(events.c.dedupe_key)
                                  .where(events.c.dedupe_key.in_(list(candidates)))).scalars())
-        new = [{"kind": "patient.lapsed", "patient_id": row.patient_id, "appointment_id": None,
-                "occurred_at": lapsed_at,
-                "data": {"after": label, "last_visit_id": row.id,
-                         "last_visit_at": row.start_at.isoformat()},
-                "source": "lapse sweep", "dedupe_key": key, "processed_at": None}
-               for key, (row, lapsed_at) in candidates.items() if key not in known]
-        append_events(conn, new)
-        return len(new)
+        return [{"kind": "patient.lapsed", "patient_id": row.patient_id, "appointment_id": None,
+                 "occurred_at": lapsed_at,
+                 "data": {"after": label, "last_visit_id": row.id,
+                          "last_visit_at": row.start_at.isoformat()},
+                 "source": "lapse sweep", "dedupe_key": key, "processed_at": None}
+                for key, (row, lapsed_at) in candidates.items() if key not in known]
 
 
 def lapse_moment(last_visit: datetime, after: timedelta, tz: ZoneInfo) -> datetime:

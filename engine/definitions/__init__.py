@@ -8,6 +8,7 @@ files; :meth:`Definitions.raise_for_errors` turns errors into a DefinitionError.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,16 @@ class Definitions:
 
     def journey(self, name: str) -> Journey | None:
         return self.journeys.get(name)
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when any journey's timing, channels, steps or rules change (not when a
+        template's wording does: templates are rendered at send time)."""
+        parts = sorted(
+            repr((j.name, j.purpose, j.trigger, j.exit_on,
+                  [(s.id, s.fingerprint(), s.exit_on) for s in j.steps]))
+            for j in self.journeys.values())
+        return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def load_definitions(schedules: Path, templates: Path, default_language: str = "en",

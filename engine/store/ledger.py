@@ -138,6 +138,44 @@ def apply_exit(conn: Connection, exit: Exit, now: datetime) -> list[int]:
     return list(cancelled)
 
 
+def cancel_pending(conn: Connection, journey: str, step: str, reason: str, detail: str,
+                   now: datetime) -> list[int]:
+    """Cancel every pending touch point of one journey step (it was removed)."""
+    cancelled = conn.execute(
+        update(touch_points)
+        .where(touch_points.c.journey == journey, touch_points.c.step == step,
+               touch_points.c.status == Status.PLANNED, touch_points.c.test == false())
+        .values(status=Status.CANCELLED, reason=reason, detail=detail, claimed_by=None,
+                claim_expires_at=None, finished_at=now, updated_at=now)
+        .returning(touch_points.c.id)).scalars().all()
+    _append_history(conn, cancelled, now, Status.CANCELLED, Status.PLANNED, reason, detail,
+                    "definitions")
+    return list(cancelled)
+
+
+def retire(conn: Connection, tp_id: int, status: str, reason: str, detail: str,
+           now: datetime) -> int:
+    """End one pending touch point after an edit (1 if it was still pending)."""
+    return int(transition(conn, tp_id, expect=Status.PLANNED, to=status, now=now,
+                          source="definitions", reason=reason, detail=detail,
+                          values={"claimed_by": None, "claim_expires_at": None}))
+
+
+def retime(conn: Connection, tp_id: int, planned: Planned, now: datetime, detail: str) -> int:
+    """Move a pending touch point to the time its edited step now gives it."""
+    result = conn.execute(
+        update(touch_points)
+        .where(touch_points.c.id == tp_id, touch_points.c.status == Status.PLANNED)
+        .values(due_at=planned.due_at, expires_at=planned.expires_at,
+                step_fingerprint=planned.step_fingerprint, claimed_by=None,
+                claim_expires_at=None, updated_at=now))
+    if result.rowcount != 1:
+        return 0
+    _append_history(conn, [tp_id], now, Status.PLANNED, Status.PLANNED, "retimed", detail,
+                    "definitions", kind="retimed")
+    return 1
+
+
 def _append_history(conn: Connection, ids: Iterable[int], now: datetime, status: str | None,
                     previous: str | None, reason: str | None, detail: str | None,
                     source: str, kind: str = "transition") -> None:

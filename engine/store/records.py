@@ -110,6 +110,14 @@ def pending_events(conn: Connection, limit: int) -> list[Event]:
     return [event_from_row(row) for row in rows]
 
 
+def load_events(conn: Connection, ids: Sequence[int]) -> list[Event]:
+    found: list[Event] = []
+    for part in chunks(list(ids)):
+        found.extend(event_from_row(row) for row in
+                     conn.execute(select(events).where(events.c.id.in_(part))))
+    return found
+
+
 def mark_processed(conn: Connection, ids: Sequence[int], now: datetime) -> None:
     for part in chunks(ids):
         conn.execute(update(events).where(events.c.id.in_(part)).values(processed_at=now))

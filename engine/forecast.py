@@ -1,0 +1,326 @@
+"""`touchpoint forecast`: what the next N days hold — sent, skipped, and why — changing nothing.
+
+The forecast replays the engine's own rules in memory, on a virtual clock:
+
+* the pending touch points in the ledger (after applying any edit of ``schedules/`` the
+  engine has not applied yet, exactly as the next tick would);
+* events imported but not yet planned, and patients who will lapse within the window;
+* at each touch point's moment, the same send-time guards the dispatcher runs (deadline,
+  anchor, quiet hours in the recipient's timezone, consent, opt-outs), then the template
+  of the first usable channel is rendered.
+
+It assumes nothing else happens: no new bookings, visits, cancellations or replies, and
+providers accept every message. ``--diff`` compares it with the previous forecast (stored
+in the database), so a practice manager sees what an edit changes before it goes out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, false, select
+
+from engine.definitions import Definitions
+from engine.dispatcher import Snapshot
+from engine.errors import TemplateRenderError
+from engine.guards import Defer, Send, Verdict, address_for, decide
+from engine.message_context import practice_fields
+from engine.outcomes import Status
+from engine.planner import PendingStep, Planned, Retime, follow_edits, plan
+from engine.privacy import mask_address
+from engine.records import Event, Patient
+from engine.runner import Runner
+from engine.settings import Settings
+from engine.store.database import Database
+from engine.store.ledger import TouchPoint, touch_point_from_row
+from engine.store.records import (
+    get_state,
+    load_patients,
+    pending_events,
+    put_state,
+)
+from engine.store.schema import touch_points
+from engine.timing import zone
+
+STATE_KEY = "forecast"
+
+
+@dataclass(frozen=True)
+class Entry:
+    at: datetime
+    key: str  # the touch point's unique key, stable from one forecast to the next
+    touch_point_id: int | None  # None for touch points not planned yet
+    patient_id: str
+    patient_name: str
+    journey: str
+    step: str
+    outcome: str  # send | skip | cancel
+    channel: str | None = None
+    recipient: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    subject: str | None = None
+    content: str | None = None
+
+    @property
+    def digest(self) -> str | None:
+        if self.content is None:
+            return None
+        return hashlib.sha1(f"{self.subject}\n{self.content}".encode()).hexdigest()[:12]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": _iso(self.at), "touch_point_id": self.touch_point_id,
+                "patient_id": self.patient_id, "journey": self.journey, "step": self.step,
+                "outcome": self.outcome, "channel": self.channel, "recipient": self.recipient,
+                "reason": self.reason, "detail": self.detail, "subject": self.subject,
+                "content": self.content}
+
+    def baseline(self) -> dict[str, Any]:
+        return {"at": _iso(self.at), "outcome": self.outcome, "channel": self.channel,
+                "reason": self.reason, "digest": self.digest, "patient_id": self.patient_id,
+                "journey": self.journey, "step": self.step}
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str  # added | removed | changed
+    key: str
+    patient_id: str
+    journey: str
+    step: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    what: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"change": self.kind, "patient_id": self.patient_id, "journey": self.journey,
+                "step": self.step, "what": list(self.what), "before": self.before,
+                "after": self.after}
+
+
+def _iso(instant: datetime) -> str:
+    return instant.isoformat().replace("+00:00", "Z")
+
+
+def _virtual(planned: Planned, number: int, now: datetime) -> TouchPoint:
+    """A touch point not in the ledger yet, shaped like one (negative id)."""
+    return TouchPoint(
+        id=-number, patient_id=planned.patient_id, appointment_id=planned.appointment_id,
+        recipient=planned.recipient, test=False, journey=planned.journey, step=planned.step,
+        anchor=planned.anchor, purpose=planned.purpose, event_id=planned.event_id,
+        step_fingerprint=planned.step_fingerprint, due_at=planned.due_at,
+        expires_at=planned.expires_at, status=planned.status, reason=planned.reason,
+        detail=planned.detail, channel=None, address=None, provider=None,
+        provider_message_id=None, template_file=None, content=None, attempts=0,
+        claimed_by=None, claim_expires_at=None, sending_at=None, sent_at=None,
+        finished_at=None, planned_at=now, updated_at=now)
+
+
+class _Forecaster:
+    def __init__(self, conn: Connection, runner: Runner, now: datetime, until: datetime) -> None:
+        self.conn = conn
+        self.runner = runner
+        self.definitions = runner.definitions
+        self.now = now
+        self.until = until
+        self.practice_tz = runner.rules.practice_timezone
+        self.practice = practice_fields(runner.settings)
+        self.entries: list[Entry] = []
+        self.counter = itertools.count(1)
+        self.people: dict[int, Patient | None] = {}
+
+    def _person(self, patient_id: int) -> Patient | None:
+        if patient_id not in self.people:
+            self.people[patient_id] = load_patients(self.conn, [patient_id]).get(patient_id)
+        return self.people[patient_id]
+
+    def run(self) -> list[Entry]:
+        pending = [touch_point_from_row(row) for row in self.conn.execute(
+            select(touch_points).where(touch_points.c.status == Status.PLANNED,
+                                       touch_points.c.test == false(),
+                                       touch_points.c.due_at <= self.until)
+            .order_by(touch_points.c.due_at))]
+        live: dict[str, TouchPoint] = {}
+        for tp in self._follow_edits(pending):
+            live[_key_of(tp)] = tp
+        events = pending_events(self.conn, 100_000)
+        for after in self.runner.lapse_periods:
+            events.extend(Event(id=-next(self.counter), kind=row["kind"],
+                                patient_id=row["patient_id"], appointment_id=None,
+                                occurred_at=row["occurred_at"], data=row["data"],
+                                source=row["source"])
+                          for row in self.runner.lapses(self.conn, after, self.now, self.until))
+        for event in sorted(events, key=lambda e: (e.occurred_at, e.id)):
+            self._plan(event, live)
+        self.snapshot = Snapshot.load(self.conn, live.values(), self.definitions, self.now)
+        queue = [(tp.due_at, next(self.counter), tp) for tp in live.values()]
+        heapq.heapify(queue)
+        while queue:
+            at, _, tp = heapq.heappop(queue)
+            if at > self.until:
+                break
+            later = self._decide(tp, max(at, self.now))
+            if later is not None:
+                heapq.heappush(queue, (later.due_at, next(self.counter), later))
+        return sorted(self.entries, key=lambda e: (e.at, e.key))
+
+    def _follow_edits(self, pending: list[TouchPoint]) -> Iterator[TouchPoint]:
+        """The pending rows as the edited schedules would leave them."""
+        by_journey: dict[str, list[TouchPoint]] = {}
+        for tp in pending:
+            by_journey.setdefault(tp.journey, []).append(tp)
+        for name, rows in by_journey.items():
+            journey = self.definitions.journey(name)
+            if journey is None:
+                yield from rows  # decide() reports them as journey_removed
+                continue
+            steps = [PendingStep(tp.id, tp.step, tp.anchor, tp.event_id, tp.step_fingerprint,
+                                 tp.due_at) for tp in rows]
+            events, patients, condition_for = self.runner.planning_inputs(
+                self.conn, journey, steps)
+            changes, additions = follow_edits(journey, steps, events, patients,
+                                              self.runner.rules, self.now, condition_for)
+            changed = {change.id: change for change in changes}
+            existing = {(tp.step, tp.anchor) for tp in rows}
+            for tp in rows:
+                change = changed.get(tp.id)
+                if change is None:
+                    yield tp
+                elif isinstance(change, Retime):
+                    yield replace(tp, due_at=change.planned.due_at,
+                                  expires_at=change.planned.expires_at)
+                else:
+                    self._record(tp, self.now, "skip" if change.status == Status.SKIPPED
+                                 else "cancel", reason=change.reason, detail=change.detail)
+            for planned in additions:
+                if (planned.step, planned.anchor) not in existing:
+                    yield from self._new(planned, self.now)
+
+    def _new(self, planned: Planned, at: datetime) -> Iterator[TouchPoint]:
+        """A touch point planned at ``at``; one planned as skipped is recorded then."""
+        tp = _virtual(planned, next(self.counter), self.now)
+        if planned.status == Status.PLANNED:
+            yield tp
+        elif at <= self.until:
+            self._record(tp, at, "skip", reason=planned.reason, detail=planned.detail)
+
+    def _plan(self, event: Event, live: dict[str, TouchPoint]) -> None:
+        """Plan an event not in the ledger yet: its exits end what is live, then its steps."""
+        patient = self._person(event.patient_id)
+        if patient is None:
+            return
+        result = plan(event, patient, self.definitions.journeys.values(), self.runner.rules)
+        for exit_ in result.exits:
+            for key, tp in list(live.items()):
+                if (tp.patient_id == exit_.patient_id and tp.journey == exit_.journey
+                        and tp.step in exit_.steps and tp.anchor != exit_.spare_anchor
+                        and tp.anchor.startswith(exit_.anchor_prefix or "")):
+                    del live[key]
+                    self._record(tp, max(self.now, event.occurred_at), "cancel",
+                                 reason=exit_.reason, detail=exit_.detail)
+        for planned in result.planned:
+            for tp in self._new(planned, max(self.now, event.occurred_at)):
+                live.setdefault(_key_of(tp), tp)
+
+    def _decide(self, tp: TouchPoint, at: datetime) -> TouchPoint | None:
+        """Record what happens to ``tp`` at ``at``; a deferred one comes back later."""
+        journey = self.definitions.journey(tp.journey)
+        step = journey.step(tp.step) if journey else None
+        assert tp.patient_id is not None
+        patient = self.snapshot.patients[tp.patient_id]
+        appointment = self.snapshot.appointments.get(tp.appointment_id) \
+            if tp.appointment_id else None
+        decision = decide(tp, journey, step, patient, appointment,
+                          self.snapshot.latest_events.get(tp.patient_id, {}),
+                          self.snapshot.opt_outs, at, self.runner.rules.quiet_hours,
+                          self.practice_tz)
+        if isinstance(decision, Defer):
+            return replace(tp, due_at=decision.until)
+        if isinstance(decision, Verdict):
+            self._record(tp, at, "skip" if decision.status == Status.SKIPPED else "cancel",
+                         reason=decision.reason, detail=decision.detail)
+            return None
+        assert step is not None
+        self._render(tp, at, step.template, decision, patient, appointment)
+        return None
+
+    def _render(self, tp: TouchPoint, at: datetime, template: str, decision: Send,
+                patient: Patient, appointment: Any) -> None:
+        context = self.snapshot.context(tp, patient, appointment, self.practice,
+                                        self.practice_tz)
+        problems = []
+        for kind in decision.channels:
+            try:
+                rendered = self.definitions.templates.render(
+                    template, kind, patient.language, context, zone(decision.timezone))
+            except TemplateRenderError as exc:
+                problems.append(f"{kind}: {exc.message}")
+                continue
+            self._record(tp, at, "send", channel=kind,
+                         recipient=mask_address(address_for(patient, kind)),
+                         subject=rendered.subject, content=rendered.body)
+            return
+        self._record(tp, at, "skip", reason="template_error", detail="; ".join(problems))
+
+    def _record(self, tp: TouchPoint, at: datetime, outcome: str, **fields: Any) -> None:
+        assert tp.patient_id is not None
+        person = self._person(tp.patient_id)
+        self.entries.append(Entry(
+            at=at, key=_key_of(tp), touch_point_id=tp.id if tp.id > 0 else None,
+            patient_id=person.external_id if person else "?",
+            patient_name=person.full_name if person else "", journey=tp.journey,
+            step=tp.step, outcome=outcome, **fields))
+
+
+def _key_of(tp: TouchPoint) -> str:
+    return f"{tp.patient_id}|{tp.recipient}|{tp.journey}|{tp.step}|{tp.anchor}"
+
+
+def forecast(db: Database, settings: Settings, definitions: Definitions, now: datetime,
+             days: float) -> list[Entry]:
+    runner = Runner(db, settings, definitions)
+    with db.transaction() as conn:
+        return _Forecaster(conn, runner, now, now + timedelta(days=days)).run()
+
+
+def diff(db: Database, entries: list[Entry], now: datetime, until: datetime,
+         save: bool = True) -> tuple[list[Change], str | None]:
+    """Compare with the previous forecast; store this one as the next baseline.
+
+    Returns the changes and when the previous forecast was made (None if there was none).
+    """
+    current = {e.key: e.baseline() for e in entries}
+    with db.transaction() as conn:
+        previous = get_state(conn, STATE_KEY)
+        if save:
+            put_state(conn, STATE_KEY, {"made_at": _iso(now), "until": _iso(until),
+                                        "entries": current}, now)
+    if previous is None:
+        return [], None
+    before: dict[str, dict[str, Any]] = previous.get("entries", {})
+    changes = []
+    for key, after in current.items():
+        old = before.get(key)
+        if old is None:
+            changes.append(Change("added", key, after["patient_id"], after["journey"],
+                                  after["step"], None, after))
+            continue
+        what = tuple(field for field in ("at", "outcome", "channel", "reason", "digest")
+                     if old.get(field) != after.get(field))
+        if what:
+            changes.append(Change("changed", key, after["patient_id"], after["journey"],
+                                  after["step"], old, after, what))
+    horizon = _iso(until)
+    for key, old in before.items():
+        if key not in current and _iso(now) < old["at"] <= horizon:
+            changes.append(Change("removed", key, old["patient_id"], old["journey"],
+                                  old["step"], old, None))
+    return sorted(changes, key=lambda c: ((c.after or c.before or {}).get("at", ""), c.key)), \
+        previous.get("made_at")
+
