@@ -36,7 +36,7 @@ from engine.importer import ImportSummary, import_appointments, import_patients
 from engine.outcomes import Status
 from engine.preview import Preview, preview, send_test
 from engine.privacy import mask_address, redact
-from engine.reports import LOG_FIELDS, log_rows, why
+from engine.reports import LOG_FIELDS, inbox, log_rows, mark_done, why
 from engine.runner import Runner, TickReport
 from engine.settings import Settings, load_settings
 from engine.simulate import Feed, simulate
@@ -107,16 +107,17 @@ class TouchpointGroup(click.Group):
                 app.cleanups.clear()
 
 
-def _parse_now(value: str | None) -> datetime | None:
+def _parse_now(value: str | None, option: str = "--now") -> datetime | None:
     if value is None:
         return None
     try:
         instant = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise click.BadParameter("write an ISO 8601 instant, e.g. 2026-11-24T09:00-05:00") \
-            from None
+        raise click.BadParameter("write an ISO 8601 instant, e.g. 2026-11-24T09:00-05:00",
+                                 param_hint=f"'{option}'") from None
     if instant.tzinfo is None:
-        raise click.BadParameter("give a UTC offset, e.g. 2026-11-24T09:00-05:00 or …T14:00Z")
+        raise click.BadParameter("give a UTC offset, e.g. 2026-11-24T09:00-05:00 or …T14:00Z",
+                                 param_hint=f"'{option}'")
     return instant
 
 
@@ -161,10 +162,15 @@ def _app(ctx: click.Context) -> App:
               help="Journey definitions folder [default ./schedules].")
 @click.option("--templates", type=click.Path(file_okay=False), metavar="DIR",
               help="Message templates folder [default ./message_templates].")
+@click.option("--sms-provider", type=click.Choice(["twilio", "fake", "console"]),
+              help="Channel for SMS [env TOUCHPOINT_SMS_PROVIDER].")
+@click.option("--email-provider", type=click.Choice(["sendgrid", "fake", "console"]),
+              help="Channel for email [env TOUCHPOINT_EMAIL_PROVIDER].")
 @click.version_option(__version__, prog_name="touchpoint")
 @click.pass_context
 def cli(ctx: click.Context, db_url: str | None, config: str | None, now: str | None,
-        schedules: str | None, templates: str | None) -> None:
+        schedules: str | None, templates: str | None, sms_provider: str | None,
+        email_provider: str | None) -> None:
     """Touchpoint: patient journeys, a touch-point ledger, SMS and email."""
     instant = _parse_now(now)
     if instant is not None:
@@ -177,6 +183,10 @@ def cli(ctx: click.Context, db_url: str | None, config: str | None, now: str | N
         flags["paths.schedules"] = schedules
     if templates:
         flags["paths.templates"] = templates
+    if sms_provider:
+        flags["channels.sms_provider"] = sms_provider
+    if email_provider:
+        flags["channels.email_provider"] = email_provider
     ctx.obj = App(config, flags)
 
 
@@ -306,6 +316,10 @@ def import_appointments_cmd(ctx: click.Context, file: Path, as_json: bool) -> No
 def _describe_tick(report: TickReport) -> str:
     d = report.dispatch
     parts = []
+    if report.edits:
+        e = report.edits
+        parts.append(f"schedules changed: {e.retimed} re-timed, {e.added} added, "
+                     f"{e.cancelled} cancelled, {e.skipped} skipped")
     if report.recovered:
         parts.append(f"{report.recovered} interrupted send(s) marked unknown")
     if report.lapses:
@@ -375,7 +389,7 @@ def simulate_cmd(ctx: click.Context, until: str, tick: str, feed_dir: Path | Non
     if start is None:
         raise click.UsageError("simulate needs a start: give --now before the command, e.g. "
                                "touchpoint --now 2026-10-05T08:00-05:00 simulate --until …")
-    end = _parse_now(until)
+    end = _parse_now(until, "--until")
     assert end is not None
     try:
         step = parse_duration(tick)
@@ -571,8 +585,9 @@ def preview_cmd(ctx: click.Context, journey: str, step: str, patient_id: str | N
         return
     echo = click.echo
     echo(f"{result.journey} / {result.step} ({result.purpose}) for {result.recipient}")
-    echo(f"  when: {result.when}" + (f" — would be skipped: {result.status}"
-                                     if result.status != "planned" else ""))
+    skipped = result.status not in ("planned", "not_planned")
+    echo(f"  when: {result.when}" + (f" — would be skipped: {result.status}" if skipped
+                                     else ""))
     for message in result.messages:
         header = f"\n── {message.channel} · {message.language} · {message.template_file}"
         echo(header + (f" · {message.note}" if message.note else ""))
@@ -724,6 +739,79 @@ def _outcome(entry: dict[str, Any]) -> str:
            f"({entry.get('reason')})"
 
 
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535),
+              help="Port to listen on.")
+@click.pass_context
+def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
+    """Receive provider webhooks (delivery reports, replies) and unsubscribe clicks.
+
+    Providers must reach it at TOUCHPOINT_PUBLIC_URL (put it behind your https proxy).
+    """
+    import uvicorn
+
+    from engine.webhooks.app import Services, create_app
+
+    app = _app(ctx)
+    settings = app.settings()
+    services = Services(settings, app.db(), app.definitions(), build_channels(settings))
+    for problem in _serve_warnings(settings):
+        click.echo(f"warning: {problem}", err=True)
+    click.echo(f"touchpoint serve: listening on http://{host}:{port} "
+               f"(public URL {settings.webhooks.public_url or 'not set'})", err=True)
+    uvicorn.run(create_app(services), host=host, port=port, log_level="info",
+                access_log=False)
+
+
+def _serve_warnings(settings: Settings) -> list[str]:
+    problems = []
+    if not settings.webhooks.public_url:
+        problems.append("TOUCHPOINT_PUBLIC_URL is not set: Twilio signatures are checked "
+                        "against the URL as received, which fails behind a proxy")
+    if not settings.twilio.auth_token:
+        problems.append("TWILIO_AUTH_TOKEN is not set: every Twilio webhook will get 403")
+    if not settings.sendgrid.webhook_public_key:
+        problems.append("SENDGRID_WEBHOOK_PUBLIC_KEY is not set: every SendGrid event will "
+                        "get 403")
+    return problems
+
+
+@cli.group("inbox", invoke_without_command=True)
+@click.option("--all", "show_all", is_flag=True, help="Include handled messages.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--reveal", is_flag=True, help="Show full phone numbers.")
+@click.pass_context
+def inbox_cmd(ctx: click.Context, show_all: bool, as_json: bool, reveal: bool) -> None:
+    """Replies from patients that staff should read (reschedule requests, free text)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _app(ctx).db().transaction() as conn:
+        rows = inbox(conn, include_done=show_all, reveal=reveal)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("Nothing waiting for staff.")
+    for row in rows:
+        who = f"{row['patient_id']} {row['patient_name']}" if row["patient_id"] else \
+            f"unknown number {row['from']}"
+        click.echo(f"#{row['id']}  {row['received_at'][:16].replace('T', ' ')}  {who}  "
+                   f"[{row['intent']}{', done' if row['staff_status'] == 'done' else ''}]")
+        click.echo(f"      \"{row['body']}\"")
+
+
+@inbox_cmd.command("done")
+@click.argument("message_id", type=int)
+@click.pass_context
+def inbox_done_cmd(ctx: click.Context, message_id: int) -> None:
+    """Mark a message in the inbox as handled."""
+    with _app(ctx).db().transaction() as conn:
+        if not mark_done(conn, message_id):
+            raise click.ClickException(f"no inbox message {message_id} — see `touchpoint inbox`")
+    click.echo(f"message {message_id} marked done.")
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -758,7 +846,7 @@ def demo_cmd(ctx: click.Context, days: int) -> None:
                 bar(fraction - last[0])
                 last[0] = fraction
         result = run_demo(database, settings, definitions, days=days, progress=advance)
-    console = Console(soft_wrap=True)
+    console = Console(soft_wrap=True, width=None if _interactive() else 110)
     patients = next(s for s in result.imports if s.kind == "patients")
     appointments = next(s for s in result.imports if s.kind == "appointments")
     console.print(f"[bold]Touchpoint demo[/] — {settings.practice.name}: {patients.created} "

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection
 
-from engine import clock
+from engine import clock, unsubscribe
 from engine.channels.base import Channel, OutboundMessage
 from engine.definitions import Definitions
 from engine.definitions.journeys import Journey, Step
@@ -45,7 +45,7 @@ from engine.errors import (
     TemplateRenderError,
     TransientChannelError,
 )
-from engine.guards import Defer, Verdict, address_for, decide
+from engine.guards import Defer, FrequencyCaps, Send, Verdict, address_for, decide
 from engine.message_context import message_context, practice_fields
 from engine.outcomes import Reason, Status
 from engine.privacy import mask_address, redact
@@ -56,14 +56,16 @@ from engine.store import ledger
 from engine.store.database import Database
 from engine.store.ledger import TouchPoint
 from engine.store.records import (
+    RecentSend,
+    add_opt_out,
     latest_events,
     load_appointments,
     load_patients,
     next_booked,
     opted_out,
+    recent_sends,
     visit_numbers,
 )
-from engine.store.schema import opt_outs
 from engine.timing import zone
 
 log = logging.getLogger("touchpoint.dispatch")
@@ -100,6 +102,7 @@ class Snapshot:
     visit_numbers: Mapping[int, int]
     opt_outs: Mapping[tuple[str, str], set[str]]
     latest_events: Mapping[int, Mapping[str, datetime]]
+    sends: dict[int, list[RecentSend]]  # grows as the batch sends (frequency caps)
 
     @classmethod
     def load(cls, conn: Connection, batch: Iterable[TouchPoint], definitions: Definitions,
@@ -118,7 +121,11 @@ class Snapshot:
         numbers = visit_numbers(conn, appointment_ids | {a.id for a in upcoming.values()})
         addresses = {a for p in patients.values() for a in (p.phone, p.email) if a}
         return cls(patients, appointments, upcoming, numbers, opted_out(conn, addresses),
-                   latest_events(conn, patient_ids, exit_kinds))
+                   latest_events(conn, patient_ids, exit_kinds),
+                   recent_sends(conn, patient_ids, now - timedelta(days=8)))
+
+    def sent(self, patient_id: int, purpose: str, channel: str, at: datetime) -> None:
+        self.sends.setdefault(patient_id, []).append(RecentSend(purpose, channel, at))
 
     def context(self, tp: TouchPoint, patient: Patient, appointment: Appointment | None,
                 practice: Fields, practice_timezone: str) -> dict[str, Any]:
@@ -144,6 +151,8 @@ class Dispatcher:
         self.practice_timezone: str = settings.require("practice.timezone")
         self.practice = practice_fields(settings)
         self.quiet_hours = settings.quiet_hours
+        self.caps = caps_from(settings)
+        self._secret: bytes | None = None
         self.stats = DispatchStats()
 
     # ------------------------------------------------------------------ the loop
@@ -184,26 +193,29 @@ class Dispatcher:
         now = clock.now()
         decision = decide(tp, journey, step, patient, appointment,
                           snapshot.latest_events.get(tp.patient_id, {}), snapshot.opt_outs,
-                          now, self.quiet_hours, self.practice_timezone)
+                          now, self.quiet_hours, self.practice_timezone,
+                          snapshot.sends.get(tp.patient_id, []), self.caps)
         if isinstance(decision, Verdict):
             self._settle(tp, decision)
         elif isinstance(decision, Defer):
             with self.db.transaction() as conn:
-                ledger.reschedule(conn, tp.id, worker=self.worker, due_at=decision.until,
-                                  now=now, reason="quiet_hours", detail=decision.detail)
+                ledger.reschedule(conn, tp.id, worker=self.worker, expect=Status.PLANNED,
+                                  due_at=decision.until, now=now, reason="quiet_hours",
+                                  detail=decision.detail)
             self.stats.deferred += 1
         else:
             assert journey is not None
             assert step is not None
-            self._send(tp, journey, step, patient, appointment, snapshot,
-                       list(decision.channels), decision.timezone)
+            self._send(tp, journey, step, patient, appointment, snapshot, decision)
 
     def _send(self, tp: TouchPoint, journey: Journey, step: Step, patient: Patient,
-              appointment: Appointment | None, snapshot: Snapshot, candidates: list[str],
-              timezone: str) -> None:
+              appointment: Appointment | None, snapshot: Snapshot, decision: Send) -> None:
+        candidates, timezone = list(decision.channels), decision.timezone
         context = snapshot.context(tp, patient, appointment, self.practice,
                                    self.practice_timezone)
-        failures: list[tuple[str, str]] = []
+        email_headers = self._unsubscribe(tp, context) if "email" in candidates else {}
+        # Why an earlier channel was passed over stays with the touch point ("why email?").
+        failures: list[tuple[str, str]] = [("refused", d) for d in decision.refused]
         attempts = 0
         for position, kind in enumerate(candidates):
             last = position == len(candidates) - 1
@@ -219,31 +231,39 @@ class Dispatcher:
             message = OutboundMessage(
                 touch_point_id=tp.id, kind=kind, to=address, body=rendered.body,
                 subject=rendered.subject, html=rendered.html, purpose=tp.purpose,
+                headers=email_headers if kind == "email" else {},
                 journey=tp.journey, step=tp.step)
             attempts += 1
             outcome = self._attempt(tp, kind, message, attempt=tp.attempts + attempts,
                                     template_file=rendered.template_file, last=last,
                                     failures=failures)
             if outcome != "next":
+                if outcome == "sent":
+                    snapshot.sent(patient.id, tp.purpose, kind, clock.now())
                 return
         # Every candidate failed before reaching a provider (template errors).
-        reason, _ = failures[0]
+        reason = next(r for r, _ in failures if r != "refused")
         self._settle(tp, Verdict(Status.FAILED, reason, "; ".join(d for _, d in failures)))
 
     def deliver(self, tp: TouchPoint, message: OutboundMessage, template_file: str) -> None:
-        """Send one claimed touch point through ``message.kind`` now (test sends)."""
+        """Send one claimed touch point through ``message.kind`` now, once: a test send or
+        a reply to a text. A transient error fails it rather than retrying later."""
         self._attempt(tp, message.kind, message, attempt=tp.attempts + 1,
-                      template_file=template_file, last=True, failures=[])
+                      template_file=template_file, last=True, failures=[], retry=False)
 
     def _attempt(self, tp: TouchPoint, kind: str, message: OutboundMessage, *, attempt: int,
-                 template_file: str, last: bool, failures: list[tuple[str, str]]) -> str:
-        """Send through one channel. Returns "done", or "next" to try the next channel."""
+                 template_file: str, last: bool, failures: list[tuple[str, str]],
+                 retry: bool = True) -> str:
+        """Send through one channel: "sent", "done" (settled otherwise), or "next" (try the
+        next channel)."""
         channel = self.channels[kind]
+        passed_over = [d for r, d in failures if r == "refused"]
         with self.db.transaction() as conn:
             started = ledger.transition(
                 conn, tp.id, expect=Status.PLANNED, to=Status.SENDING, now=clock.now(),
                 source="dispatcher", worker=self.worker,
-                detail=f"{kind} via {channel.provider} to {mask_address(message.to)}",
+                detail=f"{kind} via {channel.provider} to {mask_address(message.to)}"
+                + (f" (passed over {'; '.join(passed_over)})" if passed_over else ""),
                 values={"channel": kind, "address": message.to, "provider": channel.provider,
                         "attempts": attempt, "sending_at": clock.now(),
                         "template_file": template_file, "content": _content(message)})
@@ -253,7 +273,7 @@ class Dispatcher:
         try:
             result = channel.send(message)
         except TransientChannelError as exc:
-            self._after_transient(tp, exc, attempt)
+            self._after_transient(tp, exc, attempt, retry)
             return "done"
         except PermanentChannelError as exc:
             detail = f"{kind}: {redact(exc.describe())}"
@@ -262,7 +282,7 @@ class Dispatcher:
                 self._record_opt_out(kind, message.to, f"provider: {exc.describe()}")
             if last:
                 self._finish(tp, Status.SENDING, Status.FAILED, Reason.PROVIDER_ERROR,
-                             "; ".join(d for _, d in failures))
+                             "; ".join(d for r, d in failures if r != "refused"))
                 self.stats.failed += 1
                 return "done"
             self._finish(tp, Status.SENDING, Status.PLANNED, Reason.PROVIDER_ERROR,
@@ -276,18 +296,34 @@ class Dispatcher:
             return "done"
         except ChannelError as exc:
             self._after_transient(
-                tp, TransientChannelError(exc.message, provider=exc.provider), attempt)
+                tp, TransientChannelError(exc.message, provider=exc.provider), attempt, retry)
             return "done"
-        self._finish(tp, Status.SENDING, Status.SENT, None, result.detail or None,
-                     values={"provider_message_id": result.provider_message_id,
-                             "provider": result.provider, "sent_at": clock.now()})
+        self._record_sent(tp, result.provider, result.provider_message_id, result.detail)
         self.stats.sent += 1
-        return "done"
+        return "sent"
+
+    def _record_sent(self, tp: TouchPoint, provider: str, message_id: str | None,
+                     detail: str) -> None:
+        values = {"provider_message_id": message_id, "provider": provider,
+                  "sent_at": clock.now(), "claimed_by": None, "claim_expires_at": None}
+        with self.db.transaction() as conn:
+            for expect, note in ((Status.SENDING, detail or None),
+                                 # the send outlived send_timeout and recovery marked it
+                                 # unknown: what the provider said settles it
+                                 (Status.UNKNOWN, "the provider took it after the send was "
+                                                  "presumed interrupted")):
+                if ledger.transition(conn, tp.id, expect=expect, to=Status.SENT,
+                                     now=clock.now(), source="dispatcher", reason=None,
+                                     detail=note, values=values):
+                    return
+        log.warning("touch point %s: sent (provider id %s), but its row had already moved on",
+                    tp.id, message_id)
 
     def _after_transient(self, tp: TouchPoint, exc: TransientChannelError, attempt: int,
-                         ) -> None:
+                         retry: bool = True) -> None:
         now = clock.now()
-        decision = self.retry.decide(attempt, exc, now, tp.expires_at)
+        decision = self.retry.decide(attempt, exc, now, tp.expires_at) if retry else \
+            GiveUp("not retried: try again later")
         detail = redact(exc.describe())
         if isinstance(decision, GiveUp):
             self._finish(tp, Status.SENDING, Status.FAILED, Reason.PROVIDER_ERROR,
@@ -295,9 +331,9 @@ class Dispatcher:
             self.stats.failed += 1
             return
         with self.db.transaction() as conn:
-            ledger.reschedule(conn, tp.id, worker=self.worker, due_at=decision.at, now=now,
-                              reason="retry", detail=f"{detail}; retrying at "
-                              f"{decision.at.isoformat()}")
+            ledger.reschedule(conn, tp.id, worker=self.worker, expect=Status.SENDING,
+                              due_at=decision.at, now=now, reason="retry",
+                              detail=f"{detail}; retrying at {decision.at.isoformat()}")
         self.stats.retried += 1
 
     def _finish(self, tp: TouchPoint, expect: str, to: str, reason: str | None,
@@ -322,11 +358,25 @@ class Dispatcher:
 
     def _record_opt_out(self, channel: str, address: str, detail: str) -> None:
         with self.db.transaction() as conn:
-            existing = opted_out(conn, [address]).get((channel, address), set())
-            if "all" not in existing:
-                conn.execute(insert(opt_outs).values(
-                    channel=channel, address=address, purpose="all", source="provider",
-                    detail=redact(detail), created_at=clock.now()))
+            add_opt_out(conn, channel, address, "all", "provider", redact(detail), clock.now())
+
+    def _unsubscribe(self, tp: TouchPoint, context: dict[str, Any]) -> dict[str, str]:
+        """List-Unsubscribe headers for an email, and its visible link in ``context``."""
+        context["unsubscribe_url"] = None
+        if tp.purpose != "marketing" and not self.settings.email.unsubscribe_transactional:
+            return {}
+        if self._secret is None:
+            with self.db.transaction() as conn:
+                self._secret = unsubscribe.secret_key(conn, self.settings)
+        token = unsubscribe.make_token(self._secret, tp.id, tp.purpose)
+        context["unsubscribe_url"] = unsubscribe.unsubscribe_url(self.settings, token)
+        return unsubscribe.headers(self.settings, token)
+
+
+def caps_from(settings: Settings) -> FrequencyCaps:
+    caps = settings.caps
+    return FrequencyCaps(caps.transactional_sms_per_day, caps.transactional_sms_per_week,
+                         caps.marketing_per_week)
 
 
 def _content(message: OutboundMessage) -> str:

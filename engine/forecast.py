@@ -27,11 +27,11 @@ from typing import Any
 from sqlalchemy import Connection, false, select
 
 from engine.definitions import Definitions
-from engine.dispatcher import Snapshot
+from engine.dispatcher import Snapshot, caps_from
 from engine.errors import TemplateRenderError
 from engine.guards import Defer, Send, Verdict, address_for, decide
 from engine.message_context import practice_fields
-from engine.outcomes import Status
+from engine.outcomes import Reason, Status
 from engine.planner import PendingStep, Planned, Retime, follow_edits, plan
 from engine.privacy import mask_address
 from engine.records import Event, Patient
@@ -131,6 +131,7 @@ class _Forecaster:
         self.until = until
         self.practice_tz = runner.rules.practice_timezone
         self.practice = practice_fields(runner.settings)
+        self.caps = caps_from(runner.settings)
         self.entries: list[Entry] = []
         self.counter = itertools.count(1)
         self.people: dict[int, Patient | None] = {}
@@ -239,12 +240,15 @@ class _Forecaster:
         decision = decide(tp, journey, step, patient, appointment,
                           self.snapshot.latest_events.get(tp.patient_id, {}),
                           self.snapshot.opt_outs, at, self.runner.rules.quiet_hours,
-                          self.practice_tz)
+                          self.practice_tz, self.snapshot.sends.get(tp.patient_id, []),
+                          self.caps)
         if isinstance(decision, Defer):
             return replace(tp, due_at=decision.until)
         if isinstance(decision, Verdict):
-            self._record(tp, at, "skip" if decision.status == Status.SKIPPED else "cancel",
-                         reason=decision.reason, detail=decision.detail)
+            if decision.reason not in (Reason.STEP_REMOVED, Reason.JOURNEY_REMOVED):
+                # (a step taken out of schedules/ is simply no longer in the forecast)
+                self._record(tp, at, "skip" if decision.status == Status.SKIPPED
+                             else "cancel", reason=decision.reason, detail=decision.detail)
             return None
         assert step is not None
         self._render(tp, at, step.template, decision, patient, appointment)
@@ -254,6 +258,7 @@ class _Forecaster:
                 patient: Patient, appointment: Any) -> None:
         context = self.snapshot.context(tp, patient, appointment, self.practice,
                                         self.practice_tz)
+        context["unsubscribe_url"] = "(unsubscribe link)"
         problems = []
         for kind in decision.channels:
             try:
@@ -265,6 +270,7 @@ class _Forecaster:
             self._record(tp, at, "send", channel=kind,
                          recipient=mask_address(address_for(patient, kind)),
                          subject=rendered.subject, content=rendered.body)
+            self.snapshot.sent(patient.id, tp.purpose, kind, at)
             return
         self._record(tp, at, "skip", reason="template_error", detail="; ".join(problems))
 

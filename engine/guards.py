@@ -7,19 +7,21 @@ the touch point may proceed, or a :class:`Verdict` that says what to record inst
   event since planning ended the journey? (*never stale*)
 * :func:`deadline_verdict` — is it past its deadline? (*too late*)
 * :func:`quiet_hours_verdict` — is it night where the recipient is? (*never at night*)
-* :func:`channel_refusal` — contact present, consent given, not opted out? (*consent first*)
+* :func:`channel_refusal` — contact present, consent given, not opted out, within the
+  frequency caps? (*consent first*, FCC healthcare exemption)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from engine.definitions.journeys import Journey, Step
 from engine.outcomes import Reason, Status
 from engine.records import Appointment, Patient
 from engine.store.ledger import TouchPoint
+from engine.store.records import RecentSend
 from engine.timing import QuietHours, zone
 
 # What state the anchor appointment must still be in, by the journey's trigger.
@@ -52,10 +54,12 @@ class Defer:
 
 @dataclass(frozen=True)
 class Send:
-    """Go ahead: try ``channels`` in order (each passed the consent checks)."""
+    """Go ahead: try ``channels`` in order (each passed the consent checks); ``refused``
+    says why the step's other channels were not usable."""
 
     channels: tuple[str, ...]
     timezone: str
+    refused: tuple[str, ...] = ()
 
 
 Decision = Verdict | Defer | Send
@@ -132,8 +136,43 @@ def address_for(patient: Patient, channel: str) -> str | None:
     return patient.phone if channel == "sms" else patient.email
 
 
+@dataclass(frozen=True)
+class FrequencyCaps:
+    """Per patient; 0 means no cap. Transactional messages never count against marketing."""
+
+    transactional_sms_per_day: int = 1
+    transactional_sms_per_week: int = 3
+    marketing_per_week: int = 2
+
+
+def cap_refusal(channel: str, purpose: str, sends: Sequence[RecentSend], now: datetime,
+                caps: FrequencyCaps, timezone: str) -> str | None:
+    """Why another ``purpose`` message by ``channel`` would exceed a cap, or None."""
+    week = [s for s in sends if s.at > now - timedelta(days=7)]
+    if purpose == "marketing":
+        count = sum(1 for s in week if s.purpose == "marketing")
+        if caps.marketing_per_week and count >= caps.marketing_per_week:
+            return f"{channel}: {count} marketing messages in the last 7 days " \
+                   f"(cap {caps.marketing_per_week})"
+        return None
+    if channel != "sms":
+        return None
+    texts = [s for s in week if s.purpose == "transactional" and s.channel == "sms"]
+    today = now.astimezone(zone(timezone)).date()
+    sent_today = sum(1 for s in texts if s.at.astimezone(zone(timezone)).date() == today)
+    if caps.transactional_sms_per_day and sent_today >= caps.transactional_sms_per_day:
+        return f"sms: {sent_today} text(s) today (cap {caps.transactional_sms_per_day} a day)"
+    if caps.transactional_sms_per_week and len(texts) >= caps.transactional_sms_per_week:
+        return f"sms: {len(texts)} texts in the last 7 days " \
+               f"(cap {caps.transactional_sms_per_week} a week)"
+    return None
+
+
 def channel_refusal(channel: str, patient: Patient, purpose: str,
-                    opt_outs: Mapping[tuple[str, str], set[str]]) -> tuple[str, str] | None:
+                    opt_outs: Mapping[tuple[str, str], set[str]],
+                    sends: Sequence[RecentSend] = (), now: datetime | None = None,
+                    caps: FrequencyCaps | None = None,
+                    timezone: str = "UTC") -> tuple[str, str] | None:
     """(reason, detail) if ``channel`` may not be used for this patient and purpose."""
     address = address_for(patient, channel)
     if not address:
@@ -146,13 +185,18 @@ def channel_refusal(channel: str, patient: Patient, purpose: str,
         return Reason.NO_CONSENT, f"{channel}: no {channel} consent"
     if purpose == "marketing" and not patient.marketing_consent:
         return Reason.NO_CONSENT, f"{channel}: no marketing consent"
+    if caps is not None and now is not None:
+        capped = cap_refusal(channel, purpose, sends, now, caps, timezone)
+        if capped:
+            return Reason.FREQUENCY_CAP, capped
     return None
 
 
 def decide(tp: TouchPoint, journey: Journey | None, step: Step | None, patient: Patient,
            appointment: Appointment | None, latest_events: Mapping[str, datetime],
            opt_outs: Mapping[tuple[str, str], set[str]], now: datetime, quiet: QuietHours,
-           practice_timezone: str) -> Decision:
+           practice_timezone: str, sends: Sequence[RecentSend] = (),
+           caps: FrequencyCaps | None = None) -> Decision:
     """Every send-time guard, in order. The dispatcher acts on it; forecast reports it."""
     if journey is None or step is None:
         reason = Reason.JOURNEY_REMOVED if journey is None else Reason.STEP_REMOVED
@@ -167,12 +211,16 @@ def decide(tp: TouchPoint, journey: Journey | None, step: Step | None, patient: 
     if quiet_verdict is not None:
         return quiet_verdict
     candidates, refusals = [], []
-    for channel in step.channels:
-        refusal = channel_refusal(channel, patient, tp.purpose, opt_outs)
+    channels = step.channels
+    if tp.channel in channels:  # a retry: channels before it already failed for good
+        channels = channels[channels.index(tp.channel):]
+    for channel in channels:
+        refusal = channel_refusal(channel, patient, tp.purpose, opt_outs, sends, now, caps,
+                                  timezone)
         if refusal is None:
             candidates.append(channel)
         else:
             refusals.append(refusal)
     if not candidates:
         return Verdict(Status.SKIPPED, refusals[0][0], "; ".join(d for _, d in refusals))
-    return Send(tuple(candidates), timezone)
+    return Send(tuple(candidates), timezone, tuple(detail for _, detail in refusals))

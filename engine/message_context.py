@@ -75,4 +75,5 @@ def message_context(
         "practice": practice,
         "touch_point": Fields({"id": touch_point_id, "journey": journey, "step": step},
                               "touch_point"),
+        "unsubscribe_url": None,  # set by the dispatcher for emails that carry one
     }

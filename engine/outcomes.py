@@ -49,6 +49,8 @@ class Reason(StrEnum):
     JOURNEY_REMOVED = "journey_removed"
     STEP_REMOVED = "step_removed"
     INTERRUPTED = "interrupted"
+    AMBIGUOUS = "ambiguous"
+    FREQUENCY_CAP = "frequency_cap"
 
 
 EXPLANATIONS: dict[str, str] = {
@@ -66,4 +68,9 @@ EXPLANATIONS: dict[str, str] = {
     Reason.STEP_REMOVED: "the step was removed from its journey",
     Reason.INTERRUPTED: "the sender stopped after calling the provider and before recording the "
                         "result; it was not re-sent — a provider callback or staff will settle it",
+    Reason.AMBIGUOUS: "the provider's answer was lost (timeout or server error), so it may or "
+                      "may not have been sent; it was not re-sent — a provider callback or "
+                      "staff will settle it",
+    Reason.FREQUENCY_CAP: "the patient already had as many messages as the frequency caps allow "
+                          "(FCC healthcare exemption: 1 text a day, 3 a week)",
 }

@@ -259,7 +259,7 @@ def follow_edits(journey: Journey, pending: Iterable[PendingStep], events: Mappi
 def _plan_step(event: Event, patient: Patient, journey: Journey, step: Step, anchor: Anchor,
                rules: PlanningRules, tz: ZoneInfo) -> Planned:
     due = due_time(step.when, anchor, event.occurred_at, tz)
-    expires = deadline(step, anchor, due, rules.default_expiry)
+    expires = deadline(step, anchor, due, rules.default_expiry)  # lateness from its moment
     status, reason, detail = Status.PLANNED, None, None
     if due < event.occurred_at:
         if step.catch_up:
@@ -301,8 +301,9 @@ def deadline(step: Step, anchor: Anchor, due: datetime, default_expiry: timedelt
              ) -> datetime | None:
     """The instant from which a step may no longer go (exclusive).
 
-    A step timed before an appointment never goes at or after its start; otherwise a
-    step may go at most ``expires_after`` (default: the practice's default expiry) late.
+    A step timed before an appointment never goes at or after its start (nor later than
+    ``expires_after`` past its moment, when the step sets it); any other step may go at
+    most ``expires_after`` (default: the practice's default expiry) late.
     """
     late = due + (step.expires_after or default_expiry)
     if step.when.before_anchor:

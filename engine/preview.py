@@ -139,6 +139,19 @@ def preview(definitions: Definitions, settings: Settings, journey_name: str, ste
     due, status, when = _send_time(journey, step, appointment, now, rules, tz)
     result = Preview(journey.name, step.id, journey.purpose, recipient, tz_name, when, due,
                      status)
+    if patient_id is not None and step.only_if:
+        context = message_context(
+            patient=patient, appointment=appointment, practice=practice_fields(settings),
+            practice_timezone=practice_tz,
+            visit_number=numbers.get(appointment.id) if appointment else None)
+        try:
+            holds = bool(definitions.templates.compile_expression(step.only_if)(**context))
+        except Exception:  # the same expression fails at planning, which skips the step
+            holds = False
+        if not holds:
+            result.status = "not_planned"
+            result.when = f"only_if \"{step.only_if}\" is false for this patient: " \
+                          "the step would not be planned"
     for language in languages:
         if patient_id is None:
             context = sample_context(settings, now, language, journey.name, step.id)
@@ -165,6 +178,9 @@ def _send_time(journey: Journey, step: Step, appointment: Appointment | None, no
     if due < now and not step.catch_up:
         return due, "too_late", f"{step.when.describe()} — already past ({_local(due, tz)})"
     due = max(due, now)
+    if expires is not None and due >= expires:
+        return due, "too_late", f"{step.when.describe()} — its deadline " \
+                                f"{_local(expires, tz)} has passed"
     allowed = rules.quiet_hours.next_allowed(due, tz)
     if expires is not None and allowed >= expires:
         return allowed, "too_late", (f"{step.when.describe()} — quiet hours would push it past "
@@ -222,8 +238,9 @@ def send_test(db: Database, definitions: Definitions, settings: Settings,
         raise UserError(f"--to {to!r} is not {what}") from None
     assert address is not None
     if kind not in step.channels:
+        wanted = "a phone number" if kind == "email" else "an email address"
         raise UserError(f"{journey.name}/{step.id} sends {', '.join(step.channels)}, not "
-                        f"{kind} — give --to a {'phone number' if kind == 'email' else 'email'}")
+                        f"{kind} — give --to {wanted}")
     practice_tz = settings.require("practice.timezone")
     patient: Patient | None = None
     if patient_id is not None:
@@ -243,9 +260,11 @@ def send_test(db: Database, definitions: Definitions, settings: Settings,
     rendered = definitions.templates.render(step.template, kind, language, context, tz)
     dispatcher = Dispatcher(db, definitions, settings, channels)
     with db.transaction() as conn:
-        tp = ledger.insert_test(conn, patient_id=patient.id if patient else None,
-                                journey=journey.name, step=step.id, purpose=journey.purpose,
-                                worker=dispatcher.worker, now=now)
+        tp = ledger.insert_immediate(
+            conn, patient_id=patient.id if patient else None, journey=journey.name,
+            step=step.id, purpose=journey.purpose, recipient="test",
+            anchor=f"test:{now.isoformat()}:{dispatcher.worker}", worker=dispatcher.worker,
+            now=now, test=True, source="test-send")
     message = OutboundMessage(tp.id, kind, address, rendered.body, rendered.subject,
                               rendered.html, journey.purpose, journey=journey.name,
                               step=step.id, test=True)

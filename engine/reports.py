@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, false, select
+from sqlalchemy import Connection, false, select, update
 
 from engine.definitions import Definitions
 from engine.errors import NotFound
@@ -16,11 +16,17 @@ from engine.outcomes import EXPLANATIONS, Status
 from engine.privacy import mask_address
 from engine.store import ledger
 from engine.store.ledger import HistoryEntry, TouchPoint
-from engine.store.schema import appointments, events, patients, touch_points
+from engine.store.schema import (
+    appointments,
+    events,
+    inbound_messages,
+    patients,
+    touch_points,
+)
 
 LOG_FIELDS = ("id", "patient_id", "appointment_id", "journey", "step", "channel", "recipient",
               "due_at", "sent_at", "status", "reason", "attempts", "provider_message_id",
-              "purpose", "test", "detail")
+              "purpose", "test", "appointment_confirmed", "detail")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -33,7 +39,8 @@ def log_rows(conn: Connection, *, patient: str | None = None, journey: str | Non
     """Touch points with the imported ids, oldest due first. Streams; never loads all."""
     query = (
         select(touch_points, patients.c.external_id.label("patient_external_id"),
-               appointments.c.external_id.label("appointment_external_id"))
+               appointments.c.external_id.label("appointment_external_id"),
+               appointments.c.confirmed_at.label("appointment_confirmed_at"))
         .outerjoin(patients, patients.c.id == touch_points.c.patient_id)
         .outerjoin(appointments, appointments.c.id == touch_points.c.appointment_id)
         .order_by(touch_points.c.due_at, touch_points.c.id)
@@ -63,6 +70,8 @@ def log_rows(conn: Connection, *, patient: str | None = None, journey: str | Non
             "provider_message_id": row.provider_message_id,
             "purpose": row.purpose,
             "test": row.test,
+            "appointment_confirmed": row.appointment_confirmed_at is not None
+            if row.appointment_id is not None else None,
             "detail": row.detail,
         }
 
@@ -159,3 +168,30 @@ def explain(tp: TouchPoint) -> str:
         return "It is being sent right now."
     text = EXPLANATIONS.get(tp.reason or "", tp.reason or "no reason recorded")
     return f"It was {tp.status}: {text}" + (f" ({tp.detail})." if tp.detail else ".")
+
+
+def inbox(conn: Connection, *, include_done: bool = False, reveal: bool = False,
+          ) -> list[dict[str, Any]]:
+    """Inbound messages staff should read, newest first."""
+    query = (select(inbound_messages, patients.c.external_id, patients.c.first_name,
+                    patients.c.last_name)
+             .outerjoin(patients, patients.c.id == inbound_messages.c.patient_id)
+             .order_by(inbound_messages.c.received_at.desc()))
+    if include_done:
+        query = query.where(inbound_messages.c.staff_status != "")
+    else:
+        query = query.where(inbound_messages.c.staff_status == "new")
+    return [{
+        "id": row.id, "received_at": _iso(row.received_at), "intent": row.intent,
+        "from": row.from_address if reveal else mask_address(row.from_address),
+        "patient_id": row.external_id,
+        "patient_name": f"{row.first_name or ''} {row.last_name or ''}".strip(),
+        "body": row.body, "staff_status": row.staff_status,
+    } for row in conn.execute(query)]
+
+
+def mark_done(conn: Connection, message_id: int) -> bool:
+    return bool(conn.execute(update(inbound_messages)
+                             .where(inbound_messages.c.id == message_id,
+                                    inbound_messages.c.staff_status != "")
+                             .values(staff_status="done")).rowcount)

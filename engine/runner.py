@@ -98,7 +98,7 @@ class TickReport:
     dispatch: DispatchStats = field(default_factory=DispatchStats)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"at": self.at.isoformat(), "edits": self.edits.as_dict(),
+        return {"at": self.at.isoformat().replace("+00:00", "Z"), "edits": self.edits.as_dict(),
                 "recovered": self.recovered, "lapses": self.lapses,
                 "events": self.events, "planned": self.planned, "exited": self.exited,
                 "dispatch": self.dispatch.as_dict()}
@@ -212,10 +212,11 @@ class Runner:
         due_before = {p.id: p.due_at for p in pending}
         for change in changes:
             if isinstance(change, Retime):
+                before, after = due_before[change.id], change.planned.due_at
                 impact.retimed += ledger.retime(
                     conn, change.id, change.planned, now,
-                    f"the schedule changed: due {due_before[change.id].isoformat()} → "
-                    f"{change.planned.due_at.isoformat()}")
+                    f"the schedule changed: due {before.isoformat()} → {after.isoformat()}"
+                    if before != after else "the step changed; its time did not")
             elif change.status == Status.CANCELLED:
                 impact.cancelled += ledger.retire(conn, change.id, change.status,
                                                   change.reason, change.detail, now)

@@ -15,6 +15,7 @@ from engine.message_context import message_context, practice_fields
 from engine.records import Appointment, Patient
 from engine.settings import Settings
 from engine.timing import at_local, zone
+from engine.unsubscribe import public_url
 
 
 class _AnyField(Fields):
@@ -52,6 +53,7 @@ def sample_context(settings: Settings, now: datetime, language: str | None = Non
         patient=sample_patient(language), appointment=sample_appointment(now, timezone),
         practice=practice_fields(settings), practice_timezone=timezone, touch_point_id=0,
         journey=journey, step=step, visit_number=3)
+    context["unsubscribe_url"] = f"{public_url(settings)}/unsubscribe/EXAMPLE-TOKEN"
     patient = context["patient"]
     context["patient"] = Fields({**{k: patient[k] for k in (
         "id", "first_name", "last_name", "full_name", "language", "timezone")},

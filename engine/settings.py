@@ -72,10 +72,45 @@ SETTINGS: tuple[Setting, ...] = (
             "schedules", flag="--schedules"),
     Setting("paths.templates", "TOUCHPOINT_TEMPLATES", "Folder of message templates.",
             "message_templates", flag="--templates"),
+    Setting("practice.staff_email", "TOUCHPOINT_STAFF_EMAIL",
+            "Where staff alerts go (reschedule requests, replies to read).", ""),
     Setting("channels.sms_provider", "TOUCHPOINT_SMS_PROVIDER",
-            "Which channel sends SMS: fake or console."),
+            "Which channel sends SMS: twilio, fake or console.", flag="--sms-provider"),
     Setting("channels.email_provider", "TOUCHPOINT_EMAIL_PROVIDER",
-            "Which channel sends email: fake or console."),
+            "Which channel sends email: sendgrid, fake or console.", flag="--email-provider"),
+    Setting("channels.provider_timeout", "TOUCHPOINT_PROVIDER_TIMEOUT",
+            "Seconds to wait for a provider's answer (connect and read).", 10.0),
+    Setting("twilio.account_sid", "TWILIO_ACCOUNT_SID", "Twilio account SID (AC…)."),
+    Setting("twilio.auth_token", "TWILIO_AUTH_TOKEN",
+            "Twilio auth token (also verifies Twilio's webhooks).", secret=True),
+    Setting("twilio.from_number", "TWILIO_FROM_NUMBER",
+            "The number texts come from (E.164); or set a Messaging Service."),
+    Setting("twilio.messaging_service_sid", "TWILIO_MESSAGING_SERVICE_SID",
+            "Twilio Messaging Service SID (MG…), instead of a From number."),
+    Setting("twilio.api_url", "TOUCHPOINT_TWILIO_API_URL",
+            "Base URL of Twilio's REST API (regional or proxy endpoints, tests).", ""),
+    Setting("sendgrid.api_key", "SENDGRID_API_KEY", "SendGrid API key.", secret=True),
+    Setting("sendgrid.api_url", "TOUCHPOINT_SENDGRID_API_URL",
+            "Base URL of SendGrid's API (regional or proxy endpoints, tests).", ""),
+    Setting("sendgrid.webhook_public_key", "SENDGRID_WEBHOOK_PUBLIC_KEY",
+            "The Event Webhook's verification key (from SendGrid's Mail Settings)."),
+    Setting("email.from_address", "TOUCHPOINT_EMAIL_FROM",
+            "The address emails come from (a verified sender); \"Name <addr>\" allowed."),
+    Setting("email.unsubscribe_mailto", "TOUCHPOINT_UNSUBSCRIBE_MAILTO",
+            "Mailbox for mailto: unsubscribes (routed to /webhooks/sendgrid/inbound).", ""),
+    Setting("email.unsubscribe_transactional", "TOUCHPOINT_UNSUBSCRIBE_TRANSACTIONAL",
+            "Also put List-Unsubscribe headers and a link in transactional emails.", False),
+    Setting("webhooks.public_url", "TOUCHPOINT_PUBLIC_URL",
+            "The https base URL where providers reach `touchpoint serve`.", ""),
+    Setting("webhooks.secret_key", "TOUCHPOINT_SECRET_KEY",
+            "Signs unsubscribe links; when unset, a random key kept in the database is used.",
+            "", secret=True),
+    Setting("caps.transactional_sms_per_day", "TOUCHPOINT_CAP_TRANSACTIONAL_SMS_PER_DAY",
+            "Transactional texts a patient gets per day (FCC healthcare exemption: 1).", 1),
+    Setting("caps.transactional_sms_per_week", "TOUCHPOINT_CAP_TRANSACTIONAL_SMS_PER_WEEK",
+            "Transactional texts a patient gets per 7 days (FCC healthcare exemption: 3).", 3),
+    Setting("caps.marketing_per_week", "TOUCHPOINT_CAP_MARKETING_PER_WEEK",
+            "Marketing messages (any channel) a patient gets per 7 days.", 2),
     Setting("channels.fake_outbox", "TOUCHPOINT_FAKE_OUTBOX",
             "File where the fake channel appends each message it takes (JSON lines).", None),
     Setting("dispatch.batch_size", "TOUCHPOINT_BATCH_SIZE",
@@ -113,6 +148,7 @@ class Practice(BaseModel):
     language: str = "en"
     website: str = ""
     links: dict[str, str] = Field(default_factory=dict)
+    staff_email: str = ""
 
     @field_validator("timezone")
     @classmethod
@@ -125,9 +161,58 @@ class Practice(BaseModel):
 class Channels(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    sms_provider: Literal["fake", "console"] | None = None
-    email_provider: Literal["fake", "console"] | None = None
+    sms_provider: Literal["twilio", "fake", "console"] | None = None
+    email_provider: Literal["sendgrid", "fake", "console"] | None = None
     fake_outbox: Path | None = None
+    provider_timeout: float = Field(10.0, gt=0, le=120)
+
+
+class Twilio(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    account_sid: str | None = None
+    auth_token: str | None = Field(None, repr=False)
+    from_number: str | None = None
+    messaging_service_sid: str | None = None
+    api_url: str = ""
+
+
+class SendGrid(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    api_key: str | None = Field(None, repr=False)
+    api_url: str = ""
+    webhook_public_key: str | None = None
+
+
+class Email(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    from_address: str | None = None
+    unsubscribe_mailto: str = ""
+    unsubscribe_transactional: bool = False
+
+
+class Webhooks(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    public_url: str = ""
+    secret_key: str = Field("", repr=False)
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (providers call it from the internet)")
+        return value.rstrip("/")
+
+
+class Caps(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    transactional_sms_per_day: int = Field(1, ge=0)
+    transactional_sms_per_week: int = Field(3, ge=0)
+    marketing_per_week: int = Field(2, ge=0)
 
 
 class Dispatch(BaseModel):
@@ -159,6 +244,11 @@ class Settings(BaseModel):
     templates_dir: Path
     channels: Channels
     dispatch: Dispatch
+    twilio: Twilio = Twilio()
+    sendgrid: SendGrid = SendGrid()
+    email: Email = Email()
+    webhooks: Webhooks = Webhooks()
+    caps: Caps = Caps()
     config_file: Path | None = None
 
     @field_validator("send_from", "send_until", mode="before")
@@ -212,7 +302,8 @@ _FIELD_PATH: dict[str, tuple[str, ...]] = {
     "paths.schedules": ("schedules_dir",),
     "paths.templates": ("templates_dir",),
     **{s.key: tuple(s.key.split(".")) for s in SETTINGS
-       if s.key.split(".")[0] in {"practice", "channels", "dispatch"}},
+       if s.key.split(".")[0] in {"practice", "channels", "dispatch", "twilio", "sendgrid",
+                                  "email", "webhooks", "caps"}},
 }
 
 
@@ -307,9 +398,8 @@ def load_settings(
         for part in path[:-1]:
             target = target.setdefault(part, {})
         target[path[-1]] = value
-    nested.setdefault("practice", {})
-    nested.setdefault("channels", {})
-    nested.setdefault("dispatch", {})
+    for section in ("practice", "channels", "dispatch"):
+        nested.setdefault(section, {})
     try:
         settings = Settings.model_validate(nested)
     except ValidationError as exc:

@@ -2,6 +2,8 @@
 
 Errors (the engine refuses to run with them):
 
+* a marketing email without ``{{ unsubscribe_url }}`` and ``{{ practice.address }}``;
+
 * everything :func:`engine.definitions.load_definitions` finds — YAML syntax, unknown
   keys, unknown events, missing templates, duplicate steps, Jinja syntax, unknown
   variables;
@@ -27,15 +29,18 @@ from datetime import datetime
 from engine.definitions import Definitions, load_definitions
 from engine.definitions.diagnostics import Diagnostic
 from engine.definitions.journeys import Journey, iter_steps
-from engine.definitions.templates import TemplateSet, format_phone
+from engine.definitions.templates import Fields, TemplateSet, format_phone
 from engine.errors import TemplateRenderError
+from engine.replies import REPLY_TEMPLATES, STAFF_TEMPLATES
 from engine.samples import sample_context
 from engine.settings import Settings
 from engine.sms_segments import analyse
 from engine.timing import zone
 
+# What the HELP reply must say about charges (CTIA), by language.
+RATES_WORDING = {"en": "Msg&data rates may apply", "es": "tarifas de mensajes y datos"}
 SENSITIVE_FIELDS = ("diagnosis", "body_part", "insurance", "clinical_notes", "visit_type")
-_STOP = re.compile(r"\bSTOP\b")
+_STOP = re.compile(r"\bstop\b", re.IGNORECASE)
 
 
 def check_definitions(settings: Settings, now: datetime) -> Definitions:
@@ -47,22 +52,45 @@ def check_definitions(settings: Settings, now: datetime) -> Definitions:
     links = list(_check_links(templates, settings))
     found.extend(links)
     found.extend(_check_variants(templates))
+    found.extend(_check_marketing_email(definitions))
     if not definitions.errors and not links:  # rendering needs files that compile
         found.extend(_check_renders(definitions, settings, now))
+        found.extend(_check_system_templates(templates, settings, now))
     return Definitions(definitions.journeys, templates, tuple(found))
 
 
 def _check_links(templates: TemplateSet, settings: Settings) -> Iterator[Diagnostic]:
     configured = settings.practice.links
     for _, _, _, file in templates.files():
-        for name in sorted(templates.variables_used(file)):
+        for name, line in sorted(templates.references(file).items()):
             parts = name.split(".")
             if parts[:2] == ["practice", "links"] and len(parts) > 2 \
                     and parts[2] not in configured:
-                yield Diagnostic(str(templates.path(file)), templates.line_of(file, parts[2]),
+                yield Diagnostic(str(templates.path(file)), line,
                                  f"practice.links.{parts[2]} is not set",
                                  f"add {parts[2]} = \"https://…\" under [practice.links] in "
                                  "touchpoint.toml", code="missing-link")
+
+
+def _check_marketing_email(definitions: Definitions) -> Iterator[Diagnostic]:
+    """CAN-SPAM and Gmail/Yahoo's bulk rules: a marketing email shows how to unsubscribe
+    and the practice's physical address."""
+    templates = definitions.templates
+    for journey, step in iter_steps(definitions.journeys):
+        if journey.purpose != "marketing" or "email" not in step.channels:
+            continue
+        for language in templates.languages(step.template, "email"):
+            resolved = templates.resolve(step.template, "email", language)
+            if resolved is None:
+                continue
+            used = templates.variables_used(resolved[0])
+            for needed, why in (("unsubscribe_url", "a visible unsubscribe link"),
+                                ("practice.address", "the practice's physical address")):
+                if needed not in used:
+                    yield Diagnostic(str(templates.path(resolved[0])), None,
+                                     f"this marketing email lacks {why} (CAN-SPAM)",
+                                     f"add {{{{ {needed} }}}} to its text",
+                                     code="can-spam")
 
 
 def _check_variants(templates: TemplateSet) -> Iterator[Diagnostic]:
@@ -112,6 +140,7 @@ def _check_renders(definitions: Definitions, settings: Settings, now: datetime,
                         body = templates.render(step.template, channel, language, context,
                                                 tz).body
                     except TemplateRenderError as exc:
+                        seen.add((file, journey.purpose, False))  # one finding is enough
                         situation = "" if with_appointment else \
                             f" for a patient with no upcoming appointment ({journey.name} " \
                             f"starts on {journey.trigger.event})"
@@ -124,6 +153,59 @@ def _check_renders(definitions: Definitions, settings: Settings, now: datetime,
                         yield from _check_characters(templates, file, where)
                         yield from _check_sensitive(templates, file, where)
                         yield from _check_rendered(journey, body, where, settings)
+
+
+def _check_system_templates(templates: TemplateSet, settings: Settings, now: datetime,
+                            ) -> Iterator[Diagnostic]:
+    """Replies to patients' texts and staff alerts: present, renderable (the patient and
+    the appointment may be unknown), within one segment, and HELP says what it must."""
+    tz = zone(settings.require("practice.timezone"))
+    wanted = [("replies", name, "sms") for name in REPLY_TEMPLATES]
+    if settings.practice.staff_email:
+        wanted += [("staff", name, "email") for name in STAFF_TEMPLATES]
+    for folder, name, channel in wanted:
+        template = f"{folder}/{name}"
+        if not templates.has(template, channel):
+            yield Diagnostic(str(templates.directory / f"{template}.{channel}.j2"), None,
+                             f"missing the {channel} template for '{name}' "
+                             f"({'replies to patients' if folder == 'replies' else 'staff'})",
+                             "copy it from the shipped message_templates/", code="missing-template")
+            continue
+        for language in templates.languages(template, channel):
+            resolved = templates.resolve(template, channel, language)
+            assert resolved is not None
+            file = str(templates.path(resolved[0]))
+            for known in (True, False):
+                context = sample_context(settings, now, language)
+                context["reply"] = Fields({"body": "Can we move it to Friday?",
+                                           "from": "+1•••••••42", "received_at": now}, "reply")
+                if not known:
+                    context["patient"] = context["appointment"] = None
+                try:
+                    body = templates.render(template, channel, language, context, tz).body
+                except TemplateRenderError as exc:
+                    unknown = "" if known else " when the patient is not known"
+                    problem, _, fix = _after_location(exc.message).partition(" — ")
+                    yield Diagnostic(file, _line_of(exc.message),
+                                     f"does not render{unknown}: {problem}",
+                                     fix or "guard it with {% if patient %}", code="render")
+                    break
+                if channel != "sms" or not known:
+                    continue
+                info = analyse(body)
+                if info.segments > 1:
+                    yield Diagnostic(file, 1, f"this reply is {info.segments} segments "
+                                     f"({info.characters} characters, {info.encoding})",
+                                     "shorten it to one segment", severity="warning",
+                                     code="segments")
+                if name == "help":
+                    rates = RATES_WORDING.get((language or "").split("-")[0],
+                                              RATES_WORDING["en"])
+                    for needed in ("STOP", rates):
+                        if needed not in body:
+                            yield Diagnostic(file, 1, f"the HELP reply must say \"{needed}\""
+                                             " (CTIA)", f"add \"{needed}\"",
+                                             code="help-wording")
 
 
 def _line_of(message: str) -> int | None:
@@ -145,10 +227,9 @@ def _check_characters(templates: TemplateSet, file: str, where: str) -> Iterator
 
 
 def _check_sensitive(templates: TemplateSet, file: str, where: str) -> Iterator[Diagnostic]:
-    for variable in sorted(templates.variables_used(file)):
-        field = variable.rsplit(".", 1)[-1]
-        if field in SENSITIVE_FIELDS:
-            yield Diagnostic(where, templates.line_of(file, field),
+    for variable, line in sorted(templates.references(file).items()):
+        if any(part in SENSITIVE_FIELDS for part in variable.split(".")[1:]):
+            yield Diagnostic(where, line,
                              f"{variable} is marked sensitive and must not go in an SMS "
                              "(minimum necessary)", "move it to the email, or leave it out",
                              severity="warning", code="sensitive")
@@ -173,8 +254,8 @@ def _check_rendered(journey: Journey, body: str, where: str, settings: Settings,
                              "add {{ practice.name }} and {{ practice.phone }}: the FCC "
                              "healthcare exemption needs both", severity="warning",
                              code="exemption")
-    elif not _STOP.search(body):
-        yield Diagnostic(where, 1, "this marketing SMS does not say how to opt out",
+    if not _STOP.search(body):
+        yield Diagnostic(where, 1, f"this {journey.purpose} SMS does not say how to opt out",
                          "end it with \"Reply STOP to opt out\"", severity="warning",
                          code="stop")
 

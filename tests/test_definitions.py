@@ -101,7 +101,7 @@ def test_the_shipped_library_loads_with_no_findings_and_the_documented_journeys(
     pre_visit = definitions.journeys["pre-visit"]
     assert [(s.id, s.when.describe(), s.channels, s.line) for s in pre_visit.steps] == [
         ("two-days-before", "2 days before at 10:00", ("sms", "email"), 8),
-        ("two-hours-before", "2h before", ("sms",), 12),
+        ("two-hours-before", "2h before", ("sms",), 13),
     ]
     # a cancelled visit stops its own reminders only; any booking ends a win-back
     assert pre_visit.exit_on == (ExitRule("appointment.cancelled", "anchor"),)
@@ -118,9 +118,11 @@ def test_every_shipped_sms_renders_as_gsm7_text_in_english_and_spanish(tmp_path:
     templates = TemplateSet(LIBRARY_TEMPLATES)
     settings = load_settings(write_config(tmp_path), {})
     saturday = instant("2026-11-07T10:30:00-06:00")
-    context = {**variables(saturday), "practice": practice_fields(settings)}
-    shipped = sorted({(name, channel) for name, channel, _, _ in templates.files()})
-    assert len(shipped) == 16
+    context = {**variables(saturday), "practice": practice_fields(settings),
+               "unsubscribe_url": "https://tp.example/unsubscribe/TOKEN"}
+    shipped = sorted({(name, channel) for name, channel, _, _ in templates.files()
+                      if not name.startswith("staff/")})  # staff alerts are for staff only
+    assert len(shipped) == 21  # 16 for the journeys, 5 replies to patients' texts
     for name, channel in shipped:
         for wanted in ("en", "es"):
             message = templates.render(name, channel, wanted, context, CHICAGO)

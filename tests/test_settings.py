@@ -206,8 +206,8 @@ intake_form = "https://pt.example/intake"
      "setting dispatch.batch_size (from TOUCHPOINT_BATCH_SIZE): Input should be greater than "
      "or equal to 1"),
     ({"TOUCHPOINT_SMS_PROVIDER": "twillio"},
-     "setting channels.sms_provider (from TOUCHPOINT_SMS_PROVIDER): Input should be 'fake' or "
-     "'console'"),
+     "setting channels.sms_provider (from TOUCHPOINT_SMS_PROVIDER): Input should be 'twilio', "
+     "'fake' or 'console'"),
 ])
 def test_an_invalid_value_names_the_setting_and_the_environment_variable(
         env: dict[str, str], message: str) -> None:
@@ -253,8 +253,8 @@ def test_send_from_after_send_until_is_refused(tmp_path: Path) -> None:
                           "TOUCHPOINT_PRACTICE_TIMEZONE, or [practice] timezone in "
                           "touchpoint.toml"),
     ("channels.sms_provider", "setting channels.sms_provider is not set — set it with "
-                              "TOUCHPOINT_SMS_PROVIDER, or [channels] sms_provider in "
-                              "touchpoint.toml"),
+                              "--sms-provider, TOUCHPOINT_SMS_PROVIDER, or [channels] "
+                              "sms_provider in touchpoint.toml"),
 ])
 def test_a_missing_required_setting_says_where_to_set_it(key: str, message: str) -> None:
     settings = load_settings(environ={})
@@ -327,6 +327,8 @@ def _docs_rows() -> dict[str, list[str]]:
 def _documented_default(value: object) -> str:
     if value is None:
         return "—"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"  # as written in TOML
     if value in ("", {}):
         return "(empty)"
     return f"`{value}`"
@@ -345,8 +347,9 @@ def test_every_setting_is_documented_with_its_variable_flag_and_default() -> Non
 def test_every_environment_variable_in_the_docs_is_a_real_setting() -> None:
     text = DOCS.read_text(encoding="utf-8")
     named = set(re.findall(r"TOUCHPOINT_[A-Z0-9_]+", text))
-    real = {s.env for s in SETTINGS}
+    real = {s.env for s in SETTINGS if s.env.startswith("TOUCHPOINT_")}
     assert real <= named  # every setting's variable is in the docs...
+    assert {s.env for s in SETTINGS} <= set(re.findall(r"\b[A-Z][A-Z0-9_]+\b", text))
     # ...and nothing else is, except TOUCHPOINT_CONFIG, which chooses the file itself
     assert named - real == {"TOUCHPOINT_CONFIG"}
 

@@ -38,6 +38,8 @@ WhenKind = Literal["immediately", "before", "after", "days_before", "days_after"
 Scope = Literal["anchor", "patient"]
 
 CHANNELS = ("sms", "email")
+# Touch points Touchpoint sends outside journeys (replies to texts, staff alerts).
+SYSTEM_JOURNEYS = ("replies", "staff-alerts")
 RECIPIENTS = ("patient",)
 TRIGGER_EVENTS = (
     "patient.created",
@@ -249,6 +251,11 @@ class _JourneyReader:
         if not isinstance(name, str) or not name.strip():
             self.error(self.key_line(data, "journey"), "missing journey name",
                        "add `journey: NAME`, e.g. `journey: pre-visit`")
+            name = None
+        elif name.strip() in SYSTEM_JOURNEYS:
+            self.error(self.key_line(data, "journey"), f"the journey name '{name}' is reserved "
+                       "(Touchpoint uses it for replies and staff alerts)",
+                       "choose another name")
             name = None
         purpose = data.get("purpose", "transactional")
         if purpose not in ("transactional", "marketing"):

@@ -51,6 +51,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "practice": ("name", "phone", "phone_e164", "address", "website", "timezone", "links"),
     "recipient": ("role", "first_name", "last_name", "language", "timezone"),
     "touch_point": ("id", "journey", "step"),
+    "reply": ("body", "from", "received_at"),  # in replies/ and staff/ templates
 }
 OPEN_TABLES = {("patient", "custom"), ("practice", "links")}
 EMAIL_BLOCKS = ("subject", "text", "html")
@@ -347,13 +348,22 @@ class TemplateSet:
                         f"add {{% block {required} %}}…{{% endblock %}}", code="email-block"))
         return found
 
-    def variables_used(self, file: str) -> set[str]:
-        """``{"patient.first_name", "appointment.start", …}`` used by one file."""
+    def references(self, file: str) -> dict[str, int]:
+        """Each variable one file reads, as a dotted path (``practice.links.parking``),
+        with the first line it is read on."""
         try:
             tree = self._text.parse(self.path(file).read_text(encoding="utf-8"), file)
         except (OSError, UnicodeDecodeError, TemplateSyntaxError):
-            return set()
-        return {f"{obj}.{attr}" if attr else obj for obj, attr, _ in _references(tree)}
+            return {}
+        found: dict[str, int] = {}
+        for path, line in _references(tree):
+            dotted = ".".join(path)
+            found[dotted] = min(found.get(dotted, line), line)
+        return found
+
+    def variables_used(self, file: str) -> set[str]:
+        """``{"patient.first_name", "appointment.start", …}`` used by one file."""
+        return set(self.references(file))
 
     def source(self, file: str) -> str:
         try:
@@ -361,33 +371,30 @@ class TemplateSet:
         except (OSError, UnicodeDecodeError):
             return ""
 
-    def line_of(self, file: str, word: str) -> int | None:
-        """The first line of ``file`` that mentions ``word``."""
-        for number, line in enumerate(self.source(file).splitlines(), start=1):
-            if word in line:
-                return number
-        return None
-
     def literal_non_gsm(self, file: str) -> Iterator[tuple[int, int, NonGsmCharacter]]:
         """(line, column, character) for each character of the file's own text — not of
-        the values it inserts — that is not GSM-7."""
-        source = self.source(file)
-        try:
-            tokens = list(self._text.lex(source, file))
-        except TemplateSyntaxError:
-            return
-        for lineno, kind, value in tokens:
-            if kind != "data" or is_gsm7(value):
-                continue
-            info = analyse(value)
-            for char in info.non_gsm:
-                before = value[:char.position]
-                line = lineno + before.count("\n")
-                column = char.position - before.rfind("\n") if "\n" in before else None
-                if column is None:  # same line the token started on
-                    line_text = source.splitlines()[lineno - 1]
-                    column = line_text.find(value.split("\n", 1)[0]) + char.position + 1
-                yield line, column, char
+        the values it inserts, nor inside ``{{ }}``, ``{% %}`` or ``{# #}`` — that is not
+        GSM-7. Columns count from 1."""
+        closing = {"{{": "}}", "{%": "%}", "{#": "#}"}
+        inside: str | None = None
+        for number, line in enumerate(self.source(file).splitlines(), start=1):
+            column = 0
+            while column < len(line):
+                pair = line[column:column + 2]
+                if inside is None and pair in closing:
+                    inside, column = closing[pair], column + 2
+                    continue
+                if inside is not None:
+                    if pair == inside:
+                        inside = None
+                        column += 2
+                    else:
+                        column += 1
+                    continue
+                char = line[column]
+                if not is_gsm7(char):
+                    yield number, column + 1, analyse(char).non_gsm[0]
+                column += 1
 
     def check_expression(self, source: str, where: str, line: int) -> list[Diagnostic]:
         """Unknown variables in a step's ``only_if`` expression, reported at ``line``."""
@@ -426,28 +433,41 @@ def _tidy(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
 
 
-def _references(tree: nodes.Template) -> Iterator[tuple[str, str | None, int]]:
-    """(top-level name, attribute or None, line) for every variable the template reads."""
+def _references(tree: nodes.Template) -> Iterator[tuple[tuple[str, ...], int]]:
+    """(dotted path, line) for every variable the template reads: ``patient.first_name``
+    → ``("patient", "first_name")``, ``practice.links["x"].y`` → ``("practice", "links",
+    "x", "y")``; a bare name (``{% if appointment %}``) → ``("appointment",)``."""
     undeclared = meta.find_undeclared_variables(tree)
-    attributed: set[int] = set()
-    for node in tree.find_all(nodes.Getattr):
-        if isinstance(node.node, nodes.Name) and node.node.name in undeclared:
-            attributed.add(id(node.node))
-            yield node.node.name, node.attr, node.lineno
-    for item in tree.find_all(nodes.Getitem):
-        if (isinstance(item.node, nodes.Name) and item.node.name in undeclared
-                and isinstance(item.arg, nodes.Const) and isinstance(item.arg.value, str)):
-            attributed.add(id(item.node))
-            yield item.node.name, item.arg.value, item.lineno
+    inner: set[int] = set()  # nodes that are part of a longer chain
+    chains: list[tuple[tuple[str, ...], int]] = []
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        if id(node) in inner:
+            continue
+        path: list[str] = []
+        current: nodes.Node = node
+        while isinstance(current, (nodes.Getattr, nodes.Getitem)):
+            inner.add(id(current))
+            if isinstance(current, nodes.Getattr):
+                path.append(current.attr)
+            elif isinstance(current.arg, nodes.Const) and isinstance(current.arg.value, str):
+                path.append(current.arg.value)
+            else:
+                path = []  # computed subscript: only what is before it is known
+            current = current.node
+        if isinstance(current, nodes.Name) and current.name in undeclared:
+            inner.add(id(current))
+            chains.append(((current.name, *reversed(path)), node.lineno))
+    yield from chains
     for name in tree.find_all(nodes.Name):
-        if name.ctx == "load" and name.name in undeclared and id(name) not in attributed:
-            yield name.name, None, name.lineno
+        if name.ctx == "load" and name.name in undeclared and id(name) not in inner:
+            yield (name.name,), name.lineno
 
 
 def check_variables(tree: nodes.Template, where: str,
                     extra_names: Iterable[str] = ("unsubscribe_url",)) -> Iterator[Diagnostic]:
     known_top = (*FIELDS, *extra_names)
-    for name, attr, line in _references(tree):
+    for path, line in _references(tree):
+        name, attr = path[0], (path[1] if len(path) > 1 else None)
         if name not in known_top:
             yield Diagnostic(where, line, f"unknown variable '{name}'",
                              did_you_mean(name, known_top,

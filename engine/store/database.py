@@ -83,6 +83,10 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+def known_revisions() -> set[str]:
+    return {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
 def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
@@ -129,6 +133,11 @@ class Database:
             return MigrationContext.configure(connection).get_current_revision()
 
     def upgrade(self, revision: str = "head") -> None:
+        current = self.revision()
+        if current is not None and current not in known_revisions():
+            raise DatabaseNotReady(
+                f"the database is at schema revision {current}, which this Touchpoint does "
+                "not know — it was written by a newer version; upgrade Touchpoint")
         with self.engine.begin() as connection:
             command.upgrade(alembic_config(connection), revision)
 
@@ -154,9 +163,7 @@ class Database:
                                        "run `touchpoint db upgrade`")
             self.upgrade()
             return
-        script = ScriptDirectory.from_config(alembic_config())
-        known = {rev.revision for rev in script.walk_revisions()}
-        if current in known:
+        if current in known_revisions():
             raise DatabaseNotReady(
                 f"the database is at schema revision {current}, this Touchpoint needs {head} — "
                 "back it up, then run `touchpoint db upgrade`")

@@ -18,9 +18,10 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, false, insert, or_, select, update
+from sqlalchemy import Connection, Row, false, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.outcomes import Status
 from engine.planner import Exit, Planned
 from engine.store.records import chunks
@@ -171,8 +172,8 @@ def retime(conn: Connection, tp_id: int, planned: Planned, now: datetime, detail
                 claim_expires_at=None, updated_at=now))
     if result.rowcount != 1:
         return 0
-    _append_history(conn, [tp_id], now, Status.PLANNED, Status.PLANNED, "retimed", detail,
-                    "definitions", kind="retimed")
+    _append_history(conn, [tp_id], now, Status.PLANNED, Status.PLANNED, "schedule_changed",
+                    detail, "definitions", kind="retimed")
     return 1
 
 
@@ -194,7 +195,8 @@ def claim_due(conn: Connection, worker: str, now: datetime, limit: int, lease: t
         .where(touch_points.c.status == Status.PLANNED, touch_points.c.due_at <= now,
                or_(touch_points.c.claim_expires_at.is_(None),
                    touch_points.c.claim_expires_at < now),
-               touch_points.c.test == false())
+               touch_points.c.test == false(),
+               touch_points.c.journey.not_in(SYSTEM_JOURNEYS))
         .order_by(touch_points.c.due_at, touch_points.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -232,33 +234,37 @@ def transition(conn: Connection, tp_id: int, *, expect: str, to: str, now: datet
     return True
 
 
-def reschedule(conn: Connection, tp_id: int, *, worker: str, due_at: datetime, now: datetime,
-               reason: str, detail: str) -> bool:
-    """Keep a claimed touch point planned but move it to ``due_at`` (quiet hours, retry)."""
+def reschedule(conn: Connection, tp_id: int, *, worker: str, expect: str, due_at: datetime,
+               now: datetime, reason: str, detail: str) -> bool:
+    """Put a claimed touch point (``planned`` for quiet hours, ``sending`` after a transient
+    error) back to ``planned`` at ``due_at``, saying why."""
     result = conn.execute(
         update(touch_points)
         .where(touch_points.c.id == tp_id, touch_points.c.claimed_by == worker,
-               touch_points.c.status.in_((Status.PLANNED, Status.SENDING)))
+               touch_points.c.status == expect)
         .values(status=Status.PLANNED, due_at=due_at, claimed_by=None, claim_expires_at=None,
-                updated_at=now))
+                reason=reason, detail=detail, updated_at=now))
     if result.rowcount != 1:
         return False
-    _append_history(conn, [tp_id], now, Status.PLANNED, None, reason, detail, "dispatcher",
+    _append_history(conn, [tp_id], now, Status.PLANNED, expect, reason, detail, "dispatcher",
                     kind="deferred")
     return True
 
 
-def insert_test(conn: Connection, *, patient_id: int | None, journey: str, step: str,
-                purpose: str, worker: str, now: datetime) -> TouchPoint:
-    """A touch point for a test send, already claimed by ``worker`` (never dispatched)."""
+def insert_immediate(conn: Connection, *, patient_id: int | None, journey: str, step: str,
+                     purpose: str, recipient: str, anchor: str, worker: str, now: datetime,
+                     appointment_id: int | None = None, test: bool = False,
+                     source: str = "reply") -> TouchPoint:
+    """A touch point sent at once outside any journey run (a test send, a reply to a
+    patient's text, a staff alert), already claimed by ``worker``: never dispatched."""
     row = conn.execute(insert(touch_points).values(
-        patient_id=patient_id, appointment_id=None, recipient="test", test=True,
-        journey=journey, step=step, anchor=f"test:{now.isoformat()}:{worker}",
-        purpose=purpose, event_id=None, step_fingerprint="", due_at=now, expires_at=None,
-        status=Status.PLANNED, attempts=0, claimed_by=worker,
-        claim_expires_at=now + timedelta(minutes=5), planned_at=now, updated_at=now)
+        patient_id=patient_id, appointment_id=appointment_id, recipient=recipient, test=test,
+        journey=journey, step=step, anchor=anchor, purpose=purpose, event_id=None,
+        step_fingerprint="", due_at=now, expires_at=None, status=Status.PLANNED, attempts=0,
+        claimed_by=worker, claim_expires_at=now + timedelta(minutes=5), planned_at=now,
+        updated_at=now)
         .returning(*touch_points.c)).one()
-    _append_history(conn, [row.id], now, Status.PLANNED, None, None, "test send", "test-send")
+    _append_history(conn, [row.id], now, Status.PLANNED, None, None, source, source)
     return touch_point_from_row(row)
 
 
@@ -299,23 +305,11 @@ def history_of(conn: Connection, tp_id: int) -> list[HistoryEntry]:
             for row in rows]
 
 
-def pending_for(conn: Connection, journey: str | None = None) -> list[TouchPoint]:
-    query = select(touch_points).where(touch_points.c.status == Status.PLANNED)
-    if journey is not None:
-        query = query.where(touch_points.c.journey == journey)
-    return [touch_point_from_row(row) for row in conn.execute(query)]
-
-
 def next_due(conn: Connection) -> datetime | None:
+    """When the next touch point the dispatcher will claim is due."""
     row = conn.execute(select(touch_points.c.due_at)
-                       .where(touch_points.c.status == Status.PLANNED)
+                       .where(touch_points.c.status == Status.PLANNED,
+                              touch_points.c.test == false(),
+                              touch_points.c.journey.not_in(SYSTEM_JOURNEYS))
                        .order_by(touch_points.c.due_at).limit(1)).first()
     return row.due_at if row else None
-
-
-def exists_sent(conn: Connection, patient_id: int, journey: str, since: datetime) -> bool:
-    row = conn.execute(select(touch_points.c.id).where(
-        and_(touch_points.c.patient_id == patient_id, touch_points.c.journey == journey,
-             touch_points.c.status.in_((Status.SENT, Status.DELIVERED)),
-             touch_points.c.sent_at >= since)).limit(1)).first()
-    return row is not None

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, delete, false, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.records import Appointment, Event, Patient
-from engine.store.schema import appointments, engine_state, events, opt_outs, patients
+from engine.store.schema import (
+    appointments,
+    engine_state,
+    events,
+    opt_outs,
+    patients,
+    touch_points,
+)
 
 _CHUNK = 500
 
@@ -180,3 +189,50 @@ def _aware(value: Any) -> datetime:
         value = datetime.fromisoformat(value)
     assert isinstance(value, datetime)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def add_opt_out(conn: Connection, channel: str, address: str, purpose: str, source: str,
+                detail: str, now: datetime) -> bool:
+    """Record an opt-out; False if the address had already opted out of that purpose."""
+    existing = opted_out(conn, [address]).get((channel, address), set())
+    if purpose in existing or "all" in existing:
+        return False
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    result = conn.execute(dialect.insert(opt_outs).values(
+        channel=channel, address=address, purpose=purpose, source=source, detail=detail,
+        created_at=now).on_conflict_do_nothing(index_elements=["channel", "address", "purpose"]))
+    return bool(result.rowcount)
+
+
+def remove_opt_outs(conn: Connection, channel: str, address: str) -> int:
+    """Opt an address back in (START): every purpose of that channel."""
+    return int(conn.execute(delete(opt_outs).where(opt_outs.c.channel == channel,
+                                                   opt_outs.c.address == address)).rowcount)
+
+
+@dataclass(frozen=True)
+class RecentSend:
+    purpose: str
+    channel: str
+    at: datetime
+
+
+def recent_sends(conn: Connection, patient_ids: Iterable[int], since: datetime,
+                 ) -> dict[int, list[RecentSend]]:
+    """What each patient was sent (or may have been: sending/unknown) since ``since``.
+
+    Test sends, replies to their messages and staff alerts do not count.
+    """
+    found: dict[int, list[RecentSend]] = {}
+    for part in chunks(sorted(set(patient_ids))):
+        rows = conn.execute(
+            select(touch_points.c.patient_id, touch_points.c.purpose, touch_points.c.channel,
+                   touch_points.c.sending_at)
+            .where(touch_points.c.patient_id.in_(part),
+                   touch_points.c.status.in_(("sending", "sent", "delivered", "unknown")),
+                   touch_points.c.sending_at >= since, touch_points.c.test == false(),
+                   touch_points.c.journey.not_in(SYSTEM_JOURNEYS)))
+        for row in rows:
+            found.setdefault(row.patient_id, []).append(
+                RecentSend(row.purpose, row.channel, row.sending_at))
+    return found

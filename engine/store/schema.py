@@ -6,6 +6,8 @@
               ├─< events                (append-only: what happened, the planner's input)
               └─< touch_points ─< touch_point_history   (the ledger and its append-only log)
     opt_outs                            (per address: STOP replies, unsubscribes)
+    provider_events                     (status callbacks and event webhooks, once each)
+    inbound_messages                    (replies: STOP, HELP, C, R, free text)
     engine_state                        (small key/value facts: last tick, last forecast)
 
 Every instant is stored in UTC and read back timezone-aware, on SQLite too.
@@ -198,6 +200,46 @@ class OptOut(Base):
     created_at: Mapped[datetime]
 
 
+class ProviderEvent(Base):
+    """Every event a provider reported (status callback, event webhook), once each."""
+
+    __tablename__ = "provider_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(24))
+    event_id: Mapped[str] = mapped_column(String(160), unique=True)  # provider's, for dedupe
+    kind: Mapped[str] = mapped_column(String(24))  # normalised: delivered, bounced, …
+    status: Mapped[str] = mapped_column(String(40))  # the provider's own word
+    touch_point_id: Mapped[int | None] = mapped_column(ForeignKey("touch_points.id"),
+                                                       index=True)
+    provider_message_id: Mapped[str | None] = mapped_column(String(100))
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    detail: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class InboundMessage(Base):
+    """A message a patient (or anyone) sent us: replies, STOP, HELP, C, R, free text."""
+
+    __tablename__ = "inbound_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(24))
+    provider_message_id: Mapped[str] = mapped_column(String(100), unique=True)
+    channel: Mapped[str] = mapped_column(String(12))
+    from_address: Mapped[str] = mapped_column(String(254), index=True)
+    to_address: Mapped[str] = mapped_column(String(254))
+    body: Mapped[str] = mapped_column(Text)
+    intent: Mapped[str] = mapped_column(String(24))  # stop, start, help, confirm, reschedule, other
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), index=True)
+    touch_point_id: Mapped[int | None] = mapped_column(ForeignKey("touch_points.id"))
+    appointment_id: Mapped[int | None] = mapped_column(ForeignKey("appointments.id"))
+    staff_status: Mapped[str] = mapped_column(String(12))  # new, done (none needed: "")
+    detail: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime]
+
+
 class EngineState(Base):
     __tablename__ = "engine_state"
 
@@ -214,3 +256,5 @@ touch_points = cast(Table, TouchPoint.__table__)
 history = cast(Table, TouchPointHistory.__table__)
 opt_outs = cast(Table, OptOut.__table__)
 engine_state = cast(Table, EngineState.__table__)
+provider_events = cast(Table, ProviderEvent.__table__)
+inbound_messages = cast(Table, InboundMessage.__table__)

@@ -1,0 +1,243 @@
+"""What a patient's text means, and what Touchpoint does about it.
+
+========================  ==========================================================
+the whole message is …    what happens
+========================  ==========================================================
+STOP, STOPALL, QUIT, END, the number is opted out of SMS at once, for every purpose,
+REVOKE, OPT OUT, OPTOUT,  and gets one confirmation (FCC 24-18; CTIA) — a second
+CANCEL, UNSUBSCRIBE       STOP gets none
+START, UNSTOP (and YES    the number is opted back in and told so
+from an opted-out number)
+HELP, INFO                practice name, phone, message frequency, "Msg&data rates may
+                          apply" and how to stop
+C, CONFIRM, YES           the appointment of the latest reminder is marked confirmed
+R, RESCHEDULE             a reschedule request: staff are alerted, the patient told
+anything else             recorded and shown to staff (``touchpoint inbox``); staff are
+                          alerted by email
+========================  ==========================================================
+
+Matching ignores case, surrounding spaces and trailing punctuation. Replies and alerts
+are ordinary touch points (journeys ``replies`` and ``staff-alerts``) rendered from
+``message_templates/replies/`` and ``message_templates/staff/``, so they are editable,
+validated and in the log. Each inbound message is handled once (by its provider id).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from engine import clock
+from engine.channels.base import Channel, OutboundMessage
+from engine.definitions import Definitions
+from engine.definitions.templates import Fields
+from engine.dispatcher import Dispatcher
+from engine.errors import TemplateRenderError
+from engine.message_context import appointment_fields, patient_fields, practice_fields
+from engine.outcomes import Status
+from engine.privacy import mask_address
+from engine.records import Appointment, Patient
+from engine.settings import Settings
+from engine.store import ledger
+from engine.store.database import Database
+from engine.store.records import (
+    add_opt_out,
+    appointment_from_row,
+    opted_out,
+    patient_from_row,
+    remove_opt_outs,
+)
+from engine.store.schema import appointments, history, inbound_messages, patients, touch_points
+from engine.timing import zone
+
+log = logging.getLogger("touchpoint.replies")
+
+STOP_WORDS = frozenset({"stop", "stopall", "stop all", "quit", "end", "revoke", "opt out",
+                        "optout", "opt-out", "cancel", "unsubscribe"})
+START_WORDS = frozenset({"start", "unstop"})
+HELP_WORDS = frozenset({"help", "info"})
+CONFIRM_WORDS = frozenset({"c", "confirm", "confirmed", "yes", "y"})
+RESCHEDULE_WORDS = frozenset({"r", "reschedule"})
+REPLY_TEMPLATES = ("stop", "start", "help", "confirmed", "reschedule")
+STAFF_TEMPLATES = ("reschedule-request", "reply")
+
+
+def normalise(body: str) -> str:
+    text = re.sub(r"\s+", " ", body.strip().lower())
+    return text.strip(" .!?,;:'\"")
+
+
+def classify(body: str, opted_out_now: bool) -> str:
+    text = normalise(body)
+    if text in STOP_WORDS:
+        return "stop"
+    if text in START_WORDS or (text == "yes" and opted_out_now):
+        return "start"
+    if text in HELP_WORDS:
+        return "help"
+    if text in CONFIRM_WORDS:
+        return "confirm"
+    if text in RESCHEDULE_WORDS:
+        return "reschedule"
+    return "other"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to send once the inbound one is recorded."""
+
+    journey: str  # replies | staff-alerts
+    step: str
+    kind: str  # sms | email
+    to: str
+    template: str
+
+
+@dataclass
+class Handled:
+    inbound_id: int | None
+    intent: str
+    duplicate: bool = False
+    patient: Patient | None = None
+    appointment: Appointment | None = None
+    reminder_id: int | None = None
+    outgoing: list[Outgoing] = field(default_factory=list)
+
+
+def record_inbound(conn: Connection, settings: Settings, *, provider: str, message_id: str,
+                   from_number: str, to_number: str, body: str, now: datetime) -> Handled:
+    """Record an inbound SMS and apply what it means (in the caller's transaction)."""
+    matches = [patient_from_row(row) for row in conn.execute(
+        select(patients).where(patients.c.phone == from_number).order_by(patients.c.id))]
+    blocked = opted_out(conn, [from_number]).get(("sms", from_number), set())
+    intent = classify(body, bool(blocked))
+    reminder, appointment = _latest_reminder(conn, from_number, now)
+    patient = next((p for p in matches if reminder and p.id == reminder.patient_id),
+                   matches[0] if matches else None)
+    if intent in ("confirm", "reschedule") and appointment is None:
+        intent = "other"  # nothing to confirm: staff read it
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    row = conn.execute(dialect.insert(inbound_messages).values(
+        provider=provider, provider_message_id=message_id, channel="sms",
+        from_address=from_number, to_address=to_number, body=body, intent=intent,
+        patient_id=patient.id if patient else None,
+        touch_point_id=reminder.id if reminder else None,
+        appointment_id=appointment.id if appointment else None,
+        staff_status="new" if intent in ("other", "reschedule") else "",
+        detail=None, received_at=now)
+        .on_conflict_do_nothing(index_elements=["provider_message_id"])
+        .returning(inbound_messages.c.id)).first()
+    if row is None:
+        return Handled(None, intent, duplicate=True)
+    handled = Handled(row.id, intent, patient=patient, appointment=appointment,
+                      reminder_id=reminder.id if reminder else None)
+    staff = settings.practice.staff_email
+    if intent == "stop":
+        if add_opt_out(conn, "sms", from_number, "all", "sms reply", f"replied {body!r}"[:200],
+                       now):
+            handled.outgoing.append(Outgoing("replies", "stop", "sms", from_number,
+                                             "replies/stop"))
+    elif intent == "start":
+        remove_opt_outs(conn, "sms", from_number)
+        handled.outgoing.append(Outgoing("replies", "start", "sms", from_number,
+                                         "replies/start"))
+    elif intent == "help":
+        handled.outgoing.append(Outgoing("replies", "help", "sms", from_number, "replies/help"))
+    elif intent == "confirm" and appointment is not None and reminder is not None:
+        conn.execute(update(appointments).where(appointments.c.id == appointment.id)
+                     .values(confirmed_at=now))
+        _note(conn, reminder.id, now, "confirmed", "the patient confirmed by text")
+        if not blocked:
+            handled.outgoing.append(Outgoing("replies", "confirmed", "sms", from_number,
+                                             "replies/confirmed"))
+    elif intent == "reschedule" and reminder is not None:
+        _note(conn, reminder.id, now, "reschedule_requested",
+              "the patient asked to reschedule by text")
+        if not blocked:
+            handled.outgoing.append(Outgoing("replies", "reschedule", "sms", from_number,
+                                             "replies/reschedule"))
+        if staff:
+            handled.outgoing.append(Outgoing("staff-alerts", "reschedule-request", "email",
+                                             staff, "staff/reschedule-request"))
+    elif intent == "other" and staff:
+        handled.outgoing.append(Outgoing("staff-alerts", "reply", "email", staff,
+                                         "staff/reply"))
+    return handled
+
+
+def _latest_reminder(conn: Connection, number: str, now: datetime,
+                     ) -> tuple[ledger.TouchPoint | None, Appointment | None]:
+    """The latest message sent to ``number`` about an appointment still booked ahead."""
+    row = conn.execute(
+        select(touch_points).join(appointments,
+                                  appointments.c.id == touch_points.c.appointment_id)
+        .where(touch_points.c.address == number, touch_points.c.channel == "sms",
+               touch_points.c.status.in_((Status.SENT, Status.DELIVERED)),
+               appointments.c.status == "booked", appointments.c.start_at > now)
+        .order_by(touch_points.c.sent_at.desc()).limit(1)).first()
+    if row is None:
+        return None, None
+    reminder = ledger.touch_point_from_row(row)
+    appointment = conn.execute(select(appointments).where(
+        appointments.c.id == reminder.appointment_id)).first()
+    return reminder, appointment_from_row(appointment) if appointment else None
+
+
+def _note(conn: Connection, tp_id: int, now: datetime, reason: str, detail: str) -> None:
+    conn.execute(history.insert().values(
+        touch_point_id=tp_id, at=now, kind="note", status=None, previous_status=None,
+        reason=reason, detail=detail, source="sms reply", provider_event_id=None))
+
+
+def send_outgoing(db: Database, definitions: Definitions, settings: Settings,
+                  channels: Mapping[str, Channel], handled: Handled, body: str,
+                  from_number: str) -> list[ledger.TouchPoint]:
+    """Render and send the replies and staff alerts an inbound message called for."""
+    sent: list[ledger.TouchPoint] = []
+    if not handled.outgoing:
+        return sent
+    dispatcher = Dispatcher(db, definitions, settings, channels)
+    practice_tz = settings.require("practice.timezone")
+    patient = handled.patient
+    tz = zone(patient.timezone if patient and patient.timezone else practice_tz)
+    context: dict[str, Any] = {
+        "practice": practice_fields(settings),
+        "patient": patient_fields(patient, practice_tz) if patient else None,
+        "appointment": appointment_fields(handled.appointment) if handled.appointment
+        else None,
+        "reply": Fields({"body": body, "from": mask_address(from_number),
+                         "received_at": clock.now()}, "reply"),
+        "unsubscribe_url": None,
+    }
+    for item in handled.outgoing:
+        language = patient.language if patient and item.kind == "sms" else None
+        try:
+            rendered = definitions.templates.render(item.template, item.kind, language,
+                                                    context, tz)
+        except TemplateRenderError as exc:
+            log.error("cannot render %s: %s", item.template, exc.message)
+            continue
+        now = clock.now()
+        with db.transaction() as conn:
+            tp = ledger.insert_immediate(
+                conn, patient_id=patient.id if patient else None, journey=item.journey,
+                step=item.step, purpose="transactional",
+                recipient="staff" if item.journey == "staff-alerts" else "patient",
+                anchor=f"inbound:{handled.inbound_id}", worker=dispatcher.worker, now=now,
+                appointment_id=handled.appointment.id if handled.appointment else None)
+        message = OutboundMessage(tp.id, item.kind, item.to, rendered.body, rendered.subject,
+                                  rendered.html, "transactional", journey=item.journey,
+                                  step=item.step)
+        dispatcher.deliver(tp, message, rendered.template_file)
+        with db.transaction() as conn:
+            done = ledger.get(conn, tp.id)
+        if done is not None:
+            sent.append(done)
+    return sent

@@ -1,0 +1,195 @@
+"""The ASGI app `touchpoint serve` runs: provider webhooks, one-click unsubscribe.
+
+==================================  ====================================================
+POST /webhooks/twilio/status        Twilio status callbacks (``?tp=`` names the touch point)
+POST /webhooks/twilio/inbound       inbound SMS: STOP, START, HELP, C, R, free text
+POST /webhooks/sendgrid/events      SendGrid's signed Event Webhook
+POST /webhooks/sendgrid/inbound     Inbound Parse: mailto: unsubscribes
+GET  /unsubscribe/{token}           a page with one button
+POST /unsubscribe/{token}           RFC 8058 one-click unsubscribe (and the button)
+==================================  ====================================================
+
+Every webhook is verified first — a missing or bad signature gets 403 and changes
+nothing — then recorded in one transaction and answered at once; replies to a text are
+sent after the answer (a background task).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from fastapi import BackgroundTasks, FastAPI, Request, Response
+from fastapi.responses import HTMLResponse
+
+from engine import clock
+from engine.channels.base import Channel
+from engine.definitions import Definitions
+from engine.replies import Handled, record_inbound, send_outgoing
+from engine.settings import Settings
+from engine.store import ledger
+from engine.store.database import Database
+from engine.store.records import add_opt_out
+from engine.unsubscribe import read_token, secret_key
+from engine.webhooks import sendgrid, twilio
+from engine.webhooks.record import record_event
+
+log = logging.getLogger("touchpoint.webhooks")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    definitions: Definitions
+    channels: Mapping[str, Channel]
+
+
+def _public_url(services: Services, request: Request) -> str:
+    """The URL the provider called, as it signed it (behind a proxy: the public URL)."""
+    base = services.settings.webhooks.public_url
+    if not base:
+        return str(request.url)
+    query = f"?{request.url.query}" if request.url.query else ""
+    return f"{base}{request.url.path}{query}"
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = (await request.body()).decode("utf-8", errors="replace")
+    return dict(parse_qsl(body, keep_blank_values=True))
+
+
+def create_app(services: Services) -> FastAPI:
+    app = FastAPI(title="Touchpoint", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.services = services
+    settings = services.settings
+
+    def twilio_ok(request: Request, params: Mapping[str, str]) -> bool:
+        token = settings.twilio.auth_token or ""
+        return twilio.verify(token, _public_url(services, request), params,
+                             request.headers.get("X-Twilio-Signature"))
+
+    @app.post("/webhooks/twilio/status")
+    async def twilio_status(request: Request) -> Response:
+        params = await _form(request)
+        if not twilio_ok(request, params):
+            return Response("bad signature", status_code=403)
+        tp = request.query_params.get("tp", "")
+        event = twilio.status_event(params, int(tp) if tp.isdigit() else None, clock.now(),
+                                    request.headers.get("I-Twilio-Idempotency-Token"))
+        with services.db.transaction() as conn:
+            outcome = record_event(conn, event, clock.now())
+        log.info("twilio status %s for touch point %s: %s", event.status,
+                 outcome.touch_point_id, outcome.outcome)
+        return Response(status_code=204)
+
+    @app.post("/webhooks/twilio/inbound")
+    async def twilio_inbound(request: Request, background: BackgroundTasks) -> Response:
+        params = await _form(request)
+        if not twilio_ok(request, params):
+            return Response("bad signature", status_code=403)
+        sms = twilio.inbound_sms(params)
+        with services.db.transaction() as conn:
+            handled = record_inbound(conn, settings, provider="twilio",
+                                     message_id=sms.message_sid, from_number=sms.from_number,
+                                     to_number=sms.to_number, body=sms.body, now=clock.now())
+        log.info("inbound sms %s: %s%s", handled.inbound_id, handled.intent,
+                 " (duplicate)" if handled.duplicate else "")
+        if handled.outgoing:
+            background.add_task(_reply, services, handled, sms.body, sms.from_number)
+        return Response(twilio.EMPTY_TWIML, media_type="text/xml")
+
+    @app.post("/webhooks/sendgrid/events")
+    async def sendgrid_events(request: Request) -> Response:
+        body = await request.body()
+        if not sendgrid.verify(settings.sendgrid.webhook_public_key or "", body,
+                               request.headers.get(sendgrid.SIGNATURE_HEADER),
+                               request.headers.get(sendgrid.TIMESTAMP_HEADER)):
+            return Response("bad signature", status_code=403)
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return Response("not JSON", status_code=400)
+        now = clock.now()
+        counts: dict[str, int] = {}
+        with services.db.transaction() as conn:
+            for event in sendgrid.events(payload, now):
+                outcome = record_event(conn, event, now).outcome
+                counts[outcome] = counts.get(outcome, 0) + 1
+        log.info("sendgrid events: %s", counts)
+        return Response(status_code=204)
+
+    @app.post("/webhooks/sendgrid/inbound")
+    async def sendgrid_inbound(request: Request) -> Response:
+        form = await request.form()
+        match = re.search(r"unsubscribe\s+(\S+)", str(form.get("subject") or ""))
+        if match:
+            _unsubscribe(services, match.group(1), "mailto")
+        return Response(status_code=204)  # also for mail we cannot use: never make it retry
+
+    @app.get("/unsubscribe/{token}", response_class=HTMLResponse)
+    def unsubscribe_page(token: str) -> HTMLResponse:
+        if _target(services, token) is None:
+            return HTMLResponse(_page("This link is not valid", "<p>It may have been "
+                                      "copied incompletely.</p>"), status_code=404)
+        name = html.escape(settings.practice.name or "us")
+        return HTMLResponse(_page(
+            f"Unsubscribe from {name}'s emails",
+            '<form method="post"><button type="submit">Unsubscribe</button></form>'))
+
+    @app.post("/unsubscribe/{token}", response_class=HTMLResponse)
+    def unsubscribe(token: str) -> HTMLResponse:
+        done = _unsubscribe(services, token, "one-click")
+        if done is None:
+            return HTMLResponse(_page("This link is not valid", ""), status_code=404)
+        what = "marketing emails" if done == "marketing" else "emails"
+        return HTMLResponse(_page("You are unsubscribed",
+                                  f"<p>You will get no more {what} from "
+                                  f"{html.escape(settings.practice.name or 'us')}.</p>"))
+
+    return app
+
+
+def _reply(services: Services, handled: Handled, body: str, from_number: str) -> None:
+    try:
+        send_outgoing(services.db, services.definitions, services.settings, services.channels,
+                      handled, body, from_number)
+    except Exception:  # a reply must never take the server down; the ledger shows it
+        log.exception("could not send the reply to inbound message %s", handled.inbound_id)
+
+
+def _target(services: Services, token: str) -> tuple[ledger.TouchPoint, str] | None:
+    with services.db.transaction() as conn:
+        parsed = read_token(secret_key(conn, services.settings), token)
+        if parsed is None:
+            return None
+        tp = ledger.get(conn, parsed[0])
+    if tp is None or not tp.address:
+        return None
+    return tp, parsed[1]
+
+
+def _unsubscribe(services: Services, token: str, source: str) -> str | None:
+    """Opt the address of the token's touch point out of its purpose; the purpose."""
+    target = _target(services, token)
+    if target is None:
+        return None
+    tp, purpose = target
+    assert tp.address is not None
+    with services.db.transaction() as conn:
+        add_opt_out(conn, "email", tp.address, purpose, source,
+                    f"unsubscribe link of touch point {tp.id}", clock.now())
+    return purpose
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><meta charset=utf-8><meta name=viewport "
+            f"content='width=device-width'><title>{title}</title>"
+            f"<body style='font-family:sans-serif;max-width:32em;margin:3em auto'>"
+            f"<h1>{title}</h1>{body}</body>")
+

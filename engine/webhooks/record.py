@@ -1,0 +1,127 @@
+"""Apply a provider event to the ledger: once, in any order, never backwards.
+
+Statuses only move up this ladder; a final state (delivered, failed) never changes::
+
+    sending ─┐
+    unknown ─┼─► sent ─► delivered
+             └────────► failed
+
+so a ``sent`` callback arriving after ``delivered`` is kept in the history but changes
+nothing, and an ``unknown`` touch point (the sender died after calling the provider) is
+reconciled by whatever the provider reports. Every event is kept in
+``provider_events`` (de-duplicated by the provider's event id) and in the touch point's
+history; unsubscribes, spam reports and Twilio's 21610 become opt-outs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from engine.outcomes import Reason, Status
+from engine.privacy import redact
+from engine.store.ledger import TouchPoint, touch_point_from_row
+from engine.store.records import add_opt_out, remove_opt_outs
+from engine.store.schema import history, provider_events, touch_points
+from engine.webhooks import Kind, ProviderEvent
+from engine.webhooks.twilio import UNSUBSCRIBED_CODE
+
+log = logging.getLogger("touchpoint.webhooks")
+
+_RANK = {Status.PLANNED: 0, Status.SENDING: 1, Status.UNKNOWN: 2, Status.SENT: 3,
+         Status.DELIVERED: 4, Status.FAILED: 4, Status.SKIPPED: 4, Status.CANCELLED: 4}
+_TARGET = {Kind.QUEUED: Status.SENT, Kind.SENT: Status.SENT, Kind.DELIVERED: Status.DELIVERED,
+           Kind.FAILED: Status.FAILED, Kind.BOUNCED: Status.FAILED, Kind.DROPPED: Status.FAILED}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    outcome: str  # duplicate | applied | noted | orphan
+    touch_point_id: int | None = None
+    status: str | None = None
+
+
+def record_event(conn: Connection, event: ProviderEvent, now: datetime) -> Recorded:
+    detail = redact(event.detail)
+    tp = _find(conn, event)
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    inserted = conn.execute(
+        dialect.insert(provider_events).values(
+            provider=event.provider, event_id=event.event_id[:160], kind=event.kind,
+            status=event.status[:40], touch_point_id=tp.id if tp else None,
+            provider_message_id=event.provider_message_id, occurred_at=event.occurred_at,
+            received_at=now, detail=detail, payload=dict(event.raw))
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(provider_events.c.id)).first()
+    if inserted is None:
+        return Recorded("duplicate", tp.id if tp else None)
+    _opt_out(conn, event, tp, now)
+    if tp is None:
+        log.warning("%s event %s (%s) matches no touch point", event.provider, event.kind,
+                    event.event_id)
+        return Recorded("orphan")
+    target = _TARGET.get(event.kind)
+    if target is not None and _RANK[target] > _RANK[Status(tp.status)] \
+            and tp.status in (Status.SENDING, Status.UNKNOWN, Status.SENT):
+        changes = {"status": target, "updated_at": now,
+                   "provider_message_id": tp.provider_message_id or event.provider_message_id,
+                   "provider": tp.provider or event.provider,
+                   "sent_at": tp.sent_at or event.occurred_at,
+                   "claimed_by": None, "claim_expires_at": None}
+        if target == Status.FAILED:
+            changes.update(reason=Reason.PROVIDER_ERROR, detail=detail, finished_at=now)
+        elif target == Status.DELIVERED:
+            changes.update(reason=None, finished_at=now)
+        else:
+            changes.update(reason=None, detail=None)
+        moved = conn.execute(update(touch_points)
+                             .where(touch_points.c.id == tp.id,
+                                    touch_points.c.status == tp.status)
+                             .values(**changes)).rowcount
+        if moved == 1:
+            _history(conn, tp.id, now, event, target, tp.status, detail)
+            return Recorded("applied", tp.id, target)
+        tp = _find(conn, event) or tp  # it moved under us: note the event against it
+    _history(conn, tp.id, now, event, None, None, detail)
+    return Recorded("noted", tp.id, tp.status)
+
+
+def _find(conn: Connection, event: ProviderEvent) -> TouchPoint | None:
+    row = None
+    if event.touch_point_id is not None:
+        row = conn.execute(select(touch_points)
+                           .where(touch_points.c.id == event.touch_point_id)).first()
+    if row is None and event.provider_message_id:
+        row = conn.execute(select(touch_points).where(
+            touch_points.c.provider_message_id == event.provider_message_id)).first()
+    return touch_point_from_row(row) if row is not None else None
+
+
+def _history(conn: Connection, tp_id: int, now: datetime, event: ProviderEvent,
+             status: str | None, previous: str | None, detail: str) -> None:
+    conn.execute(insert(history).values(
+        touch_point_id=tp_id, at=now, kind="delivery", status=status, previous_status=previous,
+        reason=str(event.kind), detail=detail, source=event.provider,
+        provider_event_id=event.event_id[:120]))
+
+
+def _opt_out(conn: Connection, event: ProviderEvent, tp: TouchPoint | None,
+             now: datetime) -> None:
+    address = (tp.address if tp else None) or event.address
+    if not address:
+        return
+    if event.kind == Kind.SPAM_REPORT:
+        add_opt_out(conn, "email", address, "all", event.provider,
+                    "spam report", now)
+    elif event.kind == Kind.UNSUBSCRIBED:
+        add_opt_out(conn, "email", address, event.purpose or "all", event.provider,
+                    f"unsubscribed at {event.provider}", now)
+    elif event.kind == Kind.RESUBSCRIBED:
+        remove_opt_outs(conn, "email", address)
+    elif event.kind == Kind.FAILED and event.error_code == UNSUBSCRIBED_CODE:
+        add_opt_out(conn, "sms", address, "all", event.provider,
+                    "the carrier reports the recipient unsubscribed (21610)", now)
