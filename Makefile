@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench clean docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,3 +26,6 @@ typecheck: $(STAMP)
 
 clean:
 	rm -rf $(VENV) touchpoint-demo.db* .mypy_cache .ruff_cache .pytest_cache
+
+docs: $(STAMP)
+	$(BIN)/python docs/update_settings.py

@@ -739,29 +739,72 @@ def _outcome(entry: dict[str, Any]) -> str:
            f"({entry.get('reason')})"
 
 
+@cli.command("daemon")
+@click.option("--dry-run", is_flag=True,
+              help="Print each message once on the console; call no provider, record nothing.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="One line per event, as text or JSON.")
+@click.option("--no-watch", is_flag=True,
+              help="Do not watch schedules/ and message_templates/ (SIGHUP still reloads).")
+@click.pass_context
+def daemon_cmd(ctx: click.Context, dry_run: bool, log_format: str, no_watch: bool) -> None:
+    """Run the engine until stopped: plan and send on every tick, sweep for lapses,
+    reload edited definitions. SIGTERM stops it gracefully; SIGHUP reloads."""
+    from engine import logs
+    from engine.daemon import Daemon
+
+    if clock.pinned() is not None:
+        raise click.UsageError("the daemon runs on the real clock; to move time, use "
+                               "`touchpoint --now … simulate --until …`")
+    app = _app(ctx)
+    settings = app.settings()
+    logs.configure(log_format, secrets=_secrets(settings))
+    channels = build_channels(settings, dry_run=dry_run, once=True)
+    database, definitions = app.db(), app.definitions()
+
+    def load() -> Definitions:
+        return check_definitions(settings, clock.now()).raise_for_errors()
+
+    daemon = Daemon(settings, database, definitions, channels, load, dry_run=dry_run,
+                    watch=not no_watch)
+    code = daemon.run()
+    for channel in channels.values():
+        channel.close()
+    sys.exit(code)
+
+
+def _secrets(settings: Settings) -> list[str]:
+    return [s for s in (settings.twilio.auth_token, settings.sendgrid.api_key,
+                        settings.webhooks.secret_key) if s]
+
+
 @cli.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535),
               help="Port to listen on.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="One line per event, as text or JSON.")
 @click.pass_context
-def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
+def serve_cmd(ctx: click.Context, host: str, port: int, log_format: str) -> None:
     """Receive provider webhooks (delivery reports, replies) and unsubscribe clicks.
 
     Providers must reach it at TOUCHPOINT_PUBLIC_URL (put it behind your https proxy).
     """
     import uvicorn
 
+    from engine import logs
     from engine.webhooks.app import Services, create_app
 
     app = _app(ctx)
     settings = app.settings()
+    logs.configure(log_format, secrets=_secrets(settings))
     services = Services(settings, app.db(), app.definitions(), build_channels(settings))
     for problem in _serve_warnings(settings):
         click.echo(f"warning: {problem}", err=True)
     click.echo(f"touchpoint serve: listening on http://{host}:{port} "
                f"(public URL {settings.webhooks.public_url or 'not set'})", err=True)
     uvicorn.run(create_app(services), host=host, port=port, log_level="info",
-                access_log=False)
+                access_log=False, log_config=None)
 
 
 def _serve_warnings(settings: Settings) -> list[str]:

@@ -161,7 +161,8 @@ class Dispatcher:
         """Send everything due now; return when nothing due is left or ``stop()`` says so."""
         self.stats = DispatchStats()
         batch_size = self.settings.dispatch.batch_size
-        lease = max(timedelta(minutes=2), self.settings.dispatch.send_timeout)
+        # A claim lasts as long as a send may: a vanished worker's rows are taken over then.
+        lease = self.settings.dispatch.send_timeout
         while not stop():
             with self.db.transaction() as conn:
                 batch = ledger.claim_due(conn, self.worker, clock.now(), batch_size, lease)

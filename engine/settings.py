@@ -78,6 +78,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Which channel sends SMS: twilio, fake or console.", flag="--sms-provider"),
     Setting("channels.email_provider", "TOUCHPOINT_EMAIL_PROVIDER",
             "Which channel sends email: sendgrid, fake or console.", flag="--email-provider"),
+    Setting("channels.fake_latency", "TOUCHPOINT_FAKE_LATENCY",
+            "How long the fake channel takes per message (demos, load tests), e.g. 20ms.",
+            "0s"),
     Setting("channels.provider_timeout", "TOUCHPOINT_PROVIDER_TIMEOUT",
             "Seconds to wait for a provider's answer (connect and read).", 10.0),
     Setting("twilio.account_sid", "TWILIO_ACCOUNT_SID", "Twilio account SID (AC…)."),
@@ -105,6 +108,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("webhooks.secret_key", "TOUCHPOINT_SECRET_KEY",
             "Signs unsubscribe links; when unset, a random key kept in the database is used.",
             "", secret=True),
+    Setting("daemon.tick", "TOUCHPOINT_TICK",
+            "How often the daemon plans and sends what is due.", "15s"),
+    Setting("daemon.sweep_cron", "TOUCHPOINT_SWEEP_CRON",
+            "When the daemon looks for lapsed patients (crontab, practice's timezone).",
+            "5 * * * *"),
+    Setting("daemon.housekeeping_cron", "TOUCHPOINT_HOUSEKEEPING_CRON",
+            "When the daemon does its housekeeping (crontab, practice's timezone).",
+            "30 3 * * *"),
     Setting("caps.transactional_sms_per_day", "TOUCHPOINT_CAP_TRANSACTIONAL_SMS_PER_DAY",
             "Transactional texts a patient gets per day (FCC healthcare exemption: 1).", 1),
     Setting("caps.transactional_sms_per_week", "TOUCHPOINT_CAP_TRANSACTIONAL_SMS_PER_WEEK",
@@ -116,8 +127,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dispatch.batch_size", "TOUCHPOINT_BATCH_SIZE",
             "Touch points a worker claims at a time.", 200),
     Setting("dispatch.send_timeout", "TOUCHPOINT_SEND_TIMEOUT",
-            "After this long in 'sending', a touch point whose worker vanished becomes 'unknown'.",
-            "5m"),
+            "After this long in 'sending', a touch point whose worker vanished becomes "
+            "'unknown'; also how long a worker's claim on due touch points lasts.", "5m"),
     Setting("dispatch.max_attempts", "TOUCHPOINT_MAX_ATTEMPTS",
             "Attempts on transient provider errors before a touch point fails.", 5),
     Setting("dispatch.retry_backoff", "TOUCHPOINT_RETRY_BACKOFF",
@@ -164,7 +175,15 @@ class Channels(BaseModel):
     sms_provider: Literal["twilio", "fake", "console"] | None = None
     email_provider: Literal["sendgrid", "fake", "console"] | None = None
     fake_outbox: Path | None = None
+    fake_latency: timedelta = timedelta(0)
     provider_timeout: float = Field(10.0, gt=0, le=120)
+
+    @field_validator("fake_latency", mode="before")
+    @classmethod
+    def _latency(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().endswith("ms"):
+            return timedelta(milliseconds=float(value.strip()[:-2]))
+        return parse_duration(value) if isinstance(value, str) else value
 
 
 class Twilio(BaseModel):
@@ -205,6 +224,31 @@ class Webhooks(BaseModel):
         if value and not value.startswith(("https://", "http://")):
             raise ValueError("must start with https:// (providers call it from the internet)")
         return value.rstrip("/")
+
+
+class Daemon(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    tick: timedelta = timedelta(seconds=15)
+    sweep_cron: str = "5 * * * *"
+    housekeeping_cron: str = "30 3 * * *"
+
+    @field_validator("tick", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("sweep_cron", "housekeeping_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a crontab expression ({exc}) — write "
+                             "minute hour day month weekday, e.g. \"5 * * * *\"") from None
+        return value
 
 
 class Caps(BaseModel):
@@ -249,6 +293,7 @@ class Settings(BaseModel):
     email: Email = Email()
     webhooks: Webhooks = Webhooks()
     caps: Caps = Caps()
+    daemon: Daemon = Daemon()
     config_file: Path | None = None
 
     @field_validator("send_from", "send_until", mode="before")
@@ -303,7 +348,7 @@ _FIELD_PATH: dict[str, tuple[str, ...]] = {
     "paths.templates": ("templates_dir",),
     **{s.key: tuple(s.key.split(".")) for s in SETTINGS
        if s.key.split(".")[0] in {"practice", "channels", "dispatch", "twilio", "sendgrid",
-                                  "email", "webhooks", "caps"}},
+                                  "email", "webhooks", "caps", "daemon"}},
 }
 
 

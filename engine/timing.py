@@ -15,13 +15,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w)\s*$")
-_UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|min|h|d|w)\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "min": "minutes", "h": "hours", "d": "days",
+          "w": "weeks"}
 _CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
 def parse_duration(text: str) -> timedelta:
-    """``90m``, ``2h``, ``3d``, ``1w`` → timedelta. Raises ValueError with a hint."""
+    """``30s``, ``90m``, ``2h``, ``3d``, ``1w`` → timedelta. Raises ValueError with a hint."""
     match = _DURATION.match(str(text))
     if not match:
         raise ValueError(f"{text!r} is not a duration — write a number and a unit, "
@@ -31,8 +32,11 @@ def parse_duration(text: str) -> timedelta:
 
 
 def format_duration(delta: timedelta) -> str:
-    """The inverse of :func:`parse_duration` for whole minutes."""
-    minutes = int(delta.total_seconds() // 60)
+    """The inverse of :func:`parse_duration`."""
+    seconds = int(delta.total_seconds())
+    if seconds % 60:
+        return f"{seconds}s"
+    minutes = seconds // 60
     for unit, size in (("w", 7 * 24 * 60), ("d", 24 * 60), ("h", 60)):
         if minutes and minutes % size == 0:
             return f"{minutes // size}{unit}"

@@ -169,3 +169,21 @@ class Clinic:
     def sent_to(self, touch_point_id: int) -> list[Any]:
         return [m for m in [*self.sms.sent, *self.email.sent]
                 if m.touch_point_id == touch_point_id]
+
+
+def daytime_zone() -> str:
+    """A fixed-offset zone where it is around noon right now, for tests that run a daemon
+    on the real clock (quiet hours must not get in the way)."""
+    from datetime import UTC, datetime
+
+    offset = (12 - datetime.now(UTC).hour + 12) % 24 - 12  # local = UTC + offset, -12…+11
+    return "Etc/GMT" + (f"-{offset}" if offset > 0 else f"+{-offset}")
+
+
+def daemon_config(folder: Path) -> Path:
+    """touchpoint.toml for a daemon on the real clock: it is daytime in the practice."""
+    text = PRACTICE_TOML.replace('timezone = "America/Chicago"',
+                                 f'timezone = "{daytime_zone()}"')
+    path = folder / "touchpoint.toml"
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -23,15 +23,18 @@ __all__ = ["Channel", "ConsoleChannel", "FakeChannel", "OutboundMessage", "SendR
 
 
 def build_channels(settings: Settings, *, dry_run: bool = False,
-                   out: TextIO | None = None) -> dict[str, Channel]:
-    """The channel for each kind (``sms``, ``email``). ``dry_run`` forces console."""
+                   out: TextIO | None = None, once: bool = False) -> dict[str, Channel]:
+    """The channel for each kind (``sms``, ``email``). ``dry_run`` forces console;
+    ``once`` prints each distinct console message once."""
     channels: dict[str, Channel] = {}
     for kind, key in (("sms", "channels.sms_provider"), ("email", "channels.email_provider")):
         provider = "console" if dry_run else settings.require(key)
         if provider == "console":
-            channels[kind] = ConsoleChannel(kind, out=out)
+            channels[kind] = ConsoleChannel(kind, out=out, once=once)
         elif provider == "fake":
-            channels[kind] = FakeChannel(kind, outbox=settings.channels.fake_outbox)
+            channels[kind] = FakeChannel(
+                kind, outbox=settings.channels.fake_outbox,
+                latency=settings.channels.fake_latency.total_seconds())
         elif provider == "twilio":
             channels[kind] = _twilio(settings)
         elif provider == "sendgrid":

@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
@@ -28,9 +29,10 @@ class FakeChannel(Channel):
     provider = "fake"
     sends_for_real = False
 
-    def __init__(self, kind: str, outbox: Path | None = None) -> None:
+    def __init__(self, kind: str, outbox: Path | None = None, latency: float = 0.0) -> None:
         super().__init__(kind)
         self.outbox = outbox
+        self.latency = latency
         self.sent: list[OutboundMessage] = []
         self.attempts: list[OutboundMessage] = []
         self._scripted: deque[Outcome] = deque()
@@ -46,6 +48,8 @@ class FakeChannel(Channel):
         self._rules.append(rule)
 
     def call(self, payload: Any, message: OutboundMessage) -> Any:
+        if self.latency:
+            time.sleep(self.latency)  # a provider's round trip, for demos and load tests
         with self._lock:
             self.attempts.append(message)
             outcome = self._scripted.popleft() if self._scripted else None

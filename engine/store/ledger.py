@@ -277,6 +277,14 @@ def release(conn: Connection, ids: Sequence[int], worker: str) -> None:
                      .values(claimed_by=None, claim_expires_at=None))
 
 
+def release_all(conn: Connection, worker: str) -> int:
+    """Give back every planned row ``worker`` still holds a claim on (on shutdown)."""
+    return int(conn.execute(update(touch_points)
+                            .where(touch_points.c.claimed_by == worker,
+                                   touch_points.c.status == Status.PLANNED)
+                            .values(claimed_by=None, claim_expires_at=None)).rowcount)
+
+
 def recover_interrupted(conn: Connection, now: datetime, timeout: timedelta) -> list[int]:
     """``sending`` rows older than ``timeout`` (their worker died mid-send) → ``unknown``."""
     stale = conn.execute(

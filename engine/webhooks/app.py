@@ -1,6 +1,8 @@
 """The ASGI app `touchpoint serve` runs: provider webhooks, one-click unsubscribe.
 
 ==================================  ====================================================
+GET  /healthz                       database reachable, last tick, backlog (503 if stale)
+GET  /metrics                       Prometheus metrics (see engine/health.py)
 POST /webhooks/twilio/status        Twilio status callbacks (``?tp=`` names the touch point)
 POST /webhooks/twilio/inbound       inbound SMS: STOP, START, HELP, C, R, free text
 POST /webhooks/sendgrid/events      SendGrid's signed Event Webhook
@@ -26,10 +28,12 @@ from urllib.parse import parse_qsl
 
 from fastapi import BackgroundTasks, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from engine import clock
 from engine.channels.base import Channel
 from engine.definitions import Definitions
+from engine.health import LedgerCollector, health
 from engine.replies import Handled, record_inbound, send_outgoing
 from engine.settings import Settings
 from engine.store import ledger
@@ -73,6 +77,19 @@ def create_app(services: Services) -> FastAPI:
         token = settings.twilio.auth_token or ""
         return twilio.verify(token, _public_url(services, request), params,
                              request.headers.get("X-Twilio-Signature"))
+
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(services.db))
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        healthy, details = health(services.db, settings)
+        return Response(json.dumps(details), status_code=200 if healthy else 503,
+                        media_type="application/json")
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/webhooks/twilio/status")
     async def twilio_status(request: Request) -> Response:

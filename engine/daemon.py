@@ -1,0 +1,205 @@
+"""`touchpoint daemon`: the engine, running unattended.
+
+APScheduler 3 (a ``BlockingScheduler`` with its in-memory job store) drives three jobs;
+durable state lives only in Touchpoint's own tables, so a restart loses nothing:
+
+=================  =========================  ============================================
+job                when                       does
+=================  =========================  ============================================
+``dispatch``       every ``daemon.tick``      edits, recovery, planning, sending
+                   (15 s), coalesced, one at
+                   a time, never dropped as a
+                   misfire
+``lapse-sweep``    ``daemon.sweep_cron``      ``patient.lapsed`` events (under an advisory
+                   (hourly)                   lock on PostgreSQL)
+``housekeeping``   ``daemon.housekeeping_     forgets workers that stopped ticking
+                   cron`` (daily, 03:30)
+=================  =========================  ============================================
+
+Signals: SIGTERM or SIGINT finishes the touch point in flight, records it, gives back
+what this worker had claimed and exits 0; a second signal exits at once. SIGHUP — or a
+change under ``schedules/`` or ``message_templates/`` — reloads the definitions; an
+invalid edit is rejected with its errors logged and the last good definitions keep
+running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from types import FrameType
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from engine import clock
+from engine.channels.base import Channel
+from engine.definitions import Definitions
+from engine.errors import DefinitionError
+from engine.health import HEARTBEAT_PREFIX
+from engine.runner import Runner, TickReport
+from engine.settings import Settings
+from engine.store.database import Database
+from engine.store.records import put_state
+from engine.store.schema import engine_state
+from engine.timing import zone
+
+log = logging.getLogger("touchpoint.daemon")
+
+
+class Daemon:
+    def __init__(self, settings: Settings, db: Database, definitions: Definitions,
+                 channels: Mapping[str, Channel],
+                 load_definitions: Callable[[], Definitions], *, dry_run: bool = False,
+                 watch: bool = True) -> None:
+        self.settings = settings
+        self.db = db
+        self.channels = channels
+        self.load_definitions = load_definitions
+        self.dry_run = dry_run
+        self.watch = watch
+        self.runner = Runner(db, settings, definitions, channels)
+        self.worker = self.runner.dispatcher.worker if self.runner.dispatcher else "?"
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()  # ticks and reloads never overlap
+        tz = zone(settings.require("practice.timezone"))
+        self.scheduler = BlockingScheduler(timezone=tz, job_defaults={
+            "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        self.ticks = 0
+
+    # ------------------------------------------------------------------ jobs
+
+    def tick(self) -> TickReport | None:
+        if self.stopping.is_set():
+            return None
+        with self.lock:
+            started = time.monotonic()
+            if self.dry_run:
+                with self.db.rolled_back():
+                    report = self.runner.tick(sweep=False, stop=self.stopping.is_set)
+            else:
+                report = self.runner.tick(sweep=False, stop=self.stopping.is_set)
+            took = time.monotonic() - started
+            self.ticks += 1
+            self._heartbeat(report, took)
+        d = report.dispatch
+        busy = report.events or report.recovered or d.claimed or report.edits
+        (log.info if busy else log.debug)(
+            "tick: %d events planned into %d, %d sent, %d skipped, %d cancelled, %d failed, "
+            "%d deferred, %d retried (%.0f ms)", report.events, report.planned, d.sent,
+            sum(d.skipped.values()), sum(d.cancelled.values()), d.failed, d.deferred,
+            d.retried, took * 1000,
+            extra={"event": "tick", "sent": d.sent, "duration_ms": round(took * 1000, 1)})
+        return report
+
+    def sweep(self) -> None:
+        if self.stopping.is_set():
+            return
+        with self.lock:
+            found = self.runner.sweep_lapses()
+        if found:
+            log.info("lapse sweep: %d patient(s) lapsed", found,
+                     extra={"event": "lapse_sweep", "lapses": found})
+
+    def housekeeping(self) -> None:
+        """Forget heartbeats of workers silent for a day (their claims expire by themselves)."""
+        cutoff = clock.now() - timedelta(days=1)
+        with self.db.transaction() as conn:
+            rows = conn.execute(engine_state.select().where(
+                engine_state.c.key.startswith(HEARTBEAT_PREFIX),
+                engine_state.c.updated_at < cutoff)).all()
+            for row in rows:
+                conn.execute(engine_state.delete().where(engine_state.c.key == row.key))
+        log.info("housekeeping: forgot %d silent worker(s)", len(rows))
+
+    def _heartbeat(self, report: TickReport, took: float) -> None:
+        if self.dry_run:
+            return
+        with self.db.transaction() as conn:
+            put_state(conn, HEARTBEAT_PREFIX + self.worker, {
+                "last_tick": report.at.isoformat(), "duration_seconds": round(took, 4),
+                "pid": os.getpid(), "sent": report.dispatch.sent}, clock.now())
+
+    # ------------------------------------------------------------------ reload
+
+    def reload(self, why: str) -> bool:
+        """Load schedules/ and message_templates/ again; keep the old ones if invalid."""
+        try:
+            definitions = self.load_definitions()
+        except DefinitionError as exc:
+            problems = [str(d) for d in exc.diagnostics] or [exc.message]
+            log.error("%s: the new definitions are invalid, still running the last good "
+                      "ones:\n  %s", why, "\n  ".join(problems),
+                      extra={"event": "reload_rejected", "problems": len(problems)})
+            return False
+        with self.lock:
+            dispatcher = self.runner.dispatcher
+            self.runner = Runner(self.db, self.settings, definitions, self.channels,
+                                 worker=dispatcher.worker if dispatcher else None)
+        log.info("%s: reloaded %d journeys", why, len(definitions.journeys),
+                 extra={"event": "reloaded"})
+        return True
+
+    def _watch(self) -> None:
+        from watchfiles import watch
+
+        folders = [str(p) for p in (self.settings.schedules_dir, self.settings.templates_dir)
+                   if p.is_dir()]
+        for _changes in watch(*folders, stop_event=self.stopping, debounce=500,
+                              raise_interrupt=False):
+            if self.stopping.is_set():
+                return
+            self.reload("files changed")
+
+    # ------------------------------------------------------------------ run
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            threading.Thread(target=self.reload, args=("SIGHUP",), daemon=True).start()
+            return
+        if self.stopping.is_set():
+            log.warning("second %s: exiting at once", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        log.info("%s: finishing the touch point in flight, then stopping",
+                 signal.Signals(signum).name, extra={"event": "stopping"})
+        self.stopping.set()
+        threading.Thread(target=self.scheduler.shutdown, kwargs={"wait": True},
+                         daemon=True).start()
+
+    def run(self) -> int:
+        tick = self.settings.daemon.tick
+        self.scheduler.add_job(self.tick, IntervalTrigger(seconds=tick.total_seconds()),
+                               id="dispatch", next_run_time=clock.now())
+        self.scheduler.add_job(self.sweep, CronTrigger.from_crontab(
+            self.settings.daemon.sweep_cron, timezone=self.scheduler.timezone),
+            id="lapse-sweep", next_run_time=clock.now())
+        self.scheduler.add_job(self.housekeeping, CronTrigger.from_crontab(
+            self.settings.daemon.housekeeping_cron, timezone=self.scheduler.timezone),
+            id="housekeeping")
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        if self.watch:
+            threading.Thread(target=self._watch, name="watch", daemon=True).start()
+        log.info("daemon started (worker %s, tick %ss%s)", self.worker,
+                 int(tick.total_seconds()), ", dry run" if self.dry_run else "",
+                 extra={"event": "started"})
+        self.scheduler.start()  # blocks until shutdown
+        self._release()
+        log.info("daemon stopped after %d tick(s)", self.ticks, extra={"event": "stopped"})
+        return 0
+
+    def _release(self) -> None:
+        """Give back claims so another worker can take them at once."""
+        from engine.store.ledger import release_all
+
+        if self.dry_run:
+            return
+        with self.db.transaction() as conn:
+            release_all(conn, self.worker)
+
