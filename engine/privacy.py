@@ -10,10 +10,13 @@ from __future__ import annotations
 import re
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
-# International (+ and 8–15 digits, maybe grouped), North American groupings ((312) 555-0100, 312-555-0100,
-# 312.555.0100) and bare 10–11 digit runs; not dates (2026-11-22) or times.
-_PHONE = re.compile(r"\+\d(?:[\s.-]?\d){7,14}\b|(?<!\d)(?:\+?1[\s.-]?)?\(?\d{3}\)?[\s.-]?\d{3}[\s.-]\d{4}\b"
-                    r"|(?<![\d-])1?\d{10}\b")
+# International numbers (+ and 8–15 digits, maybe grouped), North American groupings
+# ((312) 555-0100, 312-555-0100, 312.555.0100) and bare 10–11 digit runs; never dates
+# (2026-11-22) or times.
+_PHONE = re.compile(
+    r"\+\d(?:[\s.-]?\d){7,14}\b"
+    r"|(?<!\d)(?:\+?1[\s.-]?)?\(?\d{3}\)?[\s.-]?\d{3}[\s.-]\d{4}\b"
+    r"|(?<![\d-])1?\d{10}\b")
 
 
 def mask_phone(phone: str) -> str:
