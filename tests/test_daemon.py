@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,7 +35,7 @@ ENGINE = [sys.executable, "-m", "engine"]
 
 
 @pytest.fixture
-def practice(sqlite_url: str, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+def practice(sqlite_url: str, tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A folder with its own schedules and templates, patients due now, and the env."""
     daemon_config(tmp_path)
     for folder, source in (("schedules", LIBRARY_SCHEDULES),
@@ -48,7 +47,7 @@ def practice(sqlite_url: str, tmp_path: Path) -> Iterator[tuple[Path, dict[str, 
     write_csv(tmp_path / "patients.csv", people, people[0].keys())
     subprocess.run([*ENGINE, "import", "patients", "patients.csv"], cwd=tmp_path, env=env,
                    check=True, capture_output=True, timeout=60)
-    yield tmp_path, env
+    return tmp_path, env
 
 
 def start(folder: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], Path]:
