@@ -836,10 +836,12 @@ def inbox_cmd(ctx: click.Context, show_all: bool, as_json: bool, reveal: bool) -
         return
     if not rows:
         click.echo("Nothing waiting for staff.")
+    tz = zone(_app(ctx).settings().practice.timezone or "UTC")
     for row in rows:
         who = f"{row['patient_id']} {row['patient_name']}" if row["patient_id"] else \
             f"unknown number {row['from']}"
-        click.echo(f"#{row['id']}  {row['received_at'][:16].replace('T', ' ')}  {who}  "
+        received = datetime.fromisoformat(row["received_at"].replace("Z", "+00:00"))
+        click.echo(f"#{row['id']}  {received.astimezone(tz):%a %d %b %H:%M}  {who}  "
                    f"[{row['intent']}{', done' if row['staff_status'] == 'done' else ''}]")
         click.echo(f"      \"{row['body']}\"")
 

@@ -37,6 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from engine import clock
 from engine.channels.base import Channel, OutboundMessage
 from engine.definitions import Definitions
+from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.definitions.templates import Fields
 from engine.dispatcher import Dispatcher
 from engine.errors import TemplateRenderError
@@ -180,6 +181,7 @@ def _latest_reminder(conn: Connection, number: str, now: datetime,
                                   appointments.c.id == touch_points.c.appointment_id)
         .where(touch_points.c.address == number, touch_points.c.channel == "sms",
                touch_points.c.status.in_((Status.SENT, Status.DELIVERED)),
+               touch_points.c.journey.not_in(SYSTEM_JOURNEYS),  # not our own replies
                appointments.c.status == "booked", appointments.c.start_at > now)
         .order_by(touch_points.c.sent_at.desc()).limit(1)).first()
     if row is None:

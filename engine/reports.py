@@ -176,7 +176,7 @@ def inbox(conn: Connection, *, include_done: bool = False, reveal: bool = False,
     query = (select(inbound_messages, patients.c.external_id, patients.c.first_name,
                     patients.c.last_name)
              .outerjoin(patients, patients.c.id == inbound_messages.c.patient_id)
-             .order_by(inbound_messages.c.received_at.desc()))
+             .order_by(inbound_messages.c.received_at.desc(), inbound_messages.c.id.desc()))
     if include_done:
         query = query.where(inbound_messages.c.staff_status != "")
     else:

@@ -204,10 +204,13 @@ def add_opt_out(conn: Connection, channel: str, address: str, purpose: str, sour
     return bool(result.rowcount)
 
 
-def remove_opt_outs(conn: Connection, channel: str, address: str) -> int:
-    """Opt an address back in (START): every purpose of that channel."""
-    return int(conn.execute(delete(opt_outs).where(opt_outs.c.channel == channel,
-                                                   opt_outs.c.address == address)).rowcount)
+def remove_opt_outs(conn: Connection, channel: str, address: str,
+                    purpose: str | None = None) -> int:
+    """Opt an address back in: every purpose of that channel (START), or one."""
+    conditions = [opt_outs.c.channel == channel, opt_outs.c.address == address]
+    if purpose is not None:
+        conditions.append(opt_outs.c.purpose == purpose)
+    return int(conn.execute(delete(opt_outs).where(*conditions)).rowcount)
 
 
 @dataclass(frozen=True)

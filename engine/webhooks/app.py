@@ -198,10 +198,13 @@ def _unsubscribe(services: Services, token: str, source: str) -> str | None:
         return None
     tp, purpose = target
     assert tp.address is not None
+    # A marketing link stops marketing; a link in a transactional email stops everything
+    # (the page says "no more emails").
+    scope = "marketing" if purpose == "marketing" else "all"
     with services.db.transaction() as conn:
-        add_opt_out(conn, "email", tp.address, purpose, source,
+        add_opt_out(conn, "email", tp.address, scope, source,
                     f"unsubscribe link of touch point {tp.id}", clock.now())
-    return purpose
+    return scope
 
 
 def _page(title: str, body: str) -> str:

@@ -120,8 +120,8 @@ def _opt_out(conn: Connection, event: ProviderEvent, tp: TouchPoint | None,
     elif event.kind == Kind.UNSUBSCRIBED:
         add_opt_out(conn, "email", address, event.purpose or "all", event.provider,
                     f"unsubscribed at {event.provider}", now)
-    elif event.kind == Kind.RESUBSCRIBED:
-        remove_opt_outs(conn, "email", address)
+    elif event.kind == Kind.RESUBSCRIBED:  # a group resubscribe: that group only
+        remove_opt_outs(conn, "email", address, event.purpose or "marketing")
     elif event.kind == Kind.FAILED and event.error_code == UNSUBSCRIBED_CODE:
         add_opt_out(conn, "sms", address, "all", event.provider,
                     "the carrier reports the recipient unsubscribed (21610)", now)

@@ -62,7 +62,7 @@ def events(payload: Any, received_at: datetime) -> Iterator[ProviderEvent]:
         raw_tp = item.get("touch_point_id")
         touch_point_id = int(str(raw_tp)) if str(raw_tp or "").isdigit() else None
         message_id = str(item.get("sg_message_id") or "").split(".", 1)[0] or None
-        reason = " ".join(str(item.get(k)) for k in ("type", "reason", "status")
+        reason = " ".join(str(item.get(k)) for k in ("type", "reason", "status", "response")
                           if item.get(k))
         yield ProviderEvent(
             provider="sendgrid",
@@ -70,5 +70,6 @@ def events(payload: Any, received_at: datetime) -> Iterator[ProviderEvent]:
             kind=kind, status=name, occurred_at=occurred, touch_point_id=touch_point_id,
             provider_message_id=message_id, address=item.get("email"),
             detail=redact(f"sendgrid {name}" + (f": {reason}" if reason else "")),
-            purpose="marketing" if name == "group_unsubscribe" else None,
+            purpose="marketing" if name in ("group_unsubscribe", "group_resubscribe")
+            else None,
             raw=dict(item))
