@@ -26,7 +26,8 @@ import os
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -153,6 +154,9 @@ class Dispatcher:
         self.quiet_hours = settings.quiet_hours
         self.caps = caps_from(settings)
         self._secret: bytes | None = None
+        self._conn: Connection | None = None  # the batch's connection, while run() runs
+        self._pending: list[Callable[[Connection], None]] = []
+        self._path = ledger.SendPath(db.dialect)
         self.stats = DispatchStats()
 
     # ------------------------------------------------------------------ the loop
@@ -163,23 +167,55 @@ class Dispatcher:
         batch_size = self.settings.dispatch.batch_size
         # A claim lasts as long as a send may: a vanished worker's rows are taken over then.
         lease = self.settings.dispatch.send_timeout
-        while not stop():
-            with self.db.transaction() as conn:
-                batch = ledger.claim_due(conn, self.worker, clock.now(), batch_size, lease)
-            if not batch:
-                break
-            self.stats.claimed += len(batch)
-            snapshot = self._snapshot(batch)
-            for index, tp in enumerate(batch):
-                if stop():
-                    with self.db.transaction() as conn:
-                        ledger.release(conn, [t.id for t in batch[index:]], self.worker)
-                    break
-                self.handle(tp, snapshot)
+        with self.db.connection() as self._conn:
+            try:
+                while not stop():
+                    with self._tx() as conn:
+                        batch = ledger.claim_due(conn, self.worker, clock.now(), batch_size,
+                                                 lease)
+                    if not batch:
+                        break
+                    self.stats.claimed += len(batch)
+                    snapshot = self._snapshot(batch)
+                    for index, tp in enumerate(batch):
+                        if stop():
+                            with self._tx() as conn:
+                                ledger.release(conn, [t.id for t in batch[index:]],
+                                               self.worker)
+                            break
+                        self.handle(tp, snapshot)
+                with self._tx():
+                    pass  # records what the last provider said
+            finally:
+                self._conn = None
         return self.stats
 
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        """A transaction on the batch's connection that first records the answers of
+        providers still pending (see :meth:`_record_sent`)."""
+        try:
+            if self._conn is None:
+                with self.db.transaction() as conn:
+                    self._flush(conn)
+                    yield conn
+                    self._path.flush_history(conn)
+            else:
+                with self.db.begin(self._conn) as conn:
+                    self._flush(conn)
+                    yield conn
+                    self._path.flush_history(conn)
+        except BaseException:
+            self._path.history.clear()  # rolled back with the rows they describe
+            raise
+        self._pending.clear()  # committed
+
+    def _flush(self, conn: Connection) -> None:
+        for write in self._pending:
+            write(conn)
+
     def _snapshot(self, batch: list[TouchPoint]) -> Snapshot:
-        with self.db.transaction() as conn:
+        with self._tx() as conn:
             return Snapshot.load(conn, batch, self.definitions, clock.now())
 
     # ------------------------------------------------------------------ one touch point
@@ -199,7 +235,7 @@ class Dispatcher:
         if isinstance(decision, Verdict):
             self._settle(tp, decision)
         elif isinstance(decision, Defer):
-            with self.db.transaction() as conn:
+            with self._tx() as conn:
                 ledger.reschedule(conn, tp.id, worker=self.worker, expect=Status.PLANNED,
                                   due_at=decision.until, now=now, reason="quiet_hours",
                                   detail=decision.detail)
@@ -259,15 +295,13 @@ class Dispatcher:
         next channel)."""
         channel = self.channels[kind]
         passed_over = [d for r, d in failures if r == "refused"]
-        with self.db.transaction() as conn:
-            started = ledger.transition(
-                conn, tp.id, expect=Status.PLANNED, to=Status.SENDING, now=clock.now(),
-                source="dispatcher", worker=self.worker,
+        with self._tx() as conn:
+            started = self._path.mark_sending(
+                conn, tp.id, worker=self.worker, now=clock.now(),
                 detail=f"{kind} via {channel.provider} to {mask_address(message.to)}"
                 + (f" (passed over {'; '.join(passed_over)})" if passed_over else ""),
-                values={"channel": kind, "address": message.to, "provider": channel.provider,
-                        "attempts": attempt, "sending_at": clock.now(),
-                        "template_file": template_file, "content": _content(message)})
+                channel=kind, address=message.to, provider=channel.provider,
+                attempts=attempt, template_file=template_file, content=_content(message))
         if not started:
             log.warning("touch point %s was taken by another worker; leaving it", tp.id)
             return "done"
@@ -305,20 +339,27 @@ class Dispatcher:
 
     def _record_sent(self, tp: TouchPoint, provider: str, message_id: str | None,
                      detail: str) -> None:
-        values = {"provider_message_id": message_id, "provider": provider,
-                  "sent_at": clock.now(), "claimed_by": None, "claim_expires_at": None}
-        with self.db.transaction() as conn:
+        """Record a provider's acceptance — in the same commit as the next message's
+        ``sending`` mark (one commit a message, not two), or when the run ends. A crash
+        before that commit leaves it ``sending``, which recovery turns into ``unknown``:
+        never a blind re-send."""
+        now = clock.now()
+
+        def write(conn: Connection) -> None:
             for expect, note in ((Status.SENDING, detail or None),
                                  # the send outlived send_timeout and recovery marked it
                                  # unknown: what the provider said settles it
                                  (Status.UNKNOWN, "the provider took it after the send was "
                                                   "presumed interrupted")):
-                if ledger.transition(conn, tp.id, expect=expect, to=Status.SENT,
-                                     now=clock.now(), source="dispatcher", reason=None,
-                                     detail=note, values=values):
+                if self._path.mark_sent(conn, tp.id, expect=expect, now=now, detail=note,
+                                        provider=provider, message_id=message_id):
                     return
-        log.warning("touch point %s: sent (provider id %s), but its row had already moved on",
-                    tp.id, message_id)
+            log.warning("touch point %s: sent (provider id %s), but its row had moved on",
+                        tp.id, message_id)
+        self._pending.append(write)
+        if self._conn is None:  # not inside run(): record it now
+            with self._tx():
+                pass
 
     def _after_transient(self, tp: TouchPoint, exc: TransientChannelError, attempt: int,
                          retry: bool = True) -> None:
@@ -331,7 +372,7 @@ class Dispatcher:
                          f"{detail}; {decision.why}")
             self.stats.failed += 1
             return
-        with self.db.transaction() as conn:
+        with self._tx() as conn:
             ledger.reschedule(conn, tp.id, worker=self.worker, expect=Status.SENDING,
                               due_at=decision.at, now=now, reason="retry",
                               detail=f"{detail}; retrying at {decision.at.isoformat()}")
@@ -343,7 +384,7 @@ class Dispatcher:
         changes = dict(values or {})
         if not keep_claim:
             changes.update(claimed_by=None, claim_expires_at=None)
-        with self.db.transaction() as conn:
+        with self._tx() as conn:
             ledger.transition(conn, tp.id, expect=expect, to=to, now=clock.now(),
                               source="dispatcher", reason=reason, detail=detail,
                               values=changes)
@@ -358,7 +399,7 @@ class Dispatcher:
             self.stats.failed += 1
 
     def _record_opt_out(self, channel: str, address: str, detail: str) -> None:
-        with self.db.transaction() as conn:
+        with self._tx() as conn:
             add_opt_out(conn, channel, address, "all", "provider", redact(detail), clock.now())
 
     def _unsubscribe(self, tp: TouchPoint, context: dict[str, Any]) -> dict[str, str]:
@@ -367,7 +408,7 @@ class Dispatcher:
         if tp.purpose != "marketing" and not self.settings.email.unsubscribe_transactional:
             return {}
         if self._secret is None:
-            with self.db.transaction() as conn:
+            with self._tx() as conn:
                 self._secret = unsubscribe.secret_key(conn, self.settings)
         token = unsubscribe.make_token(self._secret, tp.id, tp.purpose)
         context["unsubscribe_url"] = unsubscribe.unsubscribe_url(self.settings, token)

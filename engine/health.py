@@ -30,7 +30,7 @@ from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.outcomes import Status
 from engine.settings import Settings
 from engine.store.database import Database
-from engine.store.schema import engine_state, touch_points
+from engine.store.schema import PENDING, engine_state, touch_points
 
 HEARTBEAT_PREFIX = "worker:"
 BACKLOG_GRACE = timedelta(minutes=1)
@@ -39,8 +39,8 @@ BACKLOG_GRACE = timedelta(minutes=1)
 def backlog(conn: Connection, now: datetime) -> int:
     return int(conn.execute(
         select(func.count()).select_from(touch_points)
-        .where(touch_points.c.status == Status.PLANNED,
-               touch_points.c.due_at <= now - BACKLOG_GRACE, touch_points.c.test == false(),
+        .where(PENDING, touch_points.c.due_at <= now - BACKLOG_GRACE,
+               touch_points.c.test == false(),
                touch_points.c.journey.not_in(SYSTEM_JOURNEYS))).scalar() or 0)
 
 

@@ -125,7 +125,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("channels.fake_outbox", "TOUCHPOINT_FAKE_OUTBOX",
             "File where the fake channel appends each message it takes (JSON lines).", None),
     Setting("dispatch.batch_size", "TOUCHPOINT_BATCH_SIZE",
-            "Touch points a worker claims at a time.", 200),
+            "Touch points a worker claims at a time.", 500),
     Setting("dispatch.send_timeout", "TOUCHPOINT_SEND_TIMEOUT",
             "After this long in 'sending', a touch point whose worker vanished becomes "
             "'unknown'; also how long a worker's claim on due touch points lasts.", "5m"),
@@ -262,7 +262,7 @@ class Caps(BaseModel):
 class Dispatch(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    batch_size: int = Field(200, ge=1, le=10_000)
+    batch_size: int = Field(500, ge=1, le=10_000)
     send_timeout: timedelta = timedelta(minutes=5)
     max_attempts: int = Field(5, ge=1, le=50)
     retry_backoff: timedelta = timedelta(minutes=1)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
 from engine.errors import DatabaseNotReady
-from engine.store.database import head_revision, known_revisions, open_database
+from engine.store.database import Database, head_revision, known_revisions, open_database
 from engine.store.schema import Base
 from tests.conftest import PG_ADMIN_URL
 
@@ -49,7 +51,7 @@ def test_upgrade_from_empty_downgrade_one_step_and_upgrade_again(empty_url: str)
     previous = ordered[-2]
     database.downgrade("-1")
     assert database.revision() == previous
-    assert "provider_events" not in tables(empty_url)  # what the last step added is gone
+    assert differences(database) != []  # the last step's changes are undone
     with pytest.raises(DatabaseNotReady, match=r"run `touchpoint db upgrade`"):
         database.check_schema()
 
@@ -71,14 +73,16 @@ def test_every_step_downgrades_to_empty_and_back(empty_url: str) -> None:
     database.dispose()
 
 
-def test_the_models_and_the_migrations_agree(empty_url: str) -> None:
-    """Autogenerate against a migrated database finds nothing to do."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    database = open_database(empty_url)
+def differences(database: Database) -> list[object]:
+    """What autogenerate would change to make the database match the models."""
     with database.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": False})
-        differences = compare_metadata(context, Base.metadata)
+        return list(compare_metadata(context, Base.metadata))
+
+
+def test_the_models_and_the_migrations_agree(empty_url: str) -> None:
+    """Autogenerate against a migrated database finds nothing to do."""
+    database = open_database(empty_url)
+    found = differences(database)
     database.dispose()
-    assert differences == []
+    assert found == []

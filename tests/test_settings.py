@@ -307,7 +307,7 @@ def test_describe_shows_every_setting_with_its_effective_value(tmp_path: Path) -
     assert shown["dispatch.send_timeout"] == "90m"
     assert shown["dispatch.retry_backoff"] == "2h"
     assert shown["dispatch.default_expiry"] == "1d"
-    assert shown["dispatch.batch_size"] == "200"
+    assert shown["dispatch.batch_size"] == "500"
     assert shown["paths.schedules"] == "schedules"
     assert shown["channels.fake_outbox"] == "None"
 

@@ -114,6 +114,25 @@ class Database:
             yield connection
 
     @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """One connection to run many transactions on (see :meth:`begin`)."""
+        if self._pinned is not None:
+            yield self._pinned
+            return
+        with self.engine.connect() as connection:
+            yield connection
+
+    @contextmanager
+    def begin(self, connection: Connection) -> Iterator[Connection]:
+        """A transaction on ``connection`` (a savepoint inside :meth:`rolled_back`)."""
+        if self._pinned is not None:
+            with connection.begin_nested():
+                yield connection
+            return
+        with connection.begin():
+            yield connection
+
+    @contextmanager
     def rolled_back(self) -> Iterator[None]:
         """Run everything inside in one transaction that is rolled back at the end.
 

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, false, insert, or_, select, update
+from sqlalchemy import Connection, Row, bindparam, false, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.outcomes import Status
 from engine.planner import Exit, Planned
 from engine.store.records import chunks
-from engine.store.schema import history, touch_points
+from engine.store.schema import PENDING, history, touch_points
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,9 @@ def retime(conn: Connection, tp_id: int, planned: Planned, now: datetime, detail
     return 1
 
 
+_HISTORY_INSERT = insert(history)
+
+
 def _append_history(conn: Connection, ids: Iterable[int], now: datetime, status: str | None,
                     previous: str | None, reason: str | None, detail: str | None,
                     source: str, kind: str = "transition") -> None:
@@ -184,7 +187,7 @@ def _append_history(conn: Connection, ids: Iterable[int], now: datetime, status:
              "previous_status": previous, "reason": reason, "detail": detail, "source": source,
              "provider_event_id": None} for tp_id in ids]
     if rows:
-        conn.execute(insert(history), rows)
+        conn.execute(_HISTORY_INSERT, rows)
 
 
 def claim_due(conn: Connection, worker: str, now: datetime, limit: int, lease: timedelta,
@@ -192,7 +195,7 @@ def claim_due(conn: Connection, worker: str, now: datetime, limit: int, lease: t
     """Lease up to ``limit`` due, planned touch points to ``worker``, oldest first."""
     due = (
         select(touch_points.c.id)
-        .where(touch_points.c.status == Status.PLANNED, touch_points.c.due_at <= now,
+        .where(PENDING, touch_points.c.due_at <= now,
                or_(touch_points.c.claim_expires_at.is_(None),
                    touch_points.c.claim_expires_at < now),
                touch_points.c.test == false(),
@@ -210,6 +213,27 @@ def claim_due(conn: Connection, worker: str, now: datetime, limit: int, lease: t
     return claimed
 
 
+_SETTLED = frozenset({Status.SENT, Status.DELIVERED, Status.FAILED, Status.SKIPPED,
+                      Status.CANCELLED, Status.UNKNOWN})
+_TRANSITIONS: dict[tuple[tuple[str, ...], bool], Any] = {}
+
+
+def _transition_statement(columns: tuple[str, ...], by_worker: bool) -> Any:
+    """One UPDATE per shape of change, built once: the dispatch loop runs it per message,
+    and building SQLAlchemy statements costs more than executing them."""
+    key = (columns, by_worker)
+    statement = _TRANSITIONS.get(key)
+    if statement is None:
+        conditions = [touch_points.c.id == bindparam("w_id"),
+                      touch_points.c.status == bindparam("w_expect")]
+        if by_worker:
+            conditions.append(touch_points.c.claimed_by == bindparam("w_worker"))
+        statement = update(touch_points).where(*conditions).values(
+            {column: bindparam(f"v_{column}") for column in columns})
+        _TRANSITIONS[key] = statement
+    return statement
+
+
 def transition(conn: Connection, tp_id: int, *, expect: str, to: str, now: datetime,
                source: str, reason: str | None = None, detail: str | None = None,
                worker: str | None = None, values: dict[str, Any] | None = None,
@@ -218,19 +242,21 @@ def transition(conn: Connection, tp_id: int, *, expect: str, to: str, now: datet
 
     With ``worker``, the row must also be claimed by that worker.
     """
-    conditions = [touch_points.c.id == tp_id, touch_points.c.status == expect]
-    if worker is not None:
-        conditions.append(touch_points.c.claimed_by == worker)
     changes: dict[str, Any] = {"status": to, "reason": reason, "detail": detail,
                                "updated_at": now, **(values or {})}
-    if to in (Status.SENT, Status.DELIVERED, Status.FAILED, Status.SKIPPED, Status.CANCELLED,
-              Status.UNKNOWN) and "finished_at" not in changes:
+    if to in _SETTLED and "finished_at" not in changes:
         changes["finished_at"] = now
-    result = conn.execute(update(touch_points).where(*conditions).values(**changes))
+    columns = tuple(sorted(changes))
+    params = {f"v_{column}": changes[column] for column in columns}
+    params.update(w_id=tp_id, w_expect=expect, w_worker=worker)
+    result = conn.execute(_transition_statement(columns, worker is not None), params)
     if result.rowcount != 1:
         return False
     if record:
-        _append_history(conn, [tp_id], now, to, expect, reason, detail, source)
+        conn.execute(_HISTORY_INSERT, {
+            "touch_point_id": tp_id, "at": now, "kind": "transition", "status": to,
+            "previous_status": expect, "reason": reason, "detail": detail, "source": source,
+            "provider_event_id": None})
     return True
 
 
@@ -316,8 +342,76 @@ def history_of(conn: Connection, tp_id: int) -> list[HistoryEntry]:
 def next_due(conn: Connection) -> datetime | None:
     """When the next touch point the dispatcher will claim is due."""
     row = conn.execute(select(touch_points.c.due_at)
-                       .where(touch_points.c.status == Status.PLANNED,
-                              touch_points.c.test == false(),
+                       .where(PENDING, touch_points.c.test == false(),
                               touch_points.c.journey.not_in(SYSTEM_JOURNEYS))
                        .order_by(touch_points.c.due_at).limit(1)).first()
     return row.due_at if row else None
+
+
+class SendPath:
+    """The two writes every message makes — ``planned → sending`` before the provider is
+    called, ``sending → sent`` after — as precompiled driver-level SQL.
+
+    They run once per message, so they skip SQLAlchemy's statement machinery (which costs
+    several times what the database does) while staying inside the caller's SQLAlchemy
+    transaction. Their history rows are buffered and written with the next statement
+    batch of the same transaction (:meth:`flush_history`), so the history stays complete
+    and in order. Semantics are those of :func:`transition`.
+    """
+
+    _SENDING = (
+        "UPDATE touch_points SET status = 'sending', reason = NULL, detail = {p}, "
+        "updated_at = {p}, channel = {p}, address = {p}, provider = {p}, attempts = {p}, "
+        "sending_at = {p}, template_file = {p}, content = {p} "
+        "WHERE id = {p} AND status = 'planned' AND claimed_by = {p}")
+    _SENT = (
+        "UPDATE touch_points SET status = 'sent', reason = NULL, detail = {p}, "
+        "updated_at = {p}, finished_at = {p}, provider_message_id = {p}, provider = {p}, "
+        "sent_at = {p}, claimed_by = NULL, claim_expires_at = NULL "
+        "WHERE id = {p} AND status = {p}")
+    _HISTORY = (
+        "INSERT INTO touch_point_history (touch_point_id, at, kind, status, previous_status, "
+        "reason, detail, source, provider_event_id) "
+        "VALUES ({p}, {p}, 'transition', {p}, {p}, NULL, {p}, 'dispatcher', NULL)")
+
+    def __init__(self, dialect: str) -> None:
+        mark = "?" if dialect == "sqlite" else "%s"
+        self.sqlite = dialect == "sqlite"
+        self.sending_sql = self._SENDING.format(p=mark)
+        self.sent_sql = self._SENT.format(p=mark)
+        self.history_sql = self._HISTORY.format(p=mark)
+        self.history: list[tuple[Any, ...]] = []
+
+    def _time(self, instant: datetime) -> Any:
+        """What the column type would bind: naive UTC text on SQLite, aware on PostgreSQL."""
+        if self.sqlite:
+            return instant.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        return instant
+
+    def mark_sending(self, conn: Connection, tp_id: int, *, worker: str, now: datetime,
+                     detail: str, channel: str, address: str, provider: str, attempts: int,
+                     template_file: str, content: str) -> bool:
+        self.flush_history(conn)
+        at = self._time(now)
+        cursor = conn.exec_driver_sql(self.sending_sql, (
+            detail, at, channel, address, provider, attempts, at, template_file, content,
+            tp_id, worker))
+        if cursor.rowcount != 1:
+            return False
+        self.history.append((tp_id, at, Status.SENDING.value, Status.PLANNED.value, detail))
+        return True
+
+    def mark_sent(self, conn: Connection, tp_id: int, *, expect: str, now: datetime,
+                  detail: str | None, provider: str, message_id: str | None) -> bool:
+        at = self._time(now)
+        cursor = conn.exec_driver_sql(self.sent_sql, (
+            detail, at, at, message_id, provider, at, tp_id, expect))
+        if cursor.rowcount != 1:
+            return False
+        self.history.append((tp_id, at, Status.SENT.value, expect, detail))
+        return True
+
+    def flush_history(self, conn: Connection) -> None:
+        if self.history:
+            conn.exec_driver_sql(self.history_sql, self.history)
+            self.history = []

@@ -1,0 +1,1 @@
+"""Touchpoint benchmarks: `make bench` (or `python -m bench`). See bench/README.md."""
