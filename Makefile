@@ -27,5 +27,8 @@ typecheck: $(STAMP)
 clean:
 	rm -rf $(VENV) touchpoint-demo.db* .mypy_cache .ruff_cache .pytest_cache
 
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
 docs: $(STAMP)
 	$(BIN)/python docs/update_settings.py

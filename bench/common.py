@@ -18,8 +18,10 @@ from sqlalchemy.pool import NullPool
 
 from engine import clock
 from engine.definitions import Definitions
+from engine.definitions.journeys import load_journeys
 from engine.settings import Settings, load_settings
 from engine.store.database import Database, open_database
+from engine.store.ledger import bind_time
 from engine.store.schema import patients, touch_points
 from engine.validate import check_definitions
 
@@ -90,9 +92,17 @@ def database(kind: str) -> Iterator[tuple[str, Path]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def welcome_fingerprint() -> str:
+    journeys, _ = load_journeys(ROOT / "schedules")
+    step = journeys["welcome"].step("welcome")
+    assert step is not None
+    return step.fingerprint()
+
+
 def load_due(db: Database, count: int, *, patients_count: int | None = None,
              due: datetime = NOW, status: str = "planned", start: int = 0) -> None:
     """``count`` welcome texts due at ``due`` for ``patients_count`` patients (bulk)."""
+    fingerprint = welcome_fingerprint()
     patients_count = patients_count or count
     with db.transaction() as conn:
         existing = conn.execute(text("SELECT count(*) FROM patients")).scalar() or 0
@@ -112,7 +122,8 @@ def load_due(db: Database, count: int, *, patients_count: int | None = None,
                 "patient_id": ids[n % len(ids)], "appointment_id": None, "recipient": "patient",
                 "test": False, "journey": "welcome", "step": "welcome",
                 "anchor": f"bench:{n}", "purpose": "transactional", "event_id": None,
-                "step_fingerprint": "", "due_at": due, "expires_at": due + timedelta(days=1),
+                "step_fingerprint": fingerprint, "due_at": due,
+                "expires_at": due + timedelta(days=1),
                 "status": status, "attempts": 0, "planned_at": NOW, "updated_at": NOW,
                 "sent_at": due if status == "sent" else None,
                 "finished_at": due if status == "sent" else None,
@@ -122,6 +133,33 @@ def load_due(db: Database, count: int, *, patients_count: int | None = None,
                 batch = []
         if batch:
             conn.execute(insert(touch_points), batch)
+
+
+def load_settled(db: Database, count: int, patients_count: int = 10_000) -> None:
+    """``count`` already-sent touch points (the history a ledger accumulates), fast."""
+    load_due(db, 0, patients_count=patients_count)
+    dialect = db.dialect
+    mark = "?" if dialect == "sqlite" else "%s"
+    with db.transaction() as conn:
+        ids = [row[0] for row in conn.exec_driver_sql("SELECT id FROM patients ORDER BY id")]
+        at = bind_time(dialect, NOW - timedelta(days=400))
+        sql = ("INSERT INTO touch_points (patient_id, recipient, test, journey, step, anchor, "
+               "purpose, step_fingerprint, due_at, status, attempts, channel, provider, "
+               "provider_message_id, sent_at, finished_at, planned_at, updated_at, content) "
+               f"VALUES ({', '.join([mark] * 19)})")
+        false_ = 0 if dialect == "sqlite" else False
+        batch = []
+        for n in range(count):
+            batch.append((ids[n % len(ids)], "patient", false_, "pre-visit", "two-days-before",
+                          f"old:{n}", "transactional", "", at, "sent", 1, "sms", "fake",
+                          f"fake-{n}", at, at, at, at,
+                          "Riverside Physical Therapy: Hi Alexandra, see you Wed, Dec 2 at "
+                          "10:30 AM. Reply C to confirm. (312) 555-0199. STOP to opt out"))
+            if len(batch) == 20_000:
+                conn.exec_driver_sql(sql, batch)
+                batch = []
+        if batch:
+            conn.exec_driver_sql(sql, batch)
 
 
 def peak_rss_mb() -> float:

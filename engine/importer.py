@@ -25,6 +25,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from typing import Any
 
 import phonenumbers
 from babel import Locale, UnknownLocaleError
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from sqlalchemy import Connection, insert, select, update
 
 from engine.errors import ImportFileError
@@ -174,9 +175,21 @@ def normalise_phone(raw: str, region: str) -> str | None:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
+# The plain ASCII addresses nearly every patient has, which email_validator would accept
+# as they are (domain lower-cased); anything else goes through email_validator itself.
+_PLAIN_EMAIL = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63})$")
+
+
 def normalise_email(raw: str) -> str | None:
     if not raw:
         return None
+    plain = _PLAIN_EMAIL.match(raw)
+    if plain and len(raw) <= 254 and raw.index("@") <= 64:
+        domain = plain.group(1).lower()
+        if not any(domain == d or domain.endswith("." + d) for d in SPECIAL_USE_DOMAIN_NAMES):
+            return f"{raw[:raw.index('@')]}@{domain}"
     try:
         return str(validate_email(raw, check_deliverability=False).normalized)
     except EmailNotValidError:

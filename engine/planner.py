@@ -244,6 +244,8 @@ def follow_edits(journey: Journey, pending: Iterable[PendingStep], events: Mappi
         step = journey.step(row.step)
         if step is None or step.fingerprint() == row.step_fingerprint:
             continue
+        if row.event_id is None or row.event_id not in events:
+            continue  # nothing to re-plan it from: it keeps its time
         new = fresh.get((row.step, row.anchor))
         if new is None:
             changes.append(Retire(row.id, Status.CANCELLED, Reason.STEP_REMOVED,

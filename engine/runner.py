@@ -26,7 +26,7 @@ from sqlalchemy import Connection, and_, false, func, select
 from engine import clock
 from engine.channels.base import Channel
 from engine.definitions import Definitions
-from engine.definitions.journeys import Journey, Step
+from engine.definitions.journeys import SYSTEM_JOURNEYS, Journey, Step
 from engine.dispatcher import Dispatcher, DispatchStats
 from engine.errors import TemplateRenderError
 from engine.message_context import message_context, practice_fields
@@ -58,12 +58,12 @@ from engine.store.records import (
     put_state,
     visit_numbers,
 )
-from engine.store.schema import appointments, events, touch_points
+from engine.store.schema import PENDING, appointments, events, touch_points
 from engine.timing import at_local, format_duration, zone
 
 log = logging.getLogger("touchpoint.runner")
 
-EVENT_BATCH = 1000
+EVENT_BATCH = 5000
 # A lapse older than this when first noticed starts no journey (an initial import of
 # last year's patients must not send "we miss you" to all of them at once).
 LAPSE_LOOKBACK = timedelta(days=7)
@@ -116,6 +116,7 @@ class Runner:
         self.dispatcher = Dispatcher(db, definitions, settings, channels, worker=worker) \
             if channels is not None else None
         self._synced: str | None = None  # the definitions fingerprint applied to the ledger
+        self.practice = practice_fields(settings)
 
     # ------------------------------------------------------------------ tick
 
@@ -171,7 +172,8 @@ class Runner:
         impact = EditImpact()
         groups = conn.execute(
             select(touch_points.c.journey, touch_points.c.step, touch_points.c.step_fingerprint)
-            .where(touch_points.c.status == Status.PLANNED, touch_points.c.test == false())
+            .where(PENDING, touch_points.c.test == false(),
+                   touch_points.c.journey.not_in(SYSTEM_JOURNEYS))
             .distinct()).all()
         stale_journeys: set[str] = set()
         for journey_name, step_id, step_fingerprint in groups:
@@ -223,7 +225,7 @@ class Runner:
             else:
                 impact.skipped += ledger.retire(conn, change.id, change.status, change.reason,
                                                 change.detail, now)
-        impact.added += len(ledger.insert_planned(conn, additions, now))
+        impact.added += ledger.insert_planned(conn, additions, now)
 
     def planning_inputs(self, conn: Connection, journey: Journey, pending: list[PendingStep],
                         ) -> tuple[dict[int, Event], dict[int, Patient],
@@ -283,27 +285,29 @@ class Runner:
             result: Plan = plan(event, patient, journeys, self.rules, condition)
             relevant = [x for x in result.exits if (x.patient_id, x.journey) in pending_pairs]
             if relevant:
-                planned += len(ledger.insert_planned(conn, to_insert, now))
+                planned += ledger.insert_planned(conn, to_insert, now)
                 to_insert = []
                 for exit_ in relevant:
                     exited += len(ledger.apply_exit(conn, exit_, now))
             to_insert.extend(result.planned)
             pending_pairs.update((p.patient_id, p.journey) for p in result.planned
                                  if p.status == Status.PLANNED)
-        planned += len(ledger.insert_planned(conn, to_insert, now))
+        planned += ledger.insert_planned(conn, to_insert, now)
         return planned, exited
 
     def _condition(self, patient: Patient, appointment: Appointment | None,
                    numbers: Mapping[int, int]) -> Callable[[Journey, Step], bool]:
         templates = self.definitions.templates
-        context = message_context(
-            patient=patient, appointment=appointment, practice=practice_fields(self.settings),
-            practice_timezone=self.rules.practice_timezone,
-            visit_number=numbers.get(appointment.id) if appointment else None)
+        context: dict[str, Any] = {}
 
         def holds(journey: Journey, step: Step) -> bool:
             if not step.only_if:
                 return True
+            if not context:  # built on first use: most events meet no condition
+                context.update(message_context(
+                    patient=patient, appointment=appointment, practice=self.practice,
+                    practice_timezone=self.rules.practice_timezone,
+                    visit_number=numbers.get(appointment.id) if appointment else None))
             try:
                 return bool(templates.compile_expression(step.only_if)(**context))
             except Exception as exc:  # a manager's expression must not stop planning

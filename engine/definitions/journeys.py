@@ -23,6 +23,7 @@ import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import time, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -119,9 +120,13 @@ class Step:
 
     def fingerprint(self) -> str:
         """Changes when anything that decides timing or content of this step changes."""
-        text = repr((self.when, self.channels, self.template, self.catch_up, self.expires_after,
-                     self.only_if, self.recipient))
-        return hashlib.sha1(text.encode()).hexdigest()[:12]
+        return _fingerprint(self.when, self.channels, self.template, self.catch_up,
+                            self.expires_after, self.only_if, self.recipient)
+
+
+@lru_cache(maxsize=1024)
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

@@ -246,6 +246,7 @@ class TemplateSet:
         self._html = _environment(directory, autoescape=True)
         self._files = self._scan()
         self._resolved: dict[tuple[str, str, str | None], tuple[str, str] | None] = {}
+        self._expressions: dict[str, Callable[..., Any]] = {}
 
     def _scan(self) -> dict[tuple[str, str, str | None], str]:
         found: dict[tuple[str, str, str | None], str] = {}
@@ -403,8 +404,12 @@ class TemplateSet:
                 for d in check_variables(tree, where)]
 
     def compile_expression(self, source: str) -> Callable[..., Any]:
-        """A step's ``only_if`` condition, compiled in the same sandbox."""
-        return self._text.compile_expression(source, undefined_to_none=False)
+        """A step's ``only_if`` condition, compiled in the same sandbox (once)."""
+        compiled = self._expressions.get(source)
+        if compiled is None:
+            compiled = self._text.compile_expression(source, undefined_to_none=False)
+            self._expressions[source] = compiled
+        return compiled
 
 
 def _where(file: str, exc: BaseException) -> str:

@@ -25,7 +25,7 @@ from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.outcomes import Status
 from engine.planner import Exit, Planned
 from engine.store.records import chunks
-from engine.store.schema import PENDING, history, touch_points
+from engine.store.schema import IN_FLIGHT, PENDING, history, touch_points
 
 
 @dataclass(frozen=True)
@@ -90,31 +90,55 @@ def _insert_ignoring_duplicates(conn: Connection) -> Any:
         index_elements=["patient_id", "recipient", "journey", "step", "anchor"])
 
 
-def insert_planned(conn: Connection, planned: Sequence[Planned], now: datetime) -> list[int]:
-    """Insert what is new; ignore what is already planned. Returns the new ids."""
-    new_ids: list[int] = []
-    for part in chunks(list(planned), 400):
-        rows = [{
-            "patient_id": p.patient_id, "appointment_id": p.appointment_id,
-            "recipient": p.recipient, "journey": p.journey, "step": p.step, "anchor": p.anchor,
-            "purpose": p.purpose, "event_id": p.event_id, "step_fingerprint": p.step_fingerprint,
-            "due_at": p.due_at, "expires_at": p.expires_at, "status": p.status,
-            "reason": p.reason, "detail": p.detail, "attempts": 0,
-            "finished_at": now if p.status != Status.PLANNED else None,
-            "planned_at": now, "updated_at": now,
-        } for p in part]
-        statement = _insert_ignoring_duplicates(conn).values(rows).returning(
-            touch_points.c.id, touch_points.c.status, touch_points.c.reason,
-            touch_points.c.detail)
-        inserted = conn.execute(statement).all()
-        if inserted:
-            conn.execute(insert(history), [{
-                "touch_point_id": row.id, "at": now, "kind": "transition", "status": row.status,
-                "previous_status": None, "reason": row.reason, "detail": row.detail,
-                "source": "planner", "provider_event_id": None,
-            } for row in inserted])
-            new_ids.extend(row.id for row in inserted)
-    return new_ids
+_PLANNED_COLUMNS = ("patient_id", "appointment_id", "recipient", "test", "journey", "step",
+                    "anchor", "purpose", "event_id", "step_fingerprint", "due_at",
+                    "expires_at", "status", "reason", "detail", "attempts", "finished_at",
+                    "planned_at", "updated_at")
+
+
+def bind_time(dialect: str, instant: datetime | None) -> Any:
+    """A datetime as the column type would bind it: naive UTC text on SQLite."""
+    if instant is None or dialect != "sqlite":
+        return instant
+    return instant.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def insert_planned(conn: Connection, planned: Sequence[Planned], now: datetime) -> int:
+    """Insert what is new and ignore what is already planned (the unique key); record the
+    creation of each new one in its history. Returns how many were new.
+
+    Planning writes hundreds of thousands of rows on a first import, so this runs as
+    driver-level executemany: the new rows' history is copied from the rows themselves
+    (``INSERT … SELECT``), which needs no RETURNING.
+    """
+    if not planned:
+        return 0
+    dialect = conn.dialect.name
+    mark = "?" if dialect == "sqlite" else "%s"
+    columns = ", ".join(_PLANNED_COLUMNS)
+    conflict = "ON CONFLICT (patient_id, recipient, journey, step, anchor) DO NOTHING"
+    insert_sql = (f"INSERT INTO touch_points ({columns}) VALUES "
+                  f"({', '.join([mark] * len(_PLANNED_COLUMNS))}) {conflict}")
+    at = bind_time(dialect, now)
+    false_ = 0 if dialect == "sqlite" else False
+    rows = [(p.patient_id, p.appointment_id, p.recipient, false_, p.journey, p.step,
+             p.anchor, p.purpose, p.event_id, p.step_fingerprint,
+             bind_time(dialect, p.due_at), bind_time(dialect, p.expires_at), p.status,
+             p.reason, p.detail, 0, at if p.status != Status.PLANNED else None, at, at)
+            for p in planned]
+    before = conn.exec_driver_sql("SELECT max(id) FROM touch_points").scalar() or 0
+    added = 0
+    for start in range(0, len(rows), 2000):  # executemany: rowcount is the rows inserted
+        added += conn.exec_driver_sql(insert_sql, rows[start:start + 2000]).rowcount
+    if added:  # the new rows are those past the highest id before (planning is a singleton)
+        conn.exec_driver_sql(
+            "INSERT INTO touch_point_history (touch_point_id, at, kind, status, "
+            "previous_status, reason, detail, source, provider_event_id) "
+            f"SELECT t.id, {mark}, 'transition', t.status, NULL, t.reason, t.detail, "
+            f"'planner', NULL FROM touch_points t WHERE t.id > {mark} "
+            "AND NOT EXISTS (SELECT 1 FROM touch_point_history h WHERE h.touch_point_id = t.id)",
+            (at, before))
+    return added
 
 
 def apply_exit(conn: Connection, exit: Exit, now: datetime) -> list[int]:
@@ -315,8 +339,7 @@ def recover_interrupted(conn: Connection, now: datetime, timeout: timedelta) -> 
     """``sending`` rows older than ``timeout`` (their worker died mid-send) → ``unknown``."""
     stale = conn.execute(
         update(touch_points)
-        .where(touch_points.c.status == Status.SENDING,
-               touch_points.c.sending_at < now - timeout)
+        .where(IN_FLIGHT, touch_points.c.sending_at < now - timeout)
         .values(status=Status.UNKNOWN, reason="interrupted", claimed_by=None,
                 claim_expires_at=None, finished_at=now, updated_at=now,
                 detail="the sender stopped between calling the provider and recording the "
@@ -383,10 +406,7 @@ class SendPath:
         self.history: list[tuple[Any, ...]] = []
 
     def _time(self, instant: datetime) -> Any:
-        """What the column type would bind: naive UTC text on SQLite, aware on PostgreSQL."""
-        if self.sqlite:
-            return instant.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-        return instant
+        return bind_time("sqlite" if self.sqlite else "postgresql", instant)
 
     def mark_sending(self, conn: Connection, tp_id: int, *, worker: str, now: datetime,
                      detail: str, channel: str, address: str, provider: str, attempts: int,

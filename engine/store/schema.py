@@ -140,6 +140,10 @@ class TouchPoint(Base):
         Index("ix_touch_points_due_planned", "due_at",
               sqlite_where=text("status = 'planned'"),
               postgresql_where=text("status = 'planned'")),
+        # What recovery looks for on every tick: rows left in 'sending'.
+        Index("ix_touch_points_sending", "sending_at",
+              sqlite_where=text("status = 'sending'"),
+              postgresql_where=text("status = 'sending'")),
         Index(None, "appointment_id"),
     )
 
@@ -260,6 +264,7 @@ touch_points = cast(Table, TouchPoint.__table__)
 # Write `status = 'planned'` literally where a query should use the partial index on
 # pending rows: a bound parameter could keep a planner from proving the index applies.
 PENDING = text("touch_points.status = 'planned'")
+IN_FLIGHT = text("touch_points.status = 'sending'")
 history = cast(Table, TouchPointHistory.__table__)
 opt_outs = cast(Table, OptOut.__table__)
 engine_state = cast(Table, EngineState.__table__)
