@@ -163,6 +163,12 @@ def load_settled(db: Database, count: int, patients_count: int = 10_000) -> None
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not getrusage: a child started by fork+exec from a
+    big parent would report the parent's peak as its own ru_maxrss."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
