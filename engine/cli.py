@@ -17,7 +17,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
@@ -28,21 +29,33 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from engine import __version__, clock
+from engine.cases import CAUSES, Case, get_case, list_cases
+from engine.cases import history as case_history
+from engine.cases import note as note_case
+from engine.cases import resolve as resolve_case
 from engine.channels import build_channels
 from engine.definitions import Definitions
 from engine.errors import TouchpointError, UserError
 from engine.forecast import Change, diff, forecast
-from engine.importer import ImportSummary, import_appointments, import_patients
+from engine.importer import (
+    ImportSummary,
+    import_appointments,
+    import_contacts,
+    import_patients,
+    import_referrers,
+)
 from engine.outcomes import Status
 from engine.preview import Preview, preview, send_test
 from engine.privacy import mask_address, redact
+from engine.report import build_report, sparkline
 from engine.reports import LOG_FIELDS, inbox, log_rows, mark_done, why
 from engine.runner import Runner, TickReport
 from engine.settings import Settings, load_settings
 from engine.simulate import Feed, simulate
 from engine.sms_segments import analyse
 from engine.store.database import Database, head_revision, open_database, safe_url
-from engine.timing import parse_duration, zone
+from engine.store.records import patient_names
+from engine.timing import at_local, parse_duration, zone
 from engine.validate import check_definitions
 
 # --------------------------------------------------------------------------- plumbing
@@ -307,6 +320,46 @@ def import_appointments_cmd(ctx: click.Context, file: Path, as_json: bool) -> No
             database.transaction() as conn:
         summary = import_appointments(conn, file, practice_tz=settings.require(
             "practice.timezone"), now=clock.now(), progress=bar)
+    _report_import(summary, as_json)
+
+
+@import_.command("contacts")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def import_contacts_cmd(ctx: click.Context, file: Path, as_json: bool) -> None:
+    """Sync patients' contacts (parents, guardians, spouses, caregivers) from FILE.CSV.
+
+    Columns: patient_id, contact_id, relationship, first_name, phone, email, language,
+    timezone, sms_consent, email_consent, receives (optional: marketing_consent). Import
+    patients first. Bad rows are reported; good rows are kept. Exits 3 if any was rejected.
+    """
+    app = _app(ctx)
+    settings, database = app.settings(), app.db()
+    with progress_bar("importing contacts", _count_lines(file)) as bar, \
+            database.transaction() as conn:
+        summary = import_contacts(conn, file, region=settings.phone_region, now=clock.now(),
+                                  progress=bar)
+    _report_import(summary, as_json)
+
+
+@import_.command("referrers")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def import_referrers_cmd(ctx: click.Context, file: Path, as_json: bool) -> None:
+    """Sync referral sources (physicians, clinics) from FILE.CSV.
+
+    Columns: referrer_id, name, contact_name, email (optional: fax). Patients name theirs
+    in a referral_source column. Bad rows are reported; good rows are kept. Exits 3 if
+    any was rejected.
+    """
+    app = _app(ctx)
+    settings, database = app.settings(), app.db()
+    with progress_bar("importing referrers", _count_lines(file)) as bar, \
+            database.transaction() as conn:
+        summary = import_referrers(conn, file, region=settings.phone_region, now=clock.now(),
+                                   progress=bar)
     _report_import(summary, as_json)
 
 
@@ -855,6 +908,211 @@ def inbox_done_cmd(ctx: click.Context, message_id: int) -> None:
         if not mark_done(conn, message_id):
             raise click.ClickException(f"no inbox message {message_id} — see `touchpoint inbox`")
     click.echo(f"message {message_id} marked done.")
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def _case_dict(case: Case, names: dict[int, str], now: datetime) -> dict[str, Any]:
+    return {"id": case.id, "status": case.status, "cause": case.cause,
+            "patient_id": case.patient_id, "patient": names.get(case.patient_id, "?"),
+            "owner": case.owner, "detail": case.detail,
+            "opened_at": _iso(case.opened_at), "due_at": _iso(case.due_at),
+            "overdue": case.overdue(now), "alerted_at": _iso(case.alerted_at),
+            "escalated_at": _iso(case.escalated_at), "resolved_at": _iso(case.resolved_at),
+            "resolution": case.resolution}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _age(delta: timedelta) -> str:
+    hours = int(delta.total_seconds() // 3600)
+    return f"{hours // 24}d {hours % 24}h" if hours >= 24 else f"{hours}h"
+
+
+@cli.command("cases")
+@click.option("--open", "open_only", is_flag=True, help="Only cases still open.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def cases_cmd(ctx: click.Context, open_only: bool, as_json: bool) -> None:
+    """Recovery cases: low scores, complaints, failed deliveries, no-shows, late
+    cancellations — who owns them and when they are due."""
+    app = _app(ctx)
+    now = clock.now()
+    with app.db().transaction() as conn:
+        found = list_cases(conn, open_only=open_only)
+        names = patient_names(conn, {c.patient_id for c in found})
+    rows = [_case_dict(c, names, now) for c in found]
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("No open recovery cases." if open_only else "No recovery cases yet.")
+        return
+    tz = zone(app.settings().practice.timezone or "UTC")
+    table = Table(box=None, pad_edge=False)
+    for column in ("case", "status", "cause", "patient", "owner", "opened", "due / resolved"):
+        table.add_column(column)
+    for case in found:
+        if case.is_open:
+            due = f"{case.due_at.astimezone(tz):%a %d %b %H:%M}"
+            due = f"[red]OVERDUE {due}[/red]" if case.overdue(now) else due
+            status = f"open {_age(now - case.opened_at)}"
+        else:
+            assert case.resolved_at is not None
+            due, status = f"{case.resolved_at.astimezone(tz):%a %d %b %H:%M}", "resolved"
+        table.add_row(str(case.id), status, case.cause.replace("_", " "),
+                      names.get(case.patient_id, "?"), case.owner or "-",
+                      f"{case.opened_at.astimezone(tz):%a %d %b %H:%M}", due)
+    Console().print(table)
+
+
+@cli.command("case")
+@click.argument("case_id", type=int)
+@click.argument("action", type=click.Choice(["show", "resolve", "note"]), default="show")
+@click.option("--note", "text", metavar="TEXT",
+              help="What was done (resolve) or what happened (note); kept in its history.")
+@click.option("--by", default=None, help="Who did it [default: your user name].")
+@click.option("--json", "as_json", is_flag=True, help="Print the case as JSON.")
+@click.pass_context
+def case_cmd(ctx: click.Context, case_id: int, action: str, text: str | None, by: str | None,
+             as_json: bool) -> None:
+    """One recovery case: `case ID` shows it and its history; `case ID resolve --note …`
+    closes it (pending recovery messages for it are cancelled); `case ID note --note …`
+    adds to its history."""
+    app = _app(ctx)
+    now = clock.now()
+    if action != "show":
+        if text is None:
+            raise click.UsageError(f"say what {'was done' if action == 'resolve' else 'happened'}"
+                                   f": touchpoint case {case_id} {action} --note \"…\"")
+        with app.db().transaction() as conn:
+            if action == "resolve":
+                resolve_case(conn, case_id, text, by or _user(), now)
+            else:
+                note_case(conn, case_id, text, by or _user(), now)
+        click.echo(f"case {case_id} resolved." if action == "resolve"
+                   else f"note added to case {case_id}.")
+        return
+    with app.db().transaction() as conn:
+        case = get_case(conn, case_id)
+        if case is None:
+            raise UserError(f"there is no case {case_id} — `touchpoint cases` lists them")
+        steps = case_history(conn, case_id)
+        names = patient_names(conn, {case.patient_id})
+    if as_json:
+        _echo_json({**_case_dict(case, names, now),
+                    "history": [{"at": _iso(e.at), "kind": e.kind, "detail": e.detail,
+                                 "by": e.by} for e in steps]})
+        return
+    tz = zone(app.settings().practice.timezone or "UTC")
+    state = "open" if case.is_open else "resolved"
+    click.echo(f"case {case.id} · {state} · {CAUSES.get(case.cause, case.cause)}")
+    click.echo(f"  patient  {names.get(case.patient_id, '?')}")
+    click.echo(f"  owner    {case.owner or '-'}")
+    click.echo(f"  detail   {case.detail}")
+    click.echo(f"  due      {case.due_at.astimezone(tz):%a %d %b %Y %H:%M}"
+               + ("  (overdue)" if case.overdue(now) else ""))
+    click.echo("history:")
+    for entry in steps:
+        who = f" ({entry.by})" if entry.by else ""
+        click.echo(f"  {entry.at.astimezone(tz):%a %d %b %H:%M}  {entry.kind:<12} "
+                   f"{entry.detail}{who}")
+    if case.is_open:
+        click.echo(f"\nWhen it is handled: touchpoint case {case.id} resolve --note \"…\"")
+
+
+def _user() -> str:
+    try:
+        return os.getlogin()
+    except OSError:
+        return os.environ.get("USER", "staff")
+
+
+# --------------------------------------------------------------------------- report
+
+
+@cli.command("report")
+@click.option("--since", metavar="DATE", help="From this day (YYYY-MM-DD, practice's "
+              "timezone) [default: 30 days ago].")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def report_cmd(ctx: click.Context, since: str | None, as_json: bool) -> None:
+    """How the practice's messages are doing: per journey and step, win-back conversion,
+    satisfaction, recovery cases and referrals."""
+    app = _app(ctx)
+    settings = app.settings()
+    tz = zone(settings.practice.timezone or "UTC")
+    now = clock.now()
+    if since is None:
+        start = now - timedelta(days=30)
+    else:
+        try:
+            day = date.fromisoformat(since)
+        except ValueError:
+            raise click.BadParameter("write a day as YYYY-MM-DD, e.g. 2026-11-01",
+                                     param_hint="'--since'") from None
+        start = at_local(day, dtime(0, 0), tz)
+    definitions = app.definitions()
+    with app.db().transaction() as conn:
+        data = build_report(conn, definitions, start, now)
+    if as_json:
+        _echo_json(data)
+        return
+    _print_report(data, start, tz)
+
+
+def _print_report(data: dict[str, Any], start: datetime, tz: ZoneInfo) -> None:
+    # (piped, rich would wrap at 80 columns: a report is read whole, so give it room)
+    console = Console(width=None if sys.stdout.isatty() else 132)
+    console.print(f"[bold]Since {start.astimezone(tz):%a %d %b %Y}[/bold]")
+    table = Table(title="Touch points by journey and step", box=None, pad_edge=False,
+                  title_justify="left")
+    numbers = ("planned", "sent", "delivered", "failed", "pending", "replies", "confirmed")
+    for column in ("journey/step", *numbers, "skipped or cancelled: why"):
+        table.add_column(column, justify="right" if column in numbers else "left",
+                         no_wrap=column == "journey/step")
+    for line in data["journeys"]:
+        why = Counter(line["skipped"]) + Counter(line["cancelled"])
+        table.add_row(f"{line['journey']}/{line['step']}", str(line["planned"]),
+                      str(line["sent"]), str(line["delivered"]), str(line["failed"]),
+                      str(line["pending"]), str(line["replies"]), str(line["confirmations"]),
+                      ", ".join(f"{n} {reason}" for reason, n in why.most_common()) or "-")
+    console.print(table if data["journeys"] else "No touch points in this period.")
+    win = data["win_back"]
+    if win["messaged"]:
+        console.print(f"\n[bold]Win-back[/bold]: {win['booked_within_14_days']} of "
+                      f"{win['messaged']} patients messaged booked within 14 days "
+                      f"({win['conversion']:.0%}).")
+    else:
+        console.print("\n[bold]Win-back[/bold]: nobody was sent a win-back message.")
+    score = data["satisfaction"]
+    if score["answers"]:
+        trend = sparkline([w["average"] for w in score["weekly"]])
+        console.print(f"[bold]Satisfaction[/bold]: average {score['average']}/10 from "
+                      f"{score['answers']} answers ({score['promoters']} promoters, "
+                      f"{score['detractors']} detractors); weekly  {trend}")
+    else:
+        console.print("[bold]Satisfaction[/bold]: no answers to the 0-10 question yet.")
+    cases = data["cases"]
+    opened = ", ".join(f"{n} {cause.replace('_', ' ')}" for cause, n in cases["opened"].items())
+    console.print(f"[bold]Recovery[/bold]: opened {opened or 'none'}; {cases['resolved']} "
+                  f"resolved; {len(cases['open'])} open.")
+    for case in cases["open"]:
+        overdue = " [red]overdue[/red]" if case["overdue"] else ""
+        console.print(f"  case {case['id']:<4} {case['cause'].replace('_', ' '):<18} "
+                      f"{case['patient']:<24} open {_age(timedelta(hours=case['age_hours']))}"
+                      f"{overdue}")
+    if data["referrals"]:
+        refs = Table(title="\nReferrals", box=None, pad_edge=False, title_justify="left")
+        for column in ("source", "referred", "seen", "discharged", "messages"):
+            refs.add_column(column, justify="left" if column == "source" else "right")
+        for row in data["referrals"]:
+            refs.add_row(row["referrer"], str(row["referred"]), str(row["seen"]),
+                         str(row["discharged"]), str(row["messages"]))
+        console.print(refs)
 
 
 # --------------------------------------------------------------------------- demo

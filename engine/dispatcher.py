@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from engine import clock, unsubscribe
+from engine.cases import Case, case_fields, get_case
 from engine.channels.base import Channel, OutboundMessage
 from engine.definitions import Definitions
 from engine.definitions.journeys import Journey, Step
@@ -46,28 +47,40 @@ from engine.errors import (
     TemplateRenderError,
     TransientChannelError,
 )
-from engine.guards import Defer, FrequencyCaps, Send, Verdict, address_for, decide
+from engine.guards import (
+    Decision,
+    Defer,
+    FrequencyCaps,
+    Send,
+    Verdict,
+    address_for,
+    decide,
+)
 from engine.message_context import message_context, practice_fields
 from engine.outcomes import Reason, Status
 from engine.privacy import mask_address, redact
-from engine.records import Appointment, Patient
+from engine.recipients import PATIENT, resolve
+from engine.records import Appointment, Contact, Patient, Recipient, Referrer
 from engine.retry import GiveUp, RetryPolicy
 from engine.settings import Settings
 from engine.store import ledger
 from engine.store.database import Database
 from engine.store.ledger import TouchPoint
+from engine.store.locks import serialise
 from engine.store.records import (
     RecentSend,
     add_opt_out,
     latest_events,
     load_appointments,
+    load_contacts,
     load_patients,
+    load_referrers,
     next_booked,
     opted_out,
     recent_sends,
     visit_numbers,
 )
-from engine.timing import zone
+from engine.timing import QuietHours, zone
 
 log = logging.getLogger("touchpoint.dispatch")
 
@@ -104,6 +117,9 @@ class Snapshot:
     opt_outs: Mapping[tuple[str, str], set[str]]
     latest_events: Mapping[int, Mapping[str, datetime]]
     sends: dict[int, list[RecentSend]]  # grows as the batch sends (frequency caps)
+    contacts: Mapping[int, list[Contact]] = field(default_factory=dict)
+    referrers: Mapping[int, Referrer] = field(default_factory=dict)
+    cases: Mapping[int, Case] = field(default_factory=dict)
 
     @classmethod
     def load(cls, conn: Connection, batch: Iterable[TouchPoint], definitions: Definitions,
@@ -120,22 +136,72 @@ class Snapshot:
                       if tp.appointment_id is None and tp.patient_id is not None}
         upcoming = next_booked(conn, unanchored, now) if unanchored else {}
         numbers = visit_numbers(conn, appointment_ids | {a.id for a in upcoming.values()})
+        contacts = load_contacts(conn, {tp.patient_id for tp in batch if tp.patient_id
+                                        and tp.recipient.startswith("contact:")})
+        referrers = load_referrers(conn, {int(tp.recipient.partition(":")[2]) for tp in batch
+                                          if tp.recipient.startswith("referrer:")})
         addresses = {a for p in patients.values() for a in (p.phone, p.email) if a}
+        addresses |= {a for cs in contacts.values() for c in cs for a in (c.phone, c.email) if a}
+        addresses |= {r.email for r in referrers.values() if r.email}
+        case_ids = {int(tp.anchor.split(":")[1]) for tp in batch
+                    if tp.anchor.startswith("case:") and tp.anchor.split(":")[1].isdigit()}
         return cls(patients, appointments, upcoming, numbers, opted_out(conn, addresses),
                    latest_events(conn, patient_ids, exit_kinds),
-                   recent_sends(conn, patient_ids, now - timedelta(days=8)))
+                   recent_sends(conn, patient_ids, now - timedelta(days=8)), contacts,
+                   referrers, _load_cases(conn, case_ids))
 
-    def sent(self, patient_id: int, purpose: str, channel: str, at: datetime) -> None:
-        self.sends.setdefault(patient_id, []).append(RecentSend(purpose, channel, at))
+    def sent(self, patient_id: int, purpose: str, channel: str, at: datetime,
+             recipient: str = PATIENT) -> None:
+        self.sends.setdefault(patient_id, []).append(RecentSend(purpose, channel, at,
+                                                                recipient))
+
+    def recipient(self, tp: TouchPoint, patient: Patient) -> Recipient | None:
+        """Who ``tp`` addresses, or None if they are no longer on file."""
+        referrer = self.referrers.get(int(tp.recipient.partition(":")[2])) \
+            if tp.recipient.startswith("referrer:") else None
+        return resolve(tp.recipient, patient, self.contacts.get(patient.id, ()), referrer)
+
+    def decide(self, tp: TouchPoint, journey: Journey | None, step: Step | None, now: datetime,
+               quiet: QuietHours, practice_timezone: str, caps: FrequencyCaps,
+               ) -> tuple[Decision, Recipient | None]:
+        """Every send-time guard for ``tp`` and who it addresses (None: no longer on file,
+        and the decision says so)."""
+        assert tp.patient_id is not None, "test sends are never dispatched"
+        patient = self.patients[tp.patient_id]
+        recipient = self.recipient(tp, patient)
+        if recipient is None:
+            return Verdict(Status.SKIPPED, Reason.NO_CONTACT,
+                           f"{tp.recipient.replace(':', ' ')} is no longer on file"), None
+        appointment = self.appointments.get(tp.appointment_id) if tp.appointment_id else None
+        case = self.case(tp)
+        return decide(tp, journey, step, patient, appointment,
+                      self.latest_events.get(tp.patient_id, {}), self.opt_outs, now, quiet,
+                      practice_timezone, self.sends.get(tp.patient_id, []), caps,
+                      recipient=recipient,
+                      case_open=case.is_open if case is not None else None), recipient
+
+    def case(self, tp: TouchPoint) -> Case | None:
+        _, _, ident = tp.anchor.partition(":")
+        return self.cases.get(int(ident)) if tp.anchor.startswith("case:") \
+            and ident.isdigit() else None
 
     def context(self, tp: TouchPoint, patient: Patient, appointment: Appointment | None,
-                practice: Fields, practice_timezone: str) -> dict[str, Any]:
+                practice: Fields, practice_timezone: str, recipient: Recipient | None = None,
+                settings: Settings | None = None) -> dict[str, Any]:
         """Template variables for ``tp``: its appointment, or the patient's next one."""
         shown = appointment or self.next_appointments.get(patient.id)
+        referrer = self.referrers.get(patient.referrer_id) if patient.referrer_id else None
+        case = self.case(tp)
+        to_referrer = recipient is not None and recipient.role == "referrer"
         return message_context(
             patient=patient, appointment=shown, practice=practice,
             practice_timezone=practice_timezone, touch_point_id=tp.id, journey=tp.journey,
-            step=tp.step, visit_number=self.visit_numbers.get(shown.id) if shown else None)
+            step=tp.step, visit_number=self.visit_numbers.get(shown.id) if shown else None,
+            recipient=recipient, referrer=referrer,
+            case=case_fields(case, settings) if case is not None and settings else None,
+            # a referring office sees only the custom fields the practice allowed
+            custom_fields=settings.referrals.allowed_fields if to_referrer and settings
+            else None)
 
 
 class Dispatcher:
@@ -228,10 +294,8 @@ class Dispatcher:
         appointment = snapshot.appointments.get(tp.appointment_id) if tp.appointment_id \
             else None
         now = clock.now()
-        decision = decide(tp, journey, step, patient, appointment,
-                          snapshot.latest_events.get(tp.patient_id, {}), snapshot.opt_outs,
-                          now, self.quiet_hours, self.practice_timezone,
-                          snapshot.sends.get(tp.patient_id, []), self.caps)
+        decision, recipient = snapshot.decide(tp, journey, step, now, self.quiet_hours,
+                                              self.practice_timezone, self.caps)
         if isinstance(decision, Verdict):
             self._settle(tp, decision)
         elif isinstance(decision, Defer):
@@ -243,13 +307,17 @@ class Dispatcher:
         else:
             assert journey is not None
             assert step is not None
-            self._send(tp, journey, step, patient, appointment, snapshot, decision)
+            assert recipient is not None
+            self._send(tp, journey, step, patient, recipient, appointment, snapshot, decision)
 
     def _send(self, tp: TouchPoint, journey: Journey, step: Step, patient: Patient,
-              appointment: Appointment | None, snapshot: Snapshot, decision: Send) -> None:
+              recipient: Recipient, appointment: Appointment | None, snapshot: Snapshot,
+              decision: Send) -> None:
         candidates, timezone = list(decision.channels), decision.timezone
         context = snapshot.context(tp, patient, appointment, self.practice,
-                                   self.practice_timezone)
+                                   self.practice_timezone, recipient, self.settings)
+        # several recipients of one message: one number or inbox gets it once
+        shared = tp.recipient != PATIENT or step.recipient in ("contacts", "patient_and_contacts")
         email_headers = self._unsubscribe(tp, context) if "email" in candidates else {}
         # Why an earlier channel was passed over stays with the touch point ("why email?").
         failures: list[tuple[str, str]] = [("refused", d) for d in decision.refused]
@@ -258,12 +326,13 @@ class Dispatcher:
             last = position == len(candidates) - 1
             try:
                 rendered = self.definitions.templates.render(
-                    step.template, kind, patient.language, context, zone(timezone))
+                    step.template, kind, recipient.language or patient.language, context,
+                    zone(timezone))
             except TemplateRenderError as exc:
                 failures.append((Reason.TEMPLATE_ERROR, f"{kind}: {exc.message}"))
                 log.error("template error for touch point %s: %s", tp.id, exc.message)
                 continue
-            address = address_for(patient, kind)
+            address = address_for(recipient, kind)
             assert address is not None
             message = OutboundMessage(
                 touch_point_id=tp.id, kind=kind, to=address, body=rendered.body,
@@ -273,10 +342,10 @@ class Dispatcher:
             attempts += 1
             outcome = self._attempt(tp, kind, message, attempt=tp.attempts + attempts,
                                     template_file=rendered.template_file, last=last,
-                                    failures=failures)
+                                    failures=failures, shared=shared)
             if outcome != "next":
                 if outcome == "sent":
-                    snapshot.sent(patient.id, tp.purpose, kind, clock.now())
+                    snapshot.sent(patient.id, tp.purpose, kind, clock.now(), tp.recipient)
                 return
         # Every candidate failed before reaching a provider (template errors).
         reason = next(r for r, _ in failures if r != "refused")
@@ -290,12 +359,24 @@ class Dispatcher:
 
     def _attempt(self, tp: TouchPoint, kind: str, message: OutboundMessage, *, attempt: int,
                  template_file: str, last: bool, failures: list[tuple[str, str]],
-                 retry: bool = True) -> str:
+                 retry: bool = True, shared: bool = False) -> str:
         """Send through one channel: "sent", "done" (settled otherwise), or "next" (try the
-        next channel)."""
+        next channel). ``shared``: another recipient of the same message may have the same
+        address; if it already went there, this one is skipped."""
         channel = self.channels[kind]
         passed_over = [d for r, d in failures if r == "refused"]
         with self._tx() as conn:
+            if shared:
+                sibling = self._shared_with(conn, tp, message.to)
+                if sibling is not None:
+                    ledger.transition(
+                        conn, tp.id, expect=Status.PLANNED, to=Status.SKIPPED, now=clock.now(),
+                        source="dispatcher", reason=Reason.SHARED_ADDRESS,
+                        detail=f"{kind}: {mask_address(message.to)} already got this message "
+                               f"(touch point {sibling}, {tp.journey}/{tp.step})",
+                        values={"claimed_by": None, "claim_expires_at": None})
+                    self.stats.skipped[Reason.SHARED_ADDRESS] += 1
+                    return "done"
             started = self._path.mark_sending(
                 conn, tp.id, worker=self.worker, now=clock.now(),
                 detail=f"{kind} via {channel.provider} to {mask_address(message.to)}"
@@ -336,6 +417,13 @@ class Dispatcher:
         self._record_sent(tp, result.provider, result.provider_message_id, result.detail)
         self.stats.sent += 1
         return "sent"
+
+    @staticmethod
+    def _shared_with(conn: Connection, tp: TouchPoint, address: str) -> int | None:
+        """Another recipient's touch point of the same message that went (or is going) to
+        ``address``. Serialised per patient, so two workers cannot both miss each other."""
+        serialise(conn, f"recipients:{tp.patient_id}")
+        return ledger.sibling_sent_to(conn, tp, address)
 
     def _record_sent(self, tp: TouchPoint, provider: str, message_id: str | None,
                      detail: str) -> None:
@@ -413,6 +501,15 @@ class Dispatcher:
         token = unsubscribe.make_token(self._secret, tp.id, tp.purpose)
         context["unsubscribe_url"] = unsubscribe.unsubscribe_url(self.settings, token)
         return unsubscribe.headers(self.settings, token)
+
+
+def _load_cases(conn: Connection, ids: set[int]) -> dict[int, Case]:
+    found = {}
+    for case_id in sorted(ids):
+        case = get_case(conn, case_id)
+        if case is not None:
+            found[case_id] = case
+    return found
 
 
 def caps_from(settings: Settings) -> FrequencyCaps:

@@ -29,18 +29,19 @@ from sqlalchemy import Connection, false, select
 from engine.definitions import Definitions
 from engine.dispatcher import Snapshot, caps_from
 from engine.errors import TemplateRenderError
-from engine.guards import Defer, Send, Verdict, address_for, decide
+from engine.guards import Defer, Send, Verdict, address_for
 from engine.message_context import practice_fields
 from engine.outcomes import Reason, Status
 from engine.planner import PendingStep, Planned, Retime, follow_edits, plan
 from engine.privacy import mask_address
-from engine.records import Event, Patient
+from engine.records import Event, Patient, Recipient
 from engine.runner import Runner
 from engine.settings import Settings
 from engine.store.database import Database
 from engine.store.ledger import TouchPoint, touch_point_from_row
 from engine.store.records import (
     get_state,
+    load_contacts,
     load_patients,
     pending_events,
     put_state,
@@ -182,13 +183,14 @@ class _Forecaster:
                 yield from rows  # decide() reports them as journey_removed
                 continue
             steps = [PendingStep(tp.id, tp.step, tp.anchor, tp.event_id, tp.step_fingerprint,
-                                 tp.due_at) for tp in rows]
+                                 tp.due_at, tp.recipient) for tp in rows]
             events, patients, condition_for = self.runner.planning_inputs(
                 self.conn, journey, steps)
             changes, additions = follow_edits(journey, steps, events, patients,
-                                              self.runner.rules, self.now, condition_for)
+                                              self.runner.rules, self.now, condition_for,
+                                              load_contacts(self.conn, patients))
             changed = {change.id: change for change in changes}
-            existing = {(tp.step, tp.anchor) for tp in rows}
+            existing = {(tp.step, tp.anchor, tp.recipient) for tp in rows}
             for tp in rows:
                 change = changed.get(tp.id)
                 if change is None:
@@ -200,7 +202,7 @@ class _Forecaster:
                     self._record(tp, self.now, "skip" if change.status == Status.SKIPPED
                                  else "cancel", reason=change.reason, detail=change.detail)
             for planned in additions:
-                if (planned.step, planned.anchor) not in existing:
+                if (planned.step, planned.anchor, planned.recipient) not in existing:
                     yield from self._new(planned, self.now)
 
     def _new(self, planned: Planned, at: datetime) -> Iterator[TouchPoint]:
@@ -216,12 +218,12 @@ class _Forecaster:
         patient = self._person(event.patient_id)
         if patient is None:
             return
-        result = plan(event, patient, self.definitions.journeys.values(), self.runner.rules)
+        result = plan(event, patient, self.definitions.journeys.values(), self.runner.rules,
+                      contacts=load_contacts(self.conn, [patient.id]).get(patient.id, ()))
         for exit_ in result.exits:
             for key, tp in list(live.items()):
                 if (tp.patient_id == exit_.patient_id and tp.journey == exit_.journey
-                        and tp.step in exit_.steps and tp.anchor != exit_.spare_anchor
-                        and tp.anchor.startswith(exit_.anchor_prefix or "")):
+                        and tp.step in exit_.steps and exit_.covers(tp.anchor)):
                     del live[key]
                     self._record(tp, max(self.now, event.occurred_at), "cancel",
                                  reason=exit_.reason, detail=exit_.detail)
@@ -237,11 +239,9 @@ class _Forecaster:
         patient = self.snapshot.patients[tp.patient_id]
         appointment = self.snapshot.appointments.get(tp.appointment_id) \
             if tp.appointment_id else None
-        decision = decide(tp, journey, step, patient, appointment,
-                          self.snapshot.latest_events.get(tp.patient_id, {}),
-                          self.snapshot.opt_outs, at, self.runner.rules.quiet_hours,
-                          self.practice_tz, self.snapshot.sends.get(tp.patient_id, []),
-                          self.caps)
+        decision, recipient = self.snapshot.decide(tp, journey, step, at,
+                                                   self.runner.rules.quiet_hours,
+                                                   self.practice_tz, self.caps)
         if isinstance(decision, Defer):
             return replace(tp, due_at=decision.until)
         if isinstance(decision, Verdict):
@@ -251,26 +251,28 @@ class _Forecaster:
                              else "cancel", reason=decision.reason, detail=decision.detail)
             return None
         assert step is not None
-        self._render(tp, at, step.template, decision, patient, appointment)
+        assert recipient is not None
+        self._render(tp, at, step.template, decision, patient, recipient, appointment)
         return None
 
     def _render(self, tp: TouchPoint, at: datetime, template: str, decision: Send,
-                patient: Patient, appointment: Any) -> None:
+                patient: Patient, recipient: Recipient, appointment: Any) -> None:
         context = self.snapshot.context(tp, patient, appointment, self.practice,
-                                        self.practice_tz)
+                                        self.practice_tz, recipient, self.runner.settings)
         context["unsubscribe_url"] = "(unsubscribe link)"
         problems = []
         for kind in decision.channels:
             try:
                 rendered = self.definitions.templates.render(
-                    template, kind, patient.language, context, zone(decision.timezone))
+                    template, kind, recipient.language or patient.language, context,
+                    zone(decision.timezone))
             except TemplateRenderError as exc:
                 problems.append(f"{kind}: {exc.message}")
                 continue
             self._record(tp, at, "send", channel=kind,
-                         recipient=mask_address(address_for(patient, kind)),
+                         recipient=mask_address(address_for(recipient, kind)),
                          subject=rendered.subject, content=rendered.body)
-            self.snapshot.sent(patient.id, tp.purpose, kind, at)
+            self.snapshot.sent(patient.id, tp.purpose, kind, at, tp.recipient)
             return
         self._record(tp, at, "skip", reason="template_error", detail="; ".join(problems))
 

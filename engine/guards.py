@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 from engine.definitions.journeys import Journey, Step
 from engine.outcomes import Reason, Status
-from engine.records import Appointment, Patient
+from engine.records import Appointment, Patient, Recipient
 from engine.store.ledger import TouchPoint
 from engine.store.records import RecentSend
 from engine.timing import QuietHours, zone
@@ -30,6 +30,13 @@ _EXPECTED_STATUS = {
     "appointment.completed": "completed",
     "appointment.no_show": "no_show",
     "appointment.cancelled": "cancelled",
+}
+# A referral-loop note about a first visit, and the visit states it may still go in (a
+# thank-you for a booking must not reach the referrer after the visit was cancelled).
+_MILESTONE_STATUS = {
+    "referral.first_visit_booked": ("booked", "completed"),
+    "referral.first_visit_attended": ("completed",),
+    "referral.first_visit_missed": ("no_show",),
 }
 # An anchor-scoped exit rule, and the appointment status that means it happened.
 _EXIT_STATUS = {
@@ -73,28 +80,44 @@ def anchor_version(anchor: str) -> int | None:
 
 def anchor_verdict(tp: TouchPoint, journey: Journey, step: Step,
                    appointment: Appointment | None,
-                   latest_events: Mapping[str, datetime]) -> Verdict | None:
+                   latest_events: Mapping[str, datetime],
+                   case_open: bool | None = None) -> Verdict | None:
     """Cancel if the anchor no longer holds or an exit event happened since planning.
 
-    ``latest_events`` maps an event kind to the latest time it happened to this patient.
+    ``latest_events`` maps an event kind to the latest time it happened to this patient;
+    ``case_open`` says whether the recovery case a touch point is anchored on is open.
     """
-    if tp.appointment_id is not None and journey.anchored_on_appointment:
+    trigger = journey.trigger_for(step).event
+    if tp.appointment_id is not None and trigger.startswith("appointment."):
         if appointment is None:
             return Verdict(Status.CANCELLED, Reason.ANCHOR_CHANGED, "the appointment is gone")
         label = appointment.external_id
-        if appointment.status == "cancelled" and journey.trigger.event != "appointment.cancelled":
+        if appointment.status == "cancelled" and trigger != "appointment.cancelled":
             return Verdict(Status.CANCELLED, Reason.APPOINTMENT_CANCELLED,
                            f"appointment {label} was cancelled")
         version = anchor_version(tp.anchor)
-        if journey.trigger.event == "appointment.booked" and version is not None \
+        if trigger == "appointment.booked" and version is not None \
                 and version != appointment.version:
             return Verdict(Status.CANCELLED, Reason.ANCHOR_CHANGED,
                            f"appointment {label} moved to {appointment.start_at.isoformat()}")
-        expected = _EXPECTED_STATUS.get(journey.trigger.event)
+        expected = _EXPECTED_STATUS.get(trigger)
         if expected is not None and appointment.status != expected:
             return Verdict(Status.CANCELLED, Reason.ANCHOR_CHANGED,
                            f"appointment {label} is now {appointment.status}")
+    allowed = _MILESTONE_STATUS.get(trigger)
+    if allowed is not None and tp.appointment_id is not None and (
+            appointment is None or appointment.status not in allowed):
+        label = appointment.external_id if appointment else "?"
+        status = appointment.status if appointment else "gone"
+        reason = Reason.APPOINTMENT_CANCELLED if status == "cancelled" \
+            else Reason.ANCHOR_CHANGED
+        return Verdict(Status.CANCELLED, reason, f"appointment {label} is now {status}")
     for rule in journey.exits_for(step):
+        if rule.event == "case.resolved":  # that case, not any case of the patient
+            if tp.anchor.startswith("case:") and case_open is False:
+                return Verdict(Status.CANCELLED, Reason.JOURNEY_EXITED,
+                               f"recovery {tp.anchor.replace(':', ' ')} was resolved")
+            continue
         if rule.scope == "anchor":
             happened = appointment is not None and \
                 appointment.status == _EXIT_STATUS.get(rule.event)
@@ -115,8 +138,8 @@ def deadline_verdict(tp: TouchPoint, now: datetime) -> Verdict | None:
     return None
 
 
-def recipient_zone(patient: Patient, practice_timezone: str) -> str:
-    return patient.timezone or practice_timezone
+def recipient_zone(person: Patient | Recipient, practice_timezone: str) -> str:
+    return person.timezone or practice_timezone
 
 
 def quiet_hours_verdict(tp: TouchPoint, now: datetime, quiet: QuietHours,
@@ -132,13 +155,13 @@ def quiet_hours_verdict(tp: TouchPoint, now: datetime, quiet: QuietHours,
     return Defer(until, f"quiet hours in {timezone} ({quiet.describe()}); deferred")
 
 
-def address_for(patient: Patient, channel: str) -> str | None:
-    return patient.phone if channel == "sms" else patient.email
+def address_for(person: Patient | Recipient, channel: str) -> str | None:
+    return person.phone if channel == "sms" else person.email
 
 
 @dataclass(frozen=True)
 class FrequencyCaps:
-    """Per patient; 0 means no cap. Transactional messages never count against marketing."""
+    """Per recipient; 0 means no cap. Transactional messages never count against marketing."""
 
     transactional_sms_per_day: int = 1
     transactional_sms_per_week: int = 3
@@ -168,12 +191,12 @@ def cap_refusal(channel: str, purpose: str, sends: Sequence[RecentSend], now: da
     return None
 
 
-def channel_refusal(channel: str, patient: Patient, purpose: str,
+def channel_refusal(channel: str, patient: Patient | Recipient, purpose: str,
                     opt_outs: Mapping[tuple[str, str], set[str]],
                     sends: Sequence[RecentSend] = (), now: datetime | None = None,
                     caps: FrequencyCaps | None = None,
                     timezone: str = "UTC") -> tuple[str, str] | None:
-    """(reason, detail) if ``channel`` may not be used for this patient and purpose."""
+    """(reason, detail) if ``channel`` may not be used for this recipient and purpose."""
     address = address_for(patient, channel)
     if not address:
         return Reason.NO_CONTACT, f"{channel}: no {'phone' if channel == 'sms' else 'email'}"
@@ -196,17 +219,25 @@ def decide(tp: TouchPoint, journey: Journey | None, step: Step | None, patient: 
            appointment: Appointment | None, latest_events: Mapping[str, datetime],
            opt_outs: Mapping[tuple[str, str], set[str]], now: datetime, quiet: QuietHours,
            practice_timezone: str, sends: Sequence[RecentSend] = (),
-           caps: FrequencyCaps | None = None) -> Decision:
-    """Every send-time guard, in order. The dispatcher acts on it; forecast reports it."""
+           caps: FrequencyCaps | None = None, *, recipient: Recipient | None = None,
+           case_open: bool | None = None) -> Decision:
+    """Every send-time guard, in order. The dispatcher acts on it; forecast reports it.
+
+    ``recipient`` is who the touch point addresses (default: the patient): their
+    timezone, contacts, consents and opt-outs are the ones checked, and ``sends`` are
+    counted for them alone.
+    """
     if journey is None or step is None:
         reason = Reason.JOURNEY_REMOVED if journey is None else Reason.STEP_REMOVED
         return Verdict(Status.CANCELLED, reason,
                        f"{tp.journey}/{tp.step} is no longer in schedules/")
     verdict = deadline_verdict(tp, now) or anchor_verdict(tp, journey, step, appointment,
-                                                          latest_events)
+                                                          latest_events, case_open)
     if verdict is not None:
         return verdict
-    timezone = recipient_zone(patient, practice_timezone)
+    person: Patient | Recipient = recipient or patient
+    # (a contact without a timezone already has the patient's; a referrer, the practice's)
+    timezone = recipient_zone(person, practice_timezone)
     quiet_verdict = quiet_hours_verdict(tp, now, quiet, timezone)
     if quiet_verdict is not None:
         return quiet_verdict
@@ -214,8 +245,9 @@ def decide(tp: TouchPoint, journey: Journey | None, step: Step | None, patient: 
     channels = step.channels
     if tp.channel in channels:  # a retry: channels before it already failed for good
         channels = channels[channels.index(tp.channel):]
+    own = [s for s in sends if s.recipient == tp.recipient]
     for channel in channels:
-        refusal = channel_refusal(channel, patient, tp.purpose, opt_outs, sends, now, caps,
+        refusal = channel_refusal(channel, person, tp.purpose, opt_outs, own, now, caps,
                                   timezone)
         if refusal is None:
             candidates.append(channel)

@@ -29,7 +29,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,16 @@ from sqlalchemy import Connection, insert, select, update
 from engine.errors import ImportFileError
 from engine.records import APPOINTMENT_STATUSES
 from engine.store.records import append_events, chunks
-from engine.store.schema import appointments, patients
+from engine.store.schema import appointments, contacts, patients, referrers
 from engine.timing import zone
 
 PATIENT_COLUMNS = ("patient_id", "first_name", "last_name", "phone", "email", "language",
                    "timezone", "sms_consent", "email_consent", "marketing_consent")
+# Optional patient columns Touchpoint understands (any other extra column is a custom field).
+PATIENT_OPTIONAL = ("date_of_birth", "referral_source", "discharged_on")
+CONTACT_COLUMNS = ("patient_id", "contact_id", "relationship", "first_name", "phone", "email",
+                   "language", "timezone", "sms_consent", "email_consent", "receives")
+REFERRER_COLUMNS = ("referrer_id", "name", "contact_name", "email")
 APPOINTMENT_COLUMNS = ("appointment_id", "patient_id", "start", "duration_minutes", "status",
                        "visit_type", "therapist", "location")
 # A completed visit or no-show seen for the first time starts journeys only if it is this
@@ -239,11 +244,27 @@ def parse_patient(row: Mapping[str, str], region: str) -> dict[str, Any]:
         "sms_consent": _consent(row, "sms_consent"),
         "email_consent": _consent(row, "email_consent"),
         "marketing_consent": _consent(row, "marketing_consent"),
-        "custom": {k: v for k, v in row.items() if k not in PATIENT_COLUMNS and k},
+        "custom": {k: v for k, v in row.items()
+                   if k not in PATIENT_COLUMNS and k not in PATIENT_OPTIONAL and k},
+        "date_of_birth": _date(row, "date_of_birth"),
+        "discharged_on": _date(row, "discharged_on"),
+        "referral_source": row.get("referral_source", "") or None,
     }
     if not values["first_name"]:
         raise _RowError("first_name is empty — messages greet patients by first name")
     return values
+
+
+def _date(row: Mapping[str, str], column: str) -> date | None:
+    raw = row.get(column, "").strip()
+    if not raw:
+        return None
+    for pattern in ("%Y-%m-%d", "%m/%d/%Y"):
+        try:
+            return datetime.strptime(raw, pattern).date()  # noqa: DTZ007 - a date, no time
+        except ValueError:
+            continue
+    raise _RowError(f"{column} is not a date — write it as 2014-05-31 (or 05/31/2014)")
 
 
 Rows = Iterable[tuple[int, Mapping[str, str]]]
@@ -281,31 +302,56 @@ def sync_patients(conn: Connection, rows: Rows, source: str, *, region: str, now
             continue
         parsed[values["external_id"]] = (line, values)
 
+    sources = {v["referral_source"] for _, v in parsed.values() if v["referral_source"]}
+    referrer_ids = {k: v["id"] for k, v in _existing(conn, referrers, sorted(sources)).items()}
     existing = _existing(conn, patients, list(parsed))
     new_rows: list[dict[str, Any]] = []
-    for external_id, (line, values) in parsed.items():
-        digest = _hash(values)
+    discharged: list[tuple[str, date, str]] = []
+    for external_id, (line, values) in list(parsed.items()):
+        source_id = values.pop("referral_source")
+        if source_id is not None and source_id not in referrer_ids:
+            summary.problems.append(RowProblem(
+                line, "referral_source is not a known referrer — import referrers first"))
+            continue
+        digest = _hash({**values, "referral_source": source_id})
+        values["referrer_id"] = referrer_ids.get(source_id) if source_id else None
         where = f"{source}:{line}"
-        if external_id not in existing:
+        current = existing.get(external_id)
+        if values["discharged_on"] is not None and (
+                current is None or current["discharged_on"] != values["discharged_on"]) and \
+                values["discharged_on"] >= (now - RECENT).date():
+            discharged.append((external_id, values["discharged_on"], where))
+        if current is None:
             new_rows.append({**values, "row_hash": digest, "source": where, "created_at": now,
                              "updated_at": now})
-        elif existing[external_id]["row_hash"] == digest:
+        elif current["row_hash"] == digest:
             summary.unchanged += 1
         else:
-            conn.execute(update(patients).where(patients.c.id == existing[external_id]["id"])
+            conn.execute(update(patients).where(patients.c.id == current["id"])
                          .values(**values, row_hash=digest, source=where, updated_at=now))
             summary.updated += 1
     for part in chunks(new_rows):
         conn.execute(insert(patients), list(part))
     summary.created = len(new_rows)
+    events: list[dict[str, Any]] = []
+    ids = _existing(conn, patients, [r["external_id"] for r in new_rows]
+                    + [d[0] for d in discharged]) if new_rows or discharged else {}
     if new_rows and not baseline:
-        ids = _existing(conn, patients, [r["external_id"] for r in new_rows])
-        events = [{"kind": "patient.created", "patient_id": ids[r["external_id"]]["id"],
-                   "appointment_id": None, "occurred_at": now, "data": {},
-                   "source": r["source"], "dedupe_key": None, "processed_at": None}
-                  for r in new_rows]
+        events += [{"kind": "patient.created", "patient_id": ids[r["external_id"]]["id"],
+                    "appointment_id": None, "occurred_at": now, "data": {},
+                    "source": r["source"], "dedupe_key": None, "processed_at": None}
+                   for r in new_rows]
+    # (a discharge date ahead counts from that day; a baseline import is history)
+    events += [{"kind": "patient.discharged", "patient_id": ids[pid]["id"],
+                "appointment_id": None,
+                "occurred_at": max(now, datetime.combine(on, datetime.min.time(), UTC)),
+                "data": {"discharged_on": on.isoformat()}, "source": where,
+                "dedupe_key": f"patient.discharged:{ids[pid]['id']}:{on.isoformat()}",
+                "processed_at": None} for pid, on, where in discharged if not baseline]
+    if events:
         append_events(conn, events)
-        summary.events["patient.created"] += len(events)
+        summary.events.update(e["kind"] for e in events)
+    summary.problems.sort(key=lambda p: p.line)
     return summary
 
 
@@ -491,3 +537,125 @@ def _event(kind: str, appointment_id: int, row: Mapping[str, Any], now: datetime
     return {"kind": kind, "patient_id": row["patient_id"], "appointment_id": appointment_id,
             "occurred_at": now, "data": data, "source": source, "dedupe_key": None,
             "processed_at": None}
+
+
+# --------------------------------------------------------------------------- referrers
+
+
+def import_referrers(conn: Connection, path: Path, *, region: str, now: datetime,
+                     progress: Progress | None = None) -> ImportSummary:
+    """Sync referral sources (physicians, clinics) from ``path``."""
+    summary = ImportSummary(path.name, "referrers")
+    parsed: dict[str, tuple[int, dict[str, Any]]] = {}
+    for line, row in _rows(path, REFERRER_COLUMNS):
+        summary.rows += 1
+        if progress:
+            progress(1)
+        try:
+            if "__error__" in row:
+                raise _RowError(row["__error__"])
+            external_id = row.get("referrer_id", "")
+            if not external_id:
+                raise _RowError("referrer_id is empty")
+            if not row.get("name"):
+                raise _RowError("name is empty — write the practice or physician's name")
+            values = {"external_id": external_id, "name": row["name"],
+                      "contact_name": row.get("contact_name", ""),
+                      "email": normalise_email(row.get("email", "")),
+                      "fax": normalise_phone(row.get("fax", ""), region)}
+        except _RowError as exc:
+            summary.problems.append(RowProblem(line, str(exc).replace("phone ", "fax ")))
+            continue
+        if external_id in parsed:
+            summary.problems.append(RowProblem(
+                line, f"referrer_id appears again (first on line {parsed[external_id][0]})"))
+            continue
+        parsed[external_id] = (line, values)
+    _upsert(conn, referrers, parsed, path.name, now, summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- contacts
+
+
+def import_contacts(conn: Connection, path: Path, *, region: str, now: datetime,
+                    progress: Progress | None = None) -> ImportSummary:
+    """Sync patients' contacts (parents, guardians, spouses, caregivers) from ``path``."""
+    summary = ImportSummary(path.name, "contacts")
+    parsed: dict[str, tuple[int, dict[str, Any]]] = {}
+    for line, row in _rows(path, CONTACT_COLUMNS):
+        summary.rows += 1
+        if progress:
+            progress(1)
+        try:
+            if "__error__" in row:
+                raise _RowError(row["__error__"])
+            external_id = row.get("contact_id", "")
+            if not external_id:
+                raise _RowError("contact_id is empty")
+            if not row.get("patient_id"):
+                raise _RowError("patient_id is empty")
+            relationship = row.get("relationship", "").strip().lower()
+            if not relationship:
+                raise _RowError("relationship is empty — write parent, guardian, spouse or "
+                                "caregiver")
+            receives = ",".join(w.strip().lower() for w in
+                                (row.get("receives") or "transactional").split(",") if w.strip())
+            if not re.fullmatch(r"[a-z0-9,-]+", receives):
+                raise _RowError("receives must list transactional, marketing, all, none or "
+                                "journey names, separated by commas")
+            values = {"external_id": external_id, "patient_external_id": row["patient_id"],
+                      "relationship": relationship, "first_name": row.get("first_name", ""),
+                      "phone": normalise_phone(row.get("phone", ""), region),
+                      "email": normalise_email(row.get("email", "")),
+                      "language": _language(row.get("language", "")),
+                      "timezone": _timezone(row.get("timezone", "")),
+                      "sms_consent": _consent(row, "sms_consent"),
+                      "email_consent": _consent(row, "email_consent"),
+                      # optional: express written consent to marketing, as for patients
+                      "marketing_consent": _consent(row, "marketing_consent"),
+                      "receives": receives}
+        except _RowError as exc:
+            summary.problems.append(RowProblem(line, str(exc)))
+            continue
+        if external_id in parsed:
+            summary.problems.append(RowProblem(
+                line, f"contact_id appears again (first on line {parsed[external_id][0]})"))
+            continue
+        parsed[external_id] = (line, values)
+    owners = {k: v["id"] for k, v in _existing(
+        conn, patients, sorted({v["patient_external_id"] for _, v in parsed.values()})).items()}
+    for external_id, (line, values) in list(parsed.items()):
+        owner = owners.get(str(values.pop("patient_external_id")))
+        if owner is None:
+            summary.problems.append(RowProblem(
+                line, "patient_id is not a known patient — import patients first"))
+            del parsed[external_id]
+            continue
+        values["patient_id"] = owner
+    _upsert(conn, contacts, parsed, path.name, now, summary)
+    return summary
+
+
+def _upsert(conn: Connection, table: Any, parsed: Mapping[str, tuple[int, dict[str, Any]]],
+            source: str, now: datetime, summary: ImportSummary) -> None:
+    """Insert new rows, update changed ones, leave identical ones alone (no events)."""
+    existing = _existing(conn, table, list(parsed))
+    new_rows = []
+    for external_id, (line, values) in parsed.items():
+        digest = _hash(values)
+        where = f"{source}:{line}"
+        current = existing.get(external_id)
+        if current is None:
+            new_rows.append({**values, "row_hash": digest, "source": where, "created_at": now,
+                             "updated_at": now})
+        elif current["row_hash"] == digest:
+            summary.unchanged += 1
+        else:
+            conn.execute(update(table).where(table.c.id == current["id"])
+                         .values(**values, row_hash=digest, source=where, updated_at=now))
+            summary.updated += 1
+    for part in chunks(new_rows):
+        conn.execute(insert(table), list(part))
+    summary.created = len(new_rows)
+    summary.problems.sort(key=lambda p: p.line)

@@ -6,10 +6,11 @@ emails or consents — so a template cannot leak what it was never given.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from engine.definitions.templates import Fields, format_phone
-from engine.records import Appointment, Patient
+from engine.records import Appointment, Patient, Recipient, Referrer
 from engine.settings import Settings
 
 
@@ -26,7 +27,12 @@ def practice_fields(settings: Settings) -> Fields:
     }, "practice")
 
 
-def patient_fields(patient: Patient, practice_timezone: str) -> Fields:
+def patient_fields(patient: Patient, practice_timezone: str,
+                   custom: Collection[str] | None = None) -> Fields:
+    """``custom`` limits the custom fields shown (a referrer sees only those the practice
+    allowed); None shows them all."""
+    shown = patient.custom if custom is None else \
+        {k: v for k, v in patient.custom.items() if k in custom}
     return Fields({
         "id": patient.external_id,
         "first_name": patient.first_name,
@@ -34,17 +40,31 @@ def patient_fields(patient: Patient, practice_timezone: str) -> Fields:
         "full_name": patient.full_name,
         "language": patient.language or "",
         "timezone": patient.timezone or practice_timezone,
-        "custom": Fields(patient.custom, "patient.custom"),
+        "custom": Fields(shown, "patient.custom"),
+        "discharged_on": patient.discharged_on,
     }, "patient")
 
 
-def appointment_fields(appointment: Appointment, visit_number: int | None = None) -> Fields:
+def recipient_fields(recipient: Recipient, practice_timezone: str) -> Fields:
+    return Fields({"role": recipient.role, "first_name": recipient.first_name,
+                   "last_name": recipient.last_name, "name": recipient.name,
+                   "is_patient": recipient.key == "patient",
+                   "language": recipient.language or "",
+                   "timezone": recipient.timezone or practice_timezone}, "recipient")
+
+
+def referrer_fields(referrer: Referrer) -> Fields:
+    return Fields({"name": referrer.name, "contact_name": referrer.contact_name}, "referrer")
+
+
+def appointment_fields(appointment: Appointment, visit_number: int | None = None,
+                       visit_type: bool = True) -> Fields:
     return Fields({
         "id": appointment.external_id,
         "start": appointment.start_at,
         "end": appointment.end_at,
         "duration_minutes": appointment.duration_minutes,
-        "visit_type": appointment.visit_type,
+        "visit_type": appointment.visit_type if visit_type else "",
         "therapist": appointment.therapist,
         "location": appointment.location,
         "status": appointment.status,
@@ -63,15 +83,24 @@ def message_context(
     journey: str = "",
     step: str = "",
     visit_number: int | None = None,
+    recipient: Recipient | None = None,
+    referrer: Referrer | None = None,
+    case: Fields | None = None,
+    custom_fields: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    patient_view = patient_fields(patient, practice_timezone)
+    patient_view = patient_fields(patient, practice_timezone, custom_fields)
     return {
         "patient": patient_view,
-        "recipient": Fields({"role": "patient", "first_name": patient.first_name,
-                             "last_name": patient.last_name,
-                             "language": patient.language or "",
-                             "timezone": patient.timezone or practice_timezone}, "recipient"),
-        "appointment": appointment_fields(appointment, visit_number) if appointment else None,
+        "recipient": recipient_fields(recipient or Recipient.of_patient(patient),
+                                      practice_timezone),
+        "referrer": referrer_fields(referrer) if referrer else None,
+        "case": case,
+        "appointment": appointment_fields(
+            appointment, visit_number,
+            # minimum necessary: whoever sees only some custom fields sees no visit type
+            # unless it is one of them
+            visit_type=custom_fields is None or "visit_type" in custom_fields)
+        if appointment else None,
         "practice": practice,
         "touch_point": Fields({"id": touch_point_id, "journey": journey, "step": step},
                               "touch_point"),

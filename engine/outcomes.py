@@ -51,11 +51,13 @@ class Reason(StrEnum):
     INTERRUPTED = "interrupted"
     AMBIGUOUS = "ambiguous"
     FREQUENCY_CAP = "frequency_cap"
+    ONCE_PER = "once_per"
+    SHARED_ADDRESS = "shared_address"
 
 
 EXPLANATIONS: dict[str, str] = {
     Reason.OPTED_OUT: "the recipient opted out of this channel",
-    Reason.NO_CONSENT: "the patient has not consented to this channel or purpose",
+    Reason.NO_CONSENT: "the recipient has not consented to this channel or purpose",
     Reason.NO_CONTACT: "there is no phone number or email address to send to",
     Reason.TOO_LATE: "the moment to send it had passed (or quiet hours would have pushed it "
                      "past its deadline)",
@@ -73,4 +75,7 @@ EXPLANATIONS: dict[str, str] = {
                       "staff will settle it",
     Reason.FREQUENCY_CAP: "the patient already had as many messages as the frequency caps allow "
                           "(FCC healthcare exemption: 1 text a day, 3 a week)",
+    Reason.ONCE_PER: "the journey already ran for this patient within its once_per period",
+    Reason.SHARED_ADDRESS: "another recipient of the same message has the same phone number "
+                           "or email, and it went there once",
 }

@@ -2,9 +2,10 @@
 
 ``plan(event, patient, journeys, rules)`` returns a :class:`Plan`:
 
-* ``planned`` — one :class:`Planned` per step of every journey the event triggers, each
-  with its unique key (patient × recipient × journey × step × anchor), its due time in
-  UTC and its deadline. A step whose moment has already passed is planned as
+* ``planned`` — one :class:`Planned` per step of every journey the event triggers and per
+  recipient of that step (see :mod:`engine.recipients`), each with its unique key
+  (patient × recipient × journey × step × anchor), its due time in UTC — in the
+  recipient's timezone — and its deadline. A step whose moment has already passed is planned as
   ``skipped/too_late`` (unless it sets ``catch_up: true``), so the ledger still says why.
 * ``exits`` — which pending touch points the event ends (an appointment cancelled, a
   visit booked, an appointment moved).
@@ -15,15 +16,16 @@ thing, which is what makes re-processing after a crash safe.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from engine.definitions.journeys import Journey, Step, When
+from engine.definitions.journeys import Journey, Step, Trigger, When
 from engine.outcomes import Reason, Status
-from engine.records import Event, Patient
-from engine.timing import QuietHours, at_local, parse_duration, zone
+from engine.recipients import Addressee, addressees
+from engine.records import Contact, Event, Patient
+from engine.timing import QuietHours, at_local, format_duration, parse_duration, zone
 
 Condition = Callable[[Journey, Step], bool]
 
@@ -51,6 +53,7 @@ class Planned:
     status: str = Status.PLANNED
     reason: str | None = None
     detail: str | None = None
+    timezone: str | None = None  # the recipient's (None: the practice's); not stored
 
     @property
     def key(self) -> tuple[int, str, str, str, str]:
@@ -61,8 +64,9 @@ class Planned:
 class Exit:
     """Cancel the patient's pending touch points of ``journey``/``steps``.
 
-    ``anchor_prefix`` limits it to one appointment (any of its versions); ``None`` means
-    any anchor. ``spare_anchor`` is never cancelled (the new version after a move).
+    ``anchor_prefix`` limits it to one appointment (any of its versions: a prefix ends
+    with ``:``) or to one anchor (``case:12``); ``None`` means any anchor.
+    ``spare_anchor`` is never cancelled (the new version after a move).
     """
 
     patient_id: int
@@ -72,6 +76,15 @@ class Exit:
     reason: str
     detail: str
     spare_anchor: str | None = None
+
+    def covers(self, anchor: str) -> bool:
+        if anchor == self.spare_anchor:
+            return False
+        if self.anchor_prefix is None:
+            return True
+        if self.anchor_prefix.endswith(":"):
+            return anchor.startswith(self.anchor_prefix)
+        return anchor == self.anchor_prefix
 
 
 @dataclass(frozen=True)
@@ -92,23 +105,29 @@ def appointment_anchor(appointment_id: int, version: int) -> str:
     return f"appointment:{appointment_id}:v{version}"
 
 
-def anchor_for(journey: Journey, event: Event) -> Anchor | None:
-    """Where a journey triggered by ``event`` is anchored, or None if it cannot be."""
+def anchor_for(trigger: Trigger, event: Event) -> Anchor | None:
+    """Where steps started by ``trigger`` on ``event`` are anchored, or None if they cannot be.
+
+    Appointment events anchor on the appointment's version, a lapse on the last visit,
+    other events on the anchor they carry (``data.anchor``: a case, a discharge date, a
+    referral) or else on the patient.
+    """
     data = event.data
-    if journey.anchored_on_appointment:
+    if trigger.event.startswith("appointment."):
         if event.appointment_id is None or "start" not in data:
             return None
         start = datetime.fromisoformat(data["start"]).astimezone(UTC)
         end = start + timedelta(minutes=int(data.get("duration_minutes", 0)))
         return Anchor(appointment_anchor(event.appointment_id, int(data.get("version", 1))),
                       event.appointment_id, start, end)
-    if journey.trigger.event == "patient.lapsed":
+    if trigger.event == "patient.lapsed":
         # Win-back steps count from the last visit: {days_after: 30, at: "11:00"}.
         last_visit = datetime.fromisoformat(data["last_visit_at"]).astimezone(UTC) \
             if "last_visit_at" in data else event.occurred_at
         return Anchor(f"lapse:{data.get('last_visit_id', event.id)}", None, last_visit,
                       last_visit)
-    return Anchor(f"patient:{event.patient_id}", None, event.occurred_at, event.occurred_at)
+    return Anchor(str(data.get("anchor") or f"patient:{event.patient_id}"),
+                  event.appointment_id, event.occurred_at, event.occurred_at)
 
 
 def due_time(when: When, anchor: Anchor, event_time: datetime, tz: ZoneInfo) -> datetime:
@@ -127,8 +146,7 @@ def due_time(when: When, anchor: Anchor, event_time: datetime, tz: ZoneInfo) -> 
     return at_local(day, when.at, tz)
 
 
-def triggered_by(journey: Journey, event: Event) -> bool:
-    trigger = journey.trigger
+def triggered_by(trigger: Trigger, event: Event) -> bool:
     if event.kind == "appointment.rescheduled":
         return trigger.event == "appointment.booked"
     if trigger.event != event.kind:
@@ -142,45 +160,75 @@ def triggered_by(journey: Journey, event: Event) -> bool:
 
 
 def plan(event: Event, patient: Patient, journeys: Iterable[Journey], rules: PlanningRules,
-         condition: Condition | None = None) -> Plan:
+         condition: Condition | None = None, contacts: Sequence[Contact] = (),
+         last_started: Mapping[str, datetime] | None = None) -> Plan:
+    """``last_started`` maps a journey with ``once_per`` to when it last went to this
+    patient (its latest touch point that was not skipped or cancelled)."""
     journeys = list(journeys)
-    tz = zone(patient.timezone or rules.practice_timezone)
+    today = event.occurred_at.astimezone(zone(rules.practice_timezone)).date()
     planned: list[Planned] = []
     exits = list(_exits(event, journeys))
+    moved = event.kind == "appointment.rescheduled"
     for journey in journeys:
-        if not triggered_by(journey, event):
+        steps = [s for s in journey.steps if triggered_by(journey.trigger_for(s), event)
+                 # a move re-plans what is timed from the visit, not what the booking sent
+                 and not (moved and s.when.kind == "immediately")]
+        if not steps:
             continue
-        anchor = anchor_for(journey, event)
-        if anchor is None:
-            continue
-        if event.kind == "appointment.rescheduled":
+        anchors = {s.id: anchor_for(journey.trigger_for(s), event) for s in steps}
+        if moved:
+            spare = next((a.key for a in anchors.values() if a is not None), None)
             exits.append(Exit(
-                event.patient_id, journey.name, tuple(s.id for s in journey.steps),
+                event.patient_id, journey.name, tuple(s.id for s in steps),
                 f"appointment:{event.appointment_id}:", Reason.ANCHOR_CHANGED,
                 f"appointment {event.data.get('appointment', '')} moved from "
                 f"{event.data.get('previous_start', '?')} to {event.data.get('start', '?')}",
-                spare_anchor=anchor.key))
-        for step in journey.steps:
-            if condition is not None and not condition(journey, step):
+                spare_anchor=spare))
+        repeat = _repeat_detail(journey, event, last_started)
+        for step in steps:
+            anchor = anchors[step.id]
+            if anchor is None or (condition is not None and not condition(journey, step)):
                 continue
-            planned.append(_plan_step(event, patient, journey, step, anchor, rules, tz))
+            for addressee in addressees(step.recipient, journey.name, journey.purpose, patient,
+                                        contacts, today):
+                item = _plan_step(event, patient, journey, step, anchor, rules, addressee)
+                if addressee.refused and item.status == Status.PLANNED:
+                    item = replace(item, status=Status.SKIPPED, reason=Reason.NO_CONSENT,
+                                   detail=addressee.refused)
+                elif repeat and item.status == Status.PLANNED:
+                    item = replace(item, status=Status.SKIPPED, reason=Reason.ONCE_PER,
+                                   detail=repeat)
+                planned.append(item)
     return Plan(tuple(planned), tuple(exits))
 
 
+def _repeat_detail(journey: Journey, event: Event,
+                   last_started: Mapping[str, datetime] | None) -> str | None:
+    """Why ``journey`` may not start again for this patient yet (``once_per``), or None."""
+    if journey.once_per is None or not last_started or journey.name not in last_started:
+        return None
+    last = last_started[journey.name]
+    if event.occurred_at >= last + journey.once_per:
+        return None
+    return (f"{journey.name} already went to this patient on {last.date().isoformat()}; it "
+            f"starts at most once per {format_duration(journey.once_per)}")
+
+
 def replan(event: Event, patient: Patient, journey: Journey, rules: PlanningRules,
-           now: datetime, condition: Condition | None = None) -> tuple[Planned, ...]:
+           now: datetime, condition: Condition | None = None,
+           contacts: Sequence[Contact] = ()) -> tuple[Planned, ...]:
     """What ``journey``, as it is defined *now*, plans for an event handled before.
 
     Used when a schedule is edited. A step whose new moment has already passed is
     skipped as ``too_late`` (or sent now if it sets ``catch_up: true``), exactly as if the
     event had happened now; the steps are otherwise planned as :func:`plan` would.
     """
-    tz = zone(patient.timezone or rules.practice_timezone)
     planned = []
-    for item in plan(event, patient, [journey], rules, condition).planned:
+    for item in plan(event, patient, [journey], rules, condition, contacts).planned:
         step = journey.step(item.step)
         if item.status == Status.PLANNED and item.due_at < now and step is not None:
             if step.catch_up:
+                tz = zone(item.timezone or rules.practice_timezone)
                 due = rules.quiet_hours.next_allowed(now, tz)
                 if item.expires_at is None or due < item.expires_at:
                     planned.append(replace(item, due_at=due))
@@ -202,6 +250,7 @@ class PendingStep:
     event_id: int | None
     step_fingerprint: str
     due_at: datetime
+    recipient: str = "patient"
 
 
 @dataclass(frozen=True)
@@ -221,6 +270,7 @@ class Retire:
 def follow_edits(journey: Journey, pending: Iterable[PendingStep], events: Mapping[int, Event],
                  patients: Mapping[int, Patient], rules: PlanningRules, now: datetime,
                  condition_for: Callable[[Event, Patient], Condition | None] | None = None,
+                 contacts: Mapping[int, Sequence[Contact]] | None = None,
                  ) -> tuple[list[Retime | Retire], list[Planned]]:
     """How a journey's pending touch points change after its definition was edited.
 
@@ -228,7 +278,7 @@ def follow_edits(journey: Journey, pending: Iterable[PendingStep], events: Mappi
     applies or its new moment has passed) and the touch points to add (steps new to the
     journey; already-planned ones are among them and are ignored by the unique key).
     """
-    fresh: dict[tuple[str, str], Planned] = {}
+    fresh: dict[tuple[str, str, str], Planned] = {}
     additions: list[Planned] = []
     for event_id in sorted({p.event_id for p in pending if p.event_id is not None}):
         event = events.get(event_id)
@@ -236,8 +286,9 @@ def follow_edits(journey: Journey, pending: Iterable[PendingStep], events: Mappi
         if event is None or patient is None:
             continue
         condition = condition_for(event, patient) if condition_for else None
-        for item in replan(event, patient, journey, rules, now, condition):
-            fresh[(item.step, item.anchor)] = item
+        for item in replan(event, patient, journey, rules, now, condition,
+                           (contacts or {}).get(patient.id, ())):
+            fresh[(item.step, item.anchor, item.recipient)] = item
             additions.append(item)
     changes: list[Retime | Retire] = []
     for row in pending:
@@ -246,7 +297,7 @@ def follow_edits(journey: Journey, pending: Iterable[PendingStep], events: Mappi
             continue
         if row.event_id is None or row.event_id not in events:
             continue  # nothing to re-plan it from: it keeps its time
-        new = fresh.get((row.step, row.anchor))
+        new = fresh.get((row.step, row.anchor, row.recipient))
         if new is None:
             changes.append(Retire(row.id, Status.CANCELLED, Reason.STEP_REMOVED,
                                   "after the schedule changed the step no longer applies"))
@@ -259,7 +310,8 @@ def follow_edits(journey: Journey, pending: Iterable[PendingStep], events: Mappi
 
 
 def _plan_step(event: Event, patient: Patient, journey: Journey, step: Step, anchor: Anchor,
-               rules: PlanningRules, tz: ZoneInfo) -> Planned:
+               rules: PlanningRules, addressee: Addressee) -> Planned:
+    tz = zone(addressee.timezone or rules.practice_timezone)
     due = due_time(step.when, anchor, event.occurred_at, tz)
     expires = deadline(step, anchor, due, rules.default_expiry)  # lateness from its moment
     status, reason, detail = Status.PLANNED, None, None
@@ -284,7 +336,7 @@ def _plan_step(event: Event, patient: Patient, journey: Journey, step: Step, anc
     return Planned(
         patient_id=patient.id,
         appointment_id=anchor.appointment_id,
-        recipient=step.recipient,
+        recipient=addressee.key,
         journey=journey.name,
         step=step.id,
         anchor=anchor.key,
@@ -296,6 +348,7 @@ def _plan_step(event: Event, patient: Patient, journey: Journey, step: Step, anc
         status=status,
         reason=reason,
         detail=detail,
+        timezone=addressee.timezone,
     )
 
 
@@ -324,6 +377,8 @@ def _exits(event: Event, journeys: Iterable[Journey]) -> Iterable[Exit]:
         for (kind, scope), steps in by_rule.items():
             prefix = f"appointment:{event.appointment_id}:" \
                 if scope == "anchor" and event.appointment_id is not None else None
+            if kind == "case.resolved":  # ends the run for that case only
+                prefix = str(event.data.get("anchor", f"case:{event.data.get('case')}"))
             reason = Reason.APPOINTMENT_CANCELLED if kind == "appointment.cancelled" \
                 else Reason.JOURNEY_EXITED
             yield Exit(event.patient_id, journey.name, tuple(steps), prefix, reason,

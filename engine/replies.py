@@ -12,8 +12,12 @@ HELP, INFO                practice name, phone, message frequency, "Msg&data rat
                           apply" and how to stop
 C, CONFIRM, YES           the appointment of the latest reminder is marked confirmed
 R, RESCHEDULE             a reschedule request: staff are alerted, the patient told
+a score (8, 8/10, eight,  within a week of the satisfaction question (``asks: score``):
+ocho, 8 de 10)            kept on the patient and the appointment; 0-6 opens a
+                          recovery case, 9-10 starts the review request
 anything else             recorded and shown to staff (``touchpoint inbox``); staff are
-                          alerted by email
+                          alerted by email; if it reads as a complaint, a recovery
+                          case opens
 ========================  ==========================================================
 
 Matching ignores case, surrounding spaces and trailing punctuation. Replies and alerts
@@ -26,21 +30,21 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from engine import clock
-from engine.channels.base import Channel, OutboundMessage
+from engine import cases, clock, notify
+from engine.channels.base import Channel
 from engine.definitions import Definitions
 from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.definitions.templates import Fields
 from engine.dispatcher import Dispatcher
-from engine.errors import TemplateRenderError
+from engine.feedback import parse_score, reads_as_complaint
 from engine.message_context import appointment_fields, patient_fields, practice_fields
 from engine.outcomes import Status
 from engine.privacy import mask_address
@@ -50,12 +54,20 @@ from engine.store import ledger
 from engine.store.database import Database
 from engine.store.records import (
     add_opt_out,
+    append_events,
     appointment_from_row,
     opted_out,
     patient_from_row,
     remove_opt_outs,
 )
-from engine.store.schema import appointments, history, inbound_messages, patients, touch_points
+from engine.store.schema import (
+    appointments,
+    contacts,
+    history,
+    inbound_messages,
+    patients,
+    touch_points,
+)
 from engine.timing import zone
 
 log = logging.getLogger("touchpoint.replies")
@@ -68,6 +80,8 @@ CONFIRM_WORDS = frozenset({"c", "confirm", "confirmed", "yes", "y"})
 RESCHEDULE_WORDS = frozenset({"r", "reschedule"})
 REPLY_TEMPLATES = ("stop", "start", "help", "confirmed", "reschedule")
 STAFF_TEMPLATES = ("reschedule-request", "reply")
+SCORE_WINDOW = timedelta(days=7)  # how long after the question a number is its answer
+LOW_SCORE, HIGH_SCORE = 6, 9  # 0-6 opens a recovery case; 9-10 asks for a review
 
 
 def normalise(body: str) -> str:
@@ -113,10 +127,19 @@ class Handled:
 
 
 def record_inbound(conn: Connection, settings: Settings, *, provider: str, message_id: str,
-                   from_number: str, to_number: str, body: str, now: datetime) -> Handled:
-    """Record an inbound SMS and apply what it means (in the caller's transaction)."""
+                   from_number: str, to_number: str, body: str, now: datetime,
+                   asks_score: Collection[tuple[str, str]] = ()) -> Handled:
+    """Record an inbound SMS and apply what it means (in the caller's transaction).
+
+    ``asks_score`` lists the (journey, step) pairs whose text asks the 0-10 question: a
+    reply to one of those within a week is read as the answer when it is a score.
+    """
     matches = [patient_from_row(row) for row in conn.execute(
         select(patients).where(patients.c.phone == from_number).order_by(patients.c.id))]
+    if not matches:  # a parent or caregiver replying about the patient
+        matches = [patient_from_row(row) for row in conn.execute(
+            select(patients).join(contacts, contacts.c.patient_id == patients.c.id)
+            .where(contacts.c.phone == from_number).order_by(patients.c.id))]
     blocked = opted_out(conn, [from_number]).get(("sms", from_number), set())
     intent = classify(body, bool(blocked))
     reminder, appointment = _latest_reminder(conn, from_number, now)
@@ -124,15 +147,23 @@ def record_inbound(conn: Connection, settings: Settings, *, provider: str, messa
                    matches[0] if matches else None)
     if intent in ("confirm", "reschedule") and appointment is None:
         intent = "other"  # nothing to confirm: staff read it
+    question = _latest_question(conn, from_number, now, asks_score) \
+        if intent == "other" and asks_score else None
+    score = parse_score(body) if question is not None else None
+    if question is not None and score is not None:
+        intent = "score"
+        patient = next((p for p in matches if p.id == question.patient_id), patient)
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
     row = conn.execute(dialect.insert(inbound_messages).values(
         provider=provider, provider_message_id=message_id, channel="sms",
         from_address=from_number, to_address=to_number, body=body, intent=intent,
         patient_id=patient.id if patient else None,
-        touch_point_id=reminder.id if reminder else None,
-        appointment_id=appointment.id if appointment else None,
+        touch_point_id=question.id if intent == "score" and question else
+        reminder.id if reminder else None,
+        appointment_id=question.appointment_id if intent == "score" and question else
+        appointment.id if appointment else None,
         staff_status="new" if intent in ("other", "reschedule") else "",
-        detail=None, received_at=now)
+        score=score if intent == "score" else None, detail=None, received_at=now)
         .on_conflict_do_nothing(index_elements=["provider_message_id"])
         .returning(inbound_messages.c.id)).first()
     if row is None:
@@ -167,10 +198,59 @@ def record_inbound(conn: Connection, settings: Settings, *, provider: str, messa
         if staff:
             handled.outgoing.append(Outgoing("staff-alerts", "reschedule-request", "email",
                                              staff, "staff/reschedule-request"))
-    elif intent == "other" and staff:
-        handled.outgoing.append(Outgoing("staff-alerts", "reply", "email", staff,
-                                         "staff/reply"))
+    elif intent == "score" and question is not None and score is not None:
+        _record_score(conn, settings, question, score, row.id, now)
+    elif intent == "other":
+        if staff:
+            handled.outgoing.append(Outgoing("staff-alerts", "reply", "email", staff,
+                                             "staff/reply"))
+        complaint = reads_as_complaint(body)
+        if complaint and patient is not None:
+            cases.open_case(conn, settings, patient_id=patient.id, cause="complaint",
+                            key=f"complaint:{row.id}", now=now, inbound_id=row.id,
+                            appointment_id=appointment.id if appointment else None,
+                            detail=f"texted “{body.strip()[:300]}” (reads as a complaint: "
+                                   f"“{complaint}”)")
     return handled
+
+
+def _latest_question(conn: Connection, number: str, now: datetime,
+                     asks_score: Collection[tuple[str, str]]) -> ledger.TouchPoint | None:
+    """The satisfaction question last texted to ``number`` in the past week, if any."""
+    row = conn.execute(
+        select(touch_points)
+        .where(touch_points.c.address == number, touch_points.c.channel == "sms",
+               touch_points.c.status.in_((Status.SENT, Status.DELIVERED)),
+               touch_points.c.sent_at >= now - SCORE_WINDOW,
+               or_(*(and_(touch_points.c.journey == journey, touch_points.c.step == step)
+                     for journey, step in sorted(asks_score))))
+        .order_by(touch_points.c.sent_at.desc()).limit(1)).first()
+    return ledger.touch_point_from_row(row) if row else None
+
+
+def _record_score(conn: Connection, settings: Settings, question: ledger.TouchPoint,
+                  score: int, inbound_id: int, now: datetime) -> None:
+    """Keep the answer on the patient and the appointment; a low one opens a recovery
+    case, a high one starts the review request (once per question asked)."""
+    assert question.patient_id is not None
+    conn.execute(update(patients).where(patients.c.id == question.patient_id)
+                 .values(satisfaction_score=score, satisfaction_at=now))
+    if question.appointment_id is not None:
+        conn.execute(update(appointments).where(appointments.c.id == question.appointment_id)
+                     .values(satisfaction_score=score))
+    _note(conn, question.id, now, "answered", f"the patient answered {score}/10")
+    if score <= LOW_SCORE:
+        cases.open_case(conn, settings, patient_id=question.patient_id, cause="low_score",
+                        key=f"low_score:{question.id}", now=now, inbound_id=inbound_id,
+                        touch_point_id=question.id, appointment_id=question.appointment_id,
+                        detail=f"answered {score}/10 to {question.journey}/{question.step}")
+    elif score >= HIGH_SCORE:
+        append_events(conn, [{
+            "kind": "satisfaction.high", "patient_id": question.patient_id,
+            "appointment_id": question.appointment_id, "occurred_at": now,
+            "data": {"score": score, "anchor": f"score:{question.id}"},
+            "source": f"sms reply {inbound_id}",
+            "dedupe_key": f"satisfaction.high:{question.id}", "processed_at": None}])
 
 
 def _latest_reminder(conn: Connection, number: str, now: datetime,
@@ -219,27 +299,17 @@ def send_outgoing(db: Database, definitions: Definitions, settings: Settings,
         "unsubscribe_url": None,
     }
     for item in handled.outgoing:
-        language = patient.language if patient and item.kind == "sms" else None
-        try:
-            rendered = definitions.templates.render(item.template, item.kind, language,
-                                                    context, tz)
-        except TemplateRenderError as exc:
-            log.error("cannot render %s: %s", item.template, exc.message)
+        notice = notify.Notice(
+            item.journey, item.step, item.kind, item.to, item.template,
+            anchor=f"inbound:{handled.inbound_id}",
+            recipient="staff" if item.journey == "staff-alerts" else "patient",
+            patient_id=patient.id if patient else None,
+            appointment_id=handled.appointment.id if handled.appointment else None,
+            language=patient.language if patient and item.kind == "sms" else None)
+        rendered = notify.render(definitions.templates, notice, context, tz)
+        if rendered is None:
             continue
-        now = clock.now()
-        with db.transaction() as conn:
-            tp = ledger.insert_immediate(
-                conn, patient_id=patient.id if patient else None, journey=item.journey,
-                step=item.step, purpose="transactional",
-                recipient="staff" if item.journey == "staff-alerts" else "patient",
-                anchor=f"inbound:{handled.inbound_id}", worker=dispatcher.worker, now=now,
-                appointment_id=handled.appointment.id if handled.appointment else None)
-        message = OutboundMessage(tp.id, item.kind, item.to, rendered.body, rendered.subject,
-                                  rendered.html, "transactional", journey=item.journey,
-                                  step=item.step)
-        dispatcher.deliver(tp, message, rendered.template_file)
-        with db.transaction() as conn:
-            done = ledger.get(conn, tp.id)
+        done = notify.send(dispatcher, rendered)
         if done is not None:
             sent.append(done)
     return sent

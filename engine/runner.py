@@ -5,8 +5,12 @@ A tick does, in order:
 1. **recover** — touch points left in ``sending`` by a worker that died become ``unknown``;
 2. **sweep** — patients with no visit for a journey's ``patient.lapsed`` period and
    nothing booked get one ``patient.lapsed`` event per lapse;
-3. **plan** — unprocessed events go through the planner into the ledger;
-4. **dispatch** — due touch points are claimed, re-checked, rendered and sent.
+3. **plan** — unprocessed events go through the planner into the ledger (and open the
+   recovery cases no-shows and late cancellations call for, and record referral-loop
+   milestones);
+4. **cases** — cases for messages that failed for good are opened, owners of new cases
+   alerted, overdue cases escalated; on the 1st, last month's referral digests go out;
+5. **dispatch** — due touch points are claimed, re-checked, rendered and sent.
 
 Planning and the sweep run under a singleton lock (PostgreSQL advisory lock), so several
 workers can tick at once; dispatch is safe to run concurrently by construction.
@@ -24,9 +28,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, and_, false, func, select
 
 from engine import clock
+from engine.cases import CaseDesk, case_fields, cases_from_events, get_case
 from engine.channels.base import Channel
 from engine.definitions import Definitions
 from engine.definitions.journeys import SYSTEM_JOURNEYS, Journey, Step
+from engine.definitions.templates import Fields
 from engine.dispatcher import Dispatcher, DispatchStats
 from engine.errors import TemplateRenderError
 from engine.message_context import message_context, practice_fields
@@ -42,15 +48,18 @@ from engine.planner import (
     plan,
 )
 from engine.records import Appointment, Event, Patient
+from engine.referrals import DigestJob, referral_events
 from engine.settings import Settings
 from engine.store import ledger
 from engine.store.database import Database
 from engine.store.locks import try_singleton
 from engine.store.records import (
     append_events,
+    as_utc,
     chunks,
     get_state,
     load_appointments,
+    load_contacts,
     load_events,
     load_patients,
     mark_processed,
@@ -95,12 +104,18 @@ class TickReport:
     events: int = 0
     planned: int = 0
     exited: int = 0
+    cases_opened: int = 0
+    case_alerts: int = 0
+    escalations: int = 0
+    digests: int = 0
     dispatch: DispatchStats = field(default_factory=DispatchStats)
 
     def as_dict(self) -> dict[str, Any]:
         return {"at": self.at.isoformat().replace("+00:00", "Z"), "edits": self.edits.as_dict(),
                 "recovered": self.recovered, "lapses": self.lapses,
                 "events": self.events, "planned": self.planned, "exited": self.exited,
+                "cases_opened": self.cases_opened, "case_alerts": self.case_alerts,
+                "escalations": self.escalations, "digests": self.digests,
                 "dispatch": self.dispatch.as_dict()}
 
 
@@ -115,6 +130,11 @@ class Runner:
                                    settings.dispatch.default_expiry)
         self.dispatcher = Dispatcher(db, definitions, settings, channels, worker=worker) \
             if channels is not None else None
+        self.case_desk = CaseDesk(db, definitions, settings, self.dispatcher) \
+            if self.dispatcher is not None else None
+        self.digest = DigestJob(db, definitions, settings, self.dispatcher) \
+            if self.dispatcher is not None else None
+        self.cases_opened = 0  # by planning, since the last tick
         self._synced: str | None = None  # the definitions fingerprint applied to the ledger
         self.practice = practice_fields(settings)
 
@@ -128,6 +148,18 @@ class Runner:
         if sweep:
             report.lapses = self.sweep_lapses()
         report.events, report.planned, report.exited = self.plan_pending()
+        report.cases_opened, self.cases_opened = self.cases_opened, 0
+        if self.case_desk is not None:
+            report.case_alerts, report.escalations = self.case_desk.run(clock.now())
+            report.cases_opened += self.case_desk.opened
+        if self.digest is not None:
+            report.digests = self.digest.run(clock.now())
+        if self.case_desk is not None and self.case_desk.opened:
+            # their case.opened events start the recovery journey in this tick
+            events, planned, exited = self.plan_pending()
+            report.events += events
+            report.planned += planned
+            report.exited += exited
         if self.dispatcher is not None:
             report.dispatch = self.dispatcher.run(stop=stop)
         return report
@@ -200,17 +232,17 @@ class Runner:
     def _replan_journey(self, conn: Connection, journey: Journey, now: datetime,
                         impact: EditImpact) -> None:
         pending = [PendingStep(row.id, row.step, row.anchor, row.event_id,
-                               row.step_fingerprint, row.due_at)
+                               row.step_fingerprint, row.due_at, row.recipient)
                    for row in conn.execute(
                        select(touch_points.c.id, touch_points.c.step, touch_points.c.anchor,
                               touch_points.c.event_id, touch_points.c.step_fingerprint,
-                              touch_points.c.due_at)
+                              touch_points.c.due_at, touch_points.c.recipient)
                        .where(touch_points.c.status == Status.PLANNED,
                               touch_points.c.test == false(),
                               touch_points.c.journey == journey.name))]
         events, patients, condition_for = self.planning_inputs(conn, journey, pending)
         changes, additions = follow_edits(journey, pending, events, patients, self.rules, now,
-                                          condition_for)
+                                          condition_for, load_contacts(conn, patients))
         due_before = {p.id: p.due_at for p in pending}
         for change in changes:
             if isinstance(change, Retime):
@@ -238,12 +270,24 @@ class Runner:
         conditional = any(step.only_if for step in journey.steps)
         appts = load_appointments(conn, appointment_ids) if conditional else {}
         numbers = visit_numbers(conn, appointment_ids) if conditional else {}
+        case_views = self._case_views(conn, events.values()) if conditional else {}
 
         def condition_for(event: Event, patient: Patient) -> Condition | None:
             if not conditional:
                 return None
-            return self._condition(patient, appts.get(event.appointment_id or 0), numbers)
+            return self._condition(patient, appts.get(event.appointment_id or 0), numbers,
+                                   case_views.get(event.id))
         return events, patients, condition_for
+
+    def _case_views(self, conn: Connection, batch: Iterable[Event]) -> dict[int, Fields]:
+        """``case`` for only_if, for the ``case.opened`` events among ``batch``."""
+        views = {}
+        for event in batch:
+            if event.kind == "case.opened" and "case" in event.data:
+                case = get_case(conn, int(event.data["case"]))
+                if case is not None:
+                    views[event.id] = case_fields(case, self.settings)
+        return views
 
     # ------------------------------------------------------------------ planning
 
@@ -259,6 +303,9 @@ class Runner:
                     break
                 planned, exited = self._plan_batch(conn, batch)
                 mark_processed(conn, [e.id for e in batch], clock.now())
+                self.cases_opened += cases_from_events(conn, self.settings, batch)
+            if self.case_desk is not None and any(e.kind == "case.opened" for e in batch):
+                self.case_desk.poke()  # alert its owner in this tick
             total_events += len(batch)
             total_planned += planned
             total_exited += exited
@@ -268,10 +315,14 @@ class Runner:
         now = clock.now()
         journeys = list(self.definitions.journeys.values())
         patients = load_patients(conn, {e.patient_id for e in batch})
+        contacts = load_contacts(conn, patients)
         conditional = any(step.only_if for j in journeys for step in j.steps)
         appointment_ids = {e.appointment_id for e in batch if e.appointment_id}
         appts = load_appointments(conn, appointment_ids) if conditional else {}
         numbers = visit_numbers(conn, appointment_ids) if conditional else {}
+        case_views = self._case_views(conn, batch) if conditional else {}
+        repeating = {j.name: j for j in journeys if j.once_per}
+        started = _last_started(conn, repeating, patients) if repeating else {}
         # (patient, journey) pairs that may have pending rows an exit could cancel
         pending_pairs = _pending_pairs(conn, patients.keys())
         to_insert: list[Planned] = []
@@ -281,8 +332,14 @@ class Runner:
             if patient is None:
                 continue
             condition = self._condition(patient, appts.get(event.appointment_id or 0),
-                                        numbers) if conditional else None
-            result: Plan = plan(event, patient, journeys, self.rules, condition)
+                                        numbers, case_views.get(event.id)) \
+                if conditional else None
+            last = started.setdefault(patient.id, {})
+            result: Plan = plan(event, patient, journeys, self.rules, condition,
+                                contacts.get(patient.id, ()), last)
+            for item in result.planned:
+                if item.journey in repeating and item.status == Status.PLANNED:
+                    last[item.journey] = max(last.get(item.journey, item.due_at), item.due_at)
             relevant = [x for x in result.exits if (x.patient_id, x.journey) in pending_pairs]
             if relevant:
                 planned += ledger.insert_planned(conn, to_insert, now)
@@ -293,10 +350,12 @@ class Runner:
             pending_pairs.update((p.patient_id, p.journey) for p in result.planned
                                  if p.status == Status.PLANNED)
         planned += ledger.insert_planned(conn, to_insert, now)
+        append_events(conn, referral_events(conn, batch, patients))
         return planned, exited
 
     def _condition(self, patient: Patient, appointment: Appointment | None,
-                   numbers: Mapping[int, int]) -> Callable[[Journey, Step], bool]:
+                   numbers: Mapping[int, int], case: Fields | None = None,
+                   ) -> Callable[[Journey, Step], bool]:
         templates = self.definitions.templates
         context: dict[str, Any] = {}
 
@@ -307,7 +366,8 @@ class Runner:
                 context.update(message_context(
                     patient=patient, appointment=appointment, practice=self.practice,
                     practice_timezone=self.rules.practice_timezone,
-                    visit_number=numbers.get(appointment.id) if appointment else None))
+                    visit_number=numbers.get(appointment.id) if appointment else None,
+                    case=case))
             try:
                 return bool(templates.compile_expression(step.only_if)(**context))
             except Exception as exc:  # a manager's expression must not stop planning
@@ -391,6 +451,23 @@ def lapse_moment(last_visit: datetime, after: timedelta, tz: ZoneInfo) -> dateti
     """Local midnight of the day the patient has gone ``after`` without a visit."""
     day = (last_visit + after).astimezone(tz).date()
     return at_local(day, time(0, 0), tz)
+
+
+def _last_started(conn: Connection, journeys: Iterable[str], patient_ids: Iterable[int],
+                  ) -> dict[int, dict[str, datetime]]:
+    """When each ``once_per`` journey last went (or is due to go) to each patient."""
+    found: dict[int, dict[str, datetime]] = {}
+    names = sorted(journeys)
+    for part in chunks(sorted(patient_ids)):
+        for row in conn.execute(
+                select(touch_points.c.patient_id, touch_points.c.journey,
+                       func.max(touch_points.c.due_at))
+                .where(touch_points.c.patient_id.in_(part), touch_points.c.journey.in_(names),
+                       touch_points.c.status.in_((Status.PLANNED, Status.SENDING, Status.SENT,
+                                                  Status.DELIVERED, Status.UNKNOWN)))
+                .group_by(touch_points.c.patient_id, touch_points.c.journey)):
+            found.setdefault(row[0], {})[row[1]] = as_utc(row[2])
+    return found
 
 
 def _pending_pairs(conn: Connection, patient_ids: Iterable[int]) -> set[tuple[int, str]]:

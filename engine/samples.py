@@ -10,9 +10,11 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 from typing import Any
 
+from engine.cases import CAUSES, Case, case_fields
 from engine.definitions.templates import Fields
 from engine.message_context import message_context, practice_fields
-from engine.records import Appointment, Patient
+from engine.records import Appointment, Contact, Patient, Recipient, Referrer
+from engine.referrals import DigestLine
 from engine.settings import Settings
 from engine.timing import at_local, zone
 from engine.unsubscribe import public_url
@@ -46,16 +48,54 @@ def sample_appointment(now: datetime, timezone: str) -> Appointment:
         visit_type="Follow-up", therapist="Maya Chen, DPT", location="Main clinic", version=1)
 
 
+def sample_referrer() -> Referrer:
+    return Referrer(id=0, external_id="SAMPLE-REF", name="Lakeside Orthopedics",
+                    contact_name="Dana Whitfield", email="referrals@lakeside.example", fax=None)
+
+
+def sample_guardian(language: str | None = None) -> Contact:
+    return Contact(id=0, external_id="SAMPLE-C", patient_id=0, relationship="parent",
+                   first_name="Gabriela", phone="+13125550124", email=None,
+                   language=language, timezone=None, sms_consent=True, email_consent=True)
+
+
+def sample_case(now: datetime, settings: Settings, cause: str = "low_score") -> Case:
+    return Case(id=0, patient_id=0, cause=cause, cause_key="SAMPLE", status="open",
+                owner=settings.recovery.owner_name or "Jordan Ellis", detail=CAUSES[cause],
+                appointment_id=None, touch_point_id=None, inbound_id=None, opened_at=now,
+                due_at=now + timedelta(days=1), alerted_at=None, escalated_at=None,
+                resolved_at=None, resolution=None)
+
+
 def sample_context(settings: Settings, now: datetime, language: str | None = None,
-                   journey: str = "", step: str = "") -> dict[str, Any]:
+                   journey: str = "", step: str = "", recipient: str | None = None,
+                   ) -> dict[str, Any]:
+    """Template variables for the sample patient; ``recipient`` is the step's (a referrer
+    or a contact gets their own ``recipient``)."""
     timezone = settings.require("practice.timezone")
+    patient = sample_patient(language)
+    referrer = sample_referrer()
+    addressed = Recipient.of_referrer(referrer) if recipient == "referrer" else \
+        Recipient.of_contact(sample_guardian(language), patient) if recipient == "contacts" \
+        else None
     context = message_context(
-        patient=sample_patient(language), appointment=sample_appointment(now, timezone),
+        patient=patient, appointment=sample_appointment(now, timezone),
         practice=practice_fields(settings), practice_timezone=timezone, touch_point_id=0,
-        journey=journey, step=step, visit_number=3)
+        journey=journey, step=step, visit_number=3, recipient=addressed, referrer=referrer,
+        case=case_fields(sample_case(now, settings), settings))
     context["unsubscribe_url"] = f"{public_url(settings)}/unsubscribe/EXAMPLE-TOKEN"
-    patient = context["patient"]
-    context["patient"] = Fields({**{k: patient[k] for k in (
+    view = context["patient"]
+    context["patient"] = Fields({**{k: view[k] for k in (
         "id", "first_name", "last_name", "full_name", "language", "timezone")},
+        "discharged_on": now.astimezone(zone(timezone)).date(),
         "custom": _AnyField({}, "patient.custom")}, "patient")
     return context
+
+
+def sample_digest(now: datetime, settings: Settings) -> Fields:
+    """A monthly referral digest with two patients."""
+    month = now.astimezone(zone(settings.require("practice.timezone"))).date().replace(day=1)
+    first = DigestLine("Alexandra Rivera", referred_on=month.replace(day=3), seen=4)
+    second = DigestLine("Samuel Okafor", seen=6, discharged_on=month.replace(day=20))
+    return Fields({"month": month, "referred": 1, "seen": 2, "discharged": 1,
+                   "patients": [first.fields(), second.fields()]}, "digest")

@@ -135,7 +135,34 @@ SETTINGS: tuple[Setting, ...] = (
             "First retry delay after a transient error; doubles on each attempt.", "1m"),
     Setting("dispatch.default_expiry", "TOUCHPOINT_DEFAULT_EXPIRY",
             "How late a step may still be sent when it sets no expires_after.", "1d"),
+    Setting("recovery.owner_name", "TOUCHPOINT_RECOVERY_OWNER_NAME",
+            "The staff member who owns recovery cases and signs the recovery message "
+            "(case.owner in templates).", ""),
+    Setting("recovery.owner_email", "TOUCHPOINT_RECOVERY_OWNER_EMAIL",
+            "Where a new recovery case is announced (default: practice.staff_email).", ""),
+    Setting("recovery.owner_phone", "TOUCHPOINT_RECOVERY_OWNER_PHONE",
+            "Also text new cases to this number (sent during the practice's daytime).", ""),
+    Setting("recovery.escalate_to", "TOUCHPOINT_RECOVERY_ESCALATE_TO",
+            "Who is emailed when a case passes its due time unresolved (default: the owner).",
+            ""),
+    Setting("recovery.sla_business_days", "TOUCHPOINT_RECOVERY_SLA_BUSINESS_DAYS",
+            "Business days a case may stay open before it is escalated.", 1),
+    Setting("recovery.business_days", "TOUCHPOINT_RECOVERY_BUSINESS_DAYS",
+            "The practice's working days, e.g. mon-fri or mon,tue,wed,thu,fri,sat.",
+            "mon-fri"),
+    Setting("recovery.late_cancellation", "TOUCHPOINT_RECOVERY_LATE_CANCELLATION",
+            "A cancellation this close to the visit opens a recovery case.", "24h"),
+    Setting("referrals.monthly_digest", "TOUCHPOINT_REFERRALS_MONTHLY_DIGEST",
+            "Email each referral source a digest of its patients on the 1st of the month.",
+            True),
+    Setting("referrals.digest_at", "TOUCHPOINT_REFERRALS_DIGEST_AT",
+            "Local time (practice's timezone) the monthly digest goes out.", "08:00"),
+    Setting("referrals.allowed_fields", "TOUCHPOINT_REFERRALS_ALLOWED_FIELDS",
+            "Patient custom fields referrer messages may show (e.g. diagnosis); none by "
+            "default: minimum necessary (env: comma-separated).", []),
 )
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 _BY_KEY = {s.key: s for s in SETTINGS}
 _TABLE_SETTINGS = {"practice.links"}  # free-form tables: their sub-keys are not checked
@@ -274,6 +301,73 @@ class Dispatch(BaseModel):
         return parse_duration(value) if isinstance(value, str) else value
 
 
+class Recovery(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    owner_name: str = ""
+    owner_email: str = ""
+    owner_phone: str = ""
+    escalate_to: str = ""
+    sla_business_days: int = Field(1, ge=1, le=30)
+    business_days: frozenset[int] = frozenset(range(5))  # Monday = 0
+    late_cancellation: timedelta = timedelta(hours=24)
+
+    @field_validator("business_days", mode="before")
+    @classmethod
+    def _days(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        days: set[int] = set()
+        for part in value.lower().replace(" ", "").split(","):
+            first, _, last = part.partition("-")
+            if first not in _DAYS or (last and last not in _DAYS):
+                raise ValueError(f"{value!r} is not a list of days — write e.g. mon-fri or "
+                                 "mon,tue,wed,thu,fri")
+            start, end = _DAYS.index(first), _DAYS.index(last or first)
+            days.update(range(start, end + 1) if start <= end else
+                        [*range(start, 7), *range(0, end + 1)])
+        return frozenset(days)
+
+    @field_validator("late_cancellation", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("owner_phone")
+    @classmethod
+    def _phone(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            number = phonenumbers.parse(value, None)
+        except phonenumbers.NumberParseException:
+            number = None
+        if number is None or not phonenumbers.is_valid_number(number):
+            raise ValueError(f"{value!r} is not a phone number in international form — "
+                             "write it as +13125550111")
+        return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+class Referrals(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    monthly_digest: bool = True
+    digest_at: time = time(8, 0)
+    allowed_fields: tuple[str, ...] = ()
+
+    @field_validator("digest_at", mode="before")
+    @classmethod
+    def _clock(cls, value: object) -> object:
+        return parse_clock(value) if isinstance(value, str) else value
+
+    @field_validator("allowed_fields", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+
 class Settings(BaseModel):
     """Validated settings. Build with :func:`load_settings`."""
 
@@ -294,6 +388,8 @@ class Settings(BaseModel):
     webhooks: Webhooks = Webhooks()
     caps: Caps = Caps()
     daemon: Daemon = Daemon()
+    recovery: Recovery = Recovery()
+    referrals: Referrals = Referrals()
     config_file: Path | None = None
 
     @field_validator("send_from", "send_until", mode="before")
@@ -334,6 +430,10 @@ class Settings(BaseModel):
                 value = format_duration(value)
             elif isinstance(value, time):
                 value = f"{value:%H:%M}"
+            elif isinstance(value, frozenset):
+                value = ",".join(_DAYS[d] for d in sorted(value))
+            elif isinstance(value, tuple):
+                value = ",".join(value)
             shown[setting.key] = "•••" if setting.secret and value else str(value)
         return shown
 
@@ -348,7 +448,8 @@ _FIELD_PATH: dict[str, tuple[str, ...]] = {
     "paths.templates": ("templates_dir",),
     **{s.key: tuple(s.key.split(".")) for s in SETTINGS
        if s.key.split(".")[0] in {"practice", "channels", "dispatch", "twilio", "sendgrid",
-                                  "email", "webhooks", "caps", "daemon"}},
+                                  "email", "webhooks", "caps", "daemon", "recovery",
+                                  "referrals"}},
 }
 
 

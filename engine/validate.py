@@ -32,7 +32,7 @@ from engine.definitions.journeys import Journey, iter_steps
 from engine.definitions.templates import Fields, TemplateSet, format_phone
 from engine.errors import TemplateRenderError
 from engine.replies import REPLY_TEMPLATES, STAFF_TEMPLATES
-from engine.samples import sample_context
+from engine.samples import sample_context, sample_digest
 from engine.settings import Settings
 from engine.sms_segments import analyse
 from engine.timing import zone
@@ -53,10 +53,12 @@ def check_definitions(settings: Settings, now: datetime) -> Definitions:
     found.extend(links)
     found.extend(_check_variants(templates))
     found.extend(_check_marketing_email(definitions))
+    found.extend(_check_referrer_fields(definitions, settings))
     if not definitions.errors and not links:  # rendering needs files that compile
         found.extend(_check_renders(definitions, settings, now))
         found.extend(_check_system_templates(templates, settings, now))
-    return Definitions(definitions.journeys, templates, tuple(found))
+    # (a template read for the patient and for a guardian may say the same thing twice)
+    return Definitions(definitions.journeys, templates, tuple(dict.fromkeys(found)))
 
 
 def _check_links(templates: TemplateSet, settings: Settings) -> Iterator[Diagnostic]:
@@ -93,6 +95,33 @@ def _check_marketing_email(definitions: Definitions) -> Iterator[Diagnostic]:
                                      code="can-spam")
 
 
+def _check_referrer_fields(definitions: Definitions, settings: Settings,
+                           ) -> Iterator[Diagnostic]:
+    """Messages to referral sources carry the minimum necessary (name, dates, attended):
+    a clinical field only if the practice lists it in referrals.allowed_fields."""
+    templates = definitions.templates
+    names = {(step.template, "email") for _, step in iter_steps(definitions.journeys)
+             if step.recipient == "referrer"}
+    if settings.referrals.monthly_digest:
+        names.add(("referrals/monthly-digest", "email"))
+    allowed = set(settings.referrals.allowed_fields)
+    for template, channel in sorted(names):
+        for language in templates.languages(template, channel):
+            resolved = templates.resolve(template, channel, language)
+            if resolved is None:
+                continue
+            for variable, line in sorted(templates.references(resolved[0]).items()):
+                parts = variable.split(".")
+                field = parts[-1]
+                clinical = field in SENSITIVE_FIELDS or parts[:2] == ["patient", "custom"]
+                if clinical and field not in allowed:
+                    yield Diagnostic(str(templates.path(resolved[0])), line,
+                                     f"{variable} goes to a referral source, who gets the "
+                                     "minimum necessary (name, dates, attended)",
+                                     f"leave it out, or allow it: referrals.allowed_fields = "
+                                     f"[\"{field}\"]", code="minimum-necessary")
+
+
 def _check_variants(templates: TemplateSet) -> Iterator[Diagnostic]:
     for name, channel, language, file in templates.files():
         if language is None or not templates.has(name, channel):
@@ -118,7 +147,7 @@ def _check_renders(definitions: Definitions, settings: Settings, now: datetime,
     not booked yet). Each SMS is then checked for length, encoding and required wording.
     """
     templates = definitions.templates
-    seen: set[tuple[str, str, bool]] = set()
+    seen: set[tuple[str, str, bool, str | None]] = set()
     tz = zone(settings.require("practice.timezone"))
     for journey, step in iter_steps(definitions.journeys):
         for channel in step.channels:
@@ -128,19 +157,25 @@ def _check_renders(definitions: Definitions, settings: Settings, now: datetime,
                     continue
                 file = resolved[0]
                 where = str(templates.path(file))
-                for with_appointment in {True, journey.anchored_on_appointment}:
-                    key = (file, journey.purpose, with_appointment)
+                # a step that may go to a guardian or contact is also read as they get it
+                addressed = [step.recipient] + (["contacts"] if step.recipient in (
+                    None, "patient_and_contacts") else [])
+                for with_appointment, recipient in {(w, r) for r in addressed for w in (
+                        True, journey.anchored_on_appointment)}:
+                    key = (file, journey.purpose, with_appointment, recipient)
                     if key in seen:
                         continue
                     seen.add(key)
-                    context = sample_context(settings, now, language, journey.name, step.id)
+                    context = sample_context(settings, now, language, journey.name, step.id,
+                                             recipient)
                     if not with_appointment:
                         context["appointment"] = None
                     try:
                         body = templates.render(step.template, channel, language, context,
                                                 tz).body
                     except TemplateRenderError as exc:
-                        seen.add((file, journey.purpose, False))  # one finding is enough
+                        seen.update((file, journey.purpose, w, r)  # one finding is enough
+                                    for w in (True, False) for r in addressed)
                         situation = "" if with_appointment else \
                             f" for a patient with no upcoming appointment ({journey.name} " \
                             f"starts on {journey.trigger.event})"
@@ -163,6 +198,12 @@ def _check_system_templates(templates: TemplateSet, settings: Settings, now: dat
     wanted = [("replies", name, "sms") for name in REPLY_TEMPLATES]
     if settings.practice.staff_email:
         wanted += [("staff", name, "email") for name in STAFF_TEMPLATES]
+    if settings.recovery.owner_email or settings.practice.staff_email:
+        wanted += [("staff", "recovery-case", "email"), ("staff", "recovery-escalation", "email")]
+    if settings.recovery.owner_phone:
+        wanted += [("staff", "recovery-case", "sms")]
+    if settings.referrals.monthly_digest:
+        wanted += [("referrals", "monthly-digest", "email")]
     for folder, name, channel in wanted:
         template = f"{folder}/{name}"
         if not templates.has(template, channel):
@@ -179,6 +220,7 @@ def _check_system_templates(templates: TemplateSet, settings: Settings, now: dat
                 context = sample_context(settings, now, language)
                 context["reply"] = Fields({"body": "Can we move it to Friday?",
                                            "from": "+1•••••••42", "received_at": now}, "reply")
+                context["digest"] = sample_digest(now, settings)
                 if not known:
                     context["patient"] = context["appointment"] = None
                 try:

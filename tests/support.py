@@ -23,10 +23,14 @@ from engine.channels.fake import FakeChannel
 from engine.definitions import Definitions, load_definitions
 from engine.importer import (
     APPOINTMENT_COLUMNS,
+    CONTACT_COLUMNS,
     PATIENT_COLUMNS,
+    REFERRER_COLUMNS,
     ImportSummary,
     import_appointments,
+    import_contacts,
     import_patients,
+    import_referrers,
 )
 from engine.runner import Runner, TickReport
 from engine.settings import Settings, load_settings
@@ -51,6 +55,7 @@ intake = "https://riversidept.example/intake"
 directions = "https://riversidept.example/find-us"
 exercises = "https://riversidept.example/exercises"
 book = "https://riversidept.example/book"
+review = "https://riversidept.example/review"
 
 [channels]
 sms_provider = "fake"
@@ -78,6 +83,22 @@ def appointment(appointment_id: str = "A1", patient_id: str = "P1",
     row = {"appointment_id": appointment_id, "patient_id": patient_id, "start": start,
            "duration_minutes": "60", "status": "booked", "visit_type": "Follow-up",
            "therapist": "Maya Chen, DPT", "location": "Main St"}
+    row.update(fields)
+    return row
+
+
+def contact(contact_id: str = "C1", patient_id: str = "P1", **fields: str) -> dict[str, str]:
+    row = {"patient_id": patient_id, "contact_id": contact_id, "relationship": "parent",
+           "first_name": "Gabriela", "phone": "(312) 555-0177",
+           "email": f"{contact_id.lower()}@example.com", "language": "", "timezone": "",
+           "sms_consent": "yes", "email_consent": "yes", "receives": "transactional"}
+    row.update(fields)
+    return row
+
+
+def referrer(referrer_id: str = "DR1", **fields: str) -> dict[str, str]:
+    row = {"referrer_id": referrer_id, "name": "Lakeside Orthopedics",
+           "contact_name": "Dana Whitfield", "email": f"{referrer_id.lower()}@lakeside.example"}
     row.update(fields)
     return row
 
@@ -131,6 +152,16 @@ class Clinic:
         with self.db.transaction() as conn:
             return import_appointments(conn, path, practice_tz="America/Chicago",
                                        now=clock.now())
+
+    def contacts(self, *rows: Mapping[str, str]) -> ImportSummary:
+        path = write_csv(self._file("contacts"), rows, CONTACT_COLUMNS)
+        with self.db.transaction() as conn:
+            return import_contacts(conn, path, region="US", now=clock.now())
+
+    def referrers(self, *rows: Mapping[str, str]) -> ImportSummary:
+        path = write_csv(self._file("referrers"), rows, REFERRER_COLUMNS)
+        with self.db.transaction() as conn:
+            return import_referrers(conn, path, region="US", now=clock.now())
 
     # ------------------------------------------------------------------ running
 

@@ -470,3 +470,40 @@ def test_the_console_script_reports_errors_on_one_line_and_dry_runs(
     with engine.connect() as conn:
         assert conn.execute(select(events.c.processed_at)).scalars().all() == [None, None]
     engine.dispose()
+
+
+def test_import_referrers_and_contacts_report_bad_rows_by_line_and_keep_the_rest(
+        sqlite_url: str, tmp_path: Path) -> None:
+    options = [*practice(tmp_path, sqlite_url), "--now", IMPORTED_AT]
+    write_csv(tmp_path / "referrers.csv",
+              [{"referrer_id": "DR1", "name": "Lakeside Orthopedics",
+                "contact_name": "Dana Whitfield", "email": "dana@lakeside.example"},
+               {"referrer_id": "DR2", "name": "", "contact_name": "", "email": ""}],
+              ("referrer_id", "name", "contact_name", "email"))
+    write_csv(tmp_path / "contacts.csv",
+              [{"patient_id": "P1", "contact_id": "C1", "relationship": "Parent",
+                "first_name": "Rachel", "phone": "(312) 555-0190", "email": "",
+                "language": "", "timezone": "America/Denver", "sms_consent": "yes",
+                "email_consent": "no", "receives": "transactional"},
+               {"patient_id": "P9", "contact_id": "C2", "relationship": "spouse",
+                "first_name": "Sam", "phone": "", "email": "sam@example.com", "language": "",
+                "timezone": "", "sms_consent": "no", "email_consent": "yes",
+                "receives": "all"}],
+              ("patient_id", "contact_id", "relationship", "first_name", "phone", "email",
+               "language", "timezone", "sms_consent", "email_consent", "receives"))
+
+    referrers = invoke(*options, "import", "referrers", str(tmp_path / "referrers.csv"))
+    assert referrers.exit_code == 3
+    assert referrers.stdout == "referrers.csv: 2 rows, 1 new, 0 updated, 0 unchanged, " \
+                               "1 rejected.\n"
+    assert referrers.stderr.strip() == ("referrers.csv: line 3: name is empty — write the "
+                                        "practice or physician's name")
+    assert invoke(*options, "import", "patients", str(tmp_path / "patients.csv")).exit_code == 0
+    contacts = invoke(*options, "import", "contacts", str(tmp_path / "contacts.csv"), "--json")
+    assert contacts.exit_code == 3
+    summary = json.loads(contacts.stdout)
+    assert (summary["created"], summary["rejected"]) == (1, 1)
+    assert [(p["line"], p["message"]) for p in summary["problems"]] == [
+        (3, "patient_id is not a known patient — import patients first")]
+    again = invoke(*options, "import", "contacts", str(tmp_path / "contacts.csv"))
+    assert again.stdout.startswith("contacts.csv: 2 rows, 0 new, 0 updated, 1 unchanged")

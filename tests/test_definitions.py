@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -90,14 +90,20 @@ def test_the_shipped_library_loads_with_no_findings_and_the_documented_journeys(
 
     assert definitions.diagnostics == ()
     assert definitions.raise_for_errors() is definitions
-    triggers = {name: (j.trigger.describe(), j.purpose) for name, j in
-                definitions.journeys.items()}
+    triggers = {name: (", ".join(t.describe() for t in j.triggers), j.purpose)
+                for name, j in definitions.journeys.items()}
     assert triggers == {
         "welcome": ("patient.created", "transactional"),
         "pre-visit": ("appointment.booked", "transactional"),
         "follow-up": ("appointment.completed", "transactional"),
         "win-back": ("patient.lapsed after 30d", "marketing"),
+        "recovery": ("case.opened", "transactional"),
+        "review-request": ("satisfaction.high", "marketing"),
+        "referral-loop": ("referral.first_visit_booked, referral.first_visit_attended, "
+                          "referral.first_visit_missed, patient.discharged", "transactional"),
     }
+    assert definitions.journeys["review-request"].once_per == timedelta(weeks=26)
+    assert definitions.score_steps == {("follow-up", "satisfaction")}
     pre_visit = definitions.journeys["pre-visit"]
     assert [(s.id, s.when.describe(), s.channels, s.line) for s in pre_visit.steps] == [
         ("two-days-before", "2 days before at 10:00", ("sms", "email"), 8),
@@ -119,10 +125,15 @@ def test_every_shipped_sms_renders_as_gsm7_text_in_english_and_spanish(tmp_path:
     settings = load_settings(write_config(tmp_path), {})
     saturday = instant("2026-11-07T10:30:00-06:00")
     context = {**variables(saturday), "practice": practice_fields(settings),
-               "unsubscribe_url": "https://tp.example/unsubscribe/TOKEN"}
+               "unsubscribe_url": "https://tp.example/unsubscribe/TOKEN",
+               "recipient": Fields({"first_name": "Ana", "is_patient": True}),
+               "case": Fields({"cause": "low_score", "owner": "Jordan Ellis"})}
+    # staff alerts are for staff, and referral-loop notes for referring offices: in the
+    # practice's language
     shipped = sorted({(name, channel) for name, channel, _, _ in templates.files()
-                      if not name.startswith("staff/")})  # staff alerts are for staff only
-    assert len(shipped) == 21  # 16 for the journeys, 5 replies to patients' texts
+                      if not name.startswith(("staff/", "referral-loop/", "referrals/"))})
+    # 16 for the patient journeys, 4 recovery and review request, 5 replies to texts
+    assert len(shipped) == 25
     for name, channel in shipped:
         for wanted in ("en", "es"):
             message = templates.render(name, channel, wanted, context, CHICAGO)
@@ -376,7 +387,7 @@ def test_a_step_channel_without_a_template_file_names_the_expected_path(tmp_path
     pytest.param("t/sneaky.sms.j2", "{{ patient.__class__ }}",
                  [(1, "'patient' has no field '__class__'",
                    "patient has: id, first_name, last_name, full_name, language, timezone, "
-                   "custom")], id="dunder-access"),
+                   "custom, discharged_on")], id="dunder-access"),
 ])
 def test_template_findings_name_the_file_and_line(
         tmp_path: Path, name: str, source: str, expected: list[tuple[int, str, str]]) -> None:
@@ -543,14 +554,15 @@ def validate(tmp_path: Path, schedules: Path, templates: Path, *extra: str) -> R
 def test_validate_accepts_the_shipped_library(tmp_path: Path) -> None:
     result = validate(tmp_path, LIBRARY_SCHEDULES, LIBRARY_TEMPLATES)
     assert result.exit_code == 0, result.output
-    assert re.fullmatch(r"4 journeys, 0 error\(s\), \d+ warning\(s\)\.",
+    assert re.fullmatch(r"7 journeys, 0 error\(s\), \d+ warning\(s\)\.",
                         result.stdout.splitlines()[-1])
 
     result = validate(tmp_path, LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["errors"] == 0
-    assert report["journeys"] == ["follow-up", "pre-visit", "welcome", "win-back"]
+    assert report["journeys"] == ["follow-up", "pre-visit", "recovery", "referral-loop",
+                                  "review-request", "welcome", "win-back"]
     assert report["warnings"] == len(report["diagnostics"])
     assert {d["severity"] for d in report["diagnostics"]} <= {"warning"}
 

@@ -131,7 +131,7 @@ GOOD_ES_SMS = ("{{ practice.name }}: le esperamos a las {{ appointment.start | t
 
 
 # Templates the engine itself needs in every library (replies to texts, staff alerts).
-SYSTEM_TEMPLATES = ("replies", "staff")
+SYSTEM_TEMPLATES = ("replies", "staff", "referrals")
 
 
 def validate(tmp_path: Path, journeys: Mapping[str, str], templates: Mapping[str, str],

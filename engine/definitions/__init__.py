@@ -48,12 +48,19 @@ class Definitions:
         return self.journeys.get(name)
 
     @property
+    def score_steps(self) -> frozenset[tuple[str, str]]:
+        """(journey, step) of every step that asks the 0-10 question (``asks: score``)."""
+        return frozenset((j.name, s.id) for j, s in iter_steps(self.journeys)
+                         if s.asks == "score")
+
+    @property
     def fingerprint(self) -> str:
         """Changes when any journey's timing, channels, steps or rules change (not when a
         template's wording does: templates are rendered at send time)."""
         parts = sorted(
-            repr((j.name, j.purpose, j.trigger, j.exit_on,
-                  [(s.id, s.fingerprint(), s.exit_on) for s in j.steps]))
+            repr((j.name, j.purpose, j.trigger if len(j.triggers) == 1 else j.triggers,
+                  j.exit_on, [(s.id, s.fingerprint(), s.exit_on) for s in j.steps]))
+            + (f" once_per={j.once_per}" if j.once_per else "")
             for j in self.journeys.values())
         return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 

@@ -5,13 +5,19 @@
     version: 1
     journey: pre-visit
     purpose: transactional            # or marketing
-    trigger: appointment.booked       # or {event: patient.lapsed, after: 30d}
+    trigger: appointment.booked       # or {event: patient.lapsed, after: 30d}, or a list
     exit_on: [appointment.cancelled]  # pending steps are cancelled with that reason
     steps:
       - id: two-days-before
         when: {days_before: 2, at: "10:00"}   # calendar day, recipient's local time
         channels: [sms, email]                # first allowed and reachable wins
         template: pre-visit/two-days-before
+
+A journey with several triggers (``trigger: [a, b]``) says on each step which one starts
+it (``on: a``). ``recipient`` addresses the patient (the default: for a minor, their
+guardians), their ``contacts``, both, or the patient's ``referrer``. ``once_per: 180d``
+starts the journey at most once per patient in that period; ``asks: score`` marks the
+step whose text asks the 0–10 question, so a reply to it is read as the answer.
 
 Every problem is reported as a :class:`Diagnostic` with file, line and a fix; loading
 never raises on bad input.
@@ -39,9 +45,10 @@ WhenKind = Literal["immediately", "before", "after", "days_before", "days_after"
 Scope = Literal["anchor", "patient"]
 
 CHANNELS = ("sms", "email")
-# Touch points Touchpoint sends outside journeys (replies to texts, staff alerts).
-SYSTEM_JOURNEYS = ("replies", "staff-alerts")
-RECIPIENTS = ("patient",)
+# Touch points Touchpoint sends outside journeys (replies to texts, staff alerts, the
+# monthly referral digest).
+SYSTEM_JOURNEYS = ("replies", "staff-alerts", "referral-digest")
+RECIPIENTS = ("patient", "contacts", "patient_and_contacts", "referrer")
 TRIGGER_EVENTS = (
     "patient.created",
     "appointment.booked",
@@ -49,6 +56,12 @@ TRIGGER_EVENTS = (
     "appointment.no_show",
     "appointment.cancelled",
     "patient.lapsed",
+    "patient.discharged",  # the plan of care ended (discharged_on in patients.csv)
+    "satisfaction.high",  # a 9 or 10 answer to the 0-10 question
+    "case.opened",  # a recovery case was opened
+    "referral.first_visit_booked",  # a referred patient's first visit was booked
+    "referral.first_visit_attended",  # ... they came to it
+    "referral.first_visit_missed",  # ... they did not
 )
 EXIT_EVENTS = (
     "appointment.booked",
@@ -56,16 +69,19 @@ EXIT_EVENTS = (
     "appointment.completed",
     "appointment.no_show",
     "appointment.rescheduled",
+    "case.resolved",
 )
+ASKS = ("score",)
 # Events about an appointment that already exists: on a journey anchored on an
 # appointment they end the run for *that* appointment only (a cancelled visit does not
 # stop the reminders of another visit). A newly booked visit ends runs of any anchor.
 _ANCHOR_EVENTS = {"appointment.cancelled", "appointment.completed", "appointment.no_show",
                   "appointment.rescheduled"}
 
-_TOP_KEYS = ("version", "journey", "description", "purpose", "trigger", "exit_on", "steps")
-_STEP_KEYS = ("id", "when", "channels", "template", "catch_up", "expires_after", "exit_on",
-              "only_if", "recipient", "description")
+_TOP_KEYS = ("version", "journey", "description", "purpose", "trigger", "exit_on", "once_per",
+             "steps")
+_STEP_KEYS = ("id", "on", "when", "channels", "template", "catch_up", "expires_after",
+              "exit_on", "only_if", "recipient", "asks", "description")
 _WHEN_KEYS = ("immediately", "before", "after", "days_before", "days_after", "at")
 
 
@@ -116,12 +132,18 @@ class Step:
     expires_after: timedelta | None = None
     exit_on: tuple[ExitRule, ...] | None = None  # None: the journey's exit_on applies
     only_if: str | None = None
-    recipient: str = "patient"
+    # None: the patient, or a minor's guardians (see engine.recipients)
+    recipient: str | None = None
+    on: str | None = None  # which of the journey's triggers starts it (None: the only one)
+    asks: str | None = None  # "score": a reply to it answers the 0-10 question
 
     def fingerprint(self) -> str:
         """Changes when anything that decides timing or content of this step changes."""
+        # (parts added later only count when set, so upgrading keeps existing fingerprints)
+        extra = (self.on,) if self.on else ()
         return _fingerprint(self.when, self.channels, self.template, self.catch_up,
-                            self.expires_after, self.only_if, self.recipient)
+                            self.expires_after, self.only_if, self.recipient or "patient",
+                            *extra)
 
 
 @lru_cache(maxsize=1024)
@@ -133,20 +155,38 @@ def _fingerprint(*parts: object) -> str:
 class Journey:
     name: str
     purpose: Purpose
-    trigger: Trigger
+    triggers: tuple[Trigger, ...]
     exit_on: tuple[ExitRule, ...]
     steps: tuple[Step, ...]
     file: str
     description: str = ""
     line: int = 1  # of the `journey:` key
+    once_per: timedelta | None = None  # start at most once per patient in this period
     _steps_by_id: Mapping[str, Step] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_steps_by_id", {s.id: s for s in self.steps})
 
     @property
+    def trigger(self) -> Trigger:
+        """The first (usually the only) trigger."""
+        return self.triggers[0]
+
+    def trigger_for(self, step: Step) -> Trigger:
+        """The trigger that starts ``step``."""
+        if step.on is not None:
+            for trigger in self.triggers:
+                if trigger.event == step.on:
+                    return trigger
+        return self.triggers[0]
+
+    @property
     def anchored_on_appointment(self) -> bool:
-        return self.trigger.event.startswith("appointment.")
+        """Every trigger is about an appointment (its steps follow that appointment)."""
+        return all(t.event.startswith("appointment.") for t in self.triggers)
+
+    def step_anchored_on_appointment(self, step: Step) -> bool:
+        return self.trigger_for(step).event.startswith("appointment.")
 
     def step(self, step_id: str) -> Step | None:
         return self._steps_by_id.get(step_id)
@@ -269,25 +309,55 @@ class _JourneyReader:
                        did_you_mean(str(purpose), ("transactional", "marketing"),
                                     "marketing needs marketing consent; reminders are "
                                     "transactional"))
-        trigger = self.read_trigger(data)
-        exits = self.read_exits(data, "exit_on", trigger) if "exit_on" in data else ()
-        steps = self.read_steps(data, trigger)
-        if self.diagnostics or name is None or trigger is None or exits is None:
+        triggers = self.read_triggers(data)
+        # exit scopes default from the triggers: "anchor" only if every one has an appointment
+        scope_trigger = next((t for t in triggers if not t.event.startswith("appointment.")),
+                             triggers[0] if triggers else None)
+        exits = self.read_exits(data, "exit_on", scope_trigger) if "exit_on" in data else ()
+        once_per: timedelta | None = None
+        if "once_per" in data:
+            try:
+                once_per = parse_duration(data["once_per"])
+            except ValueError as exc:
+                self.error(self.key_line(data, "once_per"), f"once_per: {exc}")
+        steps = self.read_steps(data, triggers)
+        if self.diagnostics or name is None or not triggers or exits is None:
             return None, self.diagnostics
         return Journey(
             name=name.strip(),
             purpose=purpose,
-            trigger=trigger,
+            triggers=triggers,
             exit_on=exits,
             steps=tuple(steps),
             file=self.file,
             description=str(data.get("description") or ""),
             line=self.key_line(data, "journey") or 1,
+            once_per=once_per,
         ), self.diagnostics
 
-    def read_trigger(self, data: CommentedMap) -> Trigger | None:
-        line = self.key_line(data, "trigger")
+    def read_triggers(self, data: CommentedMap) -> tuple[Trigger, ...]:
         raw = data.get("trigger")
+        if not isinstance(raw, list):
+            trigger = self.read_trigger(data.get("trigger"), self.key_line(data, "trigger"))
+            return (trigger,) if trigger is not None else ()
+        if not raw:
+            self.error(self.key_line(data, "trigger"), "trigger is an empty list",
+                       "list at least one event, e.g. `trigger: [appointment.booked]`")
+            return ()
+        triggers: list[Trigger] = []
+        for index, item in enumerate(raw):
+            line = self.item_line(raw, index)
+            trigger = self.read_trigger(item, line)
+            if trigger is None:
+                continue
+            if any(t.event == trigger.event for t in triggers):
+                self.error(line, f"trigger {trigger.event} is listed twice",
+                           "list each event once")
+                continue
+            triggers.append(trigger)
+        return tuple(triggers) if len(triggers) == len(raw) else ()
+
+    def read_trigger(self, raw: Any, line: int | None) -> Trigger | None:
         if raw is None:
             self.error(line, "missing 'trigger'", f"add e.g. `trigger: appointment.booked` "
                        f"(one of {', '.join(TRIGGER_EVENTS)})")
@@ -358,7 +428,7 @@ class _JourneyReader:
             rules.append(ExitRule(str(event), scope))  # type: ignore[arg-type]
         return tuple(rules)
 
-    def read_steps(self, data: CommentedMap, trigger: Trigger | None) -> list[Step]:
+    def read_steps(self, data: CommentedMap, triggers: tuple[Trigger, ...]) -> list[Step]:
         raw = data.get("steps")
         if not isinstance(raw, list) or not raw:
             self.error(self.key_line(data, "steps"), "a journey needs at least one step",
@@ -371,7 +441,7 @@ class _JourneyReader:
             if not isinstance(item, CommentedMap):
                 self.error(line, "each step must be a mapping with id, when, channels, template")
                 continue
-            step = self.read_step(item, line, trigger)
+            step = self.read_step(item, line, triggers)
             if step is None:
                 continue
             if step.id in seen:
@@ -383,13 +453,28 @@ class _JourneyReader:
             steps.append(step)
         return steps
 
-    def read_step(self, item: CommentedMap, line: int, trigger: Trigger | None) -> Step | None:
+    def read_step(self, item: CommentedMap, line: int,
+                  triggers: tuple[Trigger, ...]) -> Step | None:
         before = len(self.diagnostics)
         self.unknown_keys(item, _STEP_KEYS, f"in step '{item.get('id', '?')}'")
         step_id = item.get("id")
         if not isinstance(step_id, str) or not step_id.strip():
             self.error(line, "a step needs an id", "add `id: some-name` (letters, digits, dashes)")
             step_id = "?"
+        on = item.get("on")
+        trigger: Trigger | None = triggers[0] if len(triggers) == 1 else None
+        names = [t.event for t in triggers]
+        if on is not None:
+            match = [t for t in triggers if t.event == on]
+            if match:
+                trigger = match[0]
+            elif triggers:
+                self.error(self.key_line(item, "on"), f"on: {on!r} is not one of this "
+                           f"journey's triggers ({', '.join(names)})",
+                           did_you_mean(str(on), names, "add it to `trigger:` or fix the name"))
+        elif len(triggers) > 1:
+            self.error(line, f"step '{step_id}' does not say which trigger starts it",
+                       f"add `on:` with one of {', '.join(names)}")
         when = self.read_when(item, trigger)
         channels = item.get("channels")
         if isinstance(channels, str):
@@ -431,10 +516,22 @@ class _JourneyReader:
         if only_if is not None and not isinstance(only_if, str):
             self.error(self.key_line(item, "only_if"), "only_if must be an expression in quotes",
                        "write e.g. `only_if: \"appointment.visit_number == 3\"`")
-        recipient = item.get("recipient", "patient")
-        if recipient not in RECIPIENTS:
+        recipient = item.get("recipient")
+        if recipient is not None and recipient not in RECIPIENTS:
             self.error(self.key_line(item, "recipient"), f"unknown recipient {recipient!r}",
-                       f"use one of {', '.join(RECIPIENTS)}")
+                       did_you_mean(str(recipient), RECIPIENTS,
+                                    f"use one of {', '.join(RECIPIENTS)}"))
+        elif recipient == "referrer" and isinstance(channels, list) and "sms" in channels:
+            self.error(self.key_line(item, "channels"), "a referrer is reached by email only",
+                       "write `channels: [email]` for a step with `recipient: referrer`")
+        asks = item.get("asks")
+        if asks is not None and asks not in ASKS:
+            self.error(self.key_line(item, "asks"), f"asks must be one of {', '.join(ASKS)}, "
+                       f"not {asks!r}", "write `asks: score` on the step that asks the 0-10 "
+                       "question")
+        elif asks is not None and isinstance(channels, list) and "sms" not in channels:
+            self.error(self.key_line(item, "asks"), "asks: score reads text replies, but the "
+                       "step sends no SMS", "add sms to channels, or remove asks")
         if len(self.diagnostics) > before or when is None:
             return None
         return Step(
@@ -448,6 +545,8 @@ class _JourneyReader:
             exit_on=exits,
             only_if=only_if,
             recipient=recipient,
+            on=trigger.event if on is not None and trigger is not None else None,
+            asks=asks,
         )
 
     def read_when(self, item: CommentedMap, trigger: Trigger | None) -> When | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -45,13 +45,23 @@ from engine.sms_segments import NonGsmCharacter, analyse, is_gsm7, to_gsm7
 
 # What templates can use. ``custom`` (patient) and ``links`` (practice) are open tables.
 FIELDS: dict[str, tuple[str, ...]] = {
-    "patient": ("id", "first_name", "last_name", "full_name", "language", "timezone", "custom"),
+    "patient": ("id", "first_name", "last_name", "full_name", "language", "timezone", "custom",
+                "discharged_on"),
     "appointment": ("id", "start", "end", "duration_minutes", "visit_type", "therapist",
                     "location", "status", "visit_number", "confirmed"),
     "practice": ("name", "phone", "phone_e164", "address", "website", "timezone", "links"),
-    "recipient": ("role", "first_name", "last_name", "language", "timezone"),
+    # who this message addresses: role is patient, parent, guardian, spouse, caregiver,
+    # referrer, …; is_patient tells "your visit" from "Sam's visit"
+    "recipient": ("role", "first_name", "last_name", "name", "is_patient", "language",
+                  "timezone"),
     "touch_point": ("id", "journey", "step"),
     "reply": ("body", "from", "received_at"),  # in replies/ and staff/ templates
+    # a recovery case (the recovery journey, staff/recovery-* alerts)
+    "case": ("id", "cause", "reason", "detail", "owner", "status", "opened_at", "due_at",
+             "command", "score"),
+    "referrer": ("name", "contact_name"),  # the patient's referral source
+    # the monthly referral digest (referrals/monthly-digest)
+    "digest": ("month", "referred", "seen", "discharged", "patients"),
 }
 OPEN_TABLES = {("patient", "custom"), ("practice", "links")}
 EMAIL_BLOCKS = ("subject", "text", "html")
@@ -146,11 +156,19 @@ def _as_instant(value: object) -> datetime:
     return value
 
 
+def _as_day(value: object, tz: ZoneInfo) -> datetime:
+    """A calendar day (``patient.discharged_on``) as its local noon, or an instant made
+    local: what the date filters format."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime.combine(value, time(12, 0))
+    return _as_instant(value).astimezone(tz)
+
+
 @pass_context
 def _date(context: Context, value: object) -> str:
     """Tuesday, November 24 — martes, 24 de noviembre."""
     tz, locale = _zone_and_locale(context)
-    instant = _as_instant(value).astimezone(tz)
+    instant = _as_day(value, tz)
     return _plain(f"{format_date(instant, 'EEEE', locale=locale)}, "
                   f"{format_skeleton('MMMMd', instant, locale=locale)}", context)
 
@@ -159,8 +177,7 @@ def _date(context: Context, value: object) -> str:
 def _short_date(context: Context, value: object) -> str:
     """Tue, Nov 24 — mar, 24 nov."""
     tz, locale = _zone_and_locale(context)
-    return _plain(format_skeleton("MMMEd", _as_instant(value).astimezone(tz), locale=locale),
-                  context)
+    return _plain(format_skeleton("MMMEd", _as_day(value, tz), locale=locale), context)
 
 
 @pass_context

@@ -141,6 +141,20 @@ def insert_planned(conn: Connection, planned: Sequence[Planned], now: datetime) 
     return added
 
 
+def sibling_sent_to(conn: Connection, tp: TouchPoint, address: str) -> int | None:
+    """The id of a touch point of the same message (patient, journey, step, anchor) for
+    another recipient that went, or is going, to ``address``."""
+    return conn.execute(
+        select(touch_points.c.id)
+        .where(touch_points.c.patient_id == tp.patient_id,
+               touch_points.c.journey == tp.journey, touch_points.c.step == tp.step,
+               touch_points.c.anchor == tp.anchor, touch_points.c.id != tp.id,
+               touch_points.c.address == address,
+               touch_points.c.status.in_((Status.SENDING, Status.SENT, Status.DELIVERED,
+                                          Status.UNKNOWN)))
+        .limit(1)).scalar()
+
+
 def apply_exit(conn: Connection, exit: Exit, now: datetime) -> list[int]:
     """Cancel the pending touch points an exit names. Returns their ids."""
     conditions = [
@@ -149,8 +163,10 @@ def apply_exit(conn: Connection, exit: Exit, now: datetime) -> list[int]:
         touch_points.c.step.in_(exit.steps),
         touch_points.c.status == Status.PLANNED,
     ]
-    if exit.anchor_prefix is not None:
+    if exit.anchor_prefix is not None and exit.anchor_prefix.endswith(":"):
         conditions.append(touch_points.c.anchor.startswith(exit.anchor_prefix, autoescape=True))
+    elif exit.anchor_prefix is not None:  # a whole anchor: that run only
+        conditions.append(touch_points.c.anchor == exit.anchor_prefix)
     if exit.spare_anchor is not None:
         conditions.append(touch_points.c.anchor != exit.spare_anchor)
     cancelled = conn.execute(

@@ -20,3 +20,9 @@ def try_singleton(conn: Connection, name: str) -> bool:
         return True
     return bool(conn.execute(text("SELECT pg_try_advisory_xact_lock(:key)"),
                              {"key": lock_key(name)}).scalar())
+
+
+def serialise(conn: Connection, name: str) -> None:
+    """Wait for, then hold until the transaction ends, the lock ``name`` (PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})

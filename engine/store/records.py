@@ -11,13 +11,15 @@ from sqlalchemy import Connection, Row, and_, delete, false, func, insert, selec
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.definitions.journeys import SYSTEM_JOURNEYS
-from engine.records import Appointment, Event, Patient
+from engine.records import Appointment, Contact, Event, Patient, Referrer
 from engine.store.schema import (
     appointments,
+    contacts,
     engine_state,
     events,
     opt_outs,
     patients,
+    referrers,
     touch_points,
 )
 
@@ -35,7 +37,49 @@ def patient_from_row(row: Row[Any]) -> Patient:
         last_name=row.last_name, phone=row.phone, email=row.email, language=row.language,
         timezone=row.timezone, sms_consent=row.sms_consent, email_consent=row.email_consent,
         marketing_consent=row.marketing_consent, custom=dict(row.custom or {}),
+        date_of_birth=row.date_of_birth, referrer_id=row.referrer_id,
+        discharged_on=row.discharged_on,
     )
+
+
+def contact_from_row(row: Row[Any]) -> Contact:
+    return Contact(id=row.id, external_id=row.external_id, patient_id=row.patient_id,
+                   relationship=row.relationship, first_name=row.first_name, phone=row.phone,
+                   email=row.email, language=row.language, timezone=row.timezone,
+                   sms_consent=row.sms_consent, email_consent=row.email_consent,
+                   receives=row.receives, marketing_consent=row.marketing_consent)
+
+
+def referrer_from_row(row: Row[Any]) -> Referrer:
+    return Referrer(id=row.id, external_id=row.external_id, name=row.name,
+                    contact_name=row.contact_name, email=row.email, fax=row.fax)
+
+
+def load_contacts(conn: Connection, patient_ids: Iterable[int]) -> dict[int, list[Contact]]:
+    """Each patient's contacts, in the order they were imported."""
+    found: dict[int, list[Contact]] = {}
+    for part in chunks(sorted(set(patient_ids))):
+        for row in conn.execute(select(contacts).where(contacts.c.patient_id.in_(part))
+                                .order_by(contacts.c.id)):
+            found.setdefault(row.patient_id, []).append(contact_from_row(row))
+    return found
+
+
+def patient_names(conn: Connection, ids: Iterable[int]) -> dict[int, str]:
+    found: dict[int, str] = {}
+    for part in chunks(sorted(set(ids))):
+        for row in conn.execute(select(patients.c.id, patients.c.first_name,
+                                       patients.c.last_name).where(patients.c.id.in_(part))):
+            found[row.id] = f"{row.first_name} {row.last_name}".strip()
+    return found
+
+
+def load_referrers(conn: Connection, ids: Iterable[int]) -> dict[int, Referrer]:
+    found: dict[int, Referrer] = {}
+    for part in chunks(sorted(set(ids))):
+        for row in conn.execute(select(referrers).where(referrers.c.id.in_(part))):
+            found[row.id] = referrer_from_row(row)
+    return found
 
 
 def appointment_from_row(row: Row[Any]) -> Appointment:
@@ -153,6 +197,14 @@ def opted_out(conn: Connection, addresses: Iterable[str]) -> dict[tuple[str, str
     return found
 
 
+def as_utc(value: object) -> datetime:
+    """An instant from an aggregate (``func.max`` bypasses the column type: SQLite gives
+    text without an offset) as an aware UTC datetime."""
+    instant = datetime.fromisoformat(value) if isinstance(value, str) else value
+    assert isinstance(instant, datetime), value
+    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+
+
 def get_state(conn: Connection, key: str) -> dict[str, Any] | None:
     row = conn.execute(select(engine_state.c.value).where(engine_state.c.key == key)).first()
     return dict(row.value) if row else None
@@ -218,6 +270,7 @@ class RecentSend:
     purpose: str
     channel: str
     at: datetime
+    recipient: str = "patient"  # caps count what each person received
 
 
 def recent_sends(conn: Connection, patient_ids: Iterable[int], since: datetime,
@@ -230,12 +283,12 @@ def recent_sends(conn: Connection, patient_ids: Iterable[int], since: datetime,
     for part in chunks(sorted(set(patient_ids))):
         rows = conn.execute(
             select(touch_points.c.patient_id, touch_points.c.purpose, touch_points.c.channel,
-                   touch_points.c.sending_at)
+                   touch_points.c.sending_at, touch_points.c.recipient)
             .where(touch_points.c.patient_id.in_(part),
                    touch_points.c.status.in_(("sending", "sent", "delivered", "unknown")),
                    touch_points.c.sending_at >= since, touch_points.c.test == false(),
                    touch_points.c.journey.not_in(SYSTEM_JOURNEYS)))
         for row in rows:
             found.setdefault(row.patient_id, []).append(
-                RecentSend(row.purpose, row.channel, row.sending_at))
+                RecentSend(row.purpose, row.channel, row.sending_at, row.recipient))
     return found

@@ -2,9 +2,11 @@
 
 ::
 
-    patients ─┬─< appointments
-              ├─< events                (append-only: what happened, the planner's input)
-              └─< touch_points ─< touch_point_history   (the ledger and its append-only log)
+    referrers ─< patients ─┬─< appointments
+                           ├─< contacts      (parents, guardians, caregivers)
+                           ├─< events        (append-only: what happened, the planner's input)
+                           ├─< touch_points ─< touch_point_history  (the ledger and its log)
+                           └─< recovery_cases ─< case_events
     opt_outs                            (per address: STOP replies, unsubscribes)
     provider_events                     (status callbacks and event webhooks, once each)
     inbound_messages                    (replies: STOP, HELP, C, R, free text)
@@ -15,12 +17,13 @@ Every instant is stored in UTC and read back timezone-aware, on SQLite too.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
     Boolean,
+    Date,
     DateTime,
     Dialect,
     ForeignKey,
@@ -88,6 +91,52 @@ class Patient(Base):
     email_consent: Mapped[bool] = mapped_column(Boolean, default=False)
     marketing_consent: Mapped[bool] = mapped_column(Boolean, default=False)
     custom: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    date_of_birth: Mapped[date | None] = mapped_column(Date)
+    referrer_id: Mapped[int | None] = mapped_column(ForeignKey("referrers.id"), index=True)
+    discharged_on: Mapped[date | None] = mapped_column(Date)
+    satisfaction_score: Mapped[int | None] = mapped_column(Integer)
+    satisfaction_at: Mapped[datetime | None]
+    row_hash: Mapped[str] = mapped_column(String(40))
+    source: Mapped[str] = mapped_column(String(300), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Referrer(Base):
+    """A referral source: a physician or clinic, reached through its office contact."""
+
+    __tablename__ = "referrers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    contact_name: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str | None] = mapped_column(String(254))
+    fax: Mapped[str | None] = mapped_column(String(20))
+    row_hash: Mapped[str] = mapped_column(String(40))
+    source: Mapped[str] = mapped_column(String(300), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Contact(Base):
+    """Someone a patient's messages may go to: a parent, guardian, spouse, caregiver."""
+
+    __tablename__ = "contacts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    relationship: Mapped[str] = mapped_column(String(32))
+    first_name: Mapped[str] = mapped_column(String(100), default="")
+    phone: Mapped[str | None] = mapped_column(String(20))
+    email: Mapped[str | None] = mapped_column(String(254))
+    language: Mapped[str | None] = mapped_column(String(16))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    sms_consent: Mapped[bool] = mapped_column(Boolean, default=False)
+    email_consent: Mapped[bool] = mapped_column(Boolean, default=False)
+    marketing_consent: Mapped[bool] = mapped_column(Boolean, default=False)
+    receives: Mapped[str] = mapped_column(String(200), default="transactional")
     row_hash: Mapped[str] = mapped_column(String(40))
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
@@ -110,6 +159,7 @@ class Appointment(Base):
     # Bumped on every booking or move: touch points anchor on (appointment, version).
     version: Mapped[int] = mapped_column(Integer, default=1)
     confirmed_at: Mapped[datetime | None]
+    satisfaction_score: Mapped[int | None] = mapped_column(Integer)
     row_hash: Mapped[str] = mapped_column(String(40))
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
@@ -144,6 +194,10 @@ class TouchPoint(Base):
         Index("ix_touch_points_sending", "sending_at",
               sqlite_where=text("status = 'sending'"),
               postgresql_where=text("status = 'sending'")),
+        # What the case desk looks for on every tick: failed rows (few).
+        Index("ix_touch_points_failed", "finished_at",
+              sqlite_where=text("status = 'failed'"),
+              postgresql_where=text("status = 'failed'")),
         Index(None, "appointment_id"),
     )
 
@@ -244,8 +298,45 @@ class InboundMessage(Base):
     touch_point_id: Mapped[int | None] = mapped_column(ForeignKey("touch_points.id"))
     appointment_id: Mapped[int | None] = mapped_column(ForeignKey("appointments.id"))
     staff_status: Mapped[str] = mapped_column(String(12))  # new, done (none needed: "")
+    score: Mapped[int | None] = mapped_column(Integer)  # an answer to the 0–10 question
     detail: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime]
+
+
+class RecoveryCase(Base):
+    """Something went wrong for a patient and a person owns putting it right."""
+
+    __tablename__ = "recovery_cases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    cause: Mapped[str] = mapped_column(String(24))  # low_score, complaint, failed_delivery, …
+    cause_key: Mapped[str] = mapped_column(String(120), unique=True)  # once per cause
+    status: Mapped[str] = mapped_column(String(12))  # open, resolved
+    owner: Mapped[str] = mapped_column(String(200), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    appointment_id: Mapped[int | None] = mapped_column(ForeignKey("appointments.id"))
+    touch_point_id: Mapped[int | None] = mapped_column(ForeignKey("touch_points.id"))
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
+    opened_at: Mapped[datetime]
+    due_at: Mapped[datetime]
+    alerted_at: Mapped[datetime | None]
+    escalated_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    resolution: Mapped[str | None] = mapped_column(Text)
+
+
+class CaseEvent(Base):
+    """The append-only history of a recovery case."""
+
+    __tablename__ = "case_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("recovery_cases.id"), index=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(16))  # opened, alerted, escalated, note, resolved
+    detail: Mapped[str] = mapped_column(Text, default="")
+    by: Mapped[str] = mapped_column(String(100), default="")
 
 
 class EngineState(Base):
@@ -270,3 +361,7 @@ opt_outs = cast(Table, OptOut.__table__)
 engine_state = cast(Table, EngineState.__table__)
 provider_events = cast(Table, ProviderEvent.__table__)
 inbound_messages = cast(Table, InboundMessage.__table__)
+referrers = cast(Table, Referrer.__table__)
+contacts = cast(Table, Contact.__table__)
+recovery_cases = cast(Table, RecoveryCase.__table__)
+case_events = cast(Table, CaseEvent.__table__)

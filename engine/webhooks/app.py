@@ -114,7 +114,8 @@ def create_app(services: Services) -> FastAPI:
         with services.db.transaction() as conn:
             handled = record_inbound(conn, settings, provider="twilio",
                                      message_id=sms.message_sid, from_number=sms.from_number,
-                                     to_number=sms.to_number, body=sms.body, now=clock.now())
+                                     to_number=sms.to_number, body=sms.body, now=clock.now(),
+                                     asks_score=services.definitions.score_steps)
         log.info("inbound sms %s: %s%s", handled.inbound_id, handled.intent,
                  " (duplicate)" if handled.duplicate else "")
         if handled.outgoing:

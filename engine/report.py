@@ -1,0 +1,234 @@
+"""`touchpoint report`: how the practice's communication is doing, since a date.
+
+* per journey and step — touch points planned, sent, delivered, failed, skipped and
+  cancelled by reason, still pending or unknown; replies to them and confirmations;
+* win-back conversion — patients sent a win-back message (a journey triggered by
+  ``patient.lapsed``) who booked within 14 days of the first one;
+* satisfaction — answers to the 0-10 question, their average, and the weekly trend;
+* recovery — cases opened by cause, resolved, and every open case with its age;
+* referrals — per referral source: patients referred, seen, discharged, messages sent.
+
+Everything is read from the ledger, events and cases; nothing is kept twice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, false, func, select
+
+from engine.cases import CAUSES, list_cases
+from engine.definitions import Definitions
+from engine.definitions.journeys import SYSTEM_JOURNEYS
+from engine.outcomes import Status
+from engine.store.records import as_utc
+from engine.store.schema import (
+    appointments,
+    events,
+    inbound_messages,
+    patients,
+    recovery_cases,
+    referrers,
+    touch_points,
+)
+
+CONVERSION_WINDOW = timedelta(days=14)
+_SENT = (Status.SENT, Status.DELIVERED)
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+@dataclass
+class StepLine:
+    journey: str
+    step: str
+    planned: int = 0
+    sent: int = 0  # handed to the provider (sent or delivered)
+    delivered: int = 0
+    failed: int = 0
+    unknown: int = 0
+    pending: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    cancelled: Counter[str] = field(default_factory=Counter)
+    replies: int = 0
+    confirmations: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"journey": self.journey, "step": self.step, "planned": self.planned,
+                "sent": self.sent, "delivered": self.delivered, "failed": self.failed,
+                "unknown": self.unknown, "pending": self.pending,
+                "skipped": dict(self.skipped), "cancelled": dict(self.cancelled),
+                "replies": self.replies, "confirmations": self.confirmations}
+
+
+def build_report(conn: Connection, definitions: Definitions, since: datetime,
+                 now: datetime) -> dict[str, Any]:
+    return {
+        "since": since.isoformat(), "until": now.isoformat(),
+        "journeys": [line.as_dict() for line in step_lines(conn, since)],
+        "win_back": win_back(conn, definitions, since),
+        "satisfaction": satisfaction(conn, since, now),
+        "cases": case_summary(conn, since, now),
+        "referrals": referral_lines(conn, since),
+    }
+
+
+def step_lines(conn: Connection, since: datetime) -> list[StepLine]:
+    tp = touch_points
+    lines: dict[tuple[str, str], StepLine] = {}
+
+    def line(journey: str, step: str) -> StepLine:
+        return lines.setdefault((journey, step), StepLine(journey, step))
+
+    rows = conn.execute(
+        select(tp.c.journey, tp.c.step, tp.c.status, tp.c.reason, func.count())
+        .where(tp.c.planned_at >= since, tp.c.test == false(),
+               tp.c.journey.not_in(SYSTEM_JOURNEYS))
+        .group_by(tp.c.journey, tp.c.step, tp.c.status, tp.c.reason))
+    for journey, step, status, reason, count in rows:
+        entry = line(journey, step)
+        entry.planned += count
+        if status in _SENT:
+            entry.sent += count
+            entry.delivered += count if status == Status.DELIVERED else 0
+        elif status == Status.FAILED:
+            entry.failed += count
+        elif status == Status.UNKNOWN:
+            entry.unknown += count
+        elif status in (Status.PLANNED, Status.SENDING):
+            entry.pending += count
+        elif status == Status.SKIPPED:
+            entry.skipped[reason or "?"] += count
+        elif status == Status.CANCELLED:
+            entry.cancelled[reason or "?"] += count
+    replies = conn.execute(
+        select(tp.c.journey, tp.c.step, inbound_messages.c.intent, func.count())
+        .join(tp, tp.c.id == inbound_messages.c.touch_point_id)
+        .where(inbound_messages.c.received_at >= since, tp.c.journey.not_in(SYSTEM_JOURNEYS))
+        .group_by(tp.c.journey, tp.c.step, inbound_messages.c.intent))
+    for journey, step, intent, count in replies:
+        entry = line(journey, step)
+        entry.replies += count
+        entry.confirmations += count if intent == "confirm" else 0
+    return sorted(lines.values(), key=lambda x: (x.journey, x.step))
+
+
+def win_back(conn: Connection, definitions: Definitions, since: datetime) -> dict[str, Any]:
+    """Patients messaged by a win-back journey since ``since`` who booked within 14 days of
+    their first win-back message."""
+    names = sorted(j.name for j in definitions.journeys.values()
+                   if any(t.event == "patient.lapsed" for t in j.triggers))
+    if not names:
+        return {"journeys": [], "messaged": 0, "booked_within_14_days": 0, "conversion": None}
+    first = dict(conn.execute(
+        select(touch_points.c.patient_id, func.min(touch_points.c.sent_at))
+        .where(touch_points.c.journey.in_(names), touch_points.c.status.in_(_SENT),
+               touch_points.c.sent_at >= since)
+        .group_by(touch_points.c.patient_id)).all())
+    booked = 0
+    if first:
+        bookings: dict[int, list[datetime]] = defaultdict(list)
+        for patient_id, at in conn.execute(
+                select(events.c.patient_id, events.c.occurred_at)
+                .where(events.c.kind == "appointment.booked",
+                       events.c.patient_id.in_(sorted(first)),
+                       events.c.occurred_at >= since)):
+            bookings[patient_id].append(at)
+        for patient_id, sent_at in first.items():
+            sent = as_utc(sent_at)
+            if any(sent <= as_utc(at) <= sent + CONVERSION_WINDOW
+                   for at in bookings.get(patient_id, ())):
+                booked += 1
+    return {"journeys": names, "messaged": len(first), "booked_within_14_days": booked,
+            "conversion": round(booked / len(first), 3) if first else None}
+
+
+def satisfaction(conn: Connection, since: datetime, now: datetime) -> dict[str, Any]:
+    answers = conn.execute(
+        select(inbound_messages.c.received_at, inbound_messages.c.score)
+        .where(inbound_messages.c.score.is_not(None),
+               inbound_messages.c.received_at >= since)
+        .order_by(inbound_messages.c.received_at)).all()
+    weeks: list[dict[str, Any]] = []
+    start = since
+    while start < now:
+        chunk = [score for at, score in answers if start <= as_utc(at) < start + timedelta(days=7)]
+        weeks.append({"week_of": start.date().isoformat(), "answers": len(chunk),
+                      "average": round(sum(chunk) / len(chunk), 1) if chunk else None})
+        start += timedelta(days=7)
+    scores = [score for _, score in answers]
+    return {"answers": len(scores),
+            "average": round(sum(scores) / len(scores), 1) if scores else None,
+            "promoters": sum(1 for s in scores if s >= 9),
+            "detractors": sum(1 for s in scores if s <= 6),
+            "weekly": weeks}
+
+
+def case_summary(conn: Connection, since: datetime, now: datetime) -> dict[str, Any]:
+    opened: dict[str, int] = dict(conn.execute(
+        select(recovery_cases.c.cause, func.count())
+        .where(recovery_cases.c.opened_at >= since)
+        .group_by(recovery_cases.c.cause)).all())
+    resolved = conn.execute(select(func.count()).select_from(recovery_cases).where(
+        recovery_cases.c.resolved_at >= since)).scalar() or 0
+    names = {row.id: f"{row.first_name} {row.last_name}" for row in conn.execute(
+        select(patients.c.id, patients.c.first_name, patients.c.last_name)
+        .join(recovery_cases, recovery_cases.c.patient_id == patients.c.id)
+        .where(recovery_cases.c.status == "open"))}
+    open_cases = [{"id": c.id, "cause": c.cause, "patient": names.get(c.patient_id, "?"),
+                   "opened_at": c.opened_at.isoformat(), "due_at": c.due_at.isoformat(),
+                   "age_hours": round((now - c.opened_at).total_seconds() / 3600, 1),
+                   "overdue": c.overdue(now)}
+                  for c in list_cases(conn, open_only=True)]
+    return {"opened": {cause: opened.get(cause, 0) for cause in CAUSES if cause in opened},
+            "resolved": int(resolved), "open": open_cases}
+
+
+def referral_lines(conn: Connection, since: datetime) -> list[dict[str, Any]]:
+    found: dict[int, dict[str, Any]] = {
+        row.id: {"referrer": row.name, "referred": 0, "seen": 0, "discharged": 0,
+                 "messages": 0}
+        for row in conn.execute(select(referrers.c.id, referrers.c.name))}
+    if not found:
+        return []
+    for referrer_id, count in conn.execute(
+            select(patients.c.referrer_id, func.count())
+            .where(patients.c.referrer_id.is_not(None), patients.c.created_at >= since)
+            .group_by(patients.c.referrer_id)):
+        found[referrer_id]["referred"] = count
+    for referrer_id, count in conn.execute(
+            select(patients.c.referrer_id, func.count(func.distinct(patients.c.id)))
+            .join(appointments, appointments.c.patient_id == patients.c.id)
+            .where(patients.c.referrer_id.is_not(None), appointments.c.status == "completed",
+                   appointments.c.start_at >= since)
+            .group_by(patients.c.referrer_id)):
+        found[referrer_id]["seen"] = count
+    for referrer_id, count in conn.execute(
+            select(patients.c.referrer_id, func.count())
+            .where(patients.c.referrer_id.is_not(None),
+                   patients.c.discharged_on >= since.date())
+            .group_by(patients.c.referrer_id)):
+        found[referrer_id]["discharged"] = count
+    for recipient, count in conn.execute(
+            select(touch_points.c.recipient, func.count())
+            .where(touch_points.c.recipient.like("referrer:%"),
+                   touch_points.c.status.in_(_SENT), touch_points.c.sent_at >= since)
+            .group_by(touch_points.c.recipient)):
+        referrer_id = int(recipient.partition(":")[2])
+        if referrer_id in found:
+            found[referrer_id]["messages"] += count
+    return sorted(found.values(), key=lambda r: (-r["referred"], r["referrer"]))
+
+
+def sparkline(values: list[float | None], low: float = 0, high: float = 10) -> str:
+    """One character per value, ▁ (low) to █ (high); a gap for no value."""
+    out = []
+    for value in values:
+        if value is None:
+            out.append(" ")
+            continue
+        share = (value - low) / (high - low) if high > low else 0
+        out.append(SPARKS[min(len(SPARKS) - 1, max(0, round(share * (len(SPARKS) - 1))))])
+    return "".join(out)
