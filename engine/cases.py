@@ -420,10 +420,11 @@ class CaseDesk:
             for channel, to in channels:
                 if not to or (channel == "sms" and not daytime):
                     continue
-                done, failed, last = tries.get((case.id, channel), (False, 0, None))
-                if done or failed >= ALERT_TRIES or (last and now - last < ALERT_RETRY):
+                tried = tries.get((case.id, channel), notify.Attempts())
+                if tried.done or tried.failed >= ALERT_TRIES or (
+                        tried.last_failure and now - tried.last_failure < ALERT_RETRY):
                     continue
-                wanted.append(_Alert(case, channel, to, failed + 1))
+                wanted.append(_Alert(case, channel, to, tried.failed + 1))
         return wanted
 
     def _prepare(self, conn: Connection, due: Sequence[_Alert], now: datetime,
@@ -485,10 +486,9 @@ class CaseDesk:
 
 
 def _attempts(conn: Connection, case_ids: Sequence[int],
-              ) -> dict[tuple[int, str], tuple[bool, int, datetime | None]]:
-    """``{(case, channel): (sent or in flight, failed tries, last failure)}`` from the alert
-    touch points."""
-    found: dict[tuple[int, str], tuple[bool, int, datetime | None]] = {}
+              ) -> dict[tuple[int, str], notify.Attempts]:
+    """``{(case, channel): attempts}`` from the alert touch points."""
+    found: dict[tuple[int, str], notify.Attempts] = {}
     wanted = {f"case:{i}" for i in case_ids}
     rows = conn.execute(
         select(touch_points.c.anchor, touch_points.c.status, touch_points.c.finished_at)
@@ -499,17 +499,9 @@ def _attempts(conn: Connection, case_ids: Sequence[int],
     for row in rows:
         prefix = row.anchor.rpartition(":")[0]  # case:12:email:1 → case:12:email
         base, _, channel = prefix.rpartition(":")
-        if base not in wanted:
-            continue
-        key = (int(base.split(":")[1]), channel)
-        done, failed, last = found.get(key, (False, 0, None))
-        if row.status in (Status.FAILED, Status.SKIPPED, Status.CANCELLED):
-            failed += 1
-            at = row.finished_at
-            last = max(last, at) if last and at else (at or last)
-        else:
-            done = True
-        found[key] = (done, failed, last)
+        if base in wanted:
+            key = (int(base.split(":")[1]), channel)
+            found.setdefault(key, notify.Attempts()).add(row.status, row.finished_at)
     return found
 
 

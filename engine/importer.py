@@ -305,7 +305,7 @@ def sync_patients(conn: Connection, rows: Rows, source: str, *, region: str, now
     sources = {v["referral_source"] for _, v in parsed.values() if v["referral_source"]}
     referrer_ids = {k: v["id"] for k, v in _existing(conn, referrers, sorted(sources)).items()}
     existing = _existing(conn, patients, list(parsed))
-    new_rows: list[dict[str, Any]] = []
+    changes: list[_Change] = []
     discharged: list[tuple[str, date, str]] = []
     for external_id, (line, values) in list(parsed.items()):
         source_id = values.pop("referral_source")
@@ -321,18 +321,8 @@ def sync_patients(conn: Connection, rows: Rows, source: str, *, region: str, now
                 current is None or current["discharged_on"] != values["discharged_on"]) and \
                 values["discharged_on"] >= (now - RECENT).date():
             discharged.append((external_id, values["discharged_on"], where))
-        if current is None:
-            new_rows.append({**values, "row_hash": digest, "source": where, "created_at": now,
-                             "updated_at": now})
-        elif current["row_hash"] == digest:
-            summary.unchanged += 1
-        else:
-            conn.execute(update(patients).where(patients.c.id == current["id"])
-                         .values(**values, row_hash=digest, source=where, updated_at=now))
-            summary.updated += 1
-    for part in chunks(new_rows):
-        conn.execute(insert(patients), list(part))
-    summary.created = len(new_rows)
+        changes.append((values, digest, where, current))
+    new_rows = _write(conn, patients, changes, now, summary)
     events: list[dict[str, Any]] = []
     ids = _existing(conn, patients, [r["external_id"] for r in new_rows]
                     + [d[0] for d in discharged]) if new_rows or discharged else {}
@@ -546,31 +536,18 @@ def import_referrers(conn: Connection, path: Path, *, region: str, now: datetime
                      progress: Progress | None = None) -> ImportSummary:
     """Sync referral sources (physicians, clinics) from ``path``."""
     summary = ImportSummary(path.name, "referrers")
-    parsed: dict[str, tuple[int, dict[str, Any]]] = {}
-    for line, row in _rows(path, REFERRER_COLUMNS):
-        summary.rows += 1
-        if progress:
-            progress(1)
+
+    def parse(row: Mapping[str, str]) -> dict[str, Any]:
+        if not row.get("name"):
+            raise _RowError("name is empty — write the practice or physician's name")
         try:
-            if "__error__" in row:
-                raise _RowError(row["__error__"])
-            external_id = row.get("referrer_id", "")
-            if not external_id:
-                raise _RowError("referrer_id is empty")
-            if not row.get("name"):
-                raise _RowError("name is empty — write the practice or physician's name")
-            values = {"external_id": external_id, "name": row["name"],
-                      "contact_name": row.get("contact_name", ""),
-                      "email": normalise_email(row.get("email", "")),
-                      "fax": normalise_phone(row.get("fax", ""), region)}
+            fax = normalise_phone(row.get("fax", ""), region)
         except _RowError as exc:
-            summary.problems.append(RowProblem(line, str(exc).replace("phone ", "fax ")))
-            continue
-        if external_id in parsed:
-            summary.problems.append(RowProblem(
-                line, f"referrer_id appears again (first on line {parsed[external_id][0]})"))
-            continue
-        parsed[external_id] = (line, values)
+            raise _RowError(str(exc).replace("phone ", "fax ")) from None
+        return {"name": row["name"], "contact_name": row.get("contact_name", ""),
+                "email": normalise_email(row.get("email", "")), "fax": fax}
+
+    parsed = _parse_rows(path, REFERRER_COLUMNS, "referrer_id", parse, summary, progress)
     _upsert(conn, referrers, parsed, path.name, now, summary)
     return summary
 
@@ -582,47 +559,32 @@ def import_contacts(conn: Connection, path: Path, *, region: str, now: datetime,
                     progress: Progress | None = None) -> ImportSummary:
     """Sync patients' contacts (parents, guardians, spouses, caregivers) from ``path``."""
     summary = ImportSummary(path.name, "contacts")
-    parsed: dict[str, tuple[int, dict[str, Any]]] = {}
-    for line, row in _rows(path, CONTACT_COLUMNS):
-        summary.rows += 1
-        if progress:
-            progress(1)
-        try:
-            if "__error__" in row:
-                raise _RowError(row["__error__"])
-            external_id = row.get("contact_id", "")
-            if not external_id:
-                raise _RowError("contact_id is empty")
-            if not row.get("patient_id"):
-                raise _RowError("patient_id is empty")
-            relationship = row.get("relationship", "").strip().lower()
-            if not relationship:
-                raise _RowError("relationship is empty — write parent, guardian, spouse or "
-                                "caregiver")
-            receives = ",".join(w.strip().lower() for w in
-                                (row.get("receives") or "transactional").split(",") if w.strip())
-            if not re.fullmatch(r"[a-z0-9,-]+", receives):
-                raise _RowError("receives must list transactional, marketing, all, none or "
-                                "journey names, separated by commas")
-            values = {"external_id": external_id, "patient_external_id": row["patient_id"],
-                      "relationship": relationship, "first_name": row.get("first_name", ""),
-                      "phone": normalise_phone(row.get("phone", ""), region),
-                      "email": normalise_email(row.get("email", "")),
-                      "language": _language(row.get("language", "")),
-                      "timezone": _timezone(row.get("timezone", "")),
-                      "sms_consent": _consent(row, "sms_consent"),
-                      "email_consent": _consent(row, "email_consent"),
-                      # optional: express written consent to marketing, as for patients
-                      "marketing_consent": _consent(row, "marketing_consent"),
-                      "receives": receives}
-        except _RowError as exc:
-            summary.problems.append(RowProblem(line, str(exc)))
-            continue
-        if external_id in parsed:
-            summary.problems.append(RowProblem(
-                line, f"contact_id appears again (first on line {parsed[external_id][0]})"))
-            continue
-        parsed[external_id] = (line, values)
+
+    def parse(row: Mapping[str, str]) -> dict[str, Any]:
+        if not row.get("patient_id"):
+            raise _RowError("patient_id is empty")
+        relationship = row.get("relationship", "").strip().lower()
+        if not relationship:
+            raise _RowError("relationship is empty — write parent, guardian, spouse or "
+                            "caregiver")
+        receives = ",".join(w.strip().lower() for w in
+                            (row.get("receives") or "transactional").split(",") if w.strip())
+        if not re.fullmatch(r"[a-z0-9,-]+", receives):
+            raise _RowError("receives must list transactional, marketing, all, none or "
+                            "journey names, separated by commas")
+        return {"patient_external_id": row["patient_id"], "relationship": relationship,
+                "first_name": row.get("first_name", ""),
+                "phone": normalise_phone(row.get("phone", ""), region),
+                "email": normalise_email(row.get("email", "")),
+                "language": _language(row.get("language", "")),
+                "timezone": _timezone(row.get("timezone", "")),
+                "sms_consent": _consent(row, "sms_consent"),
+                "email_consent": _consent(row, "email_consent"),
+                # optional: express written consent to marketing, as for patients
+                "marketing_consent": _consent(row, "marketing_consent"),
+                "receives": receives}
+
+    parsed = _parse_rows(path, CONTACT_COLUMNS, "contact_id", parse, summary, progress)
     owners = {k: v["id"] for k, v in _existing(
         conn, patients, sorted({v["patient_external_id"] for _, v in parsed.values()})).items()}
     for external_id, (line, values) in list(parsed.items()):
@@ -637,15 +599,52 @@ def import_contacts(conn: Connection, path: Path, *, region: str, now: datetime,
     return summary
 
 
+def _parse_rows(path: Path, columns: Sequence[str], id_column: str,
+                parse: Callable[[Mapping[str, str]], dict[str, Any]], summary: ImportSummary,
+                progress: Progress | None) -> dict[str, tuple[int, dict[str, Any]]]:
+    """``{external id: (line, values)}`` of the good rows of ``path``; each bad row (and a
+    repeated id) is a problem with its line number."""
+    parsed: dict[str, tuple[int, dict[str, Any]]] = {}
+    for line, row in _rows(path, columns):
+        summary.rows += 1
+        if progress:
+            progress(1)
+        external_id = row.get(id_column, "")
+        try:
+            if "__error__" in row:
+                raise _RowError(row["__error__"])
+            if not external_id:
+                raise _RowError(f"{id_column} is empty")
+            values = {"external_id": external_id, **parse(row)}
+        except _RowError as exc:
+            summary.problems.append(RowProblem(line, str(exc)))
+            continue
+        if external_id in parsed:
+            summary.problems.append(RowProblem(
+                line, f"{id_column} appears again (first on line {parsed[external_id][0]})"))
+            continue
+        parsed[external_id] = (line, values)
+    return parsed
+
+
 def _upsert(conn: Connection, table: Any, parsed: Mapping[str, tuple[int, dict[str, Any]]],
             source: str, now: datetime, summary: ImportSummary) -> None:
     """Insert new rows, update changed ones, leave identical ones alone (no events)."""
     existing = _existing(conn, table, list(parsed))
+    _write(conn, table, [(values, _hash(values), f"{source}:{line}", existing.get(external_id))
+                         for external_id, (line, values) in parsed.items()], now, summary)
+    summary.problems.sort(key=lambda p: p.line)
+
+
+# (values, their hash, file:line, the row as stored or None)
+_Change = tuple[dict[str, Any], str, str, "dict[str, Any] | None"]
+
+
+def _write(conn: Connection, table: Any, changes: Sequence[_Change], now: datetime,
+           summary: ImportSummary) -> list[dict[str, Any]]:
+    """Insert the new rows (returned), update the changed ones, count the unchanged."""
     new_rows = []
-    for external_id, (line, values) in parsed.items():
-        digest = _hash(values)
-        where = f"{source}:{line}"
-        current = existing.get(external_id)
+    for values, digest, where, current in changes:
         if current is None:
             new_rows.append({**values, "row_hash": digest, "source": where, "created_at": now,
                              "updated_at": now})
@@ -658,4 +657,4 @@ def _upsert(conn: Connection, table: Any, parsed: Mapping[str, tuple[int, dict[s
     for part in chunks(new_rows):
         conn.execute(insert(table), list(part))
     summary.created = len(new_rows)
-    summary.problems.sort(key=lambda p: p.line)
+    return new_rows

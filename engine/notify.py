@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -18,6 +19,7 @@ from engine import clock
 from engine.channels.base import OutboundMessage
 from engine.definitions.templates import TemplateSet
 from engine.errors import TemplateRenderError
+from engine.outcomes import Status
 from engine.store import ledger
 
 if TYPE_CHECKING:
@@ -90,3 +92,21 @@ def send(dispatcher: Dispatcher, rendered: Rendered) -> ledger.TouchPoint | None
     with dispatcher.db.transaction() as conn:
         tp = insert(conn, dispatcher, rendered.notice)
     return deliver(dispatcher, tp, rendered)
+
+
+@dataclass
+class Attempts:
+    """How far sending one notice has got, over the touch points of its attempts."""
+
+    done: bool = False  # one was sent (or is in flight, or its fate is unknown)
+    failed: int = 0
+    last_failure: datetime | None = None
+
+    def add(self, status: str, finished_at: datetime | None) -> None:
+        if status in (Status.FAILED, Status.SKIPPED, Status.CANCELLED):
+            self.failed += 1
+            if finished_at is not None and (self.last_failure is None
+                                            or finished_at > self.last_failure):
+                self.last_failure = finished_at
+        else:
+            self.done = True

@@ -213,8 +213,8 @@ class DigestJob:
         blocked = opted_out(conn, [row.email for row in rows if row.email])
         work = []
         for row in rows:
-            done, failed = tries.get(row.id, (False, 0))
-            if not row.email or done or failed >= DIGEST_TRIES:
+            tried = tries.get(row.id, notify.Attempts())
+            if not row.email or tried.done or tried.failed >= DIGEST_TRIES:
                 continue
             if blocked.get(("email", row.email), set()) & {"all", "transactional"}:
                 continue  # the office unsubscribed
@@ -231,7 +231,7 @@ class DigestJob:
                 "unsubscribe_url": "https://example.invalid/unsubscribe",
             }
             notice = notify.Notice(DIGEST_JOURNEY, "monthly", "email", row.email,
-                                   DIGEST_TEMPLATE, anchor=f"digest:{label}:{failed + 1}",
+                                   DIGEST_TEMPLATE, anchor=f"digest:{label}:{tried.failed + 1}",
                                    recipient=f"referrer:{row.id}")
             if notify.render(self.definitions.templates, notice, context, tz) is None:
                 continue  # logged; nothing recorded for a message that cannot be written
@@ -246,16 +246,12 @@ class DigestJob:
         return work
 
 
-def _tries(conn: Connection, label: str) -> dict[int, tuple[bool, int]]:
-    found: dict[int, tuple[bool, int]] = {}
-    for row in conn.execute(select(touch_points.c.recipient, touch_points.c.status).where(
-            touch_points.c.journey == DIGEST_JOURNEY,
-            touch_points.c.anchor.like(f"digest:{label}:%"))):
+def _tries(conn: Connection, label: str) -> dict[int, notify.Attempts]:
+    found: dict[int, notify.Attempts] = {}
+    for row in conn.execute(
+            select(touch_points.c.recipient, touch_points.c.status, touch_points.c.finished_at)
+            .where(touch_points.c.journey == DIGEST_JOURNEY,
+                   touch_points.c.anchor.like(f"digest:{label}:%"))):
         referrer_id = int(row.recipient.partition(":")[2])
-        done, failed = found.get(referrer_id, (False, 0))
-        if row.status in (Status.FAILED, Status.SKIPPED, Status.CANCELLED):
-            failed += 1
-        else:
-            done = True
-        found[referrer_id] = (done, failed)
+        found.setdefault(referrer_id, notify.Attempts()).add(row.status, row.finished_at)
     return found
