@@ -6,7 +6,9 @@ sweep — are skipped over, which gives the same result as visiting them, only f
 
 A *feed* replays an EMR export over time: ``feed_patients.csv`` and
 ``feed_appointments.csv`` are the usual import files with an extra first column ``at``
-(UTC), each row imported at that instant.
+(UTC), each row imported at that instant. ``feed_replies.csv`` (``at, from, body``)
+replays patients' text replies as if they came in through the SMS webhook (STOP, C, a
+score, a complaint …).
 """
 
 from __future__ import annotations
@@ -23,19 +25,22 @@ from engine.importer import (
     APPOINTMENT_COLUMNS,
     PATIENT_COLUMNS,
     ImportSummary,
+    normalise_phone,
     sync_appointments,
     sync_patients,
 )
+from engine.replies import record_inbound, send_outgoing
 from engine.runner import Runner, TickReport
 from engine.store import ledger
 
 SWEEP_EVERY = timedelta(hours=1)
+REPLY_COLUMNS = ("from", "body")
 
 
 @dataclass(frozen=True)
 class FeedRow:
     at: datetime
-    kind: str  # patients | appointments
+    kind: str  # patients | appointments | replies
     line: int
     row: dict[str, str]
 
@@ -49,7 +54,8 @@ class Feed:
     def load(cls, directory: Path) -> Feed:
         rows: list[FeedRow] = []
         for kind, required in (("patients", PATIENT_COLUMNS),
-                               ("appointments", APPOINTMENT_COLUMNS)):
+                               ("appointments", APPOINTMENT_COLUMNS),
+                               ("replies", REPLY_COLUMNS)):
             path = directory / f"feed_{kind}.csv"
             if not path.exists():
                 continue
@@ -89,10 +95,37 @@ class SimulationResult:
     ticks: int = 0
     reports: list[TickReport] = field(default_factory=list)
     imports: list[ImportSummary] = field(default_factory=list)
+    replies: int = 0
 
     @property
     def sent(self) -> int:
         return sum(r.dispatch.sent for r in self.reports)
+
+
+def apply_replies(runner: Runner, rows: list[FeedRow]) -> int:
+    """Record each text reply as the SMS webhook would, then send what it calls for."""
+    settings = runner.settings
+    handled = 0
+    for row in rows:
+        if row.kind != "replies":
+            continue
+        try:
+            number = normalise_phone(row.row["from"], settings.phone_region)
+        except ValueError as exc:
+            raise ImportFileError(f"feed_replies.csv:{row.line}: {exc}") from None
+        if number is None:
+            raise ImportFileError(f"feed_replies.csv:{row.line}: 'from' is empty")
+        with runner.db.transaction() as conn:
+            result = record_inbound(conn, settings, provider="simulated",
+                                    message_id=f"feed-{row.line}", from_number=number,
+                                    to_number=settings.practice.phone or "",
+                                    body=row.row["body"], now=clock.now(),
+                                    asks_score=runner.definitions.score_steps)
+        if result.outgoing and runner.dispatcher is not None:
+            send_outgoing(runner.db, runner.definitions, settings, runner.dispatcher.channels,
+                          result, row.row["body"], number)
+        handled += not result.duplicate
+    return handled
 
 
 def apply_feed(runner: Runner, rows: list[FeedRow]) -> list[ImportSummary]:
@@ -135,6 +168,7 @@ def simulate(runner: Runner, start: datetime, until: datetime, tick: timedelta,
                 rows = feed.due(now)
                 if rows:
                     result.imports.extend(apply_feed(runner, rows))
+                    result.replies += apply_replies(runner, rows)
             sweep = now >= next_sweep
             if sweep:
                 next_sweep = now + SWEEP_EVERY

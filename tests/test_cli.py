@@ -411,6 +411,53 @@ def test_simulate_replays_a_feed_and_sends_the_reminders_due(
     ]
 
 
+def test_simulate_replays_patients_text_replies_as_the_webhook_would(
+        sqlite_url: str, tmp_path: Path) -> None:
+    options = practice(tmp_path, sqlite_url)
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    write_csv(feed / "feed_patients.csv", [{"at": "2026-11-02T15:02:00Z", **patient("P1")}],
+              ["at", *patient().keys()])
+    write_csv(feed / "feed_appointments.csv",
+              [{"at": "2026-11-02T15:20:00Z",
+                **appointment("A1", "P1", "2026-11-05T10:00:00-06:00")}],
+              ["at", *appointment().keys()])
+    # C after the reminder of Tue 10:00 CST, then STOP
+    write_csv(feed / "feed_replies.csv",
+              [{"at": "2026-11-03T16:30:00Z", "from": "(312) 555-0100", "body": "C"},
+               {"at": "2026-11-03T17:00:00Z", "from": "(312) 555-0100", "body": "stop"}],
+              ["at", "from", "body"])
+    result = invoke(*options, "--now", "2026-11-02T08:00-06:00", "simulate",
+                    "--until", "2026-11-05T12:00-06:00", "--feed", str(feed))
+    assert result.exit_code == 0, result.output
+    rows = json.loads(invoke(*options, "log", "--json").stdout)
+    assert [(r["journey"], r["step"], r["status"], r["reason"]) for r in rows] == [
+        ("welcome", "welcome", "sent", None),
+        ("welcome", "what-to-expect", "sent", None),
+        ("pre-visit", "two-days-before", "sent", None),
+        ("replies", "confirmed", "sent", None),  # "C": confirmed, and told so
+        ("replies", "stop", "sent", None),  # STOP: confirmed once
+        ("pre-visit", "two-hours-before", "skipped", "opted_out"),
+    ]
+    with open_database(sqlite_url).transaction() as conn:
+        confirmed = conn.execute(text("SELECT confirmed_at FROM appointments")).scalar()
+    assert confirmed is not None
+
+
+def test_a_feed_reply_from_a_number_that_is_not_one_names_its_line(
+        sqlite_url: str, tmp_path: Path) -> None:
+    options = practice(tmp_path, sqlite_url)
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    write_csv(feed / "feed_replies.csv",
+              [{"at": "2026-11-02T15:30:00Z", "from": "not a number", "body": "hi"}],
+              ["at", "from", "body"])
+    result = invoke(*options, "--now", "2026-11-02T08:00-06:00", "simulate",
+                    "--until", "2026-11-03T08:00-06:00", "--feed", str(feed))
+    assert one_line_error(result).startswith(
+        "Error: feed_replies.csv:2: phone is not a phone number")
+
+
 # --------------------------------------------------------------------------- errors
 
 

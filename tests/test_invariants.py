@@ -316,6 +316,7 @@ def test_no_contact_is_a_reason_not_an_error(clinic: Clinic) -> None:
 @pytest.mark.slow
 def test_every_touch_point_of_the_demo_ends_with_a_status_and_reason(
         database_url: str, tmp_path: Path) -> None:
+    from engine.cases import list_cases
     from engine.demo import run_demo
 
     clinic = Clinic(database_url, tmp_path)
@@ -338,4 +339,12 @@ def test_every_touch_point_of_the_demo_ends_with_a_status_and_reason(
     for kind in ("too_late", "appointment_cancelled", "anchor_changed", "no_consent",
                  "journey_exited"):
         assert any(tp.reason == kind for tp in points), kind
+    # the safety net and the wider customer are part of the story: a minor's parent, the
+    # referring offices, the cases the replies and no-shows opened
+    sent = [tp for tp in points if tp.status == Status.SENT]
+    assert any(tp.recipient.startswith("contact:") for tp in sent)
+    assert {tp.journey for tp in sent} >= {"referral-loop", "recovery", "review-request"}
+    with clinic.db.transaction() as conn:
+        causes = {c.cause for c in list_cases(conn)}
+    assert causes == {"low_score", "complaint", "no_show", "late_cancellation"}
     clinic.close()

@@ -1,8 +1,10 @@
 """`touchpoint demo`: a fictional practice, 60 simulated days, and what the engine did.
 
 It builds a fresh SQLite database from the bundled data (see ``generate.py``), imports
-the patients and appointments on file, replays the EMR feed over 60 days on the virtual
-clock through the fake channels, and prints a timeline and a summary per journey.
+the referral sources, patients, a minor's parent and the appointments on file, replays
+the EMR feed and patients' text replies over 60 days on the virtual clock through the
+fake channels, and prints a timeline, a summary per journey, and the safety net: the
+recovery cases the replies and no-shows opened, and the feedback and referral figures.
 """
 
 from __future__ import annotations
@@ -20,22 +22,31 @@ from rich.table import Table
 from sqlalchemy import select
 
 from engine import clock
+from engine.cases import CAUSES, list_cases
 from engine.channels.fake import FakeChannel
 from engine.definitions import Definitions
 from engine.demo.generate import DAYS, START
-from engine.importer import ImportSummary, import_appointments, import_patients
+from engine.importer import (
+    ImportSummary,
+    import_appointments,
+    import_contacts,
+    import_patients,
+    import_referrers,
+)
 from engine.outcomes import Status
+from engine.report import satisfaction, sparkline
 from engine.reports import JourneySummary, summary
 from engine.runner import Runner
 from engine.settings import Settings
 from engine.simulate import Feed, SimulationResult, simulate
 from engine.store.database import Database
-from engine.store.schema import patients, touch_points
+from engine.store.schema import contacts, patients, touch_points
 from engine.timing import zone
 
 DATA = Path(__file__).parent / "data"
 SPOTLIGHT = {"P1004": "speaks Spanish and lives in another timezone (America/New_York)",
-             "P1006": "declined text messages"}
+             "P1006": "declined text messages",
+             "P1003": "is a minor: her reminders go to her parent"}
 
 
 @dataclass
@@ -54,8 +65,12 @@ def run_demo(db: Database, settings: Settings, definitions: Definitions, *,
     began = clock.now()
     imports: list[ImportSummary] = []
     with clock.travel_to(start), db.transaction() as conn:
+        imports.append(import_referrers(conn, DATA / "referrers.csv",
+                                        region=settings.phone_region, now=start))
         imports.append(import_patients(conn, DATA / "patients.csv",
                                        region=settings.phone_region, now=start, baseline=True))
+        imports.append(import_contacts(conn, DATA / "contacts.csv",
+                                       region=settings.phone_region, now=start))
         imports.append(import_appointments(conn, DATA / "appointments.csv",
                                            practice_tz=runner.rules.practice_timezone,
                                            now=start))
@@ -79,10 +94,12 @@ class Entry:
     patient: str
     name: str
     timezone: str | None
+    to: str = ""  # who it addressed, when not the patient: "parent", "referrer", …
 
     @property
     def outcome(self) -> str:
-        return f"{self.channel} sent" if self.status == Status.SENT else \
+        to = f" to {self.to}" if self.to else ""
+        return f"{self.channel} sent{to}" if self.status == Status.SENT else \
             f"{self.status}: {self.reason}"
 
     def line(self, tz: ZoneInfo, with_name: bool = True, with_date: bool = False) -> str:
@@ -98,13 +115,18 @@ def _entries(db: Database) -> list[Entry]:
             select(touch_points.c.id, touch_points.c.journey, touch_points.c.step,
                    touch_points.c.status, touch_points.c.reason, touch_points.c.channel,
                    touch_points.c.due_at, touch_points.c.sent_at, touch_points.c.finished_at,
-                   touch_points.c.content, patients.c.external_id, patients.c.first_name,
-                   patients.c.last_name, patients.c.timezone)
+                   touch_points.c.content, touch_points.c.recipient, patients.c.external_id,
+                   patients.c.first_name, patients.c.last_name, patients.c.timezone)
             .join(patients, patients.c.id == touch_points.c.patient_id)
             .where(touch_points.c.status != Status.PLANNED)).all()
+        roles = {f"contact:{row.id}": row.relationship
+                 for row in conn.execute(select(contacts.c.id, contacts.c.relationship))}
     entries = [Entry(r.id, r.sent_at or r.finished_at or r.due_at, r.journey, r.step, r.status,
                      r.reason, r.channel, r.content, r.external_id,
-                     f"{r.first_name} {r.last_name}", r.timezone) for r in rows]
+                     f"{r.first_name} {r.last_name}", r.timezone,
+                     "" if r.recipient == "patient" else
+                     roles.get(r.recipient, r.recipient.partition(":")[0]))
+               for r in rows]
     return sorted(entries, key=lambda e: (e.at, e.id))
 
 
@@ -150,6 +172,9 @@ def print_report(console: Console, db: Database, settings: Settings, days: int =
                 console.print(f"      [dim]{first[:100]}{'…' if len(first) > 100 else ''}[/]",
                               highlight=False)
 
+    _print_safety_net(console, db, practice_tz, START.astimezone(practice_tz)
+                      + timedelta(days=days))
+
     table = Table(title="\nSummary per journey", title_justify="left", show_lines=True)
     for column in ("journey", "planned", "sent", "skipped", "cancelled", "failed / unknown",
                    "pending"):
@@ -166,6 +191,25 @@ def print_report(console: Console, db: Database, settings: Settings, days: int =
                       reasons(Status.FAILED, Status.UNKNOWN),
                       str(item.outcomes[Status.PLANNED]))
     console.print(table)
+
+
+def _print_safety_net(console: Console, db: Database, tz: ZoneInfo, end: datetime) -> None:
+    """Recovery cases and the 0-10 answers."""
+    start = START.astimezone(tz)
+    with db.transaction() as conn:
+        cases = list_cases(conn)
+        names = dict(conn.execute(select(patients.c.id, patients.c.first_name
+                                         + " " + patients.c.last_name)).all())
+        scores = satisfaction(conn, start, end)
+    console.print(f"\n[bold]Safety net[/] — {scores['answers']} answers to the 0-10 question, "
+                  f"average {scores['average']}, weekly "
+                  f"{sparkline([w['average'] for w in scores['weekly']])}; "
+                  f"{len(cases)} recovery cases (`touchpoint cases`)")
+    for case in cases:
+        state = "open" if case.is_open else "resolved"
+        console.print(f"  {case.opened_at.astimezone(tz):%a %d %b %H:%M}  case {case.id:<3} "
+                      f"{names.get(case.patient_id, '?'):<18.18} "
+                      f"{CAUSES.get(case.cause, case.cause):<34} {state}", highlight=False)
 
 
 def write_report(out: TextIO, db: Database, settings: Settings) -> None:

@@ -10,7 +10,11 @@ days from Monday 2026-10-05 (daylight saving ends on 2026-11-01 inside the windo
 * ``appointments.csv`` — the appointments on file at the start, including past visits;
 * ``feed_patients.csv`` / ``feed_appointments.csv`` — what the EMR export says later,
   one row per change, with the instant (``at``, UTC) it shows up: new patients,
-  bookings, completions, cancellations, moves and no-shows.
+  bookings, completions, cancellations, moves and no-shows;
+* ``referrers.csv`` — two referral sources; some new patients name one;
+* ``contacts.csv`` — the parent of the practice's one minor patient;
+* ``feed_replies.csv`` — patients' answers to the 0-10 question (a day after their
+  third visit), including a low score and a complaint.
 
 All phone numbers are in the 555-01xx range reserved for fiction; emails use
 example.com.
@@ -25,7 +29,7 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from engine.importer import APPOINTMENT_COLUMNS, PATIENT_COLUMNS
+from engine.importer import APPOINTMENT_COLUMNS, CONTACT_COLUMNS, PATIENT_COLUMNS, REFERRER_COLUMNS
 
 DATA = Path(__file__).parent / "data"
 TZ = ZoneInfo("America/Chicago")
@@ -62,6 +66,8 @@ class Patient:
     email_consent: str = "yes"
     marketing_consent: str = "no"
     arrives: datetime | None = None  # None: on file at the start
+    date_of_birth: str = ""
+    referral_source: str = ""
 
 
 @dataclass
@@ -107,6 +113,7 @@ def build(seed: int = 7) -> tuple[list[Patient], list[Visit]]:
     robert.first_name, robert.last_name, robert.sms_consent = "Robert", "Hale", "no"
     robert.email = "robert.hale@example.com"
     patients[9].email = ""  # a patient without email
+    patients[2].date_of_birth = "2011-04-12"  # a minor: reminders go to her parent
     for newcomer in patients[40:]:
         newcomer.arrives = START + timedelta(days=rng.randint(1, 45), hours=rng.randint(1, 9))
 
@@ -158,6 +165,9 @@ def build(seed: int = 7) -> tuple[list[Patient], list[Visit]]:
                 start = _slot(rng, day)
                 visit(patient, start, first + timedelta(hours=2), "Follow-up")
                 day = start + timedelta(days=rng.choice([3, 4, 7]))
+    for index, newcomer in enumerate(patients[40:]):  # half the new patients were referred
+        if index % 2 == 0:
+            newcomer.referral_source = "R1" if index % 4 == 0 else "R2"
     lucia_visit = next(v for v in visits if v.patient_id == lucia.patient_id
                        and v.start > START + timedelta(days=5))
     lucia_visit.visit_type, lucia_visit.fate = "Telehealth", "completed"
@@ -198,17 +208,72 @@ def timeline(v: Visit) -> list[tuple[datetime, dict[str, str]]]:
     return states
 
 
+REFERRERS = [
+    {"referrer_id": "R1", "name": "Lakeside Orthopedics", "contact_name": "Dana Whitfield",
+     "email": "referrals@lakeside-ortho.example.com", "fax": ""},
+    {"referrer_id": "R2", "name": "North Shore Sports Medicine", "contact_name": "Omar Haddad",
+     "email": "office@northshore-sports.example.com", "fax": "(312) 555-0198"},
+]
+# How patients answer the 0-10 question, in turn (the Spanish speaker answers in Spanish).
+ANSWERS = ["10", "9", "8/10", "eight", "4", "10", "7", "the front desk was rude to me",
+           "9", "3"]
+
+
+def replies(patients: list[Patient], visits: list[Visit]) -> list[tuple[datetime, str, str]]:
+    """(when, from, body): an answer 25 minutes after each satisfaction question, which
+    goes at 12:00 the day after a patient's third completed visit."""
+    completed: dict[str, list[datetime]] = {}
+    for v in visits:
+        if v.fate == "completed":
+            completed.setdefault(v.patient_id, []).append(v.start)
+        elif v.fate == "moved" and v.moved_to is not None:
+            completed.setdefault(v.patient_id, []).append(v.moved_to)
+    out = []
+    answers = iter(ANSWERS * 10)
+    for p in patients:
+        starts = sorted(completed.get(p.patient_id, []))
+        if len(starts) < 3 or p.sms_consent != "yes" or p.date_of_birth:
+            continue
+        tz = ZoneInfo(p.timezone) if p.timezone else TZ
+        day = starts[2].astimezone(tz).date() + timedelta(days=1)
+        at = datetime.combine(day, time(12, 25), tzinfo=tz)
+        if START < at < END:
+            answer = next(answers)
+            out.append((at, p.phone, "ocho" if p.language == "es" else answer))
+    return sorted(out)
+
+
 def write(directory: Path = DATA) -> None:
     patients, visits = build()
     directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "referrers.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, [*REFERRER_COLUMNS, "fax"])
+        writer.writeheader()
+        writer.writerows(REFERRERS)
+    with (directory / "contacts.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, list(CONTACT_COLUMNS))
+        writer.writeheader()
+        for p in patients:
+            if p.date_of_birth:
+                writer.writerow({
+                    "patient_id": p.patient_id, "contact_id": f"C{p.patient_id[1:]}",
+                    "relationship": "parent", "first_name": "Rachel", "phone": "(312) 555-0190",
+                    "email": "rachel.parent@example.com", "language": "", "timezone": "",
+                    "sms_consent": "yes", "email_consent": "yes", "receives": "transactional"})
+    with (directory / "feed_replies.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, ["at", "from", "body"])
+        writer.writeheader()
+        for at, number, body in replies(patients, visits):
+            writer.writerow({"at": _utc(at), "from": number, "body": body})
+    columns = [*PATIENT_COLUMNS, "date_of_birth", "referral_source", "preferred_name"]
     with (directory / "patients.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, [*PATIENT_COLUMNS, "preferred_name"])
+        writer = csv.DictWriter(fh, columns)
         writer.writeheader()
         for p in patients:
             if p.arrives is None:
                 writer.writerow(_patient_row(p))
     with (directory / "feed_patients.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, ["at", *PATIENT_COLUMNS, "preferred_name"])
+        writer = csv.DictWriter(fh, ["at", *columns])
         writer.writeheader()
         for p in sorted((p for p in patients if p.arrives), key=lambda p: p.arrives or START):
             assert p.arrives is not None
@@ -236,7 +301,8 @@ def _patient_row(p: Patient) -> dict[str, str]:
     return {"patient_id": p.patient_id, "first_name": p.first_name, "last_name": p.last_name,
             "phone": p.phone, "email": p.email, "language": p.language, "timezone": p.timezone,
             "sms_consent": p.sms_consent, "email_consent": p.email_consent,
-            "marketing_consent": p.marketing_consent, "preferred_name": ""}
+            "marketing_consent": p.marketing_consent, "date_of_birth": p.date_of_birth,
+            "referral_source": p.referral_source, "preferred_name": ""}
 
 
 def _utc(at: datetime) -> str:
