@@ -42,6 +42,7 @@ intake = "https://riversidept.example/intake"
 directions = "https://riversidept.example/find-us"
 exercises = "https://riversidept.example/exercises"
 book = "https://riversidept.example/book"
+review = "https://riversidept.example/review"
 [channels]
 sms_provider = "fake"
 email_provider = "fake"
