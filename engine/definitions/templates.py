@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -220,7 +221,7 @@ FILTERS = {
 
 
 def _environment(directory: Path, autoescape: bool) -> SandboxedEnvironment:
-    env = SandboxedEnvironment(
+    env = _Sandbox(
         loader=FileSystemLoader(str(directory), encoding="utf-8"),
         undefined=_Undefined,
         autoescape=autoescape,
@@ -243,11 +244,25 @@ def language_candidates(language: str | None) -> list[str]:
     return [normalised, base] if normalised.lower() != base else [base]
 
 
+@lru_cache(maxsize=256)
 def locale_for(language: str) -> str:
     try:
         return str(Locale.parse(language.replace("-", "_")))
     except (UnknownLocaleError, ValueError):
         return "en"
+
+
+class _Sandbox(SandboxedEnvironment):
+    """The sandbox, with a fast path for what templates read most: a :class:`Fields`
+    value by its public name (it holds plain data; nothing on it can be called)."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is Fields and not attribute.startswith("_"):
+            try:
+                return obj._values[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
 
 
 # --------------------------------------------------------------------------- the set

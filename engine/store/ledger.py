@@ -427,9 +427,10 @@ class SendPath:
     def mark_sending(self, conn: Connection, tp_id: int, *, worker: str, now: datetime,
                      detail: str, channel: str, address: str, provider: str, attempts: int,
                      template_file: str, content: str) -> bool:
-        self.flush_history(conn)
+        cursor = self._cursor(conn)
+        self._flush(cursor)
         at = self._time(now)
-        cursor = conn.exec_driver_sql(self.sending_sql, (
+        cursor.execute(self.sending_sql, (
             detail, at, channel, address, provider, attempts, at, template_file, content,
             tp_id, worker))
         if cursor.rowcount != 1:
@@ -440,8 +441,8 @@ class SendPath:
     def mark_sent(self, conn: Connection, tp_id: int, *, expect: str, now: datetime,
                   detail: str | None, provider: str, message_id: str | None) -> bool:
         at = self._time(now)
-        cursor = conn.exec_driver_sql(self.sent_sql, (
-            detail, at, at, message_id, provider, at, tp_id, expect))
+        cursor = self._cursor(conn)
+        cursor.execute(self.sent_sql, (detail, at, at, message_id, provider, at, tp_id, expect))
         if cursor.rowcount != 1:
             return False
         self.history.append((tp_id, at, Status.SENT.value, expect, detail))
@@ -449,5 +450,17 @@ class SendPath:
 
     def flush_history(self, conn: Connection) -> None:
         if self.history:
-            conn.exec_driver_sql(self.history_sql, self.history)
+            self._flush(self._cursor(conn))
+
+    def _flush(self, cursor: Any) -> None:
+        if self.history:
+            cursor.executemany(self.history_sql, self.history)
             self.history = []
+
+    @staticmethod
+    def _cursor(conn: Connection) -> Any:
+        """A DB-API cursor on the connection of ``conn``'s transaction (the statements run
+        in it, unseen by SQLAlchemy's per-statement machinery)."""
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        return raw.cursor()
