@@ -135,6 +135,10 @@ SETTINGS: tuple[Setting, ...] = (
             "First retry delay after a transient error; doubles on each attempt.", "1m"),
     Setting("dispatch.default_expiry", "TOUCHPOINT_DEFAULT_EXPIRY",
             "How late a step may still be sent when it sets no expires_after.", "1d"),
+    Setting("templates.sensitive_fields", "TOUCHPOINT_SENSITIVE_FIELDS",
+            "Field names `touchpoint validate` treats as clinical: a warning in an SMS, an "
+            "error in a message to a referrer (env: comma-separated).",
+            ["diagnosis", "body_part", "insurance", "clinical_notes", "visit_type"]),
     Setting("recovery.owner_name", "TOUCHPOINT_RECOVERY_OWNER_NAME",
             "The staff member who owns recovery cases and signs the recovery message "
             "(case.owner in templates).", ""),
@@ -348,6 +352,20 @@ class Recovery(BaseModel):
         return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
+class Templates(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    sensitive_fields: tuple[str, ...] = ("diagnosis", "body_part", "insurance",
+                                         "clinical_notes", "visit_type")
+
+    @field_validator("sensitive_fields", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+
 class Referrals(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -390,6 +408,7 @@ class Settings(BaseModel):
     daemon: Daemon = Daemon()
     recovery: Recovery = Recovery()
     referrals: Referrals = Referrals()
+    templates: Templates = Templates()
     config_file: Path | None = None
 
     @field_validator("send_from", "send_until", mode="before")
@@ -449,7 +468,7 @@ _FIELD_PATH: dict[str, tuple[str, ...]] = {
     **{s.key: tuple(s.key.split(".")) for s in SETTINGS
        if s.key.split(".")[0] in {"practice", "channels", "dispatch", "twilio", "sendgrid",
                                   "email", "webhooks", "caps", "daemon", "recovery",
-                                  "referrals"}},
+                                  "referrals", "templates"}},
 }
 
 

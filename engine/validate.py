@@ -16,8 +16,9 @@ Warnings (exit 0), checked on each SMS a step sends, rendered for the sample pat
 * longer than one segment; characters that force UCS-2 (with line and column);
 * a transactional SMS without the practice's name or phone number (FCC healthcare
   exemption); a marketing SMS without STOP wording;
-* fields marked sensitive (diagnosis, body part, insurance, clinical notes, visit type)
-  used in an SMS (HIPAA minimum necessary).
+* fields marked sensitive (``templates.sensitive_fields``: diagnosis, body part,
+  insurance, clinical notes, visit type by default) used in an SMS (HIPAA minimum
+  necessary).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from engine.timing import zone
 
 # What the HELP reply must say about charges (CTIA), by language.
 RATES_WORDING = {"en": "Msg&data rates may apply", "es": "tarifas de mensajes y datos"}
-SENSITIVE_FIELDS = ("diagnosis", "body_part", "insurance", "clinical_notes", "visit_type")
 _STOP = re.compile(r"\bstop\b", re.IGNORECASE)
 
 
@@ -113,7 +113,8 @@ def _check_referrer_fields(definitions: Definitions, settings: Settings,
             for variable, line in sorted(templates.references(resolved[0]).items()):
                 parts = variable.split(".")
                 field = parts[-1]
-                clinical = field in SENSITIVE_FIELDS or parts[:2] == ["patient", "custom"]
+                clinical = field in settings.templates.sensitive_fields \
+                    or parts[:2] == ["patient", "custom"]
                 if clinical and field not in allowed:
                     yield Diagnostic(str(templates.path(resolved[0])), line,
                                      f"{variable} goes to a referral source, who gets the "
@@ -186,7 +187,8 @@ def _check_renders(definitions: Definitions, settings: Settings, now: datetime,
                         continue
                     if channel == "sms" and with_appointment:
                         yield from _check_characters(templates, file, where)
-                        yield from _check_sensitive(templates, file, where)
+                        yield from _check_sensitive(templates, file, where,
+                                                    settings.templates.sensitive_fields)
                         yield from _check_rendered(journey, body, where, settings)
 
 
@@ -268,9 +270,10 @@ def _check_characters(templates: TemplateSet, file: str, where: str) -> Iterator
                          advice, severity="warning", code="ucs2")
 
 
-def _check_sensitive(templates: TemplateSet, file: str, where: str) -> Iterator[Diagnostic]:
+def _check_sensitive(templates: TemplateSet, file: str, where: str,
+                     sensitive: tuple[str, ...]) -> Iterator[Diagnostic]:
     for variable, line in sorted(templates.references(file).items()):
-        if any(part in SENSITIVE_FIELDS for part in variable.split(".")[1:]):
+        if any(part in sensitive for part in variable.split(".")[1:]):
             yield Diagnostic(where, line,
                              f"{variable} is marked sensitive and must not go in an SMS "
                              "(minimum necessary)", "move it to the email, or leave it out",

@@ -385,6 +385,21 @@ def test_a_sensitive_custom_field_in_an_sms_is_a_warning(tmp_path: Path) -> None
         "necessary)", "move it to the email, or leave it out")]
 
 
+def test_the_practice_says_which_fields_are_sensitive(tmp_path: Path) -> None:
+    sms = GOOD_SMS.replace(". {{ practice.phone }}", "\nre: {{ patient.custom.injury }} "
+                           "{{ patient.custom.diagnosis }}. {{ practice.phone }}")
+
+    code, found, templates = validate(
+        tmp_path, {"reminders.yaml": REMINDERS}, {"reminders/two-hours-before.sms.j2": sms},
+        '\n[templates]\nsensitive_fields = ["injury"]\n')
+
+    assert code == 0
+    assert found == [finding(
+        templates / "reminders/two-hours-before.sms.j2", 2, "warning", "sensitive",
+        "patient.custom.injury is marked sensitive and must not go in an SMS (minimum "
+        "necessary)", "move it to the email, or leave it out")]
+
+
 # --------------------------------------------------------------------------- segments
 
 
