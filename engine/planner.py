@@ -170,12 +170,19 @@ def plan(event: Event, patient: Patient, journeys: Iterable[Journey], rules: Pla
     exits = list(_exits(event, journeys))
     moved = event.kind == "appointment.rescheduled"
     for journey in journeys:
+        if not journey.may_start_on(event.kind):
+            continue
         steps = [s for s in journey.steps if triggered_by(journey.trigger_for(s), event)
                  # a move re-plans what is timed from the visit, not what the booking sent
                  and not (moved and s.when.kind == "immediately")]
         if not steps:
             continue
-        anchors = {s.id: anchor_for(journey.trigger_for(s), event) for s in steps}
+        by_trigger: dict[str, Anchor | None] = {}
+        for step in steps:
+            trigger = journey.trigger_for(step)
+            if trigger.event not in by_trigger:
+                by_trigger[trigger.event] = anchor_for(trigger, event)
+        anchors = {s.id: by_trigger[journey.trigger_for(s).event] for s in steps}
         if moved:
             spare = next((a.key for a in anchors.values() if a is not None), None)
             exits.append(Exit(
@@ -368,13 +375,9 @@ def deadline(step: Step, anchor: Anchor, due: datetime, default_expiry: timedelt
 
 def _exits(event: Event, journeys: Iterable[Journey]) -> Iterable[Exit]:
     label = event.data.get("appointment", "")
+    kind = event.kind
     for journey in journeys:
-        by_rule: dict[tuple[str, str], list[str]] = {}
-        for step in journey.steps:
-            for rule in journey.exits_for(step):
-                if rule.event == event.kind:
-                    by_rule.setdefault((rule.event, rule.scope), []).append(step.id)
-        for (kind, scope), steps in by_rule.items():
+        for scope, steps in journey.exits_on(kind):
             prefix = f"appointment:{event.appointment_id}:" \
                 if scope == "anchor" and event.appointment_id is not None else None
             if kind == "case.resolved":  # ends the run for that case only

@@ -163,9 +163,32 @@ class Journey:
     line: int = 1  # of the `journey:` key
     once_per: timedelta | None = None  # start at most once per patient in this period
     _steps_by_id: Mapping[str, Step] = field(default_factory=dict, repr=False, compare=False)
+    # what the planner asks of every event, worked out once
+    _starts_on: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    _exits_on: Mapping[str, tuple[tuple[Scope, tuple[str, ...]], ...]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_steps_by_id", {s.id: s for s in self.steps})
+        kinds = {t.event for t in self.triggers}
+        if "appointment.booked" in kinds:
+            kinds.add("appointment.rescheduled")  # a move re-plans the booking's steps
+        object.__setattr__(self, "_starts_on", frozenset(kinds))
+        exits: dict[str, dict[Scope, list[str]]] = {}
+        for step in self.steps:
+            for rule in self.exits_for(step):
+                exits.setdefault(rule.event, {}).setdefault(rule.scope, []).append(step.id)
+        object.__setattr__(self, "_exits_on", {
+            kind: tuple((scope, tuple(ids)) for scope, ids in scopes.items())
+            for kind, scopes in exits.items()})
+
+    def may_start_on(self, kind: str) -> bool:
+        """Whether an event of ``kind`` can start any of this journey's steps."""
+        return kind in self._starts_on
+
+    def exits_on(self, kind: str) -> tuple[tuple[Scope, tuple[str, ...]], ...]:
+        """(scope, step ids) that an event of ``kind`` ends, by exit rule scope."""
+        return self._exits_on.get(kind, ())
 
     @property
     def trigger(self) -> Trigger:
