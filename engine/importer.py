@@ -166,6 +166,20 @@ def _consent(row: Mapping[str, str], column: str) -> bool:
     raise _RowError(f"{column} must be yes or no")
 
 
+def _reachable(row: Mapping[str, str], region: str) -> dict[str, Any]:
+    """How to reach a person and what they agreed to: phone, email, language, timezone,
+    consents."""
+    return {
+        "phone": normalise_phone(row.get("phone", ""), region),
+        "email": normalise_email(row.get("email", "")),
+        "language": _language(row.get("language", "")),
+        "timezone": _timezone(row.get("timezone", "")),
+        "sms_consent": _consent(row, "sms_consent"),
+        "email_consent": _consent(row, "email_consent"),
+        "marketing_consent": _consent(row, "marketing_consent"),
+    }
+
+
 def normalise_phone(raw: str, region: str) -> str | None:
     if not raw:
         return None
@@ -237,13 +251,7 @@ def parse_patient(row: Mapping[str, str], region: str) -> dict[str, Any]:
         "external_id": external_id,
         "first_name": row.get("first_name", ""),
         "last_name": row.get("last_name", ""),
-        "phone": normalise_phone(row.get("phone", ""), region),
-        "email": normalise_email(row.get("email", "")),
-        "language": _language(row.get("language", "")),
-        "timezone": _timezone(row.get("timezone", "")),
-        "sms_consent": _consent(row, "sms_consent"),
-        "email_consent": _consent(row, "email_consent"),
-        "marketing_consent": _consent(row, "marketing_consent"),
+        **_reachable(row, region),
         "custom": {k: v for k, v in row.items()
                    if k not in PATIENT_COLUMNS and k not in PATIENT_OPTIONAL and k},
         "date_of_birth": _date(row, "date_of_birth"),
@@ -572,16 +580,9 @@ def import_contacts(conn: Connection, path: Path, *, region: str, now: datetime,
         if not re.fullmatch(r"[a-z0-9,-]+", receives):
             raise _RowError("receives must list transactional, marketing, all, none or "
                             "journey names, separated by commas")
+        # (marketing_consent is an optional column: express written consent, as for patients)
         return {"patient_external_id": row["patient_id"], "relationship": relationship,
-                "first_name": row.get("first_name", ""),
-                "phone": normalise_phone(row.get("phone", ""), region),
-                "email": normalise_email(row.get("email", "")),
-                "language": _language(row.get("language", "")),
-                "timezone": _timezone(row.get("timezone", "")),
-                "sms_consent": _consent(row, "sms_consent"),
-                "email_consent": _consent(row, "email_consent"),
-                # optional: express written consent to marketing, as for patients
-                "marketing_consent": _consent(row, "marketing_consent"),
+                "first_name": row.get("first_name", ""), **_reachable(row, region),
                 "receives": receives}
 
     parsed = _parse_rows(path, CONTACT_COLUMNS, "contact_id", parse, summary, progress)
