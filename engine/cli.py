@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
 from typing import Any, TextIO
@@ -1128,6 +1128,7 @@ def demo_cmd(ctx: click.Context, days: int) -> None:
     Uses its own database (touchpoint-demo.db unless --db is given) and the fake channels.
     """
     from engine.demo import print_report, run_demo
+    from engine.demo.generate import START
 
     app = _app(ctx)
     if "database.url" not in app.flags:
@@ -1159,10 +1160,14 @@ def demo_cmd(ctx: click.Context, days: int) -> None:
                   f"{result.simulation.ticks} ticks.")
     print_report(console, database, settings, days)
     url = safe_url(database.url)
+    # Cases and the report read "now"; point them at the end of the simulated days.
+    then = f"--now {(START + timedelta(days=days)).astimezone(UTC):%Y-%m-%dT%H:%MZ}"
     console.print(f"\nDone in {time.monotonic() - began:.1f} s. Explore it:\n"
                   f"  touchpoint --db {url} log --patient P1004\n"
                   f"  touchpoint --db {url} log --status skipped\n"
-                  f"  touchpoint --db {url} why 1")
+                  f"  touchpoint --db {url} why 1\n"
+                  f"  touchpoint --db {url} {then} cases --open\n"
+                  f"  touchpoint --db {url} {then} report --since {START:%Y-%m-%d}")
 
 
 def main() -> None:
