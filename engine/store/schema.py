@@ -199,6 +199,11 @@ class TouchPoint(Base):
               sqlite_where=text("status = 'failed'"),
               postgresql_where=text("status = 'failed'")),
         Index(None, "appointment_id"),
+        # How a provider's status callback finds its touch point. Rows get an id when they
+        # are sent; the planned ones are not indexed (nor moved in the index when sent).
+        Index(None, "provider_message_id",
+              sqlite_where=text("provider_message_id IS NOT NULL"),
+              postgresql_where=text("provider_message_id IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -221,7 +226,7 @@ class TouchPoint(Base):
     channel: Mapped[str | None] = mapped_column(String(12))
     address: Mapped[str | None] = mapped_column(String(254))
     provider: Mapped[str | None] = mapped_column(String(24))
-    provider_message_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    provider_message_id: Mapped[str | None] = mapped_column(String(100))
     template_file: Mapped[str | None] = mapped_column(String(200))
     content: Mapped[str | None] = mapped_column(Text)  # what was sent: subject, then body
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -236,6 +241,13 @@ class TouchPoint(Base):
 
 class TouchPointHistory(Base):
     __tablename__ = "touch_point_history"
+    __table_args__ = (
+        # A provider event is recorded once. Only provider events carry an id, so only they
+        # are indexed: the dispatcher's own rows (two a message) skip this index.
+        Index(None, "provider_event_id", unique=True,
+              sqlite_where=text("provider_event_id IS NOT NULL"),
+              postgresql_where=text("provider_event_id IS NOT NULL")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     touch_point_id: Mapped[int] = mapped_column(ForeignKey("touch_points.id"), index=True)
@@ -246,7 +258,7 @@ class TouchPointHistory(Base):
     reason: Mapped[str | None] = mapped_column(String(40))
     detail: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(24))
-    provider_event_id: Mapped[str | None] = mapped_column(String(120), unique=True)
+    provider_event_id: Mapped[str | None] = mapped_column(String(120))
 
 
 class OptOut(Base):
