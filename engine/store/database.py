@@ -54,6 +54,12 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache (the default is 2)
+    # Copy the WAL into the database (two fsyncs) every ~40 MiB of it rather than every
+    # ~4 MiB: the connection that commits past the mark does it, and on the send path that
+    # is the dispatcher (about 12 % of its time at the default). Afterwards the WAL file is
+    # cut back to this size.
+    cursor.execute("PRAGMA wal_autocheckpoint=10000")
+    cursor.execute("PRAGMA journal_size_limit=41943040")
     cursor.close()
 
 
