@@ -14,7 +14,7 @@ November 24" or "martes, 24 de noviembre"; ``| time`` → "3:00 PM" or "15:00".
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from functools import lru_cache
@@ -255,6 +255,12 @@ def locale_for(language: str) -> str:
 class _Sandbox(SandboxedEnvironment):
     """The sandbox, with a fast path for what templates read most: a :class:`Fields`
     value by its public name (it holds plain data; nothing on it can be called)."""
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        # A plain dict, not Jinja's ChainMap over the environment's globals: every render
+        # copies the globals, and copying a ChainMap costs more than the render. (Nothing
+        # changes the globals after templates load, as Jinja asks.)
+        return {**self.globals, **(d or {})}
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if type(obj) is Fields and not attribute.startswith("_"):
