@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from engine.cli import cli
 from engine.errors import ImportFileError
@@ -627,3 +627,29 @@ def test_an_unreadable_file_is_one_error_line_and_exit_1(
     assert result.stderr == expected + "\n"
     assert "Traceback" not in result.output
     assert count(database_url, patients) == 0
+
+
+def test_an_import_on_postgresql_plans_its_lookups_for_the_rows_it_finds(
+        postgres_url: str, tmp_path: Path) -> None:
+    """psycopg prepares a statement run five times; PostgreSQL may then keep a generic plan
+    costed while a first import's tables were empty, and the import slowed quadratically
+    (bench/README.md). Imports ask for custom plans, for their own transaction only.
+    (SQLite plans every statement as it runs: nothing to set there.)"""
+    from tests.conftest import _truncate
+
+    _truncate(postgres_url)
+    db = open_database(postgres_url)
+    path = write_csv(tmp_path / "patients.csv", [patient("P1"), patient("P2")], PATIENT_COLUMNS)
+    mode = text("SHOW plan_cache_mode")
+    try:
+        with db.transaction() as conn:
+            before = conn.execute(mode).scalar_one()
+            import_patients(conn, path, region="US", now=NOW)
+            during = conn.execute(mode).scalar_one()
+        with db.transaction() as conn:
+            after = conn.execute(mode).scalar_one()
+    finally:
+        db.dispose()
+
+    assert (before, during, after) == ("auto", "force_custom_plan", "auto")
+    assert count(postgres_url, patients) == 2
