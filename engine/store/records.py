@@ -31,7 +31,14 @@ def chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
         yield items[start:start + size]
 
 
+# The columns a Patient holds (the dispatcher reads 500 at a time; it needs no more)
+_PATIENT_FIELDS = tuple(f.name for f in fields(Patient))
+_PATIENT_COLUMNS = [patients.c[name] for name in _PATIENT_FIELDS]
+
+
 def patient_from_row(row: Row[Any]) -> Patient:
+    if row._fields == _PATIENT_FIELDS:  # load_patients' rows: a Patient's columns, in order
+        return Patient(*row)  # type: ignore[call-arg]
     return Patient(
         id=row.id, external_id=row.external_id, first_name=row.first_name,
         last_name=row.last_name, phone=row.phone, email=row.email, language=row.language,
@@ -97,8 +104,6 @@ def event_from_row(row: Row[Any]) -> Event:
                  data=dict(row.data or {}), source=row.source)
 
 
-# The columns a Patient holds (the dispatcher reads 500 at a time; it needs no more)
-_PATIENT_COLUMNS = [patients.c[f.name] for f in fields(Patient)]
 
 
 def load_patients(conn: Connection, ids: Iterable[int]) -> dict[int, Patient]:
