@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import time, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Literal
 
 import phonenumbers
@@ -100,7 +101,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("email.from_address", "TOUCHPOINT_EMAIL_FROM",
             "The address emails come from (a verified sender); \"Name <addr>\" allowed."),
     Setting("email.unsubscribe_mailto", "TOUCHPOINT_UNSUBSCRIBE_MAILTO",
-            "Mailbox for mailto: unsubscribes (routed to /webhooks/sendgrid/inbound).", ""),
+            "Mailbox for mailto: unsubscribes (routed to /webhooks/sendgrid/inbound); "
+            "required with SendGrid.", ""),
     Setting("email.unsubscribe_transactional", "TOUCHPOINT_UNSUBSCRIBE_TRANSACTIONAL",
             "Also put List-Unsubscribe headers and a link in transactional emails.", False),
     Setting("webhooks.public_url", "TOUCHPOINT_PUBLIC_URL",
@@ -243,6 +245,9 @@ class Email(BaseModel):
     unsubscribe_transactional: bool = False
 
 
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
 class Webhooks(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -252,8 +257,11 @@ class Webhooks(BaseModel):
     @field_validator("public_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if value and not value.startswith(("https://", "http://")):
-            raise ValueError("must start with https:// (providers call it from the internet)")
+        if value and not value.startswith("https://") \
+                and urlsplit(value).hostname not in _LOOPBACK:
+            raise ValueError("must start with https:// (providers call it from the internet, and "
+                             "patients open unsubscribe links on it); http:// only for "
+                             "localhost")
         return value.rstrip("/")
 
 

@@ -21,15 +21,18 @@ from typing import Any
 import pytest
 
 from engine import clock
+from engine.channels import build_channels
 from engine.channels.base import OutboundMessage, SendResult
 from engine.channels.sendgrid_email import SendGridEmail
 from engine.channels.twilio_sms import TwilioSMS
 from engine.errors import (
     AmbiguousChannelError,
     ChannelError,
+    ConfigError,
     PermanentChannelError,
     TransientChannelError,
 )
+from engine.settings import load_settings
 from tests.provider_servers import (
     ConnectTimeoutListener,
     Outcome,
@@ -641,3 +644,51 @@ def test_sendgrid_repr_and_sdk_debug_log_hide_the_key_and_address(
     # python_http_client logs "HEADERS: {... 'Authorization': 'Bearer SG…'}" at DEBUG.
     assert sendgrid_server.api_key not in caplog.text
     assert PATIENT_EMAIL not in caplog.text
+
+
+# --------------------------------------------------------------------------- start-up
+
+_REAL = {"TOUCHPOINT_PRACTICE_NAME": "Riverside PT", "TOUCHPOINT_PRACTICE_TIMEZONE":
+         "America/Chicago", "TOUCHPOINT_SMS_PROVIDER": "twilio",
+         "TOUCHPOINT_EMAIL_PROVIDER": "sendgrid", "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+         "TWILIO_AUTH_TOKEN": "secret-token-123", "TWILIO_FROM_NUMBER": "+13125550100",
+         "SENDGRID_API_KEY": "SG.secret-key", "TOUCHPOINT_EMAIL_FROM": "hello@pt.example",
+         "TOUCHPOINT_PUBLIC_URL": "https://tp.example",
+         "TOUCHPOINT_UNSUBSCRIBE_MAILTO": "unsubscribe@pt.example"}
+
+
+@pytest.mark.parametrize(("missing", "named"), [
+    ("TWILIO_ACCOUNT_SID", "TWILIO_ACCOUNT_SID"),
+    ("TWILIO_FROM_NUMBER", "TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID"),
+    ("SENDGRID_API_KEY", "SENDGRID_API_KEY"),
+    ("TOUCHPOINT_EMAIL_FROM", "TOUCHPOINT_EMAIL_FROM"),
+    ("TOUCHPOINT_PUBLIC_URL", "TOUCHPOINT_PUBLIC_URL"),
+    ("TOUCHPOINT_UNSUBSCRIBE_MAILTO", "TOUCHPOINT_UNSUBSCRIBE_MAILTO"),
+])
+def test_a_missing_provider_setting_is_a_start_up_error_naming_it(missing: str,
+                                                                  named: str) -> None:
+    settings = load_settings(None, environ={k: v for k, v in _REAL.items() if k != missing})
+    with pytest.raises(ConfigError) as caught:
+        build_channels(settings)
+
+    assert named in caught.value.message
+    assert "secret" not in caught.value.message
+
+
+def test_with_every_setting_the_real_channels_start() -> None:
+    channels = build_channels(load_settings(None, environ=_REAL))
+
+    assert (channels["sms"].provider, channels["email"].provider) == ("twilio", "sendgrid")
+
+
+@pytest.mark.parametrize(("url", "accepted"), [
+    ("https://tp.example", True), ("http://127.0.0.1:8000", True),
+    ("http://localhost:8000", True), ("http://tp.example", False), ("tp.example", False)])
+def test_the_public_url_is_https_except_on_this_machine(url: str, accepted: bool) -> None:
+    environ = {**_REAL, "TOUCHPOINT_PUBLIC_URL": url}
+    if accepted:
+        assert load_settings(None, environ=environ).webhooks.public_url == url
+    else:
+        with pytest.raises(ConfigError) as caught:
+            load_settings(None, environ=environ)
+        assert "must start with https://" in caught.value.message

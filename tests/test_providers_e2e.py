@@ -46,6 +46,7 @@ api_url = "{sendgrid_url}"
 
 [email]
 from_address = "Riverside PT <hello@riversidept.example>"
+unsubscribe_mailto = "unsubscribe@riversidept.example"
 
 [webhooks]
 public_url = "{PUBLIC_URL}"
@@ -124,7 +125,9 @@ def test_a_marketing_email_goes_through_sendgrid_with_custom_args_and_unsubscrib
     assert body["custom_args"] == {"touch_point_id": str(day_30.id)}
     headers = body["headers"]
     assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert headers["List-Unsubscribe"].startswith(f"<{PUBLIC_URL}/unsubscribe/{day_30.id}.")
+    https, mailto = headers["List-Unsubscribe"].split(", ")
+    assert https.startswith(f"<{PUBLIC_URL}/unsubscribe/{day_30.id}.")
+    assert mailto.startswith("<mailto:unsubscribe@riversidept.example?subject=unsubscribe%20")
     text = next(c["value"] for c in body["content"] if c["type"] == "text/plain")
     assert f"{PUBLIC_URL}/unsubscribe/{day_30.id}." in text  # the visible link
     assert "1200 W Riverside Ave" in text  # the physical address

@@ -76,6 +76,16 @@ def _sendgrid(settings: Settings) -> Channel:
     from engine.channels.sendgrid_email import SendGridEmail
 
     name, address = parseaddr(settings.require("email.from_address"))
+    # Marketing emails (and transactional ones, by setting) carry List-Unsubscribe with both
+    # targets and a visible link: without these they would point nowhere a patient can reach.
+    if not settings.webhooks.public_url:
+        raise ConfigError("setting webhooks.public_url is not set — emails carry an unsubscribe "
+                          "link to it: set TOUCHPOINT_PUBLIC_URL to where `touchpoint serve` is "
+                          "reachable (https)")
+    if not settings.email.unsubscribe_mailto:
+        raise ConfigError("setting email.unsubscribe_mailto is not set — List-Unsubscribe needs "
+                          "a mailto: set TOUCHPOINT_UNSUBSCRIBE_MAILTO to an address whose mail "
+                          "SendGrid Inbound Parse posts to /webhooks/sendgrid/inbound")
     try:
         return SendGridEmail(
             api_key=settings.require("sendgrid.api_key"), from_email=address,
