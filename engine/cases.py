@@ -142,15 +142,14 @@ def open_case(conn: Connection, settings: Settings, *, patient_id: int, cause: s
     """Open a case for ``cause`` (once per ``key``); its id, or None if not opened (the
     key was seen before, or the detail went onto the patient's open case of that cause)."""
     assert cause in CAUSES, cause
-    if conn.execute(select(recovery_cases.c.id)
-                    .where(recovery_cases.c.cause_key == key)).first() is not None:
+    if known_causes(conn, [key]):
         return None
     same = conn.execute(select(recovery_cases.c.id).where(
         recovery_cases.c.patient_id == patient_id, recovery_cases.c.cause == cause,
         recovery_cases.c.status == "open")).first()
     if same is not None and cause in ("complaint", "failed_delivery"):
-        # one person calls the patient about it all: the open case gets a note
-        add_event(conn, same.id, "note", f"again: {detail}", "touchpoint", now)
+        # one person calls the patient about it all: the open case gets a note, once
+        add_event(conn, same.id, "note", f"again: {detail}", "touchpoint", now, cause_key=key)
         return None
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
     owner = settings.recovery.owner_name
@@ -173,9 +172,19 @@ def open_case(conn: Connection, settings: Settings, *, patient_id: int, cause: s
 
 
 def add_event(conn: Connection, case_id: int, kind: str, detail: str, by: str,
-              now: datetime) -> None:
+              now: datetime, cause_key: str | None = None) -> None:
     conn.execute(insert(case_events).values(case_id=case_id, at=now, kind=kind,
-                                            detail=detail[:2000], by=by[:100]))
+                                            detail=detail[:2000], by=by[:100],
+                                            cause_key=cause_key))
+
+
+def known_causes(conn: Connection, keys: Sequence[str]) -> set[str]:
+    """The cause keys among ``keys`` already seen: a case opened for them, or a note."""
+    if not keys:
+        return set()
+    opened = select(recovery_cases.c.cause_key).where(recovery_cases.c.cause_key.in_(keys))
+    noted = select(case_events.c.cause_key).where(case_events.c.cause_key.in_(keys))
+    return {key for key in conn.execute(opened.union(noted)).scalars() if key is not None}
 
 
 def cases_from_events(conn: Connection, settings: Settings, batch: Iterable[Event]) -> int:
@@ -215,17 +224,16 @@ def cases_from_failures(conn: Connection, settings: Settings, since: datetime,
         select(touch_points.c.id, touch_points.c.patient_id, touch_points.c.appointment_id,
                touch_points.c.journey, touch_points.c.step, touch_points.c.channel,
                touch_points.c.detail, touch_points.c.finished_at, touch_points.c.purpose,
-               touch_points.c.test)
+               touch_points.c.test, touch_points.c.recipient)
         .where(touch_points.c.status == Status.FAILED, touch_points.c.finished_at >= since)
         .order_by(touch_points.c.finished_at)).all()
     if not rows:
         return 0, None
+    # (a referring office's email that bounced is not the patient's problem to call about)
     keys = {f"failed_delivery:{row.id}": row for row in rows
             if row.purpose == "transactional" and not row.test and row.patient_id is not None
-            and row.journey not in SYSTEM_JOURNEYS}
-    known = set(conn.execute(select(recovery_cases.c.cause_key)
-                             .where(recovery_cases.c.cause_key.in_(list(keys)))).scalars()) \
-        if keys else set()
+            and row.journey not in SYSTEM_JOURNEYS and not row.recipient.startswith("referrer:")}
+    known = known_causes(conn, list(keys))
     opened = 0
     for key, row in keys.items():
         if key in known:

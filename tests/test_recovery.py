@@ -442,6 +442,36 @@ def test_a_message_that_failed_for_good_opens_a_case_for_the_practice_not_the_pa
         p.close()
 
 
+def test_a_second_failure_while_the_case_is_open_is_noted_on_it_once(
+        database_url: str, tmp_path: Path) -> None:
+    """The case desk looks at recent failures again on every tick (a late commit by
+    another worker is still found); a failure already noted is not noted again."""
+    p = Practice(database_url, tmp_path, extra=f'\n[recovery]\nowner_name = "{OWNER_NAME}"\n')
+    try:
+        p.clinic.sms.fail_when(lambda m: PermanentChannelError(
+            "invalid number", provider="fake", code="21211") if m.to == "+13125550100" else None)
+        p.clinic.email.fail_when(lambda m: PermanentChannelError(
+            "mailbox does not exist", provider="fake") if m.to == "p1@example.com" else None)
+        p.at("2026-11-02T09:00:00-06:00")
+        p.clinic.patients(patient("P1"))
+        p.clinic.tick()
+        assert tick_at(p, "2026-11-02T09:00:15-06:00")[0] == 1  # welcome/welcome failed
+
+        # ten minutes later the what-to-expect email fails too, then the desk keeps ticking
+        for when in ("2026-11-02T09:10:00-06:00", "2026-11-02T09:10:15-06:00",
+                     "2026-11-02T09:11:30-06:00", "2026-11-02T09:30:00-06:00",
+                     "2026-11-02T10:30:00-06:00"):
+            assert tick_at(p, when)[0] == 0
+        assert p.clinic.one("welcome", "what-to-expect").status == Status.FAILED
+
+        [opened] = cases_of(p)
+        again = [d for d in details(p, opened.id) if d.startswith("again: ")]
+        assert len(again) == 1
+        assert again[0].startswith("again: welcome/what-to-expect by email failed")
+    finally:
+        p.close()
+
+
 def test_a_text_twilio_reports_undelivered_opens_a_case(sqlite_desk: Practice) -> None:
     [welcome] = sqlite_desk.welcomed()
     assert welcome.channel == "sms"

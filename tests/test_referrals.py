@@ -18,6 +18,8 @@ from freezegun import freeze_time
 from sqlalchemy import select
 
 from engine import clock
+from engine.cases import list_cases
+from engine.errors import PermanentChannelError
 from engine.outcomes import Status
 from engine.settings import load_settings
 from engine.store.records import add_opt_out
@@ -502,3 +504,21 @@ def test_a_referrer_who_opted_out_of_email_gets_no_digest(clinic: Clinic) -> Non
     assert digest_mail(clinic) == []
     for tp in clinic.touch_points(journey="referral-digest"):
         assert (tp.status, tp.reason) == (Status.SKIPPED, "opted_out")
+
+
+def test_a_referrers_email_that_bounces_opens_no_case_about_the_patient(
+        clinic: Clinic) -> None:
+    clinic.email.fail_when(lambda m: PermanentChannelError(
+        "mailbox does not exist", provider="fake") if m.to == DR1_EMAIL else None)
+    with freeze_time("2026-10-05T15:00:00Z") as frozen:  # Mon 10:00 CDT
+        clinic.referrers(referrer("DR1"))
+        clinic.patients(referred("P1"), baseline=True)
+        clinic.appointments(appointment("A1", "P1", "2026-10-08T10:00:00-05:00"))
+        clinic.tick()
+        frozen.move_to("2026-10-05T15:01:00Z")
+        clinic.tick()
+
+    [thanks] = clinic.touch_points(journey="referral-loop")
+    assert thanks.status == Status.FAILED
+    with clinic.db.transaction() as conn:
+        assert list_cases(conn) == []

@@ -349,6 +349,8 @@ class CaseEvent(Base):
     kind: Mapped[str] = mapped_column(String(16))  # opened, alerted, escalated, note, resolved
     detail: Mapped[str] = mapped_column(Text, default="")
     by: Mapped[str] = mapped_column(String(100), default="")
+    # A cause noted on a case already open for it ("again: …"): seen once, like a case's own.
+    cause_key: Mapped[str | None] = mapped_column(String(120), unique=True)
 
 
 class EngineState(Base):
