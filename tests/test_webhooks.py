@@ -969,7 +969,7 @@ steps:
     f"{MAILTO_SETTING}\nunsubscribe_transactional = true",
     "unsubscribe_transactional = true",  # no mailbox: the https link alone
 ])
-def test_transactional_emails_carry_the_headers_only_when_configured(
+def test_transactional_emails_carry_the_headers_and_link_only_when_configured(
         sqlite_url: str, tmp_path: Path, email: str) -> None:
     practice = Practice(sqlite_url, tmp_path, email=email,
                         schedules=schedules(tmp_path, *TRANSACTIONAL_THEN_OFFER))
@@ -979,11 +979,17 @@ def test_transactional_emails_carry_the_headers_only_when_configured(
         practice.clinic.tick()
         [reminder] = practice.emails()
         assert reminder.purpose == "transactional"
+        link = "Don't want these emails? Unsubscribe: "
         if "unsubscribe_transactional" in email:
             token = unsubscribe_token(reminder, mailto=MAILTO in email)
             assert token.split(".")[1] == "transactional"
+            # and the visible link, in the text and the HTML (the shipped template)
+            assert f"{link}{PUBLIC_URL}/unsubscribe/{token}" in reminder.body
+            assert f'<a href="{PUBLIC_URL}/unsubscribe/{token}">Unsubscribe</a>' in \
+                (reminder.html or "")
         else:
             assert reminder.headers == {}
+            assert link not in reminder.body and "unsubscribe" not in (reminder.html or "")
     finally:
         practice.close()
 
