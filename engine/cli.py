@@ -499,7 +499,7 @@ def log_cmd(ctx: click.Context, patient: str | None, journey: str | None, status
         elif as_csv:
             writer = csv.DictWriter(sys.stdout, LOG_FIELDS, lineterminator="\n")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({**row, "events": " ".join(row["events"])} for row in rows)
         else:
             _print_log_table(list(rows))
 
@@ -518,12 +518,15 @@ def _print_log_table(rows: list[dict[str, Any]]) -> None:
         return
     table = Table(box=None, header_style="bold")
     for column in ("id", "due_at", "patient_id", "journey", "step", "channel", "status",
-                   "reason", "recipient"):
+                   "reason", "recipient", "events"):
         table.add_column(column)
     for row in rows:
+        # what providers reported since (opened, clicked…), and a visit confirmed by reply
+        reported = [*row["events"], *(["confirmed"] if row["appointment_confirmed"] else [])]
         table.add_row(str(row["id"]), (row["due_at"] or "")[:16].replace("T", " "),
                       row["patient_id"], row["journey"], row["step"], row["channel"] or "",
-                      row["status"], row["reason"] or "", row["recipient"] or "")
+                      row["status"], row["reason"] or "", row["recipient"] or "",
+                      ", ".join(reported))
     console.print(table)
 
 

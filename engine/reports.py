@@ -19,6 +19,7 @@ from engine.store.ledger import HistoryEntry, TouchPoint
 from engine.store.schema import (
     appointments,
     events,
+    history,
     inbound_messages,
     patients,
     touch_points,
@@ -26,7 +27,7 @@ from engine.store.schema import (
 
 LOG_FIELDS = ("id", "patient_id", "appointment_id", "journey", "step", "channel", "recipient",
               "due_at", "sent_at", "status", "reason", "attempts", "provider_message_id",
-              "purpose", "test", "appointment_confirmed", "detail")
+              "purpose", "test", "appointment_confirmed", "detail", "events")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -53,27 +54,48 @@ def log_rows(conn: Connection, *, patient: str | None = None, journey: str | Non
         query = query.where(touch_points.c.status == status)
     if limit is not None:
         query = query.limit(limit)
-    for row in conn.execution_options(yield_per=1000).execute(query):
-        yield {
-            "id": row.id,
-            "patient_id": row.patient_external_id,
-            "appointment_id": row.appointment_external_id,
-            "journey": row.journey,
-            "step": row.step,
-            "channel": row.channel,
-            "recipient": row.address if reveal else mask_address(row.address) or None,
-            "due_at": _iso(row.due_at),
-            "sent_at": _iso(row.sent_at),
-            "status": row.status,
-            "reason": row.reason,
-            "attempts": row.attempts,
-            "provider_message_id": row.provider_message_id,
-            "purpose": row.purpose,
-            "test": row.test,
-            "appointment_confirmed": row.appointment_confirmed_at is not None
-            if row.appointment_id is not None else None,
-            "detail": row.detail,
-        }
+    rows = conn.execution_options(yield_per=500).execute(query)
+    for part in rows.partitions():
+        reported = _delivery_events(conn, [row.id for row in part])
+        for row in part:
+            yield _log_row(row, reported.get(row.id, []), reveal)
+
+
+def _delivery_events(conn: Connection, ids: list[int]) -> dict[int, list[str]]:
+    """What providers reported for each of ``ids`` (delivered, opened, clicked, bounced…),
+    in the order it arrived."""
+    found: dict[int, list[str]] = defaultdict(list)
+    query = (select(history.c.touch_point_id, history.c.reason)
+             .where(history.c.touch_point_id.in_(ids),
+                    history.c.kind == "delivery")
+             .order_by(history.c.at, history.c.id))
+    for tp_id, kind in conn.execute(query):
+        found[tp_id].append(kind)
+    return found
+
+
+def _log_row(row: Any, events: list[str], reveal: bool) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "patient_id": row.patient_external_id,
+        "appointment_id": row.appointment_external_id,
+        "journey": row.journey,
+        "step": row.step,
+        "channel": row.channel,
+        "recipient": row.address if reveal else mask_address(row.address) or None,
+        "due_at": _iso(row.due_at),
+        "sent_at": _iso(row.sent_at),
+        "status": row.status,
+        "reason": row.reason,
+        "attempts": row.attempts,
+        "provider_message_id": row.provider_message_id,
+        "purpose": row.purpose,
+        "test": row.test,
+        "appointment_confirmed": row.appointment_confirmed_at is not None
+        if row.appointment_id is not None else None,
+        "detail": row.detail,
+        "events": events,
+    }
 
 
 @dataclass(frozen=True)

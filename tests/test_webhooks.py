@@ -197,7 +197,7 @@ class Practice:
         return list(self.clinic.email.sent)
 
     def cli(self, *args: str) -> Result:
-        return CliRunner().invoke(cli, [
+        return CliRunner(env={"COLUMNS": "200"}).invoke(cli, [
             "--config", str(self.clinic.config), "--db", self.clinic.settings.database_url,
             "--schedules", str(self.schedules), "--templates", str(LIBRARY_TEMPLATES),
             "--now", clock.now().isoformat(), *args])
@@ -504,6 +504,11 @@ def test_sendgrid_events_show_in_the_touch_point_history_log_and_why(
             for row in json.loads(log.stdout) if row["step"] == "welcome"} == {
         "P1": ("delivered", None), "P2": ("failed", "provider_error"),
         "P3": ("failed", "provider_error")}
+    [row] = [r for r in json.loads(log.stdout) if r["id"] == opened.id]
+    assert row["events"] == ["queued", "deferred", "delivered", "opened", "clicked", "unknown"]
+    table = practice.cli("log", "--journey", "welcome")
+    assert "queued, deferred, delivered, opened, clicked, unknown" in \
+        " ".join(table.stdout.split())
     why = practice.cli("why", str(opened.id))
     assert why.exit_code == 0, why.output
     lines = [line.split("  ", 3)[-1].strip() for line in why.output.splitlines()
@@ -678,6 +683,8 @@ def test_c_confirms_the_visit_of_the_reminder(practice: Practice) -> None:
     assert log.exit_code == 0, log.output
     assert {row["step"]: row["appointment_confirmed"] for row in json.loads(log.stdout)} == {
         "two-days-before": True, "two-hours-before": True}
+    table = practice.cli("log", "--journey", "pre-visit").stdout.splitlines()
+    assert [line.split()[-1] for line in table if "-before" in line] == ["confirmed"] * 2
 
 
 def test_confirm_and_reschedule_words(sqlite_practice: Practice) -> None:
