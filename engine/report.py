@@ -117,32 +117,31 @@ def step_lines(conn: Connection, since: datetime) -> list[StepLine]:
 
 def win_back(conn: Connection, definitions: Definitions, since: datetime) -> dict[str, Any]:
     """Patients messaged by a win-back journey since ``since`` who booked within 14 days of
-    their first win-back message."""
+    one of those messages (day 30, 60 or 90: whichever brought them back)."""
     names = sorted(j.name for j in definitions.journeys.values()
                    if any(t.event == "patient.lapsed" for t in j.triggers))
     if not names:
         return {"journeys": [], "messaged": 0, "booked_within_14_days": 0, "conversion": None}
-    first = dict(conn.execute(
-        select(touch_points.c.patient_id, func.min(touch_points.c.sent_at))
-        .where(touch_points.c.journey.in_(names), touch_points.c.status.in_(_SENT),
-               touch_points.c.sent_at >= since)
-        .group_by(touch_points.c.patient_id)).all())
+    messages: dict[int, list[datetime]] = defaultdict(list)
+    for patient_id, sent_at in conn.execute(
+            select(touch_points.c.patient_id, touch_points.c.sent_at)
+            .where(touch_points.c.journey.in_(names), touch_points.c.status.in_(_SENT),
+                   touch_points.c.sent_at >= since)):
+        messages[patient_id].append(as_utc(sent_at))
     booked = 0
-    if first:
+    if messages:
         bookings: dict[int, list[datetime]] = defaultdict(list)
         for patient_id, at in conn.execute(
                 select(events.c.patient_id, events.c.occurred_at)
                 .where(events.c.kind == "appointment.booked",
-                       events.c.patient_id.in_(sorted(first)),
+                       events.c.patient_id.in_(sorted(messages)),
                        events.c.occurred_at >= since)):
-            bookings[patient_id].append(at)
-        for patient_id, sent_at in first.items():
-            sent = as_utc(sent_at)
-            if any(sent <= as_utc(at) <= sent + CONVERSION_WINDOW
-                   for at in bookings.get(patient_id, ())):
-                booked += 1
-    return {"journeys": names, "messaged": len(first), "booked_within_14_days": booked,
-            "conversion": round(booked / len(first), 3) if first else None}
+            bookings[patient_id].append(as_utc(at))
+        booked = sum(1 for patient_id, sent in messages.items()
+                     if any(message <= at <= message + CONVERSION_WINDOW
+                            for message in sent for at in bookings.get(patient_id, ())))
+    return {"journeys": names, "messaged": len(messages), "booked_within_14_days": booked,
+            "conversion": round(booked / len(messages), 3) if messages else None}
 
 
 def satisfaction(conn: Connection, since: datetime, now: datetime) -> dict[str, Any]:

@@ -228,3 +228,42 @@ def test_a_bad_since_is_one_clear_error(sqlite_url: str, tmp_path: Path) -> None
 def test_a_sparkline_shows_each_week_from_low_to_high_and_a_gap_for_none() -> None:
     assert sparkline([0, 5, 10, None, 7.5]) == "▁▅█ ▆"
     assert sparkline([]) == ""
+
+
+def test_a_booking_soon_after_a_later_win_back_message_is_a_conversion(
+        sqlite_url: str, tmp_path: Path) -> None:
+    """Booked 3 days after the day-60 message (33 days after the day-30 one): the day-60
+    message brought them back."""
+    schedules, templates = library(tmp_path)
+    (schedules / "winback.yaml").write_text(SCHEDULES["winback.yaml"] + """\
+  - id: day-60
+    when: {days_after: 60, at: "11:00"}
+    channels: [email]
+    template: winback/day-30
+""", encoding="utf-8")
+    clinic = Clinic(sqlite_url, tmp_path, schedules=schedules, templates=templates)
+    try:
+        with clock.travel_to(at("2026-11-02T09:00:00-06:00")):
+            clinic.patients(patient("P6", first_name="Fay"), baseline=True)
+            clinic.appointments(appointment("H6", "P6", "2026-10-03T10:00:00-05:00",
+                                            status="completed"))
+        for when in ("2026-11-02T09:00:00-06:00", "2026-11-02T11:00:00-06:00",
+                     "2026-12-02T11:00:00-06:00"):
+            with clock.travel_to(at(when)):
+                clinic.tick()
+        with clock.travel_to(at("2026-12-05T10:00:00-06:00")):
+            clinic.appointments(appointment("A9", "P6", "2026-12-09T10:00:00-06:00"))
+            clinic.tick()
+        sent = [tp.step for tp in clinic.touch_points(journey="winback") if tp.sent_at]
+        assert sent == ["day-30", "day-60"]
+
+        result = CliRunner().invoke(cli, [
+            "--config", str(clinic.config), "--db", sqlite_url, "--schedules", str(schedules),
+            "--templates", str(templates), "--now", "2026-12-06T12:00:00-06:00", "report",
+            "--since", "2026-11-01", "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["win_back"] == {
+            "journeys": ["winback"], "messaged": 1, "booked_within_14_days": 1,
+            "conversion": 1.0}
+    finally:
+        clinic.close()
