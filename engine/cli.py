@@ -50,7 +50,7 @@ from engine.privacy import mask_address, redact
 from engine.report import build_report, sparkline
 from engine.reports import LOG_FIELDS, inbox, log_rows, mark_done, why
 from engine.runner import Runner, TickReport
-from engine.settings import Settings, load_settings
+from engine.settings import Settings, load_settings, parse_flag
 from engine.simulate import Feed, simulate
 from engine.sms_segments import analyse
 from engine.store.database import Database, head_revision, open_database, safe_url
@@ -179,17 +179,23 @@ def _app(ctx: click.Context) -> App:
               help="Channel for SMS [env TOUCHPOINT_SMS_PROVIDER].")
 @click.option("--email-provider", type=click.Choice(["sendgrid", "fake", "console"]),
               help="Channel for email [env TOUCHPOINT_EMAIL_PROVIDER].")
+@click.option("--set", "assignments", metavar="KEY=VALUE", multiple=True,
+              help="Any setting by its key, e.g. --set twilio.from_number=+13125550100 "
+                   "(repeatable; overrides env and file; keep secrets in the environment).")
 @click.version_option(__version__, prog_name="touchpoint")
 @click.pass_context
 def cli(ctx: click.Context, db_url: str | None, config: str | None, now: str | None,
         schedules: str | None, templates: str | None, sms_provider: str | None,
-        email_provider: str | None) -> None:
+        email_provider: str | None, assignments: tuple[str, ...]) -> None:
     """Touchpoint: patient journeys, a touch-point ledger, SMS and email."""
     instant = _parse_now(now)
     if instant is not None:
         clock.set_now(instant)
         ctx.call_on_close(lambda: clock.set_now(None))
     flags: dict[str, object] = {}
+    for assignment in assignments:
+        key, value = parse_flag(assignment)
+        flags[key] = value
     if db_url:
         flags["database.url"] = db_url
     if schedules:

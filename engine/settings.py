@@ -522,6 +522,22 @@ def _from_env(setting: Setting, environ: Mapping[str, str]) -> object:
     return raw
 
 
+def parse_flag(assignment: str) -> tuple[str, object]:
+    """``twilio.from_number=+13125550100`` (the ``--set`` flag) → (key, value), the value
+    read as its environment variable would be. An unknown key is an error with a
+    did-you-mean."""
+    key, equals, raw = assignment.partition("=")
+    key = key.strip()
+    setting = _BY_KEY.get(key)
+    if not equals:  # (the text is not echoed: it may hold a secret)
+        raise ConfigError("--set: write KEY=VALUE, e.g. --set twilio.from_number=+13125550100")
+    if setting is None:
+        near = difflib.get_close_matches(key, list(_BY_KEY), n=1)
+        hint = f"did you mean {near[0]}?" if near else "`touchpoint config` lists them"
+        raise ConfigError(f"--set {key}: not a setting — {hint}")
+    return key, _from_env(setting, {setting.env: raw.strip()})
+
+
 def load_settings(
     config: str | Path | None = None,
     flags: Mapping[str, object] | None = None,
@@ -548,7 +564,7 @@ def load_settings(
     for setting in SETTINGS:
         section = setting.key.rpartition(".")[0]
         candidates = (
-            (flags.get(setting.key), setting.flag or "a flag", False),
+            (flags.get(setting.key), setting.flag or f"--set {setting.key}", False),
             (_from_env(setting, environ), setting.env, False),
             (from_file.get(setting.key), f"{config_path}: [{section}]", True),
             (setting.default, "default", False),

@@ -6,14 +6,17 @@ own empty folder, so ``./touchpoint.toml`` is the test's own.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import time, timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from engine.cli import cli
 from engine.errors import ConfigError
-from engine.settings import SETTINGS, load_settings
+from engine.settings import SETTINGS, load_settings, parse_flag
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "settings.md"
@@ -359,3 +362,34 @@ def test_the_config_variable_named_in_the_docs_chooses_the_file(tmp_path: Path) 
     settings = load_settings(environ={"TOUCHPOINT_CONFIG": str(config)})
     assert settings.practice.phone == "+13125550199"
     assert settings.config_file == config
+
+
+# --------------------------------------------------------------------------- --set
+
+
+def test_any_setting_can_be_given_as_a_flag_and_beats_the_environment(tmp_path: Path) -> None:
+    config = write(tmp_path / "touchpoint.toml", '[twilio]\nfrom_number = "+13125550101"\n')
+    result = CliRunner(env={"TWILIO_FROM_NUMBER": "+13125550102"}).invoke(cli, [
+        "--config", str(config), "--set", "twilio.from_number=+13125550103",
+        "--set", "practice.links=book=https://pt.example/book", "--set",
+        "twilio.auth_token=not-to-be-printed", "--set", "quiet_hours.send_from=09:00",
+        "config", "--json"])
+
+    assert result.exit_code == 0, result.output
+    assert "not-to-be-printed" not in result.output
+    values = json.loads(result.stdout)["settings"]
+    assert values["twilio.from_number"] == "+13125550103"
+    assert values["practice.links"] == str({"book": "https://pt.example/book"})
+    assert values["quiet_hours.send_from"] == "09:00"
+    assert values["twilio.auth_token"] != ""  # set, and masked
+
+
+@pytest.mark.parametrize(("assignment", "message"), [
+    ("twilio.from_numbr=+13125550100",
+     "--set twilio.from_numbr: not a setting — did you mean twilio.from_number?"),
+    ("twilio.auth_token", "--set: write KEY=VALUE, e.g. --set twilio.from_number=+13125550100"),
+])
+def test_a_bad_set_flag_says_what_to_write(assignment: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_flag(assignment)
+    assert caught.value.message == message
