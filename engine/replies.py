@@ -168,6 +168,13 @@ def record_inbound(conn: Connection, settings: Settings, *, provider: str, messa
         .returning(inbound_messages.c.id)).first()
     if row is None:
         return Handled(None, intent, duplicate=True)
+    answered = question if intent == "score" else reminder if intent in (
+        "confirm", "reschedule") else _latest_sent(conn, from_number, [p.id for p in matches])
+    if answered is not None:  # the reply shows in the history of the text it answers
+        conn.execute(history.insert().values(
+            touch_point_id=answered.id, at=now, kind="delivery", status=None,
+            previous_status=None, reason="inbound", detail=f"a text reply ({intent}), "
+            f"inbound message {row.id}", source="sms reply", provider_event_id=None))
     handled = Handled(row.id, intent, patient=patient, appointment=appointment,
                       reminder_id=reminder.id if reminder else None)
     staff = settings.practice.staff_email
@@ -270,6 +277,22 @@ def _latest_reminder(conn: Connection, number: str, now: datetime,
     appointment = conn.execute(select(appointments).where(
         appointments.c.id == reminder.appointment_id)).first()
     return reminder, appointment_from_row(appointment) if appointment else None
+
+
+def _latest_sent(conn: Connection, number: str, patient_ids: list[int],
+                 ) -> ledger.TouchPoint | None:
+    """The journey text last sent to ``number`` about one of ``patient_ids`` (what a reply
+    most likely answers)."""
+    if not patient_ids:
+        return None
+    row = conn.execute(
+        select(touch_points)
+        .where(touch_points.c.patient_id.in_(patient_ids), touch_points.c.address == number,
+               touch_points.c.channel == "sms",
+               touch_points.c.status.in_((Status.SENT, Status.DELIVERED)),
+               touch_points.c.journey.not_in(SYSTEM_JOURNEYS))
+        .order_by(touch_points.c.sent_at.desc()).limit(1)).first()
+    return ledger.touch_point_from_row(row) if row else None
 
 
 def _note(conn: Connection, tp_id: int, now: datetime, reason: str, detail: str) -> None:

@@ -623,6 +623,9 @@ def test_stop_takes_effect_at_once_for_every_purpose_and_is_confirmed_once(
     assert len(practice.texts()) == 2  # the welcome and one confirmation
     assert inbound(practice) == [("STOP", "stop", ""), ("stop", "stop", "")]
     assert replies(practice) == [("replies", "stop", "sent", NUMBER)]
+    # each reply is in the history of the text it answers (the retry is not a new one)
+    assert [m for m in practice.moves(welcome.id) if m[3] == "inbound"] == [
+        ("delivery", None, None, "inbound", "sms reply")] * 2
 
     # pending texts of every journey are skipped; email is not a text
     practice.at("2026-11-02T11:00:00-06:00")
@@ -757,6 +760,9 @@ def test_any_other_reply_waits_in_the_inbox_and_alerts_staff_until_done(
     assert 'A number we do not know (+1••••••••77) texted:\n\n"who is this"' in \
         alerts["A patient replied"].body
     assert [row[1:] for row in inbound(practice)] == [("other", "new"), ("other", "new")]
+    # the patient's reply shows on the text it answers; the stranger's on nothing
+    [welcome] = practice.clinic.touch_points(journey="welcome", step="welcome")
+    assert [m[3] for m in practice.moves(welcome.id)].count("inbound") == 1
 
     listed = practice.cli("inbox")
     assert listed.exit_code == 0, listed.output
