@@ -153,13 +153,15 @@ def record_inbound(conn: Connection, settings: Settings, *, provider: str, messa
     if question is not None and score is not None:
         intent = "score"
         patient = next((p for p in matches if p.id == question.patient_id), patient)
+    # the text this reply answers: the question, the reminder, else the last text sent
+    answered = question if intent == "score" else reminder if intent in (
+        "confirm", "reschedule") else _latest_sent(conn, from_number, [p.id for p in matches])
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
     row = conn.execute(dialect.insert(inbound_messages).values(
         provider=provider, provider_message_id=message_id, channel="sms",
         from_address=from_number, to_address=to_number, body=body, intent=intent,
         patient_id=patient.id if patient else None,
-        touch_point_id=question.id if intent == "score" and question else
-        reminder.id if reminder else None,
+        touch_point_id=answered.id if answered else None,
         appointment_id=question.appointment_id if intent == "score" and question else
         appointment.id if appointment else None,
         staff_status="new" if intent in ("other", "reschedule") else "",
@@ -168,8 +170,6 @@ def record_inbound(conn: Connection, settings: Settings, *, provider: str, messa
         .returning(inbound_messages.c.id)).first()
     if row is None:
         return Handled(None, intent, duplicate=True)
-    answered = question if intent == "score" else reminder if intent in (
-        "confirm", "reschedule") else _latest_sent(conn, from_number, [p.id for p in matches])
     if answered is not None:  # the reply shows in the history of the text it answers
         conn.execute(history.insert().values(
             touch_point_id=answered.id, at=now, kind="delivery", status=None,

@@ -763,6 +763,8 @@ def test_any_other_reply_waits_in_the_inbox_and_alerts_staff_until_done(
     # the patient's reply shows on the text it answers; the stranger's on nothing
     [welcome] = practice.clinic.touch_points(journey="welcome", step="welcome")
     assert [m[3] for m in practice.moves(welcome.id)].count("inbound") == 1
+    # and counts as a reply to that step in the report
+    assert [row.touch_point_id for row in practice.rows(inbound_messages)] == [welcome.id, None]
 
     listed = practice.cli("inbox")
     assert listed.exit_code == 0, listed.output
