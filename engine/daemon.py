@@ -151,11 +151,19 @@ class Daemon:
 
         folders = [str(p) for p in (self.settings.schedules_dir, self.settings.templates_dir)
                    if p.is_dir()]
-        for _changes in watch(*folders, stop_event=self.stopping, debounce=500,
-                              raise_interrupt=False):
+        watching = False
+        # (yield_on_timeout: the first, empty, yield says the watcher is in place; an edit
+        # saved before that would not be seen, so it is logged for whoever waits for it)
+        for changes in watch(*folders, stop_event=self.stopping, debounce=500,
+                             yield_on_timeout=True, rust_timeout=1000, raise_interrupt=False):
             if self.stopping.is_set():
                 return
-            self.reload("files changed")
+            if not watching:
+                watching = True
+                log.info("watching %s for edits", " and ".join(folders),
+                         extra={"event": "watching"})
+            if changes:
+                self.reload("files changed")
 
     # ------------------------------------------------------------------ run
 

@@ -113,7 +113,8 @@ def test_sighup_and_file_changes_reload_and_a_broken_edit_keeps_the_last_good(
     folder, env = practice
     daemon, log = start(folder, env)
     try:
-        wait_for(lambda: "daemon started" in log.read_text())
+        wait_for(lambda: "daemon started" in log.read_text()
+                 and "for edits" in log.read_text())  # the watcher is in place
         template = folder / "message_templates" / "welcome" / "welcome.sms.j2"
         template.write_text(template.read_text().replace("Welcome to", "A warm welcome to"))
         wait_for(lambda: "files changed: reloaded" in log.read_text())
