@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import Connection, Select, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine import cases, clock, notify
@@ -171,10 +171,8 @@ def record_inbound(conn: Connection, settings: Settings, *, provider: str, messa
     if row is None:
         return Handled(None, intent, duplicate=True)
     if answered is not None:  # the reply shows in the history of the text it answers
-        conn.execute(history.insert().values(
-            touch_point_id=answered.id, at=now, kind="delivery", status=None,
-            previous_status=None, reason="inbound", detail=f"a text reply ({intent}), "
-            f"inbound message {row.id}", source="sms reply", provider_event_id=None))
+        _note(conn, answered.id, now, "inbound",
+              f"a text reply ({intent}), inbound message {row.id}", kind="delivery")
     handled = Handled(row.id, intent, patient=patient, appointment=appointment,
                       reminder_id=reminder.id if reminder else None)
     staff = settings.practice.staff_email
@@ -225,13 +223,11 @@ def _latest_question(conn: Connection, number: str, now: datetime,
                      asks_score: Collection[tuple[str, str]]) -> ledger.TouchPoint | None:
     """The satisfaction question last texted to ``number`` in the past week, if any."""
     row = conn.execute(
-        select(touch_points)
-        .where(touch_points.c.address == number, touch_points.c.channel == "sms",
-               touch_points.c.status.in_((Status.SENT, Status.DELIVERED)),
-               touch_points.c.sent_at >= now - SCORE_WINDOW,
+        _texts_to(number)
+        .where(touch_points.c.sent_at >= now - SCORE_WINDOW,
                or_(*(and_(touch_points.c.journey == journey, touch_points.c.step == step)
                      for journey, step in sorted(asks_score))))
-        .order_by(touch_points.c.sent_at.desc()).limit(1)).first()
+        .limit(1)).first()
     return ledger.touch_point_from_row(row) if row else None
 
 
@@ -264,13 +260,10 @@ def _latest_reminder(conn: Connection, number: str, now: datetime,
                      ) -> tuple[ledger.TouchPoint | None, Appointment | None]:
     """The latest message sent to ``number`` about an appointment still booked ahead."""
     row = conn.execute(
-        select(touch_points).join(appointments,
-                                  appointments.c.id == touch_points.c.appointment_id)
-        .where(touch_points.c.address == number, touch_points.c.channel == "sms",
-               touch_points.c.status.in_((Status.SENT, Status.DELIVERED)),
-               touch_points.c.journey.not_in(SYSTEM_JOURNEYS),  # not our own replies
+        _texts_to(number).join(appointments, appointments.c.id == touch_points.c.appointment_id)
+        .where(touch_points.c.journey.not_in(SYSTEM_JOURNEYS),  # not our own replies
                appointments.c.status == "booked", appointments.c.start_at > now)
-        .order_by(touch_points.c.sent_at.desc()).limit(1)).first()
+        .limit(1)).first()
     if row is None:
         return None, None
     reminder = ledger.touch_point_from_row(row)
@@ -286,18 +279,25 @@ def _latest_sent(conn: Connection, number: str, patient_ids: list[int],
     if not patient_ids:
         return None
     row = conn.execute(
-        select(touch_points)
-        .where(touch_points.c.patient_id.in_(patient_ids), touch_points.c.address == number,
-               touch_points.c.channel == "sms",
-               touch_points.c.status.in_((Status.SENT, Status.DELIVERED)),
+        _texts_to(number)
+        .where(touch_points.c.patient_id.in_(patient_ids),
                touch_points.c.journey.not_in(SYSTEM_JOURNEYS))
-        .order_by(touch_points.c.sent_at.desc()).limit(1)).first()
+        .limit(1)).first()
     return ledger.touch_point_from_row(row) if row else None
 
 
-def _note(conn: Connection, tp_id: int, now: datetime, reason: str, detail: str) -> None:
+def _texts_to(number: str) -> Select[Any]:
+    """Texts that went to ``number``, the latest first (what a reply may be answering)."""
+    return (select(touch_points)
+            .where(touch_points.c.address == number, touch_points.c.channel == "sms",
+                   touch_points.c.status.in_((Status.SENT, Status.DELIVERED)))
+            .order_by(touch_points.c.sent_at.desc()))
+
+
+def _note(conn: Connection, tp_id: int, now: datetime, reason: str, detail: str,
+          kind: str = "note") -> None:
     conn.execute(history.insert().values(
-        touch_point_id=tp_id, at=now, kind="note", status=None, previous_status=None,
+        touch_point_id=tp_id, at=now, kind=kind, status=None, previous_status=None,
         reason=reason, detail=detail, source="sms reply", provider_event_id=None))
 
 

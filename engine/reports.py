@@ -74,7 +74,7 @@ def _delivery_events(conn: Connection, ids: list[int]) -> dict[int, list[str]]:
     return found
 
 
-def _log_row(row: Any, events: list[str], reveal: bool) -> dict[str, Any]:
+def _log_row(row: Any, reported: list[str], reveal: bool) -> dict[str, Any]:
     return {
         "id": row.id,
         "patient_id": row.patient_external_id,
@@ -94,7 +94,7 @@ def _log_row(row: Any, events: list[str], reveal: bool) -> dict[str, Any]:
         "appointment_confirmed": row.appointment_confirmed_at is not None
         if row.appointment_id is not None else None,
         "detail": row.detail,
-        "events": events,
+        "events": reported,
     }
 
 

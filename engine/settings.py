@@ -257,8 +257,8 @@ class Webhooks(BaseModel):
     @field_validator("public_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if value and not value.startswith("https://") \
-                and urlsplit(value).hostname not in _LOOPBACK:
+        local = value.startswith("http://") and urlsplit(value).hostname in _LOOPBACK
+        if value and not value.startswith("https://") and not local:
             raise ValueError("must start with https:// (providers call it from the internet, and "
                              "patients open unsubscribe links on it); http:// only for "
                              "localhost")
@@ -502,11 +502,17 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _closest_key(key: str) -> str | None:
+    """The setting a mistyped ``key`` most likely meant."""
+    close = difflib.get_close_matches(key, list(_BY_KEY), n=1)
+    return close[0] if close else None
+
+
 def _check_keys(path: Path, flat: Mapping[str, Any]) -> None:
     for key in flat:
         if key not in _BY_KEY:
-            close = difflib.get_close_matches(key, list(_BY_KEY), n=1)
-            hint = f" — did you mean {close[0]}?" if close else " — see docs/settings.md"
+            close = _closest_key(key)
+            hint = f" — did you mean {close}?" if close else " — see docs/settings.md"
             raise ConfigError(f"{path}: unknown setting {key}{hint}")
 
 
@@ -532,8 +538,8 @@ def parse_flag(assignment: str) -> tuple[str, object]:
     if not equals:  # (the text is not echoed: it may hold a secret)
         raise ConfigError("--set: write KEY=VALUE, e.g. --set twilio.from_number=+13125550100")
     if setting is None:
-        near = difflib.get_close_matches(key, list(_BY_KEY), n=1)
-        hint = f"did you mean {near[0]}?" if near else "`touchpoint config` lists them"
+        near = _closest_key(key)
+        hint = f"did you mean {near}?" if near else "`touchpoint config` lists them"
         raise ConfigError(f"--set {key}: not a setting — {hint}")
     return key, _from_env(setting, {setting.env: raw.strip()})
 

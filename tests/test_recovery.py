@@ -410,15 +410,22 @@ def test_no_shows_and_late_cancellations_open_one_case_each_early_cancellations_
     assert "We missed you at your visit" in message.body and OWNER_NAME in message.body
 
 
+def unreachable_patient(database_url: str, tmp_path: Path) -> Practice:
+    """A practice (owner named, no owner_email) where nothing reaches P1: the number is
+    invalid and the mailbox does not exist."""
+    p = Practice(database_url, tmp_path, extra=f'\n[recovery]\nowner_name = "{OWNER_NAME}"\n')
+    p.clinic.sms.fail_when(lambda m: PermanentChannelError(
+        "invalid number", provider="fake", code="21211") if m.to == "+13125550100" else None)
+    p.clinic.email.fail_when(lambda m: PermanentChannelError(
+        "mailbox does not exist", provider="fake") if m.to == "p1@example.com" else None)
+    return p
+
+
 def test_a_message_that_failed_for_good_opens_a_case_for_the_practice_not_the_patient(
         database_url: str, tmp_path: Path) -> None:
     # no owner_email: the alert goes to practice.staff_email
-    p = Practice(database_url, tmp_path, extra=f'\n[recovery]\nowner_name = "{OWNER_NAME}"\n')
+    p = unreachable_patient(database_url, tmp_path)
     try:
-        p.clinic.sms.fail_when(lambda m: PermanentChannelError(
-            "invalid number", provider="fake", code="21211") if m.to == "+13125550100" else None)
-        p.clinic.email.fail_when(lambda m: PermanentChannelError(
-            "mailbox does not exist", provider="fake") if m.to == "p1@example.com" else None)
         p.at("2026-11-02T09:00:00-06:00")
         p.clinic.patients(patient("P1"))
         assert p.clinic.tick().dispatch.failed == 1
@@ -446,12 +453,8 @@ def test_a_second_failure_while_the_case_is_open_is_noted_on_it_once(
         database_url: str, tmp_path: Path) -> None:
     """The case desk looks at recent failures again on every tick (a late commit by
     another worker is still found); a failure already noted is not noted again."""
-    p = Practice(database_url, tmp_path, extra=f'\n[recovery]\nowner_name = "{OWNER_NAME}"\n')
+    p = unreachable_patient(database_url, tmp_path)
     try:
-        p.clinic.sms.fail_when(lambda m: PermanentChannelError(
-            "invalid number", provider="fake", code="21211") if m.to == "+13125550100" else None)
-        p.clinic.email.fail_when(lambda m: PermanentChannelError(
-            "mailbox does not exist", provider="fake") if m.to == "p1@example.com" else None)
         p.at("2026-11-02T09:00:00-06:00")
         p.clinic.patients(patient("P1"))
         p.clinic.tick()

@@ -47,6 +47,13 @@ def status_callback_builder(settings: Settings) -> str:
     return f"{public_url(settings)}/webhooks/twilio/status"
 
 
+def _require_public_url(settings: Settings, why: str) -> None:
+    if not settings.webhooks.public_url:
+        raise ConfigError(f"setting webhooks.public_url is not set — {why}: set "
+                          "TOUCHPOINT_PUBLIC_URL to where `touchpoint serve` is reachable "
+                          "(https)")
+
+
 def _twilio(settings: Settings) -> Channel:
     from engine.channels.twilio_sms import TwilioSMS
 
@@ -54,10 +61,7 @@ def _twilio(settings: Settings) -> Channel:
     if not (twilio.from_number or twilio.messaging_service_sid):
         raise ConfigError("setting twilio.from_number or twilio.messaging_service_sid is not "
                           "set — set TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID")
-    if not settings.webhooks.public_url:
-        raise ConfigError("setting webhooks.public_url is not set — Twilio needs it to report "
-                          "delivery: set TOUCHPOINT_PUBLIC_URL to where `touchpoint serve` is "
-                          "reachable")
+    _require_public_url(settings, "Twilio needs it to report delivery")
     callback = status_callback_builder(settings)
     try:
         return TwilioSMS(
@@ -78,10 +82,7 @@ def _sendgrid(settings: Settings) -> Channel:
     name, address = parseaddr(settings.require("email.from_address"))
     # Marketing emails (and transactional ones, by setting) carry List-Unsubscribe with both
     # targets and a visible link: without these they would point nowhere a patient can reach.
-    if not settings.webhooks.public_url:
-        raise ConfigError("setting webhooks.public_url is not set — emails carry an unsubscribe "
-                          "link to it: set TOUCHPOINT_PUBLIC_URL to where `touchpoint serve` is "
-                          "reachable (https)")
+    _require_public_url(settings, "emails carry an unsubscribe link to it")
     if not settings.email.unsubscribe_mailto:
         raise ConfigError("setting email.unsubscribe_mailto is not set — List-Unsubscribe needs "
                           "a mailto: set TOUCHPOINT_UNSUBSCRIBE_MAILTO to an address whose mail "
