@@ -221,6 +221,7 @@ class Dispatcher:
         self.caps = caps_from(settings)
         self._secret: bytes | None = None
         self._conn: Connection | None = None  # the batch's connection, while run() runs
+        self._driver: Any = None  # its DB-API connection, for the per-message commit
         self._pending: list[Callable[[Connection], None]] = []
         self._path = ledger.SendPath(db.dialect)
         self.stats = DispatchStats()
@@ -234,6 +235,8 @@ class Dispatcher:
         # A claim lasts as long as a send may: a vanished worker's rows are taken over then.
         lease = self.settings.dispatch.send_timeout
         with self.db.connection() as self._conn:
+            # (not in a dry run: everything there is one transaction, rolled back)
+            self._driver = None if self.db.pinned else self._conn.connection.driver_connection
             try:
                 while not stop():
                     with self._tx() as conn:
@@ -253,7 +256,7 @@ class Dispatcher:
                 with self._tx():
                     pass  # records what the last provider said
             finally:
-                self._conn = None
+                self._conn = self._driver = None
         return self.stats
 
     @contextmanager
@@ -275,6 +278,31 @@ class Dispatcher:
             self._path.history.clear()  # rolled back with the rows they describe
             raise
         self._pending.clear()  # committed
+
+    @contextmanager
+    def _send_tx(self) -> Iterator[Connection]:
+        """The per-message commit of the ``sending`` mark (see :meth:`_tx`), run straight
+        on the driver when the dispatcher holds its connection: it is every message's one
+        commit, and SQLAlchemy's transaction bookkeeping costs more than SQLite's BEGIN.
+        Only driver-level statements (:class:`~engine.store.ledger.SendPath`) run in it."""
+        if self._driver is None:
+            with self._tx() as conn:
+                yield conn
+            return
+        assert self._conn is not None
+        driver = self._driver
+        if self._path.sqlite:
+            driver.execute("BEGIN IMMEDIATE")  # (PostgreSQL's driver begins by itself)
+        try:
+            self._flush(self._conn)
+            yield self._conn
+            self._path.flush_history(self._conn)
+        except BaseException:
+            self._path.history.clear()
+            driver.rollback()
+            raise
+        driver.commit()
+        self._pending.clear()
 
     def _flush(self, conn: Connection) -> None:
         for write in self._pending:
@@ -365,7 +393,7 @@ class Dispatcher:
         address; if it already went there, this one is skipped."""
         channel = self.channels[kind]
         passed_over = [d for r, d in failures if r == "refused"]
-        with self._tx() as conn:
+        with self._tx() if shared else self._send_tx() as conn:
             if shared:
                 sibling = self._shared_with(conn, tp, message.to)
                 if sibling is not None:

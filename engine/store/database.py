@@ -110,6 +110,11 @@ class Database:
     _pinned: Connection | None = None
 
     @property
+    def pinned(self) -> bool:
+        """Inside :meth:`rolled_back`: every transaction is a savepoint of one."""
+        return self._pinned is not None
+
+    @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, false, insert, or_, select, update
+from sqlalchemy import Connection, Row, bindparam, false, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.definitions.journeys import SYSTEM_JOURNEYS
@@ -102,7 +102,9 @@ def bind_time(dialect: str, instant: datetime | None) -> Any:
     """A datetime as the column type would bind it: naive UTC text on SQLite."""
     if instant is None or dialect != "sqlite":
         return instant
-    return instant.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if instant.tzinfo is not UTC:
+        instant = instant.astimezone(UTC)
+    return instant.isoformat(" ", "microseconds")[:26]  # without "+00:00"
 
 
 def insert_planned(conn: Connection, planned: Sequence[Planned], now: datetime) -> int:
@@ -234,25 +236,56 @@ def _append_history(conn: Connection, ids: Iterable[int], now: datetime, status:
 
 def claim_due(conn: Connection, worker: str, now: datetime, limit: int, lease: timedelta,
               ) -> list[TouchPoint]:
-    """Lease up to ``limit`` due, planned touch points to ``worker``, oldest first."""
-    due = (
-        select(touch_points.c.id)
-        .where(PENDING, touch_points.c.due_at <= now,
-               or_(touch_points.c.claim_expires_at.is_(None),
-                   touch_points.c.claim_expires_at < now),
-               touch_points.c.test == false(),
-               touch_points.c.journey.not_in(SYSTEM_JOURNEYS))
-        .order_by(touch_points.c.due_at, touch_points.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    rows = conn.execute(
-        update(touch_points).where(touch_points.c.id.in_(due.scalar_subquery()))
-        .values(claimed_by=worker, claim_expires_at=now + lease)
-        .returning(*touch_points.c)).all()
-    claimed = [touch_point_from_row(row) for row in rows]
+    """Lease up to ``limit`` due, planned touch points to ``worker``, oldest first.
+
+    It runs once per batch of hundreds, as driver-level SQL: building and reading the rows
+    through SQLAlchemy's statement and result machinery cost several times the claim."""
+    dialect = conn.dialect.name
+    claim = _CLAIMS.get(dialect)
+    if claim is None:
+        claim = _CLAIMS[dialect] = _claim_sql(dialect)
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    at = bind_time(dialect, now)
+    cursor.execute(claim, (worker, bind_time(dialect, now + lease), at, at, limit))
+    claimed = [_from_driver_row(dialect, row) for row in cursor.fetchall()]
     claimed.sort(key=lambda tp: (tp.due_at, tp.id))
     return claimed
+
+
+_CLAIMS: dict[str, str] = {}
+_TIME_FIELDS = frozenset(f.name for f in fields(TouchPoint)
+                         if f.type in ("datetime", "datetime | None"))
+
+
+def _claim_sql(dialect: str) -> str:
+    mark, false_ = ("?", "0") if dialect == "sqlite" else ("%s", "false")
+    system = ", ".join(f"'{name}'" for name in SYSTEM_JOURNEYS)
+    lock = "" if dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
+    return (f"UPDATE touch_points SET claimed_by = {mark}, claim_expires_at = {mark} "
+            "WHERE id IN (SELECT id FROM touch_points WHERE status = 'planned' "
+            f"AND due_at <= {mark} AND (claim_expires_at IS NULL OR claim_expires_at < {mark}) "
+            f"AND test = {false_} AND journey NOT IN ({system}) "
+            f"ORDER BY due_at, id LIMIT {mark}{lock}) "
+            f"RETURNING {', '.join(_FIELDS)}")
+
+
+def _from_driver_row(dialect: str, row: Sequence[Any]) -> TouchPoint:
+    """A TouchPoint from a driver row of :data:`_FIELDS`, converted as the column types
+    would (aware UTC datetimes, booleans)."""
+    values = list(row)
+    for index in _TIME_INDEXES:
+        value = values[index]
+        if value is not None:
+            if isinstance(value, str):  # SQLite: naive UTC text
+                values[index] = datetime.fromisoformat(value + "+00:00")
+            else:
+                values[index] = value.astimezone(UTC)
+    values[_TEST_INDEX] = bool(values[_TEST_INDEX])
+    return TouchPoint(*values)
+
+
+_TIME_INDEXES = tuple(i for i, name in enumerate(_FIELDS) if name in _TIME_FIELDS)
+_TEST_INDEX = _FIELDS.index("test")
 
 
 _SETTLED = frozenset({Status.SENT, Status.DELIVERED, Status.FAILED, Status.SKIPPED,
@@ -422,6 +455,8 @@ class SendPath:
         self.sent_sql = self._SENT.format(p=mark)
         self.history_sql = self._HISTORY.format(p=mark)
         self.history: list[tuple[Any, ...]] = []
+        self._raw: Any = None
+        self._raw_cursor: Any = None
 
     def _time(self, instant: datetime) -> Any:
         return bind_time("sqlite" if self.sqlite else "postgresql", instant)
@@ -459,10 +494,11 @@ class SendPath:
             cursor.executemany(self.history_sql, self.history)
             self.history = []
 
-    @staticmethod
-    def _cursor(conn: Connection) -> Any:
+    def _cursor(self, conn: Connection) -> Any:
         """A DB-API cursor on the connection of ``conn``'s transaction (the statements run
-        in it, unseen by SQLAlchemy's per-statement machinery)."""
+        in it, unseen by SQLAlchemy's per-statement machinery); one per driver connection."""
         raw = conn.connection.driver_connection
         assert raw is not None
-        return raw.cursor()
+        if raw is not self._raw:
+            self._raw, self._raw_cursor = raw, raw.cursor()
+        return self._raw_cursor
