@@ -27,7 +27,7 @@ import socket
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -234,7 +234,7 @@ class Dispatcher:
         batch_size = self.settings.dispatch.batch_size
         # A claim lasts as long as a send may: a vanished worker's rows are taken over then.
         lease = self.settings.dispatch.send_timeout
-        with self.db.connection() as self._conn:
+        with self.db.connection() as self._conn, ExitStack() as background:
             # (not in a dry run: everything there is one transaction, rolled back)
             self._driver = None if self.db.pinned else self._conn.connection.driver_connection
             try:
@@ -244,6 +244,8 @@ class Dispatcher:
                                                  lease)
                     if not batch:
                         break
+                    if len(batch) == batch_size and self.stats.claimed == 0:
+                        background.enter_context(self.db.checkpointing())  # a backlog
                     self.stats.claimed += len(batch)
                     snapshot = self._snapshot(batch)
                     for index, tp in enumerate(batch):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from engine.cli import cli
 from engine.errors import AmbiguousChannelError, PermanentChannelError, TransientChannelError
 from engine.outcomes import Status
 from engine.runner import Runner
+from engine.store.database import open_database
 from engine.store.schema import opt_outs, touch_points
 from tests.support import LIBRARY_TEMPLATES, Clinic, appointment, patient
 
@@ -440,3 +443,55 @@ def test_rows_claimed_by_another_worker_are_left_alone_until_the_lease_expires(
     welcome = clinic.one("welcome", "welcome")
     assert (welcome.status, welcome.claimed_by) == (Status.SENT, None)
     assert [m.touch_point_id for m in clinic.sms.sent] == [welcome.id]
+
+
+# --------------------------------------------------------------------------- WAL checkpoints
+
+
+def _checkpoint_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "wal-checkpoint"]
+
+
+def test_a_backlog_is_drained_with_wal_checkpoints_in_the_background_on_sqlite_only(
+        database_url: str, tmp_path: Path) -> None:
+    clinic = Clinic(database_url, tmp_path, config_extra="[dispatch]\nbatch_size = 2\n")
+    seen: list[list[str]] = []
+    clinic.sms.fail_when(lambda message: seen.append(_checkpoint_threads()))  # type: ignore[func-returns-value]
+    with freeze_time("2026-11-02T15:00:00Z"):  # Mon 09:00 CST
+        clinic.patients(patient("P1"), patient("P2", phone="+13125550101"),
+                        patient("P3", phone="+13125550102"))
+        report = clinic.tick()
+    assert report.dispatch.sent == 3
+    sqlite = clinic.db.dialect == "sqlite"
+    # claimed 2 (a full batch: a backlog), then 1: the thread ran while they were sent
+    assert seen == [["wal-checkpoint"]] * 3 if sqlite else [[]] * 3
+    assert _checkpoint_threads() == []  # and stopped with the run
+    clinic.close()
+
+
+def test_a_small_run_starts_no_checkpoint_thread(clinic: Clinic) -> None:
+    seen: list[list[str]] = []
+    clinic.sms.fail_when(lambda message: seen.append(_checkpoint_threads()))  # type: ignore[func-returns-value]
+    with freeze_time("2026-11-02T15:00:00Z"):
+        clinic.patients(patient("P1"))
+        assert clinic.tick().dispatch.sent == 1
+    assert seen == [[]]
+
+
+def test_background_checkpoints_copy_the_wal_into_the_database(sqlite_url: str) -> None:
+    db = open_database(sqlite_url)
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    with db.transaction() as conn:
+        conn.exec_driver_sql("CREATE TABLE filler (id INTEGER PRIMARY KEY, body TEXT)")
+        conn.exec_driver_sql("INSERT INTO filler (body) SELECT printf('%.500c', 'x') "
+                             "FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 "
+                             "FROM n WHERE i < 2000) SELECT i FROM n)")
+    before = path.stat().st_size  # the rows are in the WAL only (autocheckpoint: 10,000 pages)
+    with db.checkpointing(interval=0.01):
+        deadline = time.monotonic() + 10
+        while path.stat().st_size == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert path.stat().st_size > before + 2000 * 500
+    with db.transaction() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM filler").scalar() == 2000
+    db.dispose()

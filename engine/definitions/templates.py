@@ -472,8 +472,11 @@ def _block(template: Template, name: str, context: Mapping[str, Any]) -> str:
 
 
 def _tidy(text: str) -> str:
-    lines = [line.rstrip() for line in text.strip().splitlines()]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
+    tidy = "\n".join(line.rstrip() for line in text.strip().splitlines())
+    return _BLANK_LINES.sub("\n\n", tidy) if "\n\n\n" in tidy else tidy
+
+
+_BLANK_LINES = re.compile(r"\n{3,}")
 
 
 def _references(tree: nodes.Template) -> Iterator[tuple[tuple[str, ...], int]]:

@@ -11,6 +11,9 @@ due touch points atomic across processes.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ from sqlalchemy.pool import NullPool
 from engine.errors import ConfigError, DatabaseNotReady, UserError
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+log = logging.getLogger("touchpoint.database")
 
 
 def normalise_url(url: str) -> str:
@@ -161,6 +165,43 @@ class Database:
             finally:
                 self._pinned = None
                 outer.rollback()
+
+    @contextmanager
+    def checkpointing(self, interval: float = 0.05) -> Iterator[None]:
+        """While a SQLite writer commits thousands of times a second (the dispatcher
+        draining a backlog), copy its WAL into the database from another thread.
+
+        Without it, the committing connection does all of that itself whenever the WAL
+        passes ``wal_autocheckpoint`` pages: it copies them and waits for two fsyncs,
+        about a fifth of SQLite's time per message. A passive checkpoint here does the
+        copying and syncing alongside (it never blocks a writer), so the writer's own
+        checkpoint finds little left; the writer's still completes it, which lets the
+        WAL start over from its beginning. Nothing happens on PostgreSQL, on an
+        in-memory database, or inside :meth:`rolled_back`.
+        """
+        path = self.engine.url.database
+        if self.dialect != "sqlite" or self.pinned or path in (None, "", ":memory:"):
+            yield
+            return
+        stop = threading.Event()
+
+        def run() -> None:
+            connection = sqlite3.connect(path, isolation_level=None)
+            try:
+                while not stop.wait(interval):
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # the writer's own checkpoints carry on
+                log.warning("background WAL checkpoints stopped: %s", exc)
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=run, name="wal-checkpoint", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def revision(self) -> str | None:
         with self.engine.connect() as connection:
