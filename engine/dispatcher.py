@@ -262,49 +262,42 @@ class Dispatcher:
         return self.stats
 
     @contextmanager
-    def _tx(self) -> Iterator[Connection]:
+    def _tx(self, *, on_driver: bool = False) -> Iterator[Connection]:
         """A transaction on the batch's connection that first records the answers of
-        providers still pending (see :meth:`_record_sent`)."""
+        providers still pending (see :meth:`_record_sent`). ``on_driver``: see
+        :meth:`_begin`."""
         try:
-            if self._conn is None:
-                with self.db.transaction() as conn:
-                    self._flush(conn)
-                    yield conn
-                    self._path.flush_history(conn)
-            else:
-                with self.db.begin(self._conn) as conn:
-                    self._flush(conn)
-                    yield conn
-                    self._path.flush_history(conn)
+            with self._begin(on_driver) as conn:
+                self._flush(conn)
+                yield conn
+                self._path.flush_history(conn)
         except BaseException:
             self._path.history.clear()  # rolled back with the rows they describe
             raise
         self._pending.clear()  # committed
 
     @contextmanager
-    def _send_tx(self) -> Iterator[Connection]:
-        """The per-message commit of the ``sending`` mark (see :meth:`_tx`), run straight
-        on the driver when the dispatcher holds its connection: it is every message's one
-        commit, and SQLAlchemy's transaction bookkeeping costs more than SQLite's BEGIN.
-        Only driver-level statements (:class:`~engine.store.ledger.SendPath`) run in it."""
-        if self._driver is None:
-            with self._tx() as conn:
+    def _begin(self, on_driver: bool) -> Iterator[Connection]:
+        """Begin and commit. ``on_driver``: straight on the DB-API connection when the
+        dispatcher holds one — the per-message commit of the ``sending`` mark, where
+        SQLAlchemy's transaction bookkeeping costs more than SQLite's BEGIN; only
+        driver-level statements (:class:`~engine.store.ledger.SendPath`) may run in it."""
+        if on_driver and self._driver is not None:
+            assert self._conn is not None
+            if self._path.sqlite:
+                self._driver.execute("BEGIN IMMEDIATE")  # (PostgreSQL's driver begins itself)
+            try:
+                yield self._conn
+            except BaseException:
+                self._driver.rollback()
+                raise
+            self._driver.commit()
+        elif self._conn is None:
+            with self.db.transaction() as conn:
                 yield conn
-            return
-        assert self._conn is not None
-        driver = self._driver
-        if self._path.sqlite:
-            driver.execute("BEGIN IMMEDIATE")  # (PostgreSQL's driver begins by itself)
-        try:
-            self._flush(self._conn)
-            yield self._conn
-            self._path.flush_history(self._conn)
-        except BaseException:
-            self._path.history.clear()
-            driver.rollback()
-            raise
-        driver.commit()
-        self._pending.clear()
+        else:
+            with self.db.begin(self._conn) as conn:
+                yield conn
 
     def _flush(self, conn: Connection) -> None:
         for write in self._pending:
@@ -395,7 +388,7 @@ class Dispatcher:
         address; if it already went there, this one is skipped."""
         channel = self.channels[kind]
         passed_over = [d for r, d in failures if r == "refused"]
-        with self._tx() if shared else self._send_tx() as conn:
+        with self._tx(on_driver=not shared) as conn:
             if shared:
                 sibling = self._shared_with(conn, tp, message.to)
                 if sibling is not None:

@@ -253,8 +253,6 @@ def claim_due(conn: Connection, worker: str, now: datetime, limit: int, lease: t
 
 
 _CLAIMS: dict[str, str] = {}
-_TIME_FIELDS = frozenset(f.name for f in fields(TouchPoint)
-                         if f.type in ("datetime", "datetime | None"))
 
 
 def _claim_sql(dialect: str) -> str:
@@ -284,7 +282,8 @@ def _from_driver_row(dialect: str, row: Sequence[Any]) -> TouchPoint:
     return TouchPoint(*values)
 
 
-_TIME_INDEXES = tuple(i for i, name in enumerate(_FIELDS) if name in _TIME_FIELDS)
+_TIME_INDEXES = tuple(i for i, f in enumerate(fields(TouchPoint))
+                      if f.type in ("datetime", "datetime | None"))
 _TEST_INDEX = _FIELDS.index("test")
 
 
