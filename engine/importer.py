@@ -40,7 +40,7 @@ from sqlalchemy import Connection, insert, select, text, update
 
 from engine.errors import ImportFileError
 from engine.records import APPOINTMENT_STATUSES
-from engine.store.records import append_events, chunks
+from engine.store.records import among, append_events, chunks
 from engine.store.schema import appointments, contacts, patients, referrers
 from engine.timing import zone
 
@@ -312,7 +312,7 @@ def sync_patients(conn: Connection, rows: Rows, source: str, *, region: str, now
 
     _plan_for_growing_tables(conn)
     sources = {v["referral_source"] for _, v in parsed.values() if v["referral_source"]}
-    referrer_ids = {k: v["id"] for k, v in _existing(conn, referrers, sorted(sources)).items()}
+    referrer_ids = _ids(conn, referrers, sorted(sources))
     existing = _existing(conn, patients, list(parsed))
     changes: list[_Change] = []
     discharged: list[tuple[str, date, str]] = []
@@ -333,19 +333,19 @@ def sync_patients(conn: Connection, rows: Rows, source: str, *, region: str, now
         changes.append((values, digest, where, current))
     new_rows = _write(conn, patients, changes, now, summary)
     events: list[dict[str, Any]] = []
-    ids = _existing(conn, patients, [r["external_id"] for r in new_rows]
-                    + [d[0] for d in discharged]) if new_rows or discharged else {}
+    ids = _ids(conn, patients, [r["external_id"] for r in new_rows]
+               + [d[0] for d in discharged]) if new_rows or discharged else {}
     if new_rows and not baseline:
-        events += [{"kind": "patient.created", "patient_id": ids[r["external_id"]]["id"],
+        events += [{"kind": "patient.created", "patient_id": ids[r["external_id"]],
                     "appointment_id": None, "occurred_at": now, "data": {},
                     "source": r["source"], "dedupe_key": None, "processed_at": None}
                    for r in new_rows]
     # (a discharge date ahead counts from that day; a baseline import is history)
-    events += [{"kind": "patient.discharged", "patient_id": ids[pid]["id"],
+    events += [{"kind": "patient.discharged", "patient_id": ids[pid],
                 "appointment_id": None,
                 "occurred_at": max(now, datetime.combine(on, datetime.min.time(), UTC)),
                 "data": {"discharged_on": on.isoformat()}, "source": where,
-                "dedupe_key": f"patient.discharged:{ids[pid]['id']}:{on.isoformat()}",
+                "dedupe_key": f"patient.discharged:{ids[pid]}:{on.isoformat()}",
                 "processed_at": None} for pid, on, where in discharged if not baseline]
     if events:
         append_events(conn, events)
@@ -369,10 +369,21 @@ def _plan_for_growing_tables(conn: Connection) -> None:
 
 def _existing(conn: Connection, table: Any, external_ids: Sequence[str],
               ) -> dict[str, dict[str, Any]]:
+    """The stored rows of these external ids, by external id."""
     found: dict[str, dict[str, Any]] = {}
     for part in chunks(list(external_ids)):
-        for row in conn.execute(select(table).where(table.c.external_id.in_(part))):
-            found[row.external_id] = dict(row._mapping)
+        for row in conn.execute(select(table).where(among(conn, table.c.external_id, part))):
+            found[row.external_id] = row._asdict()
+    return found
+
+
+def _ids(conn: Connection, table: Any, external_ids: Sequence[str]) -> dict[str, int]:
+    """The database ids of these external ids (those stored), by external id."""
+    found: dict[str, int] = {}
+    for part in chunks(list(external_ids)):
+        rows = conn.execute(select(table.c.external_id, table.c.id)
+                            .where(among(conn, table.c.external_id, part)))
+        found.update((external_id, id_) for external_id, id_ in rows)
     return found
 
 
@@ -458,8 +469,8 @@ def sync_appointments(conn: Connection, rows: Rows, source: str, *, practice_tz:
         parsed[values["external_id"]] = (line, values)
 
     _plan_for_growing_tables(conn)
-    patient_ids = {k: v["id"] for k, v in _existing(
-        conn, patients, sorted({v["patient_external_id"] for _, v in parsed.values()})).items()}
+    patient_ids = _ids(conn, patients,
+                       sorted({v["patient_external_id"] for _, v in parsed.values()}))
     existing = _existing(conn, appointments, list(parsed))
     new_rows: list[tuple[dict[str, Any], str | None]] = []
     events: list[dict[str, Any]] = []
@@ -504,10 +515,10 @@ def sync_appointments(conn: Connection, rows: Rows, source: str, *, practice_tz:
     summary.created = len(new_rows)
     fresh = [(row, kind) for row, kind in new_rows if kind is not None]
     if fresh:
-        ids = _existing(conn, appointments, [row["external_id"] for row, _ in fresh])
+        ids = _ids(conn, appointments, [row["external_id"] for row, _ in fresh])
         for row, kind in fresh:
             assert kind is not None
-            events.append(_event(kind, ids[row["external_id"]]["id"], row, now, row["source"]))
+            events.append(_event(kind, ids[row["external_id"]], row, now, row["source"]))
     append_events(conn, events)
     summary.events.update(e["kind"] for e in events)
     summary.problems.sort(key=lambda p: p.line)
@@ -603,8 +614,7 @@ def import_contacts(conn: Connection, path: Path, *, region: str, now: datetime,
 
     parsed = _parse_rows(path, CONTACT_COLUMNS, "contact_id", parse, summary, progress)
     _plan_for_growing_tables(conn)
-    owners = {k: v["id"] for k, v in _existing(
-        conn, patients, sorted({v["patient_external_id"] for _, v in parsed.values()})).items()}
+    owners = _ids(conn, patients, sorted({v["patient_external_id"] for _, v in parsed.values()}))
     for external_id, (line, values) in list(parsed.items()):
         owner = owners.get(str(values.pop("patient_external_id")))
         if owner is None:

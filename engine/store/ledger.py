@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.outcomes import Status
 from engine.planner import Exit, Planned
-from engine.store.records import chunks
+from engine.store.records import bind_time, chunks
 from engine.store.schema import IN_FLIGHT, PENDING, history, touch_points
 
 
@@ -96,15 +96,6 @@ _PLANNED_COLUMNS = ("patient_id", "appointment_id", "recipient", "test", "journe
                     "anchor", "purpose", "event_id", "step_fingerprint", "due_at",
                     "expires_at", "status", "reason", "detail", "attempts", "finished_at",
                     "planned_at", "updated_at")
-
-
-def bind_time(dialect: str, instant: datetime | None) -> Any:
-    """A datetime as the column type would bind it: naive UTC text on SQLite."""
-    if instant is None or dialect != "sqlite":
-        return instant
-    if instant.tzinfo is not UTC:
-        instant = instant.astimezone(UTC)
-    return instant.isoformat(" ", "microseconds")[:26]  # without "+00:00"
 
 
 def insert_planned(conn: Connection, planned: Sequence[Planned], now: datetime) -> int:
