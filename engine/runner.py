@@ -54,6 +54,7 @@ from engine.store import ledger
 from engine.store.database import Database
 from engine.store.locks import try_singleton
 from engine.store.records import (
+    among,
     append_events,
     as_utc,
     chunks,
@@ -459,21 +460,24 @@ def _last_started(conn: Connection, journeys: Iterable[str], patient_ids: Iterab
     found: dict[int, dict[str, datetime]] = {}
     names = sorted(journeys)
     for part in chunks(sorted(patient_ids)):
-        for row in conn.execute(
+        for patient_id, journey, last in conn.execute(
                 select(touch_points.c.patient_id, touch_points.c.journey,
                        func.max(touch_points.c.due_at))
-                .where(touch_points.c.patient_id.in_(part), touch_points.c.journey.in_(names),
+                .where(among(conn, touch_points.c.patient_id, part),
+                       touch_points.c.journey.in_(names),
                        touch_points.c.status.in_((Status.PLANNED, Status.SENDING, Status.SENT,
                                                   Status.DELIVERED, Status.UNKNOWN)))
                 .group_by(touch_points.c.patient_id, touch_points.c.journey)):
-            found.setdefault(row[0], {})[row[1]] = as_utc(row[2])
+            found.setdefault(patient_id, {})[journey] = as_utc(last)
     return found
 
 
 def _pending_pairs(conn: Connection, patient_ids: Iterable[int]) -> set[tuple[int, str]]:
     pairs: set[tuple[int, str]] = set()
     for part in chunks(sorted(patient_ids)):
-        pairs.update((row.patient_id, row.journey) for row in conn.execute(
+        rows = conn.execute(
             select(touch_points.c.patient_id, touch_points.c.journey).distinct()
-            .where(touch_points.c.patient_id.in_(part), touch_points.c.status == "planned")))
+            .where(among(conn, touch_points.c.patient_id, part),
+                   touch_points.c.status == "planned"))
+        pairs.update((patient_id, journey) for patient_id, journey in rows)
     return pairs

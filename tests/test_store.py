@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from freezegun import freeze_time
 
-from engine.store.records import append_events, bind_time, load_events, pending_events
+from engine.store.records import (
+    append_events,
+    bind_time,
+    load_events,
+    pending_events,
+    time_binder,
+)
 from tests.support import Clinic, patient
 
 
@@ -55,3 +62,13 @@ def test_a_naive_time_is_refused_not_guessed() -> None:
         bind_time("postgresql", datetime(2026, 11, 2, 8, 0))
     assert bind_time("sqlite", datetime(2026, 11, 2, 8, 0, tzinfo=UTC)) == \
         "2026-11-02 08:00:00.000000"
+
+
+def test_a_batch_binds_an_instant_once_and_alike_in_any_zone() -> None:
+    bind = time_binder("sqlite")
+    instant = datetime(2026, 11, 2, 14, 0, tzinfo=UTC)
+    chicago = instant.astimezone(ZoneInfo("America/Chicago"))
+    assert bind(chicago) == bind(instant) == "2026-11-02 14:00:00.000000"
+    assert bind(None) is None
+    with pytest.raises(ValueError, match="naive"):
+        bind(datetime(2026, 11, 2, 8, 0))

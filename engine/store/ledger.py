@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.outcomes import Status
 from engine.planner import Exit, Planned
-from engine.store.records import bind_time, chunks
+from engine.store.records import bind_time, chunks, time_binder
 from engine.store.schema import IN_FLIGHT, PENDING, history, touch_points
 
 
@@ -115,10 +115,11 @@ def insert_planned(conn: Connection, planned: Sequence[Planned], now: datetime) 
     insert_sql = (f"INSERT INTO touch_points ({columns}) VALUES "
                   f"({', '.join([mark] * len(_PLANNED_COLUMNS))}) {conflict}")
     at = bind_time(dialect, now)
+    time = time_binder(dialect)
     false_ = 0 if dialect == "sqlite" else False
     rows = [(p.patient_id, p.appointment_id, p.recipient, false_, p.journey, p.step,
              p.anchor, p.purpose, p.event_id, p.step_fingerprint,
-             bind_time(dialect, p.due_at), bind_time(dialect, p.expires_at), p.status,
+             time(p.due_at), time(p.expires_at), p.status,
              p.reason, p.detail, 0, at if p.status != Status.PLANNED else None, at, at)
             for p in planned]
     before = conn.exec_driver_sql("SELECT max(id) FROM touch_points").scalar() or 0
