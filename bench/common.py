@@ -21,8 +21,7 @@ from engine.definitions import Definitions
 from engine.definitions.journeys import load_journeys
 from engine.settings import Settings, load_settings
 from engine.store.database import Database, open_database
-from engine.store.records import bind_time
-from engine.store.schema import patients, touch_points
+from engine.store.schema import bind_time, patients, touch_points
 from engine.validate import check_definitions
 
 ROOT = Path(__file__).resolve().parent.parent

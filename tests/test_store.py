@@ -8,14 +8,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from freezegun import freeze_time
+from sqlalchemy import Column, Integer, MetaData, Table, create_engine, insert, select
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import StatementError
 
-from engine.store.records import (
-    append_events,
-    bind_time,
-    load_events,
-    pending_events,
-    time_binder,
-)
+from engine.store.records import append_events, load_events, pending_events, time_binder
+from engine.store.schema import UTCDateTime, bind_time
 from tests.support import Clinic, patient
 
 
@@ -72,3 +70,32 @@ def test_a_batch_binds_an_instant_once_and_alike_in_any_zone() -> None:
     assert bind(None) is None
     with pytest.raises(ValueError, match="naive"):
         bind(datetime(2026, 11, 2, 8, 0))
+
+
+def test_on_sqlite_a_time_is_stored_as_sqlalchemy_would_store_it_and_read_back_aware(
+        tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'times.db'}")
+    table = Table("times", MetaData(), Column("id", Integer, primary_key=True),
+                  Column("at", UTCDateTime()))
+    table.create(engine)
+    chicago = ZoneInfo("America/Chicago")
+    written = [datetime(2026, 11, 1, 1, 30, tzinfo=chicago),  # the repeated hour: CDT
+               datetime(2026, 11, 1, 1, 30, tzinfo=chicago, fold=1),  # and CST
+               datetime(2026, 3, 8, 8, 0, 0, 123_456, tzinfo=UTC), None]
+    sqlalchemy_text = sqlite.DATETIME().bind_processor(sqlite.dialect())
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"at": at} for at in written])
+        stored = conn.exec_driver_sql("SELECT at FROM times ORDER BY id").scalars().all()
+        read = conn.execute(select(table.c.at).order_by(table.c.id)).scalars().all()
+        with pytest.raises(StatementError, match="naive"):
+            conn.execute(insert(table), {"at": datetime(2026, 11, 2, 8, 0)})
+        literal = str(select(table.c.at).where(table.c.at == written[2]).compile(
+            conn, compile_kwargs={"literal_binds": True}))
+    assert stored == [sqlalchemy_text(at.astimezone(UTC).replace(tzinfo=None)) if at else None
+                      for at in written]
+    assert stored[:2] == ["2026-11-01 06:30:00.000000", "2026-11-01 07:30:00.000000"]
+    # (PEP 495: a time in the repeated hour never equals one in another zone; compare in UTC)
+    assert read == [at.astimezone(UTC) if at else None for at in written]
+    assert all(at.tzinfo is UTC for at in read if at)
+    assert "'2026-03-08 08:00:00.123456'" in literal
+    engine.dispose()

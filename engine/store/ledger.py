@@ -24,8 +24,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.outcomes import Status
 from engine.planner import Exit, Planned
-from engine.store.records import bind_time, chunks, time_binder
-from engine.store.schema import IN_FLIGHT, PENDING, history, touch_points
+from engine.store.records import chunks, time_binder
+from engine.store.schema import IN_FLIGHT, PENDING, bind_time, history, touch_points
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.records import Appointment, Contact, Event, Patient, Referrer
 from engine.store.schema import (
     appointments,
+    bind_time,
     contacts,
     engine_state,
     events,
@@ -56,21 +57,6 @@ def among(conn: Connection, column: ColumnElement[Any], values: Sequence[Any],
         return column.in_(select(literal_column("value"))
                           .select_from(func.json_each(bindparam(None, json.dumps(list(values))))))
     return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
-
-
-def bind_time(dialect: str, instant: datetime | None) -> Any:
-    """A datetime as the column type binds it (naive UTC text on SQLite), for statements
-    run at the driver level. Like the column type, it refuses a naive datetime."""
-    if instant is None:
-        return None
-    if instant.tzinfo is not UTC:
-        if instant.tzinfo is None:
-            raise ValueError(f"refusing to store a naive datetime ({instant!r}); use "
-                             "engine.clock")
-        instant = instant.astimezone(UTC)
-    if dialect != "sqlite":
-        return instant
-    return instant.isoformat(" ", "microseconds")[:26]  # without "+00:00"
 
 
 def time_binder(dialect: str) -> Callable[[datetime | None], Any]:

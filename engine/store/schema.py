@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
@@ -49,18 +50,42 @@ NAMING_CONVENTION = {
 }
 
 
+def _utc(instant: datetime) -> datetime:
+    if instant.tzinfo is UTC:
+        return instant
+    if instant.tzinfo is None:
+        raise ValueError(f"refusing to store a naive datetime ({instant!r}); use engine.clock")
+    return instant.astimezone(UTC)
+
+
+def bind_time(dialect: str, instant: datetime | None) -> Any:
+    """A datetime as :class:`UTCDateTime` binds it: aware UTC, as naive UTC text on SQLite
+    (``2026-11-02 14:00:00.000000``, SQLAlchemy's own format there). Statements run at the
+    driver level bind their times with this. A naive datetime is refused, not guessed."""
+    if instant is None:
+        return None
+    if dialect != "sqlite":
+        return _utc(instant)
+    return _utc(instant).isoformat(" ", "microseconds")[:26]  # without "+00:00"
+
+
 class UTCDateTime(TypeDecorator[datetime]):
-    """Aware UTC in, aware UTC out. Naive datetimes are refused, not guessed."""
+    """Aware UTC in, aware UTC out. Naive datetimes are refused, not guessed.
+
+    On SQLite the value is naive UTC text, and this type converts it itself rather than
+    through SQLite's DATETIME processing (``process_*`` plus the inner type's): the same
+    text, at a third of the cost — imports and planning bind and read hundreds of
+    thousands of times, and every message the dispatcher sends several.
+    """
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        # (on SQLite, statements bind through bind_processor below; this serves literal SQL)
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError(f"refusing to store a naive datetime ({value!r}); use engine.clock")
-        value = value.astimezone(UTC)
+        value = _utc(value)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
@@ -70,14 +95,16 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
         return value.astimezone(UTC)  # type: ignore[no-any-return]
 
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+        return partial(bind_time, "sqlite")
+
     def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
         if dialect.name != "sqlite":
             return super().result_processor(dialect, coltype)
 
         def from_text(value: str | None) -> datetime | None:
-            # SQLite holds naive UTC text, as bound above: one C call reads it, where
-            # parsing and then ``replace(tzinfo=UTC)`` took ten times as long (planning
-            # reads hundreds of thousands of these)
             return None if value is None else datetime.fromisoformat(value + "+00:00")
         return from_text
 
