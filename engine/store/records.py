@@ -238,8 +238,8 @@ def append_events(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
     recorded is skipped. Returns how many were added.
 
     A first import appends hundreds of thousands, so this is driver-level executemany, as
-    planning's inserts are: binding them through SQLAlchemy cost as much again as
-    SQLite's own work.
+    planning's inserts are: SQLAlchemy's processing of each row's parameters took longer
+    than SQLite's own work.
     """
     if not rows:
         return 0
