@@ -1,18 +1,28 @@
-"""The store's driver-level writes read back as SQLAlchemy's own would, on both databases."""
+"""The store's own SQL: driver-level writes read back as SQLAlchemy's would (SQLite and
+PostgreSQL), SQLite times keep SQLAlchemy's format, and lookups search their keys."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from freezegun import freeze_time
 from sqlalchemy import Column, Integer, MetaData, Table, create_engine, insert, select
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import StatementError
 
-from engine.store.records import append_events, load_events, pending_events, time_binder
+from engine.store.records import (
+    add_opt_out,
+    append_events,
+    load_events,
+    opted_out,
+    pending_events,
+    time_binder,
+)
 from engine.store.schema import UTCDateTime, bind_time
 from tests.support import Clinic, patient
 
@@ -99,3 +109,25 @@ def test_on_sqlite_a_time_is_stored_as_sqlalchemy_would_store_it_and_read_back_a
     assert all(at.tzinfo is UTC for at in read if at)
     assert "'2026-03-08 08:00:00.123456'" in literal
     engine.dispose()
+
+
+def test_an_opt_out_lookup_searches_the_key_instead_of_scanning_it(tmp_path: Path) -> None:
+    clinic = Clinic(f"sqlite:///{tmp_path / 'optouts.db'}", tmp_path)
+    statements: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+    with clinic.db.transaction() as conn:
+        now = datetime(2026, 11, 2, 14, 0, tzinfo=UTC)
+        add_opt_out(conn, "sms", "+13125550100", "all", "tests", "STOP", now)
+        add_opt_out(conn, "email", "pat@example.com", "marketing", "tests", "unsubscribed", now)
+        sqlalchemy_event.listen(conn, "before_cursor_execute", capture)
+        found = opted_out(conn, ["+13125550100", "pat@example.com", "+13125550199"])
+        sqlalchemy_event.remove(conn, "before_cursor_execute", capture)
+        (statement, parameters), = statements
+        plan = " ".join(row[3] for row in conn.exec_driver_sql(
+            f"EXPLAIN QUERY PLAN {statement}", parameters))
+    clinic.close()
+    assert found == {("sms", "+13125550100"): {"all"},
+                     ("email", "pat@example.com"): {"marketing"}}
+    assert "SEARCH opt_outs USING COVERING INDEX" in plan, plan

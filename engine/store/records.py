@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from engine.definitions.journeys import SYSTEM_JOURNEYS
+from engine.definitions.journeys import CHANNELS, SYSTEM_JOURNEYS
 from engine.records import Appointment, Contact, Event, Patient, Referrer
 from engine.store.schema import (
     appointments,
@@ -259,13 +259,18 @@ def append_events(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
 
 
 def opted_out(conn: Connection, addresses: Iterable[str]) -> dict[tuple[str, str], set[str]]:
-    """``{(channel, address): {purposes}}`` for every opt-out recorded for these addresses."""
+    """``{(channel, address): {purposes}}`` for every opt-out recorded for these addresses.
+
+    Naming the channels lets the lookup search the (channel, address, purpose) key; by
+    address alone it scanned the whole key, for every batch the dispatcher sends.
+    """
     found: dict[tuple[str, str], set[str]] = {}
     for part in chunks(sorted(set(addresses))):
         rows = conn.execute(select(opt_outs.c.channel, opt_outs.c.address, opt_outs.c.purpose)
-                            .where(among(conn, opt_outs.c.address, part)))
-        for row in rows:
-            found.setdefault((row.channel, row.address), set()).add(row.purpose)
+                            .where(opt_outs.c.channel.in_(CHANNELS),
+                                   among(conn, opt_outs.c.address, part)))
+        for channel, address, purpose in rows:
+            found.setdefault((channel, address), set()).add(purpose)
     return found
 
 
