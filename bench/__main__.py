@@ -1,6 +1,6 @@
 """Run every benchmark in one go and print the figures (`make bench`).
 
-    python -m bench            # everything (about 12 minutes on 2 cores)
+    python -m bench            # everything (about 9 minutes on 2 cores)
     python -m bench --quick    # the 10k dispatch runs and a 20k/40k planning run only
 
 Results are also written to bench/results/latest.json.
