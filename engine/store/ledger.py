@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, false, insert, select, update
@@ -25,7 +25,14 @@ from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.outcomes import Status
 from engine.planner import Exit, Planned
 from engine.store.records import chunks, time_binder
-from engine.store.schema import IN_FLIGHT, PENDING, bind_time, history, touch_points
+from engine.store.schema import (
+    IN_FLIGHT,
+    PENDING,
+    bind_time,
+    history,
+    read_time,
+    touch_points,
+)
 
 
 @dataclass(frozen=True)
@@ -264,12 +271,7 @@ def _from_driver_row(dialect: str, row: Sequence[Any]) -> TouchPoint:
     would (aware UTC datetimes, booleans)."""
     values = list(row)
     for index in _TIME_INDEXES:
-        value = values[index]
-        if value is not None:
-            if isinstance(value, str):  # SQLite: naive UTC text
-                values[index] = datetime.fromisoformat(value + "+00:00")
-            else:
-                values[index] = value.astimezone(UTC)
+        values[index] = read_time(values[index])
     values[_TEST_INDEX] = bool(values[_TEST_INDEX])
     return TouchPoint(*values)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -35,6 +35,7 @@ from engine.store.schema import (
     events,
     opt_outs,
     patients,
+    read_time,
     referrers,
     touch_points,
 )
@@ -275,11 +276,11 @@ def opted_out(conn: Connection, addresses: Iterable[str]) -> dict[tuple[str, str
 
 
 def as_utc(value: object) -> datetime:
-    """An instant from an aggregate (``func.max`` bypasses the column type: SQLite gives
-    text without an offset) as an aware UTC datetime."""
-    instant = datetime.fromisoformat(value) if isinstance(value, str) else value
-    assert isinstance(instant, datetime), value
-    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+    """An instant from an aggregate (``max``, ``min``), which may come back as the
+    driver gives it, as an aware UTC datetime."""
+    instant = read_time(value)
+    assert instant is not None
+    return instant
 
 
 def get_state(conn: Connection, key: str) -> dict[str, Any] | None:
@@ -307,17 +308,8 @@ def latest_events(conn: Connection, patient_ids: Iterable[int], kinds: Iterable[
             .where(among(conn, events.c.patient_id, part), events.c.kind.in_(wanted_kinds))
             .group_by(events.c.patient_id, events.c.kind))
         for patient_id, kind, at in rows:
-            at = _aware(at)
-            found.setdefault(patient_id, {})[kind] = at
+            found.setdefault(patient_id, {})[kind] = as_utc(at)
     return found
-
-
-def _aware(value: Any) -> datetime:
-    """Aggregates (max, min) bypass the column type on SQLite: normalise what comes back."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def add_opt_out(conn: Connection, channel: str, address: str, purpose: str, source: str,

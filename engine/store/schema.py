@@ -69,6 +69,17 @@ def bind_time(dialect: str, instant: datetime | None) -> Any:
     return _utc(instant).isoformat(" ", "microseconds")[:26]  # without "+00:00"
 
 
+def read_time(value: Any) -> datetime | None:
+    """A time as a driver returns it, as aware UTC: the reverse of :func:`bind_time`.
+    SQLite gives back naive UTC text (read in one C call), PostgreSQL a datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return datetime.fromisoformat(value + "+00:00")
+    assert isinstance(value, datetime), value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC in, aware UTC out. Naive datetimes are refused, not guessed.
 
@@ -103,10 +114,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
         if dialect.name != "sqlite":
             return super().result_processor(dialect, coltype)
-
-        def from_text(value: str | None) -> datetime | None:
-            return None if value is None else datetime.fromisoformat(value + "+00:00")
-        return from_text
+        return read_time
 
 
 class Base(DeclarativeBase):
