@@ -7,7 +7,6 @@ set ``TOUCHPOINT_DEBUG=1`` to see the traceback of an unexpected error.
 
 from __future__ import annotations
 
-import csv
 import html
 import json
 import os
@@ -34,6 +33,7 @@ from engine.cases import history as case_history
 from engine.cases import note as note_case
 from engine.cases import resolve as resolve_case
 from engine.channels import build_channels
+from engine.csv_export import write_csv
 from engine.definitions import Definitions
 from engine.errors import TouchpointError, UserError
 from engine.forecast import Change, diff, forecast
@@ -503,9 +503,8 @@ def log_cmd(ctx: click.Context, patient: str | None, journey: str | None, status
         if as_json:
             _stream_json(rows, sys.stdout)
         elif as_csv:
-            writer = csv.DictWriter(sys.stdout, LOG_FIELDS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows({**row, "events": " ".join(row["events"])} for row in rows)
+            write_csv(sys.stdout, LOG_FIELDS,
+                      ({**row, "events": " ".join(row["events"])} for row in rows))
         else:
             _print_log_table(list(rows))
 

@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.pool import NullPool
 
 from engine.cli import cli
+from engine.csv_export import neutralise
 from engine.errors import DatabaseNotReady
 from engine.store.database import head_revision, open_database
 from engine.store.schema import Base, events
@@ -234,9 +235,29 @@ def test_log_csv_has_a_header_and_the_same_rows_as_json(ran: list[str]) -> None:
     assert list(reader.fieldnames) == list(as_json[0])
     rows = list(reader)
     assert [(r["id"], r["patient_id"], r["step"], r["status"], r["recipient"]) for r in rows] == [
-        (str(j["id"]), j["patient_id"], j["step"], j["status"], j["recipient"] or "")
-        for j in as_json]
+        (str(j["id"]), j["patient_id"], j["step"], j["status"], neutralise(j["recipient"] or ""))
+        for j in as_json]  # (a phone number begins with +: the CSV quotes it)
     assert rows[0]["sent_at"] == "2026-11-02T15:00:00Z"
+
+
+def test_log_csv_neutralises_cells_a_spreadsheet_would_read_as_formulas(
+        tmp_path: Path, sqlite_url: str) -> None:
+    options = practice(tmp_path, sqlite_url)
+    ids = ["=HYPERLINK(\"http://x.example\")", "-2+3", "@SUM", "P4"]
+    write_csv(tmp_path / "patients.csv",
+              [patient(pid, phone=f"+1312555010{i}", email="") for i, pid in enumerate(ids)],
+              patient().keys())
+    result = invoke(*options, "--now", IMPORTED_AT, "import", "patients", "patients.csv")
+    assert result.exit_code == 0, result.output
+    assert invoke(*options, "--now", IMPORTED_AT, "run", "--once").exit_code == 0
+    result = invoke(*options, "log", "--csv", "--reveal", "--journey", "welcome")
+    assert result.exit_code == 0, result.output
+    rows = [r for r in csv.DictReader(io.StringIO(result.stdout)) if r["step"] == "welcome"]
+    assert sorted(r["patient_id"] for r in rows) == sorted(
+        ["'=HYPERLINK(\"http://x.example\")", "'-2+3", "'@SUM", "P4"])
+    assert sorted(r["recipient"] for r in rows) == [  # phone numbers, revealed
+        f"'+1312555010{i}" for i in range(4)]
+    assert all(r["attempts"] == "1" for r in rows)  # numbers are left as they are
 
 
 def test_log_json_and_csv_together_is_a_usage_error(ran: list[str]) -> None:
