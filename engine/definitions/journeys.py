@@ -36,6 +36,12 @@ from typing import Any, Literal
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import (
+    AliasEvent,
+    CollectionEndEvent,
+    CollectionStartEvent,
+    NodeEvent,
+)
 
 from engine.definitions.diagnostics import Diagnostic, did_you_mean
 from engine.timing import format_duration, parse_clock, parse_duration
@@ -77,6 +83,11 @@ ASKS = ("score",)
 # stop the reminders of another visit). A newly booked visit ends runs of any anchor.
 _ANCHOR_EVENTS = {"appointment.cancelled", "appointment.completed", "appointment.no_show",
                   "appointment.rescheduled"}
+
+# A journey file is a page of YAML. Larger files, and aliases (``*name``) that would
+# expand to more values than that (a "billion laughs" file), are refused before loading.
+MAX_FILE_BYTES = 256 * 1024
+MAX_VALUES = 10_000
 
 _TOP_KEYS = ("version", "journey", "description", "purpose", "trigger", "exit_on", "once_per",
              "steps")
@@ -246,7 +257,13 @@ def load_journeys(directory: Path) -> tuple[dict[str, Journey], list[Diagnostic]
 
 def parse_journey_file(path: Path) -> tuple[Journey | None, list[Diagnostic]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return None, [Diagnostic(str(path), None, f"the file is {size // 1024:,} KB; a "
+                                     f"journey file may be at most {MAX_FILE_BYTES // 1024} KB",
+                                     "keep one journey per file, with its steps only",
+                                     code="too-large")]
+        text = path.read_text(encoding="utf-8-sig")  # (a byte-order mark is read as nothing)
     except (OSError, UnicodeDecodeError) as exc:
         return None, [Diagnostic(str(path), None, f"cannot read the file: {exc}",
                                  "save it as UTF-8 text")]
@@ -256,6 +273,12 @@ def parse_journey_file(path: Path) -> tuple[Journey | None, list[Diagnostic]]:
 def parse_journey(text: str, file: str) -> tuple[Journey | None, list[Diagnostic]]:
     yaml = YAML(typ="rt")
     try:
+        too_big = _too_many_values(yaml, text)
+        if too_big is not None:
+            return None, [Diagnostic(file, too_big, f"the aliases (*name) here would expand "
+                                     f"the file to more than {MAX_VALUES:,} values",
+                                     "write the values out, or use fewer aliases",
+                                     code="yaml-aliases")]
         data = yaml.load(text)
     except MarkedYAMLError as exc:
         # "found unexpected end of stream" points at the end of the file; the context
@@ -272,6 +295,31 @@ def parse_journey(text: str, file: str) -> tuple[Journey | None, list[Diagnostic
         return None, [Diagnostic(file, None, f"YAML syntax error: {exc}", "fix the YAML syntax",
                                  code="yaml")]
     return _JourneyReader(file).read(data)
+
+
+def _too_many_values(yaml: YAML, text: str) -> int | None:
+    """The 1-based line where the file, with every alias expanded, passes MAX_VALUES
+    values; None if it never does. Reads the event stream only: nothing is expanded."""
+    total = 0
+    sizes: dict[str, int] = {}  # anchor → values under it, expanded
+    opened: list[tuple[str | None, int]] = []  # (anchor, total when it opened)
+    for event in yaml.parse(text):
+        if isinstance(event, AliasEvent):
+            total += sizes.get(str(event.anchor), 1)
+        elif isinstance(event, CollectionStartEvent):
+            opened.append((event.anchor, total))
+            total += 1
+        elif isinstance(event, CollectionEndEvent):
+            anchor, start = opened.pop()
+            if anchor is not None:
+                sizes[str(anchor)] = total - start
+        elif isinstance(event, NodeEvent):  # a scalar
+            total += 1
+            if event.anchor is not None:
+                sizes[str(event.anchor)] = 1
+        if total > MAX_VALUES:
+            return int(event.start_mark.line) + 1
+    return None
 
 
 class _JourneyReader:

@@ -38,9 +38,9 @@ from jinja2 import (
     pass_context,
 )
 from jinja2.runtime import Context
-from jinja2.sandbox import SandboxedEnvironment
 
 from engine.definitions.diagnostics import Diagnostic, did_you_mean
+from engine.definitions.render_limits import LimitedSandbox, limits, stream
 from engine.errors import TemplateRenderError
 from engine.sms_segments import NonGsmCharacter, analyse, is_gsm7, to_gsm7
 
@@ -66,6 +66,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
 }
 OPEN_TABLES = {("patient", "custom"), ("practice", "links")}
 EMAIL_BLOCKS = ("subject", "text", "html")
+# Files are UTF-8; a byte-order mark (Windows Notepad saves one) is read as nothing, never
+# as an invisible character at the start of a patient's message.
+ENCODING = "utf-8-sig"
 _SUFFIX = re.compile(r"^(?P<step>[^.]+)(?:\.(?P<lang>[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]+)?))?"
                      r"\.(?P<channel>sms|email)\.j2$")
 
@@ -210,7 +213,7 @@ def format_phone(value: object) -> str:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL))
 
 
-FILTERS = {
+FILTERS: dict[str, Callable[..., Any]] = {
     "date": _date,
     "short_date": _short_date,
     "weekday": _weekday,
@@ -220,9 +223,9 @@ FILTERS = {
 }
 
 
-def _environment(directory: Path, autoescape: bool) -> SandboxedEnvironment:
+def _environment(directory: Path, autoescape: bool) -> LimitedSandbox:
     env = _Sandbox(
-        loader=FileSystemLoader(str(directory), encoding="utf-8"),
+        loader=FileSystemLoader(str(directory), encoding=ENCODING),
         undefined=_Undefined,
         autoescape=autoescape,
         trim_blocks=True,
@@ -231,7 +234,7 @@ def _environment(directory: Path, autoescape: bool) -> SandboxedEnvironment:
         auto_reload=False,
         cache_size=2000,
     )
-    env.filters.update(FILTERS)
+    env.add_filters(FILTERS)
     return env
 
 
@@ -252,9 +255,10 @@ def locale_for(language: str) -> str:
         return "en"
 
 
-class _Sandbox(SandboxedEnvironment):
-    """The sandbox, with a fast path for what templates read most: a :class:`Fields`
-    value by its public name (it holds plain data; nothing on it can be called)."""
+class _Sandbox(LimitedSandbox):
+    """The sandbox (with :mod:`~engine.definitions.render_limits`), with a fast path for
+    what templates read most: a :class:`Fields` value by its public name (it holds plain
+    data; nothing on it can be called)."""
 
     def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
         # A plain dict, not Jinja's ChainMap over the environment's globals: every render
@@ -341,26 +345,31 @@ class TemplateSet:
         file, used = resolved
         context = {**variables, "_zone": zone, "_locale": locale_for(used), "_channel": channel}
         try:
-            if channel == "sms":
-                body = self._text.get_template(file).render(context)
-                return Rendered("sms", _tidy(body), template_file=file, language=used)
-            text_template = self._text.get_template(file)
-            subject = " ".join(_block(text_template, "subject", context).split())
-            text = _tidy(_block(text_template, "text", context))
-            html_template = self._html.get_template(file)
-            html = _block(html_template, "html", context).strip() \
-                if "html" in html_template.blocks else None
-            return Rendered("email", text, subject=subject, html=html or None,
-                            template_file=file, language=used)
+            with limits():
+                return self._render(file, channel, used, context)
         except TemplateRenderError as exc:
             raise TemplateRenderError(f"{_where(file, exc)}: {exc.message}") from None
         except UndefinedError as exc:
             raise TemplateRenderError(f"{_where(file, exc)}: {exc.message}") from None
         except TemplateError as exc:
             raise TemplateRenderError(f"{_where(file, exc)}: {exc}") from None
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError,
+                RecursionError, MemoryError) as exc:
             raise TemplateRenderError(f"{_where(file, exc)}: {type(exc).__name__}: {exc}") \
                 from None
+
+    def _render(self, file: str, channel: str, used: str, context: dict[str, Any]) -> Rendered:
+        if channel == "sms":
+            body = stream(self._text.get_template(file).generate(context))
+            return Rendered("sms", _tidy(body), template_file=file, language=used)
+        text_template = self._text.get_template(file)
+        subject = " ".join(_block(text_template, "subject", context).split())
+        text = _tidy(_block(text_template, "text", context))
+        html_template = self._html.get_template(file)
+        html = _block(html_template, "html", context).strip() \
+            if "html" in html_template.blocks else None
+        return Rendered("email", text, subject=subject, html=html or None,
+                        template_file=file, language=used)
 
     # ----------------------------------------------------------------- checking
 
@@ -368,7 +377,7 @@ class TemplateSet:
         """Syntax, required email blocks and undefined variables of one template file."""
         where = str(self.directory / file)
         try:
-            source = self.path(file).read_text(encoding="utf-8")
+            source = self.path(file).read_text(encoding=ENCODING)
         except (OSError, UnicodeDecodeError) as exc:
             return [Diagnostic(where, None, f"cannot read the template: {exc}",
                                "save it as UTF-8 text")]
@@ -377,7 +386,10 @@ class TemplateSet:
         except TemplateSyntaxError as exc:
             return [Diagnostic(where, exc.lineno, f"template syntax error: {exc.message}",
                                "check the {{ }} and {% %} tags on this line", code="jinja")]
-        found = list(check_variables(tree, where))
+        found = list(self.check_names(tree, where))
+        if found:  # (Jinja cannot read the variables of a template with unknown filters)
+            return found
+        found.extend(check_variables(tree, where))
         if file.endswith(".email.j2"):
             blocks = {block.name for block in tree.find_all(nodes.Block)}
             for required in ("subject", "text"):
@@ -387,17 +399,32 @@ class TemplateSet:
                         f"add {{% block {required} %}}…{{% endblock %}}", code="email-block"))
         return found
 
+    def check_names(self, tree: nodes.Template, where: str) -> Iterator[Diagnostic]:
+        """Filters (``| date``) and tests (``is defined``) that do not exist — Jinja itself
+        would only find one when a message is sent."""
+        for kind, node_type, known, fix in (
+                ("filter", nodes.Filter, self._text.filters,
+                 f"use one of Touchpoint's ({', '.join(FILTERS)}) or Jinja's built-in filters"),
+                ("test", nodes.Test, self._text.tests,
+                 "use one of Jinja's built-in tests (defined, none, number, …)")):
+            names = [name for name in known if not name.startswith("_")]
+            for node in tree.find_all(node_type):
+                if node.name not in known:
+                    yield Diagnostic(where, node.lineno, f"unknown {kind} '{node.name}'",
+                                     did_you_mean(node.name, names, fix),
+                                     code=f"unknown-{kind}")
+
     def references(self, file: str) -> dict[str, int]:
         """Each variable one file reads, as a dotted path (``practice.links.parking``),
         with the first line it is read on."""
-        try:
-            tree = self._text.parse(self.path(file).read_text(encoding="utf-8"), file)
-        except (OSError, UnicodeDecodeError, TemplateSyntaxError):
-            return {}
         found: dict[str, int] = {}
-        for path, line in _references(tree):
-            dotted = ".".join(path)
-            found[dotted] = min(found.get(dotted, line), line)
+        try:
+            tree = self._text.parse(self.path(file).read_text(encoding=ENCODING), file)
+            for path, line in _references(tree):
+                dotted = ".".join(path)
+                found[dotted] = min(found.get(dotted, line), line)
+        except (OSError, UnicodeDecodeError, TemplateSyntaxError):
+            return {}  # (check_file reports why)
         return found
 
     def variables_used(self, file: str) -> set[str]:
@@ -406,7 +433,7 @@ class TemplateSet:
 
     def source(self, file: str) -> str:
         try:
-            return self.path(file).read_text(encoding="utf-8")
+            return self.path(file).read_text(encoding=ENCODING)
         except (OSError, UnicodeDecodeError):
             return ""
 
@@ -468,7 +495,7 @@ def _block(template: Template, name: str, context: Mapping[str, Any]) -> str:
     render = template.blocks.get(name)
     if render is None:
         return ""
-    return "".join(render(template.new_context(dict(context))))
+    return stream(render(template.new_context(dict(context))))
 
 
 def _tidy(text: str) -> str:
