@@ -812,7 +812,7 @@ def daemon_cmd(ctx: click.Context, dry_run: bool, log_format: str, no_watch: boo
     """Run the engine until stopped: plan and send on every tick, sweep for lapses,
     reload edited definitions. SIGTERM stops it gracefully; SIGHUP reloads."""
     from engine import logs
-    from engine.daemon import Daemon
+    from engine.daemon import Daemon, definitions_to_run
 
     if clock.pinned() is not None:
         raise click.UsageError("the daemon runs on the real clock; to move time, use "
@@ -821,13 +821,15 @@ def daemon_cmd(ctx: click.Context, dry_run: bool, log_format: str, no_watch: boo
     settings = app.settings()
     logs.configure(log_format, secrets=_secrets(settings))
     channels = build_channels(settings, dry_run=dry_run, once=True)
-    database, definitions = app.db(), app.definitions()
+    database = app.db()
 
     def load() -> Definitions:
         return check_definitions(settings, clock.now()).raise_for_errors()
 
+    # (invalid files: the last good definitions kept in the database, if any)
+    definitions, restored = definitions_to_run(settings, database, load)
     daemon = Daemon(settings, database, definitions, channels, load, dry_run=dry_run,
-                    watch=not no_watch)
+                    watch=not no_watch, restored=restored)
     code = daemon.run()
     for channel in channels.values():
         channel.close()

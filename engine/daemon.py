@@ -20,7 +20,11 @@ Signals: SIGTERM or SIGINT finishes the touch point in flight, records it, gives
 what this worker had claimed and exits 0; a second signal exits at once. SIGHUP — or a
 change under ``schedules/`` or ``message_templates/`` — reloads the definitions; an
 invalid edit is rejected with its errors logged and the last good definitions keep
-running.
+running. The watcher survives any error (it logs it and watches again).
+
+Definitions that pass every check are kept in the database (:mod:`engine.last_good`):
+a daemon started while an edit is invalid logs the errors and runs the last good ones
+(:func:`definitions_to_run`) instead of refusing to start.
 """
 
 from __future__ import annotations
@@ -38,11 +42,12 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from engine import clock
+from engine import clock, last_good
 from engine.channels.base import Channel
 from engine.definitions import Definitions
 from engine.errors import DefinitionError
 from engine.health import HEARTBEAT_PREFIX
+from engine.privacy import redact
 from engine.runner import Runner, TickReport
 from engine.settings import Settings
 from engine.store.database import Database
@@ -51,19 +56,49 @@ from engine.store.schema import engine_state
 from engine.timing import zone
 
 log = logging.getLogger("touchpoint.daemon")
+WATCH_RETRY_SECONDS = 5.0
+
+
+def definitions_to_run(settings: Settings, db: Database,
+                       load_definitions: Callable[[], Definitions],
+                       ) -> tuple[Definitions, last_good.Restored | None]:
+    """The definitions on disk; if they are invalid, the last good ones kept in the
+    database (and how they were restored). Raises DefinitionError if there are none."""
+    try:
+        return load_definitions(), None
+    except DefinitionError as exc:
+        problems = [str(d) for d in exc.diagnostics] or [exc.message]
+        try:
+            restored = last_good.restore(db, settings, clock.now())
+        except DefinitionError as kept:
+            raise DefinitionError(f"{exc.message}\n(the last good definitions kept in the "
+                                  f"database no longer pass either: {kept.message})",
+                                  exc.diagnostics) from None
+        if restored is None:
+            raise DefinitionError(f"{exc.message}\n(no last good definitions are kept in the "
+                                  "database yet: a daemon keeps them when it starts or "
+                                  "reloads with valid ones)", exc.diagnostics) from None
+    log.error("the definitions in %s and %s are invalid:\n  %s\nrunning the last good "
+              "definitions, kept %s (%d journeys) — fix the files; saving them reloads",
+              settings.schedules_dir, settings.templates_dir, "\n  ".join(problems),
+              restored.saved_at, len(restored.definitions.journeys),
+              extra={"event": "started_on_last_good", "problems": len(problems)})
+    return restored.definitions, restored
 
 
 class Daemon:
     def __init__(self, settings: Settings, db: Database, definitions: Definitions,
                  channels: Mapping[str, Channel],
                  load_definitions: Callable[[], Definitions], *, dry_run: bool = False,
-                 watch: bool = True) -> None:
+                 watch: bool = True, restored: last_good.Restored | None = None) -> None:
         self.settings = settings
         self.db = db
         self.channels = channels
         self.load_definitions = load_definitions
         self.dry_run = dry_run
         self.watch = watch
+        self.restored = restored  # started on the last good definitions kept in the database
+        self.on_last_good = restored is not None  # ... and still running them
         self.runner = Runner(db, settings, definitions, channels)
         self.worker = self.runner.dispatcher.worker if self.runner.dispatcher else "?"
         self.stopping = threading.Event()
@@ -129,7 +164,8 @@ class Daemon:
     # ------------------------------------------------------------------ reload
 
     def reload(self, why: str) -> bool:
-        """Load schedules/ and message_templates/ again; keep the old ones if invalid."""
+        """Load schedules/ and message_templates/ again; keep the old ones if invalid.
+        Never raises: it runs in the watcher's and SIGHUP's threads."""
         try:
             definitions = self.load_definitions()
         except DefinitionError as exc:
@@ -138,15 +174,46 @@ class Daemon:
                       "ones:\n  %s", why, "\n  ".join(problems),
                       extra={"event": "reload_rejected", "problems": len(problems)})
             return False
+        except Exception as exc:
+            log.error("%s: the definitions could not be loaded (%s: %s), still running the "
+                      "last good ones", why, type(exc).__name__, redact(str(exc))[:300],
+                      extra={"event": "reload_failed"})
+            return False
         with self.lock:
             dispatcher = self.runner.dispatcher
             self.runner = Runner(self.db, self.settings, definitions, self.channels,
                                  worker=dispatcher.worker if dispatcher else None)
+            self.on_last_good = False
         log.info("%s: reloaded %d journeys", why, len(definitions.journeys),
                  extra={"event": "reloaded"})
+        self.keep_definitions()
         return True
 
+    def keep_definitions(self) -> None:
+        """Keep the files just loaded as the last good definitions (not in a dry run,
+        which records nothing, nor while running kept ones: the files are invalid)."""
+        if self.dry_run or self.on_last_good:
+            return
+        try:
+            last_good.save(self.db, self.settings, clock.now())
+        except Exception as exc:  # the daemon runs on without; the next reload tries again
+            log.error("could not keep the definitions as the last good ones (%s: %s)",
+                      type(exc).__name__, redact(str(exc))[:300],
+                      extra={"event": "keep_definitions_failed"})
+
     def _watch(self) -> None:
+        """Watch the folders until stopped; whatever goes wrong is logged and the watch
+        starts again."""
+        while not self.stopping.is_set():
+            try:
+                self._watch_once()
+            except Exception as exc:
+                log.error("watching for edits failed (%s: %s); watching again in %g s",
+                          type(exc).__name__, redact(str(exc))[:300], WATCH_RETRY_SECONDS,
+                          extra={"event": "watch_failed"})
+                self.stopping.wait(WATCH_RETRY_SECONDS)
+
+    def _watch_once(self) -> None:
         from watchfiles import watch
 
         folders = [str(p) for p in (self.settings.schedules_dir, self.settings.templates_dir)
@@ -192,12 +259,18 @@ class Daemon:
             id="housekeeping")
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
+        self.keep_definitions()
         if self.watch:
             threading.Thread(target=self._watch, name="watch", daemon=True).start()
-        log.info("daemon started (worker %s, tick %ss%s)", self.worker,
+        log.info("daemon started (worker %s, tick %ss%s%s)", self.worker,
                  int(tick.total_seconds()), ", dry run" if self.dry_run else "",
+                 ", on the last good definitions" if self.restored else "",
                  extra={"event": "started"})
-        self.scheduler.start()  # blocks until shutdown
+        try:
+            self.scheduler.start()  # blocks until shutdown
+        finally:
+            if self.restored is not None:
+                self.restored.remove()
         self._release()
         log.info("daemon stopped after %d tick(s)", self.ticks, extra={"event": "stopped"})
         return 0
