@@ -50,8 +50,14 @@ RUNAWAY = {
     "doubling": ("{% set ns = namespace(s='x') %}{% for i in range(64) %}"
                  "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}", "characters long"),
     "join": ("{{ range(99999) | join('x' * 100000) }}", "characters long"),
+    "join-the-same-text": ("{% set big = 'x' * 100000 %}{% set items = [] %}"
+                           "{% for i in range(99999) %}{% set _ = items.append(big) %}"
+                           "{% endfor %}{{ items | join }}{{ ''.join(items) }}",
+                           "characters long"),
     "macro-writes-a-lot": ("{% macro m() %}{% for i in range(99999) %}{{ 'y' * 100000 }}"
                            "{% endfor %}{% endmacro %}{{ m() }}", "writes more than"),
+    "piling-up": ("{% set d = {} %}{% for i in range(99999) %}"
+                  "{% set _ = d.update({i: 'x' * 200000}) %}{% endfor %}", "builds more than"),
     "output": ("{% for i in range(99999) %}{{ 'y' * 100000 }}{% endfor %}",
                "the message would be"),
 }

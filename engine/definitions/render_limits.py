@@ -13,9 +13,11 @@ outside the main thread, where no signal can interrupt a render):
 * after it: any value a call, a filter or a ``~`` returns that is longer than
   :data:`MAX_TEXT`;
 * within :func:`limits` (one render): at most :data:`MAX_LOOP` loop iterations in all,
-  :data:`MAX_WRITTEN` characters written by ``{{ }}`` (macros and blocks included), and
-  :data:`RENDER_SECONDS`, checked on every iteration, call, filter, operator and piece
-  of output; :func:`stream` stops the message itself at :data:`MAX_TEXT`.
+  :data:`MAX_WRITTEN` characters written by ``{{ }}`` (macros and blocks included),
+  :data:`MAX_BUILT` characters in all the values operators, calls, filters and ``~``
+  build (a loop that piles texts into a list or dict), and :data:`RENDER_SECONDS`,
+  checked on every iteration, call, filter, operator and piece of output; :func:`stream`
+  stops the message itself at :data:`MAX_TEXT`.
 
 Each refusal is a :class:`RenderLimit` (a Jinja ``SecurityError``) raised inside the
 template, so its traceback names the template line; the template set reports it as a
@@ -42,6 +44,7 @@ from jinja2.utils import _PassArg
 
 MAX_TEXT = 200_000  # characters in one message, and in any one value built on the way
 MAX_WRITTEN = 10 * MAX_TEXT  # characters all {{ }} of one render may write (macros too)
+MAX_BUILT = 50 * MAX_TEXT  # characters (or items) of all values one render builds
 MAX_DIGITS = 3_000  # digits of any number a template computes
 MAX_LOOP = 100_000  # loop iterations in one render, all loops together
 RENDER_SECONDS = 2.0  # one message (a practice's messages render in about a millisecond)
@@ -65,6 +68,7 @@ class _Budget:
     deadline: float
     iterations: int = 0
     written: int = 0
+    built: int = 0
 
 
 _budget: ContextVar[_Budget | None] = ContextVar("touchpoint_render_budget", default=None)
@@ -122,8 +126,17 @@ def _is_int(value: object) -> bool:
 
 
 def _check_size(value: object) -> None:
-    if isinstance(value, _SIZED) and len(value) > MAX_TEXT:
-        raise _too_long(len(value))
+    """A value just built: not too long, and within the render's budget."""
+    if isinstance(value, _SIZED):
+        if len(value) > MAX_TEXT:
+            raise _too_long(len(value))
+        budget = _budget.get()
+        if budget is not None:
+            budget.built += len(value)
+            if budget.built > MAX_BUILT:
+                raise RenderLimit(f"the template builds more than {MAX_BUILT:,} characters "
+                                  "of text in all — look for a loop that keeps adding to a "
+                                  "list or text")
     if _is_int(value) and value.bit_length() > _MAX_BITS:  # type: ignore[attr-defined]
         raise _too_many_digits(value.bit_length())  # type: ignore[attr-defined]
 
@@ -181,9 +194,11 @@ def _check_growth(name: str, target: Any, args: tuple[Any, ...],
         separator = args[0] if args else kwargs.get("d", "")
         if isinstance(target, str):  # "sep".join(items)
             separator, target = target, separator
-        if isinstance(separator, str) and isinstance(target, _SIZED) \
-                and len(separator) * len(target) > MAX_TEXT:
-            raise _too_long(len(separator) * len(target))
+        if isinstance(separator, str) and isinstance(target, _SIZED):
+            size = len(separator) * len(target) + sum(
+                len(item) for item in target if isinstance(item, _SIZED))
+            if size > MAX_TEXT:
+                raise _too_long(size)
     if not isinstance(target, str):
         return
     if name in ("format", "format_map"):
@@ -297,7 +312,9 @@ class LimitedSandbox(SandboxedEnvironment):
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         check_time()
         _check_binop(operator, left, right)
-        return super().call_binop(context, operator, left, right)
+        result = super().call_binop(context, operator, left, right)
+        _check_size(result)
+        return result
 
     def call(__self, __context: Context, __obj: Any,  # (Jinja's own signature)
              *args: Any, **kwargs: Any) -> Any:
