@@ -14,7 +14,7 @@ C, CONFIRM, YES           the appointment of the latest reminder is marked confi
 R, RESCHEDULE             a reschedule request: staff are alerted, the patient told
 a score (8, 8/10, eight,  within a week of the satisfaction question (``asks: score``):
 ocho, 8 de 10)            kept on the patient and the appointment; 0-6 opens a
-                          recovery case, 9-10 starts the review request
+                          recovery case (the review request never depends on it)
 anything else             recorded and shown to staff (``touchpoint inbox``); staff are
                           alerted by email; if it reads as a complaint, a recovery
                           case opens
@@ -54,7 +54,6 @@ from engine.store import ledger
 from engine.store.database import Database
 from engine.store.records import (
     add_opt_out,
-    append_events,
     appointment_from_row,
     opted_out,
     patient_from_row,
@@ -81,7 +80,7 @@ RESCHEDULE_WORDS = frozenset({"r", "reschedule"})
 REPLY_TEMPLATES = ("stop", "start", "help", "confirmed", "reschedule")
 STAFF_TEMPLATES = ("reschedule-request", "reply")
 SCORE_WINDOW = timedelta(days=7)  # how long after the question a number is its answer
-LOW_SCORE, HIGH_SCORE = 6, 9  # 0-6 opens a recovery case; 9-10 asks for a review
+LOW_SCORE = 6  # 0-6 opens a recovery case (and nothing is gated on a high one)
 
 
 def normalise(body: str) -> str:
@@ -233,8 +232,9 @@ def _latest_question(conn: Connection, number: str, now: datetime,
 
 def _record_score(conn: Connection, settings: Settings, question: ledger.TouchPoint,
                   score: int, inbound_id: int, now: datetime) -> None:
-    """Keep the answer on the patient and the appointment; a low one opens a recovery
-    case, a high one starts the review request (once per question asked)."""
+    """Keep the answer on the patient and the appointment (reports show it); a low one
+    opens a recovery case. No score starts the review request: asking only happy patients
+    is review gating (the review request goes at a visit milestone, whatever the score)."""
     assert question.patient_id is not None
     conn.execute(update(patients).where(patients.c.id == question.patient_id)
                  .values(satisfaction_score=score, satisfaction_at=now))
@@ -247,13 +247,6 @@ def _record_score(conn: Connection, settings: Settings, question: ledger.TouchPo
                         key=f"low_score:{question.id}", now=now, inbound_id=inbound_id,
                         touch_point_id=question.id, appointment_id=question.appointment_id,
                         detail=f"answered {score}/10 to {question.journey}/{question.step}")
-    elif score >= HIGH_SCORE:
-        append_events(conn, [{
-            "kind": "satisfaction.high", "patient_id": question.patient_id,
-            "appointment_id": question.appointment_id, "occurred_at": now,
-            "data": {"score": score, "anchor": f"score:{question.id}"},
-            "source": f"sms reply {inbound_id}",
-            "dedupe_key": f"satisfaction.high:{question.id}", "processed_at": None}])
 
 
 def _latest_reminder(conn: Connection, number: str, now: datetime,
