@@ -122,13 +122,18 @@ def _case(row: Any) -> Case:
 def due_time(opened: datetime, settings: Settings) -> datetime:
     """``sla_business_days`` business days after ``opened``, same local time (a case
     opened on a Saturday morning is due on Monday morning for a one-day SLA)."""
-    recovery = settings.recovery
+    return business_days_after(opened, settings.recovery.sla_business_days, settings)
+
+
+def business_days_after(start: datetime, days: int, settings: Settings) -> datetime:
+    """``days`` of the practice's business days (``recovery.business_days``) after
+    ``start``, at the same local time."""
     tz = zone(settings.require("practice.timezone"))
-    local = opened.astimezone(tz)
-    day, left = local.date(), recovery.sla_business_days
+    local = start.astimezone(tz)
+    day, left = local.date(), days
     while left > 0:
         day += timedelta(days=1)
-        if day.weekday() in recovery.business_days:
+        if day.weekday() in settings.recovery.business_days:
             left -= 1
     return at_local(day, local.time().replace(second=0, microsecond=0), tz)
 
@@ -454,8 +459,8 @@ class CaseDesk:
                 "patient": patient_fields(patient, self.practice_tz) if patient else None,
                 "appointment": appointment_fields(appointment) if appointment else None,
                 "case": case_fields(case, self.settings, reply[1] if reply else None),
-                "reply": Fields({"body": reply[0], "from": "", "received_at": case.opened_at},
-                                "reply") if reply else None,
+                "reply": Fields({"body": reply[0], "from": "", "received_at": case.opened_at,
+                                 "flag": "", "due_at": None}, "reply") if reply else None,
                 "unsubscribe_url": None,
             }
             step, template, kind = {

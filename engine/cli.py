@@ -903,8 +903,12 @@ def inbox_cmd(ctx: click.Context, show_all: bool, as_json: bool, reveal: bool) -
         who = f"{row['patient_id']} {row['patient_name']}" if row["patient_id"] else \
             f"unknown number {row['from']}"
         received = datetime.fromisoformat(row["received_at"].replace("Z", "+00:00"))
+        flag = ""
+        if row["flag"]:
+            due = datetime.fromisoformat(row["due_at"].replace("Z", "+00:00"))
+            flag = f", {row['flag']}, due {due.astimezone(tz):%a %d %b %H:%M}"
         click.echo(f"#{row['id']}  {received.astimezone(tz):%a %d %b %H:%M}  {who}  "
-                   f"[{row['intent']}{', done' if row['staff_status'] == 'done' else ''}]")
+                   f"[{row['intent']}{flag}{', done' if row['staff_status'] == 'done' else ''}]")
         click.echo(f"      \"{row['body']}\"")
 
 
