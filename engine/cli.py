@@ -45,7 +45,7 @@ from engine.importer import (
     import_referrers,
 )
 from engine.outcomes import Status
-from engine.preview import Preview, preview, send_test
+from engine.preview import Preview, RenderedPreview, preview, send_test
 from engine.privacy import mask_address, redact
 from engine.report import build_report, sparkline
 from engine.reports import LOG_FIELDS, inbox, log_rows, mark_done, why
@@ -646,11 +646,19 @@ def preview_cmd(ctx: click.Context, journey: str, step: str, patient_id: str | N
         _echo_json({**result.as_dict(), "html_files": [str(p) for p in written]})
         return
     echo = click.echo
-    echo(f"{result.journey} / {result.step} ({result.purpose}) for {result.recipient}")
-    skipped = result.status not in ("planned", "not_planned")
-    echo(f"  when: {result.when}" + (f" — would be skipped: {result.status}" if skipped
-                                     else ""))
-    for message in result.messages:
+    for number, entry in enumerate(result.recipients):
+        if number:
+            echo("")
+        echo(f"{result.journey} / {result.step} ({result.purpose}) for {entry.recipient}")
+        skipped = entry.status not in ("planned", "not_planned", "skipped")
+        echo(f"  when: {entry.when}" + (f" — would be skipped: {entry.status}" if skipped
+                                        else ""))
+        _echo_messages(entry.messages, written)
+
+
+def _echo_messages(messages: list[RenderedPreview], written: list[Path]) -> None:
+    echo = click.echo
+    for message in messages:
         header = f"\n── {message.channel} · {message.language} · {message.template_file}"
         echo(header + (f" · {message.note}" if message.note else ""))
         if message.error:
@@ -699,16 +707,20 @@ def test_send_cmd(ctx: click.Context, journey: str, step: str, to: str,
 
 
 def _write_html(result: Preview, target: Path) -> list[Path]:
+    """One file per email: FILE, then FILE's name with the language (the sample) or the
+    recipient (``welcome.contact-3.html``) before its suffix."""
     written: list[Path] = []
-    for message in result.messages:
-        if message.channel != "email" or not message.html:
-            continue
-        path = target if not written else target.with_suffix(f".{message.language}"
-                                                             f"{target.suffix}")
-        path.write_text(f"<!doctype html>\n<meta charset=\"utf-8\">\n"
-                        f"<title>{html.escape(message.subject or '')}</title>\n{message.html}\n",
-                        encoding="utf-8")
-        written.append(path)
+    several = len(result.recipients) > 1
+    for entry in result.recipients:
+        for message in entry.messages:
+            if message.channel != "email" or not message.html:
+                continue
+            which = entry.key.replace(":", "-") if several else message.language
+            path = target if not written else target.with_suffix(f".{which}{target.suffix}")
+            path.write_text(f"<!doctype html>\n<meta charset=\"utf-8\">\n"
+                            f"<title>{html.escape(message.subject or '')}</title>\n"
+                            f"{message.html}\n", encoding="utf-8")
+            written.append(path)
     return written
 
 
