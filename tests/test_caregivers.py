@@ -312,6 +312,25 @@ def test_staff_hear_of_a_minor_with_no_guardian_once_and_further_skips_are_noted
                      "one (touchpoint import contacts), then resolve this case"]
 
 
+def test_a_date_of_birth_imported_after_planning_holds_the_minors_texts_at_send_time(
+        make_clinic: MakeClinic) -> None:
+    clinic = make_clinic()
+    with freeze_time("2026-11-02T14:00:00Z"):  # Mon 08:00 CST
+        clinic.patients(patient("P1"), baseline=True)
+        clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
+        clinic.tick()
+        assert by_recipient(clinic, "pre-visit", "two-days-before")["patient"].status \
+            == Status.PLANNED
+        clinic.patients(patient("P1", date_of_birth="2012-05-31"), baseline=True)
+    with freeze_time("2026-11-03T16:00:00Z"):  # Tue 10:00 CST: the reminder is due
+        clinic.tick()
+    reminder = by_recipient(clinic, "pre-visit", "two-days-before")["patient"]
+    assert (reminder.status, reminder.reason, reminder.detail) == (
+        Status.SKIPPED, "no_guardian",
+        "the patient is a minor with no parent or guardian on file (contacts.csv)")
+    assert clinic.sms.sent == [] and clinic.email.sent == []
+
+
 def test_patient_and_contacts_never_texts_a_minor(make_clinic: MakeClinic) -> None:
     clinic = make_clinic([step("everyone", recipient="patient_and_contacts")])
     with freeze_time("2026-11-02T15:00:00Z"):
