@@ -47,6 +47,7 @@ from engine.importer import (
 from engine.outcomes import Status
 from engine.preview import Preview, RenderedPreview, preview, send_test
 from engine.privacy import mask_address, redact
+from engine.replies import opt_out_by_staff, send_outgoing
 from engine.report import build_report, sparkline
 from engine.reports import LOG_FIELDS, inbox, log_rows, mark_done, why
 from engine.runner import Runner, TickReport
@@ -933,6 +934,33 @@ def inbox_done_cmd(ctx: click.Context, message_id: int) -> None:
         if not mark_done(conn, message_id):
             raise click.ClickException(f"no inbox message {message_id} — see `touchpoint inbox`")
     click.echo(f"message {message_id} marked done.")
+
+
+@inbox_cmd.command("opt-out")
+@click.argument("message_id", type=int)
+@click.pass_context
+def inbox_opt_out_cmd(ctx: click.Context, message_id: int) -> None:
+    """A text staff read as "stop texting me" (a possible opt-out): opt its number out of
+    every text, confirm it to them once, and mark the message done."""
+    app = _app(ctx)
+    settings, database = app.settings(), app.db()
+    with database.transaction() as conn:
+        found = opt_out_by_staff(conn, message_id, clock.now())
+    if found is None:
+        raise click.ClickException(f"no text {message_id} in the inbox — see `touchpoint inbox`")
+    handled, body, from_number = found
+    number = mask_address(from_number)
+    if not handled.outgoing:
+        click.echo(f"message {message_id} marked done; {number} had already opted out of "
+                   f"texts (no second confirmation).")
+        return
+    sent = send_outgoing(database, app.definitions(), settings, build_channels(settings),
+                         handled, body, from_number)
+    confirmed = any(tp.status in (Status.SENT, Status.DELIVERED) for tp in sent)
+    click.echo(f"message {message_id} marked done; {number} is opted out of every text"
+               + ("; the confirmation was sent." if confirmed else
+                  "; the confirmation could not be sent (see `touchpoint log --journey "
+                  "replies`)."))
 
 
 # --------------------------------------------------------------------------- cases

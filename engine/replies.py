@@ -346,6 +346,29 @@ def record_inbound(conn: Connection, settings: Settings, *, provider: str, messa
     return handled
 
 
+def opt_out_by_staff(conn: Connection, message_id: int, now: datetime,
+                     ) -> tuple[Handled, str, str] | None:
+    """Staff read text ``message_id`` (say, a possible opt-out) as a revocation: its number
+    is opted out of every text and the message marked done. Returns (what to send: the one
+    confirmation, if the number had not opted out already; the text; its number), or None
+    if there is no such text in the inbox."""
+    row = conn.execute(select(inbound_messages).where(
+        inbound_messages.c.id == message_id, inbound_messages.c.channel == "sms",
+        inbound_messages.c.staff_status != "")).first()
+    if row is None:
+        return None
+    conn.execute(update(inbound_messages).where(inbound_messages.c.id == message_id)
+                 .values(staff_status="done", detail="staff read it as an opt-out"))
+    patient = conn.execute(select(patients).where(patients.c.id == row.patient_id)).first() \
+        if row.patient_id is not None else None
+    handled = Handled(row.id, "stop", patient=patient_from_row(patient) if patient else None)
+    if add_opt_out(conn, "sms", row.from_address, "all", "staff",
+                   f"inbound message {row.id} read by staff as an opt-out", now):
+        handled.outgoing.append(Outgoing("replies", "stop", "sms", row.from_address,
+                                         "replies/stop"))
+    return handled, row.body, row.from_address
+
+
 def _latest_question(conn: Connection, number: str, now: datetime,
                      asks_score: Collection[tuple[str, str]]) -> ledger.TouchPoint | None:
     """The satisfaction question last texted to ``number`` in the past week, if any."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.outcomes import Status
 from engine.replies import OPT_OUT_FILE, POSSIBLE_OPT_OUT, classify, normalise, possible_opt_out
 from engine.store.schema import inbound_messages
 from tests.support import patient
@@ -200,3 +201,29 @@ def test_a_possible_opt_out_waits_for_staff_flagged_and_due_in_ten_business_days
     rows = json.loads(texting.cli("inbox", "--json").stdout)
     assert [(m["id"], m["flag"], m["due_at"]) for m in rows] == [
         (2, None, None), (1, "possible opt-out", "2026-11-16T15:20:00Z")]
+
+
+def test_staff_opt_out_a_possible_opt_out_with_one_confirmation(texting: Practice) -> None:
+    texting.welcomed()
+    assert texting.text_in("too many messages!!", "SMmaybe").status_code == 200
+    assert texting.opt_outs() == set()
+
+    done = texting.cli("inbox", "opt-out", "1")
+    assert done.exit_code == 0, done.output
+    assert done.output == ("message 1 marked done; +1••••••••00 is opted out of every text; "
+                           "the confirmation was sent.\n")
+    assert texting.opt_outs() == {("sms", NUMBER, "all", "staff")}
+    # (the command sends through its own channels: the ledger shows what went)
+    [confirmation] = texting.clinic.touch_points(journey="replies")
+    assert (confirmation.step, confirmation.status, confirmation.address,
+            confirmation.content) == ("stop", Status.SENT, NUMBER, STOP_TEXT)
+    [row] = texting.rows(inbound_messages)
+    assert (row.staff_status, row.flag) == ("done", POSSIBLE_OPT_OUT)
+
+    again = texting.cli("inbox", "opt-out", "1")  # twice: no second confirmation
+    assert again.exit_code == 0, again.output
+    assert "had already opted out of texts (no second confirmation)" in again.output
+    assert len(texting.clinic.touch_points(journey="replies")) == 1
+    missing = texting.cli("inbox", "opt-out", "7")
+    assert missing.exit_code == 1 and "no text 7 in the inbox" in missing.output
+    assert "Traceback" not in missing.output
