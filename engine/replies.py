@@ -101,12 +101,14 @@ POSSIBLE_OPT_OUT_DUE = 10  # business days to handle it (FCC 24-24)
 # selectors). Read as a space: punctuation, symbols (emoji), separators, controls.
 _DROPPED = frozenset({"Cf", "Mn", "Me"})
 _SPACE = frozenset("PSZC")
-# Words that, right before a phrase, turn it around ("please don't stop texting me",
-# "no quiero darme de baja"), by the phrase's language. (English "no" does not: "No, stop
-# texting me"; nor does a word the phrase starts with: "No, no me envíen más mensajes".)
+# Words that, shortly before a phrase, may turn it around ("please don't stop texting
+# me", "I don't want you to stop texting me", "no quiero darme de baja"), by the phrase's
+# language: such a reply is not clear (staff decide). English "no" does not ("No, stop
+# texting me"), nor does a word the phrase starts with ("No, no me envíen más mensajes").
 _NEGATED = {
-    "en": re.compile(r"(?:^| )(don t|dont|do not|does not|not|never)$"),
-    "es": re.compile(r"(?:^| )(no|nunca|no quiero que)$"),
+    "en": re.compile(r"(?:^| )(don t|dont|do not|does not|didn t|didnt|not|never)"
+                     r"(?: \S+){0,3}$"),
+    "es": re.compile(r"(?:^| )(no|nunca)(?: \S+){0,3}$"),
 }
 
 
@@ -164,26 +166,28 @@ class OptOutWords:
         core = self.core(text)
         if core in self.keywords or any(_repeats(core, k) for k in self.keywords):
             return True
-        return any(not self.core(text[end:].strip())
-                   for _, end in self._phrases_in(text))
+        found = self._phrases_in(text)
+        negated = [(start, end) for start, end, no in found if no]
+        # a phrase at the end (give or take fillers), not negated nor part of a longer
+        # phrase that is ("no quiero darme de baja" holds "darme de baja")
+        return any(not no and not self.core(text[end:].strip())
+                   and not any(s <= start and end <= e for s, e in negated)
+                   for start, end, no in found)
 
     def might_revoke(self, text: str) -> bool:
         """Whether normalised ``text`` might revoke consent, without saying so clearly
-        (call :meth:`revokes` first)."""
+        (call :meth:`revokes` first): a phrase, negated or with more after it, or one of
+        the possible ones."""
         return bool(self._phrases_in(text)) or any(_found(p, text) for p in self.possible)
 
-    def _phrases_in(self, text: str) -> list[tuple[int, int]]:
-        """(start, end) of each phrase in ``text`` that is not negated, nor part of a
-        longer phrase that is ("no quiero darme de baja" holds "darme de baja")."""
-        found = [(start, end, _negates(language, phrase, text[:start]))
-                 for language, phrase in self.phrases for start, end in _found(phrase, text)]
-        negated = [(start, end) for start, end, no in found if no]
-        return [(start, end) for start, end, no in found if not no and not any(
-            s <= start and end <= e for s, e in negated)]
+    def _phrases_in(self, text: str) -> list[tuple[int, int, bool]]:
+        """(start, end, negated) of each phrase in ``text``."""
+        return [(start, end, _negates(language, phrase, text[:start]))
+                for language, phrase in self.phrases for start, end in _found(phrase, text)]
 
 
 def _negates(language: str, phrase: str, before: str) -> bool:
-    """Whether ``before`` ends with a word that turns ``phrase`` around."""
+    """Whether ``before`` ends with a word that may turn ``phrase`` around."""
     match = _NEGATED[language].search(before.rstrip())
     return match is not None and not phrase.startswith(match.group(1) + " ")
 
