@@ -20,8 +20,8 @@ a score (8, 8/10, eight,  within a week of the satisfaction question (``asks: sc
 ocho, 8 de 10)            kept on the patient and the appointment; 0-6 opens a
                           recovery case (the review request never depends on it)
 something that might be   as anything else, flagged "possible opt-out" and due within
-a revocation ("too many   10 business days (FCC 24-24's limit): staff decide
-messages", "wrong number")
+a revocation ("too many   10 business days (FCC 24-24's limit): staff decide, and
+messages", "wrong number") ``touchpoint inbox opt-out ID`` opts it out if it is one
 anything else             recorded and shown to staff (``touchpoint inbox``); staff are
                           alerted by email; if it reads as a complaint, a recovery
                           case opens

@@ -6,7 +6,8 @@ keyword in its variants (emoji, brackets, ellipsis, full-width letters, zero-wid
 characters), each phrase, each possible opt-out and each filler. Near-misses must not
 opt anyone out. The end-to-end tests send texts through the real webhook (the Practice
 rig of tests/test_webhooks.py): a phrase opts out with one confirmation; a possible
-opt-out waits in `touchpoint inbox`, flagged and due in 10 business days.
+opt-out waits in `touchpoint inbox`, flagged and due in 10 business days, until staff
+opt it out (`touchpoint inbox opt-out ID`) or mark it done.
 """
 
 from __future__ import annotations
