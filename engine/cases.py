@@ -10,11 +10,13 @@ cause                  when                                         opened once 
 ``failed_delivery``    a transactional message failed for good      touch point
 ``no_show``            a missed visit                               appointment
 ``late_cancellation``  a cancellation within 24 h of the visit      appointment
+``no_guardian``        a minor with no parent or guardian on file:  event planned
+                       their messages were skipped (``no_guardian``)
 =====================  ===========================================  =====================
 
 (``cause_key`` is unique: re-imports, re-played webhooks and restarts never open a case
-twice; a new complaint or failed delivery while the patient's case of that cause is
-still open is added to it as a note.)
+twice; a new complaint, failed delivery or skipped message of a minor while the patient's
+case of that cause is still open is added to it as a note.)
 
 Opening a case records a ``case.opened`` event (the recovery journey starts on it) and
 the next tick alerts the owner — email, and SMS in the daytime if an owner phone is set.
@@ -70,7 +72,10 @@ CAUSES: dict[str, str] = {
     "failed_delivery": "a message about their care could not be delivered",
     "no_show": "a missed visit",
     "late_cancellation": "a late cancellation",
+    "no_guardian": "a minor with no parent or guardian on file",
 }
+# Causes whose repeats go onto the patient's open case of that cause as notes.
+GATHERED = ("complaint", "failed_delivery", "no_guardian")
 ALERT_TRIES = 3  # attempts per alert channel before giving up (the case still shows it)
 ALERT_RETRY = timedelta(minutes=5)  # between attempts
 LOOK_EVERY = timedelta(minutes=1)  # open cases are checked for escalation this often
@@ -122,13 +127,18 @@ def _case(row: Any) -> Case:
 def due_time(opened: datetime, settings: Settings) -> datetime:
     """``sla_business_days`` business days after ``opened``, same local time (a case
     opened on a Saturday morning is due on Monday morning for a one-day SLA)."""
-    recovery = settings.recovery
+    return business_days_after(opened, settings.recovery.sla_business_days, settings)
+
+
+def business_days_after(start: datetime, days: int, settings: Settings) -> datetime:
+    """``days`` of the practice's business days (``recovery.business_days``) after
+    ``start``, at the same local time."""
     tz = zone(settings.require("practice.timezone"))
-    local = opened.astimezone(tz)
-    day, left = local.date(), recovery.sla_business_days
+    local = start.astimezone(tz)
+    day, left = local.date(), days
     while left > 0:
         day += timedelta(days=1)
-        if day.weekday() in recovery.business_days:
+        if day.weekday() in settings.recovery.business_days:
             left -= 1
     return at_local(day, local.time().replace(second=0, microsecond=0), tz)
 
@@ -147,7 +157,7 @@ def open_case(conn: Connection, settings: Settings, *, patient_id: int, cause: s
     same = conn.execute(select(recovery_cases.c.id).where(
         recovery_cases.c.patient_id == patient_id, recovery_cases.c.cause == cause,
         recovery_cases.c.status == "open")).first()
-    if same is not None and cause in ("complaint", "failed_delivery"):
+    if same is not None and cause in GATHERED:
         # one person calls the patient about it all: the open case gets a note, once
         add_event(conn, same.id, "note", f"again: {detail}", "touchpoint", now, cause_key=key)
         return None
@@ -212,6 +222,22 @@ def cases_from_events(conn: Connection, settings: Settings, batch: Iterable[Even
                 detail=f"cancelled appointment {label} {hours} h before it "
                        f"({start.isoformat()})",
                 appointment_id=event.appointment_id) is not None
+    return opened
+
+
+def cases_for_minors(conn: Connection, settings: Settings,
+                     skipped: Iterable[tuple[Event, Sequence[str]]]) -> int:
+    """Cases for minors with no guardian on file, one per event whose messages planning
+    skipped ``no_guardian`` (``skipped``: the event and those journey/step names)."""
+    opened = 0
+    for event, steps in skipped:
+        opened += open_case(
+            conn, settings, patient_id=event.patient_id, cause="no_guardian",
+            key=f"no_guardian:{event.id}", now=event.occurred_at,
+            appointment_id=event.appointment_id,
+            detail=f"{', '.join(steps)} not sent: the patient is under 18 and no parent or "
+                   f"guardian is on file — import one (touchpoint import contacts), then "
+                   f"resolve this case") is not None
     return opened
 
 
@@ -454,8 +480,8 @@ class CaseDesk:
                 "patient": patient_fields(patient, self.practice_tz) if patient else None,
                 "appointment": appointment_fields(appointment) if appointment else None,
                 "case": case_fields(case, self.settings, reply[1] if reply else None),
-                "reply": Fields({"body": reply[0], "from": "", "received_at": case.opened_at},
-                                "reply") if reply else None,
+                "reply": Fields({"body": reply[0], "from": "", "received_at": case.opened_at,
+                                 "flag": "", "due_at": None}, "reply") if reply else None,
                 "unsubscribe_url": None,
             }
             step, template, kind = {

@@ -45,8 +45,9 @@ from engine.importer import (
     import_referrers,
 )
 from engine.outcomes import Status
-from engine.preview import Preview, preview, send_test
+from engine.preview import Preview, RenderedPreview, preview, send_test
 from engine.privacy import mask_address, redact
+from engine.replies import opt_out_by_staff, send_outgoing
 from engine.report import build_report, sparkline
 from engine.reports import LOG_FIELDS, inbox, log_rows, mark_done, why
 from engine.runner import Runner, TickReport
@@ -645,11 +646,19 @@ def preview_cmd(ctx: click.Context, journey: str, step: str, patient_id: str | N
         _echo_json({**result.as_dict(), "html_files": [str(p) for p in written]})
         return
     echo = click.echo
-    echo(f"{result.journey} / {result.step} ({result.purpose}) for {result.recipient}")
-    skipped = result.status not in ("planned", "not_planned")
-    echo(f"  when: {result.when}" + (f" — would be skipped: {result.status}" if skipped
-                                     else ""))
-    for message in result.messages:
+    for number, entry in enumerate(result.recipients):
+        if number:
+            echo("")
+        echo(f"{result.journey} / {result.step} ({result.purpose}) for {entry.recipient}")
+        skipped = entry.status not in ("planned", "not_planned", "skipped")
+        echo(f"  when: {entry.when}" + (f" — would be skipped: {entry.status}" if skipped
+                                        else ""))
+        _echo_messages(entry.messages, written)
+
+
+def _echo_messages(messages: list[RenderedPreview], written: list[Path]) -> None:
+    echo = click.echo
+    for message in messages:
         header = f"\n── {message.channel} · {message.language} · {message.template_file}"
         echo(header + (f" · {message.note}" if message.note else ""))
         if message.error:
@@ -698,16 +707,20 @@ def test_send_cmd(ctx: click.Context, journey: str, step: str, to: str,
 
 
 def _write_html(result: Preview, target: Path) -> list[Path]:
+    """One file per email: FILE, then FILE's name with the language (the sample) or the
+    recipient (``welcome.contact-3.html``) before its suffix."""
     written: list[Path] = []
-    for message in result.messages:
-        if message.channel != "email" or not message.html:
-            continue
-        path = target if not written else target.with_suffix(f".{message.language}"
-                                                             f"{target.suffix}")
-        path.write_text(f"<!doctype html>\n<meta charset=\"utf-8\">\n"
-                        f"<title>{html.escape(message.subject or '')}</title>\n{message.html}\n",
-                        encoding="utf-8")
-        written.append(path)
+    several = len(result.recipients) > 1
+    for entry in result.recipients:
+        for message in entry.messages:
+            if message.channel != "email" or not message.html:
+                continue
+            which = entry.key.replace(":", "-") if several else message.language
+            path = target if not written else target.with_suffix(f".{which}{target.suffix}")
+            path.write_text(f"<!doctype html>\n<meta charset=\"utf-8\">\n"
+                            f"<title>{html.escape(message.subject or '')}</title>\n"
+                            f"{message.html}\n", encoding="utf-8")
+            written.append(path)
     return written
 
 
@@ -904,8 +917,12 @@ def inbox_cmd(ctx: click.Context, show_all: bool, as_json: bool, reveal: bool) -
         who = f"{row['patient_id']} {row['patient_name']}" if row["patient_id"] else \
             f"unknown number {row['from']}"
         received = datetime.fromisoformat(row["received_at"].replace("Z", "+00:00"))
+        flag = ""
+        if row["flag"]:
+            due = datetime.fromisoformat(row["due_at"].replace("Z", "+00:00"))
+            flag = f", {row['flag']}, due {due.astimezone(tz):%a %d %b %H:%M}"
         click.echo(f"#{row['id']}  {received.astimezone(tz):%a %d %b %H:%M}  {who}  "
-                   f"[{row['intent']}{', done' if row['staff_status'] == 'done' else ''}]")
+                   f"[{row['intent']}{flag}{', done' if row['staff_status'] == 'done' else ''}]")
         click.echo(f"      \"{row['body']}\"")
 
 
@@ -918,6 +935,33 @@ def inbox_done_cmd(ctx: click.Context, message_id: int) -> None:
         if not mark_done(conn, message_id):
             raise click.ClickException(f"no inbox message {message_id} — see `touchpoint inbox`")
     click.echo(f"message {message_id} marked done.")
+
+
+@inbox_cmd.command("opt-out")
+@click.argument("message_id", type=int)
+@click.pass_context
+def inbox_opt_out_cmd(ctx: click.Context, message_id: int) -> None:
+    """A text staff read as "stop texting me" (a possible opt-out): opt its number out of
+    every text, confirm it to them once, and mark the message done."""
+    app = _app(ctx)
+    settings, database = app.settings(), app.db()
+    with database.transaction() as conn:
+        found = opt_out_by_staff(conn, message_id, clock.now())
+    if found is None:
+        raise click.ClickException(f"no text {message_id} in the inbox — see `touchpoint inbox`")
+    handled, body, from_number = found
+    number = mask_address(from_number)
+    if not handled.outgoing:
+        click.echo(f"message {message_id} marked done; {number} had already opted out of "
+                   f"texts (no second confirmation).")
+        return
+    sent = send_outgoing(database, app.definitions(), settings, build_channels(settings),
+                         handled, body, from_number)
+    confirmed = any(tp.status in (Status.SENT, Status.DELIVERED) for tp in sent)
+    click.echo(f"message {message_id} marked done; {number} is opted out of every text"
+               + ("; the confirmation was sent." if confirmed else
+                  "; the confirmation could not be sent (see `touchpoint log --journey "
+                  "replies`)."))
 
 
 # --------------------------------------------------------------------------- cases

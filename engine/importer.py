@@ -344,7 +344,9 @@ def sync_patients(conn: Connection, rows: Rows, source: str, *, region: str, now
     events += [{"kind": "patient.discharged", "patient_id": ids[pid],
                 "appointment_id": None,
                 "occurred_at": max(now, datetime.combine(on, datetime.min.time(), UTC)),
-                "data": {"discharged_on": on.isoformat()}, "source": where,
+                # (anchored on the date: a patient discharged again later is a new run)
+                "data": {"discharged_on": on.isoformat(), "anchor": f"discharge:{on}"},
+                "source": where,
                 "dedupe_key": f"patient.discharged:{ids[pid]}:{on.isoformat()}",
                 "processed_at": None} for pid, on, where in discharged if not baseline]
     if events:

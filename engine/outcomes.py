@@ -53,6 +53,7 @@ class Reason(StrEnum):
     FREQUENCY_CAP = "frequency_cap"
     ONCE_PER = "once_per"
     SHARED_ADDRESS = "shared_address"
+    NO_GUARDIAN = "no_guardian"
 
 
 EXPLANATIONS: dict[str, str] = {
@@ -78,4 +79,7 @@ EXPLANATIONS: dict[str, str] = {
     Reason.ONCE_PER: "the journey already ran for this patient within its once_per period",
     Reason.SHARED_ADDRESS: "another recipient of the same message has the same phone number "
                            "or email, and it went there once",
+    Reason.NO_GUARDIAN: "the patient is a minor with no parent or guardian on file, so nothing "
+                        "goes to them; staff were alerted to add one (touchpoint import "
+                        "contacts)",
 }

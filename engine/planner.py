@@ -200,7 +200,7 @@ def plan(event: Event, patient: Patient, journeys: Iterable[Journey], rules: Pla
                                         contacts, today):
                 item = _plan_step(event, patient, journey, step, anchor, rules, addressee)
                 if addressee.refused and item.status == Status.PLANNED:
-                    item = replace(item, status=Status.SKIPPED, reason=Reason.NO_CONSENT,
+                    item = replace(item, status=Status.SKIPPED, reason=addressee.reason,
                                    detail=addressee.refused)
                 elif repeat and item.status == Status.PLANNED:
                     item = replace(item, status=Status.SKIPPED, reason=Reason.ONCE_PER,

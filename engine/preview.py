@@ -1,9 +1,13 @@
 """`touchpoint preview` and `test-send`: exactly what a patient would receive, before it goes.
 
-For a real patient (``--patient ID``) or the built-in sample, every channel of the step
-and every language it has templates for is rendered; the send time is computed by the
-planner's own rules (the recipient's timezone, quiet hours, the deadline), and each SMS
-shows its encoding and segment count.
+For the built-in sample, every channel of the step and every language it has templates
+for is rendered. For a real patient (``--patient ID``) the step's real recipients are
+resolved as the planner and dispatcher resolve them (engine/recipients.py: a minor's
+parent, the patient's contacts, the referring office) and each is rendered as they would
+get it — their language, their timezone, ``recipient.*`` — or shown as skipped, with the
+reason (``no_guardian``, ``no_consent``). The send time is computed by the planner's own
+rules (the recipient's timezone, quiet hours, the deadline), and each SMS shows its
+encoding and segment count.
 """
 
 from __future__ import annotations
@@ -26,14 +30,21 @@ from engine.importer import normalise_email, normalise_phone
 from engine.message_context import message_context, practice_fields
 from engine.planner import Anchor, PlanningRules, appointment_anchor, deadline, due_time
 from engine.privacy import mask_address
-from engine.records import Appointment, Patient
-from engine.samples import sample_appointment, sample_context, sample_patient
+from engine.recipients import PATIENT, addressees, resolve
+from engine.records import Appointment, Patient, Recipient
+from engine.samples import sample_appointment, sample_context
 from engine.settings import Settings
 from engine.sms_segments import analyse
 from engine.store import ledger
 from engine.store.database import Database
 from engine.store.ledger import TouchPoint
-from engine.store.records import appointments_of, patient_by_external_id, visit_numbers
+from engine.store.records import (
+    appointments_of,
+    load_contacts,
+    load_referrers,
+    patient_by_external_id,
+    visit_numbers,
+)
 from engine.timing import zone
 
 
@@ -52,28 +63,75 @@ class RenderedPreview:
 
 
 @dataclass
-class Preview:
-    journey: str
-    step: str
-    purpose: str
-    recipient: str
+class RecipientPreview:
+    """One recipient of the step: who, when, and what they would get (or why nothing)."""
+
+    recipient: str  # "P1 Olivia Park", "parent Rachel (contact C1) for P1 Olivia Park", …
+    key: str  # the ledger's recipient column: patient, contact:<id>, referrer:<id>
     timezone: str
     when: str
     due_at: datetime | None
-    status: str
+    status: str  # planned, too_late, not_planned, or skipped (``reason`` says why)
+    reason: str | None = None
     messages: list[RenderedPreview] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "journey": self.journey, "step": self.step, "purpose": self.purpose,
-            "recipient": self.recipient, "timezone": self.timezone, "when": self.when,
-            "due_at": self.due_at.isoformat() if self.due_at else None, "status": self.status,
+            "recipient": self.recipient, "key": self.key, "timezone": self.timezone,
+            "when": self.when, "due_at": self.due_at.isoformat() if self.due_at else None,
+            "status": self.status, "reason": self.reason,
             "messages": [{
                 "channel": m.channel, "language": m.language, "template": m.template_file,
                 "subject": m.subject, "body": m.body, "html": m.html, "segments": m.segments,
                 "problems": list(m.problems), "error": m.error, "note": m.note,
             } for m in self.messages],
         }
+
+
+@dataclass
+class Preview:
+    """A step's preview: one entry per recipient (the sample patient: one, every language).
+    ``recipient``, ``when``, ``messages``, … are the first recipient's."""
+
+    journey: str
+    step: str
+    purpose: str
+    recipients: list[RecipientPreview]
+
+    @property
+    def first(self) -> RecipientPreview:
+        return self.recipients[0]
+
+    @property
+    def recipient(self) -> str:
+        return self.first.recipient
+
+    @property
+    def timezone(self) -> str:
+        return self.first.timezone
+
+    @property
+    def when(self) -> str:
+        return self.first.when
+
+    @property
+    def due_at(self) -> datetime | None:
+        return self.first.due_at
+
+    @property
+    def status(self) -> str:
+        return self.first.status
+
+    @property
+    def messages(self) -> list[RenderedPreview]:
+        return [m for r in self.recipients for m in r.messages]
+
+    def as_dict(self) -> dict[str, Any]:
+        first = self.first.as_dict()
+        return {"journey": self.journey, "step": self.step, "purpose": self.purpose,
+                **{k: first[k] for k in ("recipient", "timezone", "when", "due_at", "status",
+                                         "messages")},
+                "recipients": [r.as_dict() for r in self.recipients]}
 
 
 def find_step(definitions: Definitions, journey_name: str, step_id: str) -> tuple[Journey, Step]:
@@ -112,58 +170,95 @@ def preview(definitions: Definitions, settings: Settings, journey_name: str, ste
     journey, step = find_step(definitions, journey_name, step_id)
     practice_tz = settings.require("practice.timezone")
     rules = PlanningRules(settings.quiet_hours, practice_tz, settings.dispatch.default_expiry)
-    if patient_id is not None:
-        if conn is None:
-            raise UserError("a database is needed to preview for a patient")
-        found = patient_by_external_id(conn, patient_id)
-        if found is None:
-            raise NotFound(f"no patient {patient_id} — import patients first")
-        patient = found
-        appointment = _anchor_appointment(conn, journey, patient, now)
-        if journey.anchored_on_appointment and appointment is None:
-            raise UserError(f"patient {patient_id} has no appointment this journey could be "
-                            f"about ({journey.trigger.event})")
-        numbers = visit_numbers(conn, [appointment.id]) if appointment else {}
-        languages: list[str | None] = [patient.language]
-        recipient = f"{patient.external_id} {patient.full_name}"
-    else:
-        patient = sample_patient()
-        appointment = sample_appointment(now, practice_tz)
-        numbers = {}
-        languages = sorted({lang for channel in step.channels
-                            for lang in definitions.templates.languages(step.template, channel)},
-                           key=lambda lang: (lang is not None, lang or ""))
-        recipient = "sample patient Alexandra Rivera"
-    tz_name = patient.timezone or practice_tz
-    tz = zone(tz_name)
-    due, status, when = _send_time(journey, step, appointment, now, rules, tz)
-    result = Preview(journey.name, step.id, journey.purpose, recipient, tz_name, when, due,
-                     status)
-    if patient_id is not None and step.only_if:
-        context = message_context(
+    if patient_id is None:
+        return Preview(journey.name, step.id, journey.purpose,
+                       [_sample(definitions, settings, journey, step, now, rules)])
+    if conn is None:
+        raise UserError("a database is needed to preview for a patient")
+    patient = patient_by_external_id(conn, patient_id)
+    if patient is None:
+        raise NotFound(f"no patient {patient_id} — import patients first")
+    appointment = _anchor_appointment(conn, journey, patient, now)
+    if journey.anchored_on_appointment and appointment is None:
+        raise UserError(f"patient {patient_id} has no appointment this journey could be "
+                        f"about ({journey.trigger.event})")
+    numbers = visit_numbers(conn, [appointment.id]) if appointment else {}
+    contacts = load_contacts(conn, [patient.id]).get(patient.id, [])
+    referrer = load_referrers(conn, [patient.referrer_id]).get(patient.referrer_id) \
+        if patient.referrer_id is not None else None
+    today = now.astimezone(zone(practice_tz)).date()
+    targets = addressees(step.recipient, journey.name, journey.purpose, patient, contacts,
+                         today)
+    if not targets:
+        raise UserError(f"{journey.name}/{step.id} addresses {step.recipient} and patient "
+                        f"{patient_id} has none on file that receives {journey.name}")
+    holds = True
+    if step.only_if:
+        condition = message_context(
             patient=patient, appointment=appointment, practice=practice_fields(settings),
             practice_timezone=practice_tz,
             visit_number=numbers.get(appointment.id) if appointment else None)
         try:
-            holds = bool(definitions.templates.compile_expression(step.only_if)(**context))
+            holds = bool(definitions.templates.compile_expression(step.only_if)(**condition))
         except Exception:  # the same expression fails at planning, which skips the step
             holds = False
+    result = Preview(journey.name, step.id, journey.purpose, [])
+    for target in targets:
+        person = resolve(target.key, patient, contacts, referrer)
+        if person is None:  # (addressees only names recipients on file)
+            continue
+        tz_name = target.timezone or practice_tz
+        tz = zone(tz_name)
+        due, status, when = _send_time(journey, step, appointment, now, rules, tz)
+        entry = RecipientPreview(_label(person, patient), target.key, tz_name, when, due,
+                                 status)
+        result.recipients.append(entry)
+        if target.refused:
+            entry.status, entry.reason = "skipped", target.reason
+            entry.when = f"skipped ({target.reason}): {target.refused}"
+            continue
         if not holds:
-            result.status = "not_planned"
-            result.when = f"only_if \"{step.only_if}\" is false for this patient: " \
-                          "the step would not be planned"
-    for language in languages:
-        if patient_id is None:
-            context = sample_context(settings, now, language, journey.name, step.id)
-        else:
-            context = message_context(
-                patient=patient, appointment=appointment, practice=practice_fields(settings),
-                practice_timezone=practice_tz, journey=journey.name, step=step.id,
-                visit_number=numbers.get(appointment.id) if appointment else None)
+            entry.status = "not_planned"
+            entry.when = f"only_if \"{step.only_if}\" is false for this patient: " \
+                         "the step would not be planned"
+        to_referrer = person.role == "referrer"
+        context = message_context(
+            patient=patient, appointment=appointment, practice=practice_fields(settings),
+            practice_timezone=practice_tz, journey=journey.name, step=step.id,
+            visit_number=numbers.get(appointment.id) if appointment else None,
+            recipient=person, referrer=referrer,
+            custom_fields=settings.referrals.allowed_fields if to_referrer else None)
         for channel in step.channels:
-            result.messages.append(_render(definitions, step, channel, language, context, tz,
-                                           patient if patient_id else None, journey.purpose))
+            entry.messages.append(_render(definitions, step, channel, person.language, context,
+                                          tz, person, journey.purpose))
     return result
+
+
+def _label(person: Recipient, patient: Patient) -> str:
+    """How the preview names a recipient: the patient, or who they are to the patient."""
+    if person.key == PATIENT:
+        return f"{patient.external_id} {patient.full_name}"
+    return f"{person.role} {person.name} for {patient.external_id} {patient.full_name}"
+
+
+def _sample(definitions: Definitions, settings: Settings, journey: Journey, step: Step,
+            now: datetime, rules: PlanningRules) -> RecipientPreview:
+    """The built-in sample patient, in every language the step has templates for."""
+    practice_tz = rules.practice_timezone
+    tz = zone(practice_tz)
+    appointment = sample_appointment(now, practice_tz)
+    due, status, when = _send_time(journey, step, appointment, now, rules, tz)
+    entry = RecipientPreview("sample patient Alexandra Rivera", PATIENT, practice_tz, when, due,
+                             status)
+    languages = sorted({lang for channel in step.channels
+                        for lang in definitions.templates.languages(step.template, channel)},
+                       key=lambda lang: (lang is not None, lang or ""))
+    for language in languages:
+        context = sample_context(settings, now, language, journey.name, step.id)
+        for channel in step.channels:
+            entry.messages.append(_render(definitions, step, channel, language, context, tz,
+                                          None, journey.purpose))
+    return entry
 
 
 def _send_time(journey: Journey, step: Step, appointment: Appointment | None, now: datetime,
@@ -194,15 +289,15 @@ def _local(instant: datetime, tz: Any) -> str:
 
 
 def _render(definitions: Definitions, step: Step, channel: str, language: str | None,
-            context: dict[str, Any], tz: Any, patient: Patient | None,
+            context: dict[str, Any], tz: Any, person: Recipient | None,
             purpose: str) -> RenderedPreview:
     templates = definitions.templates
     resolved = templates.resolve(step.template, channel, language)
     file, used = resolved if resolved else ("(missing)", language or "")
     note = None
-    if patient is not None:
-        refusal = channel_refusal(channel, patient, purpose, {})
-        address = address_for(patient, channel)
+    if person is not None:
+        refusal = channel_refusal(channel, person, purpose, {})
+        address = address_for(person, channel)
         note = f"not usable: {refusal[1]}" if refusal else f"to {mask_address(address)}"
     try:
         rendered = templates.render(step.template, channel, language, context, tz)

@@ -4,8 +4,12 @@
 the whole message is …    what happens
 ========================  ==========================================================
 STOP, STOPALL, QUIT, END, the number is opted out of SMS at once, for every purpose,
-REVOKE, OPT OUT, OPTOUT,  and gets one confirmation (FCC 24-18; CTIA) — a second
-CANCEL, UNSUBSCRIBE       STOP gets none
+REVOKE, OPT OUT, OPTOUT,  and gets one confirmation (FCC 24-24; CTIA) — a second
+CANCEL, UNSUBSCRIBE,      STOP gets none
+PARAR, BAJA, ALTO … or a
+phrase ("please stop
+texting me", "no me
+envíen más mensajes")
 START, UNSTOP (and YES    the number is opted back in and told so
 from an opted-out number)
 HELP, INFO                practice name, phone, message frequency, "Msg&data rates may
@@ -14,25 +18,34 @@ C, CONFIRM, YES           the appointment of the latest reminder is marked confi
 R, RESCHEDULE             a reschedule request: staff are alerted, the patient told
 a score (8, 8/10, eight,  within a week of the satisfaction question (``asks: score``):
 ocho, 8 de 10)            kept on the patient and the appointment; 0-6 opens a
-                          recovery case, 9-10 starts the review request
+                          recovery case (the review request never depends on it)
+something that might be   as anything else, flagged "possible opt-out" and due within
+a revocation ("too many   10 business days (FCC 24-24's limit): staff decide, and
+messages", "wrong number") ``touchpoint inbox opt-out ID`` opts it out if it is one
 anything else             recorded and shown to staff (``touchpoint inbox``); staff are
                           alerted by email; if it reads as a complaint, a recovery
                           case opens
 ========================  ==========================================================
 
-Matching ignores case, surrounding spaces and trailing punctuation. Replies and alerts
-are ordinary touch points (journeys ``replies`` and ``staff-alerts``) rendered from
-``message_templates/replies/`` and ``message_templates/staff/``, so they are editable,
-validated and in the log. Each inbound message is handled once (by its provider id).
+The revocation keywords and phrases live in one documented file,
+``engine/replies_optout.toml``. Matching ignores case, accents, full-width letters,
+zero-width characters, punctuation and emoji (``STOP 🛑``, ``(STOP)``, ``Stop…``).
+Replies and alerts are ordinary touch points (journeys ``replies`` and ``staff-alerts``)
+rendered from ``message_templates/replies/`` and ``message_templates/staff/``, so they are
+editable, validated and in the log. Each inbound message is handled once (by its provider id).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import tomllib
+import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Select, and_, or_, select, update
@@ -54,7 +67,6 @@ from engine.store import ledger
 from engine.store.database import Database
 from engine.store.records import (
     add_opt_out,
-    append_events,
     appointment_from_row,
     opted_out,
     patient_from_row,
@@ -72,8 +84,6 @@ from engine.timing import zone
 
 log = logging.getLogger("touchpoint.replies")
 
-STOP_WORDS = frozenset({"stop", "stopall", "stop all", "quit", "end", "revoke", "opt out",
-                        "optout", "opt-out", "cancel", "unsubscribe"})
 START_WORDS = frozenset({"start", "unstop"})
 HELP_WORDS = frozenset({"help", "info"})
 CONFIRM_WORDS = frozenset({"c", "confirm", "confirmed", "yes", "y"})
@@ -81,17 +91,127 @@ RESCHEDULE_WORDS = frozenset({"r", "reschedule"})
 REPLY_TEMPLATES = ("stop", "start", "help", "confirmed", "reschedule")
 STAFF_TEMPLATES = ("reschedule-request", "reply")
 SCORE_WINDOW = timedelta(days=7)  # how long after the question a number is its answer
-LOW_SCORE, HIGH_SCORE = 6, 9  # 0-6 opens a recovery case; 9-10 asks for a review
+LOW_SCORE = 6  # 0-6 opens a recovery case (and nothing is gated on a high one)
+
+
+OPT_OUT_FILE = Path(__file__).with_name("replies_optout.toml")
+POSSIBLE_OPT_OUT = "possible opt-out"  # the inbox flag of an unclear revocation
+POSSIBLE_OPT_OUT_DUE = 10  # business days to handle it (FCC 24-24)
+# Dropped: zero-width and format characters, combining marks (accents, emoji variation
+# selectors). Read as a space: punctuation, symbols (emoji), separators, controls.
+_DROPPED = frozenset({"Cf", "Mn", "Me"})
+_SPACE = frozenset("PSZC")
+# Words that, shortly before a phrase, may turn it around ("please don't stop texting
+# me", "I don't want you to stop texting me", "no quiero darme de baja"), by the phrase's
+# language: such a reply is not clear (staff decide). English "no" does not ("No, stop
+# texting me"), nor does a word the phrase starts with ("No, no me envíen más mensajes").
+_NEGATED = {
+    "en": re.compile(r"(?:^| )(don t|dont|do not|does not|didn t|didnt|not|never)"
+                     r"(?: \S+){0,3}$"),
+    "es": re.compile(r"(?:^| )(no|nunca)(?: \S+){0,3}$"),
+}
 
 
 def normalise(body: str) -> str:
-    text = re.sub(r"\s+", " ", body.strip().lower())
-    return text.strip(" .!?,;:'\"")
+    """``body`` as the keyword lists are compared with it: NFKC (full-width letters), no
+    accents, lower case, zero-width characters removed, punctuation and emoji as spaces."""
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", body))
+    kept = []
+    for char in text:
+        category = unicodedata.category(char)
+        if category in _DROPPED:
+            continue
+        kept.append(" " if category[0] in _SPACE else char)
+    return " ".join("".join(kept).casefold().split())
+
+
+@dataclass(frozen=True)
+class OptOutWords:
+    """The lists of ``engine/replies_optout.toml``, normalised (see that file)."""
+
+    keywords: frozenset[str]
+    phrases: tuple[tuple[str, str], ...]  # (language, phrase)
+    possible: tuple[str, ...]
+    fillers: tuple[str, ...]  # longest first
+
+    @classmethod
+    def read(cls, path: Path = OPT_OUT_FILE) -> OptOutWords:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+
+        def listed(key: str) -> tuple[str, ...]:
+            return tuple(dict.fromkeys(normalise(entry) for entry in data[key]))
+        phrases = tuple(dict.fromkeys((language, normalise(entry))
+                                      for language, entries in data["phrases"].items()
+                                      for entry in entries))
+        return cls(frozenset(listed("keywords")), phrases, listed("possible"),
+                   tuple(sorted(listed("fillers"), key=len, reverse=True)))
+
+    def core(self, text: str) -> str:
+        """Normalised ``text`` without the fillers around it ("stop please" → "stop")."""
+        trimmed = True
+        while trimmed and text:
+            trimmed = False
+            for filler in self.fillers:
+                if text == filler:
+                    return ""
+                if text.startswith(filler + " "):
+                    text, trimmed = text[len(filler) + 1:], True
+                elif text.endswith(" " + filler):
+                    text, trimmed = text[:-len(filler) - 1], True
+        return text
+
+    def revokes(self, text: str) -> bool:
+        """Whether normalised ``text`` clearly revokes consent to texts."""
+        core = self.core(text)
+        if core in self.keywords or any(_repeats(core, k) for k in self.keywords):
+            return True
+        found = self._phrases_in(text)
+        negated = [(start, end) for start, end, no in found if no]
+        # a phrase at the end (give or take fillers), not negated nor part of a longer
+        # phrase that is ("no quiero darme de baja" holds "darme de baja")
+        return any(not no and not self.core(text[end:].strip())
+                   and not any(s <= start and end <= e for s, e in negated)
+                   for start, end, no in found)
+
+    def might_revoke(self, text: str) -> bool:
+        """Whether normalised ``text`` might revoke consent, without saying so clearly
+        (call :meth:`revokes` first): a phrase, negated or with more after it, or one of
+        the possible ones."""
+        return bool(self._phrases_in(text)) or any(_found(p, text) for p in self.possible)
+
+    def _phrases_in(self, text: str) -> list[tuple[int, int, bool]]:
+        """(start, end, negated) of each phrase in ``text``."""
+        return [(start, end, _negates(language, phrase, text[:start]))
+                for language, phrase in self.phrases for start, end in _found(phrase, text)]
+
+
+def _negates(language: str, phrase: str, before: str) -> bool:
+    """Whether ``before`` ends with a word that may turn ``phrase`` around."""
+    match = _NEGATED[language].search(before.rstrip())
+    return match is not None and not phrase.startswith(match.group(1) + " ")
+
+
+def _repeats(text: str, keyword: str) -> bool:
+    """Whether ``text`` is ``keyword`` said more than once ("stop stop")."""
+    words, size = text.split(), len(keyword.split())
+    return len(words) > size and len(words) % size == 0 and all(
+        " ".join(words[i:i + size]) == keyword for i in range(0, len(words), size))
+
+
+def _found(phrase: str, text: str) -> list[tuple[int, int]]:
+    """Where ``phrase`` occurs in ``text`` as whole words."""
+    return [m.span() for m in re.finditer(rf"(?<!\S){re.escape(phrase)}(?!\S)", text)]
+
+
+@cache
+def opt_out_words() -> OptOutWords:
+    return OptOutWords.read()
 
 
 def classify(body: str, opted_out_now: bool) -> str:
     text = normalise(body)
-    if text in STOP_WORDS:
+    if opt_out_words().revokes(text):
         return "stop"
     if text in START_WORDS or (text == "yes" and opted_out_now):
         return "start"
@@ -102,6 +222,11 @@ def classify(body: str, opted_out_now: bool) -> str:
     if text in RESCHEDULE_WORDS:
         return "reschedule"
     return "other"
+
+
+def possible_opt_out(body: str) -> bool:
+    """A reply that might revoke consent to texts but is not clear (staff decide)."""
+    return opt_out_words().might_revoke(normalise(body))
 
 
 @dataclass(frozen=True)
@@ -124,6 +249,8 @@ class Handled:
     appointment: Appointment | None = None
     reminder_id: int | None = None
     outgoing: list[Outgoing] = field(default_factory=list)
+    flag: str = ""  # "possible opt-out"
+    due_at: datetime | None = None  # when staff must have handled it
 
 
 def record_inbound(conn: Connection, settings: Settings, *, provider: str, message_id: str,
@@ -156,6 +283,8 @@ def record_inbound(conn: Connection, settings: Settings, *, provider: str, messa
     # the text this reply answers: the question, the reminder, else the last text sent
     answered = question if intent == "score" else reminder if intent in (
         "confirm", "reschedule") else _latest_sent(conn, from_number, [p.id for p in matches])
+    flagged = intent == "other" and possible_opt_out(body)
+    due = cases.business_days_after(now, POSSIBLE_OPT_OUT_DUE, settings) if flagged else None
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
     row = conn.execute(dialect.insert(inbound_messages).values(
         provider=provider, provider_message_id=message_id, channel="sms",
@@ -165,7 +294,8 @@ def record_inbound(conn: Connection, settings: Settings, *, provider: str, messa
         appointment_id=question.appointment_id if intent == "score" and question else
         appointment.id if appointment else None,
         staff_status="new" if intent in ("other", "reschedule") else "",
-        score=score if intent == "score" else None, detail=None, received_at=now)
+        score=score if intent == "score" else None, detail=None, received_at=now,
+        flag=POSSIBLE_OPT_OUT if flagged else "", due_at=due)
         .on_conflict_do_nothing(index_elements=["provider_message_id"])
         .returning(inbound_messages.c.id)).first()
     if row is None:
@@ -174,7 +304,8 @@ def record_inbound(conn: Connection, settings: Settings, *, provider: str, messa
         _note(conn, answered.id, now, "inbound",
               f"a text reply ({intent}), inbound message {row.id}", kind="delivery")
     handled = Handled(row.id, intent, patient=patient, appointment=appointment,
-                      reminder_id=reminder.id if reminder else None)
+                      reminder_id=reminder.id if reminder else None,
+                      flag=POSSIBLE_OPT_OUT if flagged else "", due_at=due)
     staff = settings.practice.staff_email
     if intent == "stop":
         if add_opt_out(conn, "sms", from_number, "all", "sms reply", f"replied {body!r}"[:200],
@@ -219,6 +350,29 @@ def record_inbound(conn: Connection, settings: Settings, *, provider: str, messa
     return handled
 
 
+def opt_out_by_staff(conn: Connection, message_id: int, now: datetime,
+                     ) -> tuple[Handled, str, str] | None:
+    """Staff read text ``message_id`` (say, a possible opt-out) as a revocation: its number
+    is opted out of every text and the message marked done. Returns (what to send: the one
+    confirmation, if the number had not opted out already; the text; its number), or None
+    if there is no such text in the inbox."""
+    row = conn.execute(select(inbound_messages).where(
+        inbound_messages.c.id == message_id, inbound_messages.c.channel == "sms",
+        inbound_messages.c.staff_status != "")).first()
+    if row is None:
+        return None
+    conn.execute(update(inbound_messages).where(inbound_messages.c.id == message_id)
+                 .values(staff_status="done", detail="staff read it as an opt-out"))
+    patient = conn.execute(select(patients).where(patients.c.id == row.patient_id)).first() \
+        if row.patient_id is not None else None
+    handled = Handled(row.id, "stop", patient=patient_from_row(patient) if patient else None)
+    if add_opt_out(conn, "sms", row.from_address, "all", "staff",
+                   f"inbound message {row.id} read by staff as an opt-out", now):
+        handled.outgoing.append(Outgoing("replies", "stop", "sms", row.from_address,
+                                         "replies/stop"))
+    return handled, row.body, row.from_address
+
+
 def _latest_question(conn: Connection, number: str, now: datetime,
                      asks_score: Collection[tuple[str, str]]) -> ledger.TouchPoint | None:
     """The satisfaction question last texted to ``number`` in the past week, if any."""
@@ -233,8 +387,9 @@ def _latest_question(conn: Connection, number: str, now: datetime,
 
 def _record_score(conn: Connection, settings: Settings, question: ledger.TouchPoint,
                   score: int, inbound_id: int, now: datetime) -> None:
-    """Keep the answer on the patient and the appointment; a low one opens a recovery
-    case, a high one starts the review request (once per question asked)."""
+    """Keep the answer on the patient and the appointment (reports show it); a low one
+    opens a recovery case. No score starts the review request: asking only happy patients
+    is review gating (the review request goes at a visit milestone, whatever the score)."""
     assert question.patient_id is not None
     conn.execute(update(patients).where(patients.c.id == question.patient_id)
                  .values(satisfaction_score=score, satisfaction_at=now))
@@ -247,13 +402,6 @@ def _record_score(conn: Connection, settings: Settings, question: ledger.TouchPo
                         key=f"low_score:{question.id}", now=now, inbound_id=inbound_id,
                         touch_point_id=question.id, appointment_id=question.appointment_id,
                         detail=f"answered {score}/10 to {question.journey}/{question.step}")
-    elif score >= HIGH_SCORE:
-        append_events(conn, [{
-            "kind": "satisfaction.high", "patient_id": question.patient_id,
-            "appointment_id": question.appointment_id, "occurred_at": now,
-            "data": {"score": score, "anchor": f"score:{question.id}"},
-            "source": f"sms reply {inbound_id}",
-            "dedupe_key": f"satisfaction.high:{question.id}", "processed_at": None}])
 
 
 def _latest_reminder(conn: Connection, number: str, now: datetime,
@@ -318,7 +466,8 @@ def send_outgoing(db: Database, definitions: Definitions, settings: Settings,
         "appointment": appointment_fields(handled.appointment) if handled.appointment
         else None,
         "reply": Fields({"body": body, "from": mask_address(from_number),
-                         "received_at": clock.now()}, "reply"),
+                         "received_at": clock.now(), "flag": handled.flag,
+                         "due_at": handled.due_at}, "reply"),
         "unsubscribe_url": None,
     }
     for item in handled.outgoing:

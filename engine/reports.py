@@ -209,6 +209,7 @@ def inbox(conn: Connection, *, include_done: bool = False, reveal: bool = False,
         "patient_id": row.external_id,
         "patient_name": f"{row.first_name or ''} {row.last_name or ''}".strip(),
         "body": row.body, "staff_status": row.staff_status,
+        "flag": row.flag or None, "due_at": _iso(row.due_at),
     } for row in conn.execute(query)]
 
 

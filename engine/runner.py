@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, and_, false, func, select
 
 from engine import clock
-from engine.cases import CaseDesk, case_fields, cases_from_events, get_case
+from engine.cases import CaseDesk, case_fields, cases_for_minors, cases_from_events, get_case
 from engine.channels.base import Channel
 from engine.definitions import Definitions
 from engine.definitions.journeys import SYSTEM_JOURNEYS, Journey, Step
@@ -327,6 +327,7 @@ class Runner:
         # (patient, journey) pairs that may have pending rows an exit could cancel
         pending_pairs = _pending_pairs(conn, patients.keys())
         to_insert: list[Planned] = []
+        no_guardian: dict[int, tuple[Event, list[str]]] = {}  # by event: staff are told
         planned = exited = 0
         for event in batch:
             patient = patients.get(event.patient_id)
@@ -341,6 +342,9 @@ class Runner:
             for item in result.planned:
                 if item.journey in repeating and item.status == Status.PLANNED:
                     last[item.journey] = max(last.get(item.journey, item.due_at), item.due_at)
+                elif item.reason == Reason.NO_GUARDIAN:
+                    no_guardian.setdefault(event.id, (event, []))[1].append(
+                        f"{item.journey}/{item.step}")
             relevant = [x for x in result.exits if (x.patient_id, x.journey) in pending_pairs]
             if relevant:
                 planned += ledger.insert_planned(conn, to_insert, now)
@@ -352,6 +356,7 @@ class Runner:
                                  if p.status == Status.PLANNED)
         planned += ledger.insert_planned(conn, to_insert, now)
         append_events(conn, referral_events(conn, batch, patients))
+        self.cases_opened += cases_for_minors(conn, self.settings, no_guardian.values())
         return planned, exited
 
     def _condition(self, patient: Patient, appointment: Appointment | None,

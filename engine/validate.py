@@ -221,7 +221,8 @@ def _check_system_templates(templates: TemplateSet, settings: Settings, now: dat
             for known in (True, False):
                 context = sample_context(settings, now, language)
                 context["reply"] = Fields({"body": "Can we move it to Friday?",
-                                           "from": "+1•••••••42", "received_at": now}, "reply")
+                                           "from": "+1•••••••42", "received_at": now,
+                                           "flag": "", "due_at": None}, "reply")
                 context["digest"] = sample_digest(now, settings)
                 if not known:
                     context["patient"] = context["appointment"] = None

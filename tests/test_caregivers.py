@@ -20,6 +20,8 @@ from freezegun import freeze_time
 from sqlalchemy import func, select
 
 from engine import clock
+from engine.cases import history as case_history
+from engine.cases import list_cases
 from engine.definitions import load_definitions
 from engine.forecast import forecast
 from engine.outcomes import FINAL, Status
@@ -179,7 +181,8 @@ def test_is_minor_until_the_eighteenth_birthday() -> None:
 def test_a_minors_transactional_messages_go_to_guardians_who_receive_the_journey(
         make_clinic: MakeClinic) -> None:
     """Shipped welcome journey, no ``recipient:``: a minor's guardians (parent/guardian
-    whose ``receives`` covers it) get it; otherwise the patient does."""
+    whose ``receives`` covers it) get it, never the minor: with no guardian on file it is
+    skipped ``no_guardian``, with guardians who do not receive it ``no_consent``."""
     clinic = make_clinic()
     with freeze_time("2026-11-02T15:00:00Z"):  # Mon 09:00 CST
         clinic.patients(
@@ -205,20 +208,21 @@ def test_a_minors_transactional_messages_go_to_guardians_who_receive_the_journey
         )
         clinic.tick()
 
-    expected = {"P1": "C1",  # the parent; the caregiver is no guardian
-                "P2": "patient",  # no guardian on file
-                "P3": "patient",  # an adult
-                "P4": "patient",  # the guardian receives marketing only
-                "P5": "C5",  # receives names the journey
-                "P6": "patient",  # 18 on the day
-                "P7": "C7"}
-    for pid, who in expected.items():
+    sent = (Status.SENT, None)
+    expected = {"P1": ("C1", sent),  # the parent; the caregiver is no guardian
+                "P2": ("patient", (Status.SKIPPED, "no_guardian")),  # no guardian on file
+                "P3": ("patient", sent),  # an adult
+                # the guardian receives marketing only
+                "P4": ("patient", (Status.SKIPPED, "no_consent")),
+                "P5": ("C5", sent),  # receives names the journey
+                "P6": ("patient", sent),  # 18 on the day
+                "P7": ("C7", sent)}
+    for pid, (who, (status, reason)) in expected.items():
         welcome = by_recipient(clinic, "welcome", "welcome", pid)
         assert list(welcome) == [who], pid
-        assert welcome[who].status == Status.SENT, pid
+        assert (welcome[who].status, welcome[who].reason) == (status, reason), pid
     assert sorted(m.to for m in clinic.sms.sent) == [
-        "+13125550102", "+13125550103", "+13125550104", "+13125550106", "+13125550111",
-        "+13125550115", "+13125550117"]
+        "+13125550103", "+13125550106", "+13125550111", "+13125550115", "+13125550117"]
     # the guardian's email gets the what-to-expect email, not the minor's
     assert by_recipient(clinic, "welcome", "what-to-expect", "P1")["C1"].status \
         == Status.PLANNED
@@ -242,6 +246,102 @@ def test_recipient_patient_sends_to_a_minor_themself(make_clinic: MakeClinic) ->
         ("+13125550177", "Riverside Physical Therapy: for parent Gabriela (is_patient=False) "
                          "about Ana. STOP to opt out"),
     ]
+
+
+OWNER = "maya@riversidept.example"
+
+
+def test_a_minor_with_no_guardian_gets_nothing_whoever_a_step_addresses(
+        make_clinic: MakeClinic) -> None:
+    """Skipped ``no_guardian`` (the minor never; their caregiver still gets theirs), and
+    one case for the event tells staff to add a guardian."""
+    clinic = make_clinic([step("as-usual"), step("to-self", recipient="patient"),
+                          step("everyone", recipient="patient_and_contacts")])
+    with freeze_time("2026-11-02T15:00:00Z"):
+        clinic.patients(patient("P1", date_of_birth="2012-05-31"),
+                        patient("P2", date_of_birth="2012-05-31", phone="(312) 555-0102"))
+        clinic.contacts(contact("C1", "P1", relationship="caregiver", first_name="Rosa",
+                                phone="(312) 555-0172"),
+                        contact("C2", "P2", relationship="parent", phone="(312) 555-0177"))
+        clinic.tick()
+
+    detail = "the patient is a minor with no parent or guardian on file (contacts.csv)"
+    for step_id in ("as-usual", "to-self", "everyone"):
+        tp = by_recipient(clinic, "family", step_id)["patient"]
+        assert (tp.status, tp.reason, tp.detail) == (Status.SKIPPED, "no_guardian", detail)
+    assert outcome(by_recipient(clinic, "family", "everyone")["C1"]) == (
+        Status.SENT, None, "sms")
+    # with a parent on file, `recipient: patient` is the manager's word for the minor
+    assert by_recipient(clinic, "family", "to-self", "P2")["patient"].status == Status.SENT
+    assert "+13125550100" not in [m.to for m in clinic.sms.sent]  # P1's own phone
+
+    with clinic.db.transaction() as conn:
+        [case] = list_cases(conn)
+    ana = by_recipient(clinic, "family", "as-usual")["patient"].patient_id
+    assert (case.cause, case.status, case.patient_id) == ("no_guardian", "open", ana)
+    assert case.detail == (
+        "family/as-usual, family/to-self, family/everyone not sent: the patient is under 18 "
+        "and no parent or guardian is on file — import one (touchpoint import contacts), "
+        "then resolve this case")
+
+
+def test_staff_hear_of_a_minor_with_no_guardian_once_and_further_skips_are_noted(
+        make_clinic: MakeClinic) -> None:
+    clinic = make_clinic(config_extra=f'\n[recovery]\nowner_email = "{OWNER}"\n')
+    with freeze_time("2026-11-02T15:00:00Z"):  # Mon 09:00 CST
+        clinic.patients(patient("P1", date_of_birth="2012-05-31"))
+        clinic.tick()
+        clinic.tick()  # the case desk hears of the case
+    with freeze_time("2026-11-02T15:05:00Z"):
+        clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
+        clinic.tick()
+    welcome = by_recipient(clinic, "welcome", "welcome")["patient"]
+    reminder = by_recipient(clinic, "pre-visit", "two-days-before")["patient"]
+    assert outcome(welcome) == outcome(reminder) == (Status.SKIPPED, "no_guardian", None)
+    assert clinic.sms.sent == []
+    [alert] = clinic.email.sent
+    assert (alert.to, alert.subject) == (
+        OWNER, "Recovery case 1: a minor with no parent or guardian on file - Ana Reyes")
+    assert "welcome/welcome, welcome/what-to-expect not sent: the patient is under 18" \
+        in alert.body
+    with clinic.db.transaction() as conn:
+        [case] = list_cases(conn)
+        notes = [e.detail for e in case_history(conn, case.id) if e.kind == "note"]
+    assert notes == ["again: pre-visit/two-days-before, pre-visit/two-hours-before not sent: "
+                     "the patient is under 18 and no parent or guardian is on file — import "
+                     "one (touchpoint import contacts), then resolve this case"]
+
+
+def test_a_date_of_birth_imported_after_planning_holds_the_minors_texts_at_send_time(
+        make_clinic: MakeClinic) -> None:
+    clinic = make_clinic()
+    with freeze_time("2026-11-02T14:00:00Z"):  # Mon 08:00 CST
+        clinic.patients(patient("P1"), baseline=True)
+        clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
+        clinic.tick()
+        assert by_recipient(clinic, "pre-visit", "two-days-before")["patient"].status \
+            == Status.PLANNED
+        clinic.patients(patient("P1", date_of_birth="2012-05-31"), baseline=True)
+    with freeze_time("2026-11-03T16:00:00Z"):  # Tue 10:00 CST: the reminder is due
+        clinic.tick()
+    reminder = by_recipient(clinic, "pre-visit", "two-days-before")["patient"]
+    assert (reminder.status, reminder.reason, reminder.detail) == (
+        Status.SKIPPED, "no_guardian",
+        "the patient is a minor with no parent or guardian on file (contacts.csv)")
+    assert clinic.sms.sent == [] and clinic.email.sent == []
+
+
+def test_patient_and_contacts_never_texts_a_minor(make_clinic: MakeClinic) -> None:
+    clinic = make_clinic([step("everyone", recipient="patient_and_contacts")])
+    with freeze_time("2026-11-02T15:00:00Z"):
+        clinic.patients(patient("P1", date_of_birth="2012-05-31"))
+        clinic.contacts(contact("C1", "P1", relationship="parent"),
+                        contact("C2", "P1", relationship="caregiver", first_name="Rosa",
+                                phone="(312) 555-0172"))
+        clinic.tick()
+    everyone = by_recipient(clinic, "family", "everyone")
+    assert sorted(everyone) == ["C1", "C2"]  # the parent stands in for the minor
+    assert sorted(m.to for m in clinic.sms.sent) == ["+13125550172", "+13125550177"]
 
 
 def test_patient_and_contacts_reaches_every_contact_whose_receives_covers_the_journey(

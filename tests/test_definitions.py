@@ -98,7 +98,7 @@ def test_the_shipped_library_loads_with_no_findings_and_the_documented_journeys(
         "follow-up": ("appointment.completed", "transactional"),
         "win-back": ("patient.lapsed after 30d", "marketing"),
         "recovery": ("case.opened", "transactional"),
-        "review-request": ("satisfaction.high", "marketing"),
+        "review-request": ("appointment.completed, patient.discharged", "marketing"),
         "referral-loop": ("referral.first_visit_booked, referral.first_visit_attended, "
                           "referral.first_visit_missed, patient.discharged", "transactional"),
     }
@@ -180,6 +180,13 @@ JOURNEY_MISTAKES = [
     pytest.param("trigger: appointment.booked\n", "trigger: appointment.boked\n", 3,
                  "unknown trigger event 'appointment.boked'",
                  "did you mean 'appointment.booked'?", id="trigger-typo"),
+    pytest.param("trigger: appointment.booked\n", "trigger: satisfaction.high\n", 3,
+                 "trigger satisfaction.high is no longer allowed: asking for reviews only "
+                 "after a high score is review gating (Google's review policy; FTC 16 CFR "
+                 "465)",
+                 "ask every patient at a visit milestone: `trigger: [appointment.completed, "
+                 "patient.discharged]` with `only_if: \"appointment.visit_number == 6\"` "
+                 "(see schedules/review-request.yaml)", id="review-gating-trigger"),
     pytest.param("trigger: appointment.booked\n", "trigger: patient.lapsed\n", 3,
                  "patient.lapsed needs to know how long without a visit",
                  "write `trigger: {event: patient.lapsed, after: 30d}`",

@@ -36,6 +36,7 @@ from tests.support import (
     LIBRARY_TEMPLATES,
     Clinic,
     appointment,
+    contact,
     patient,
     write_config,
     write_csv,
@@ -498,6 +499,50 @@ def test_preview_for_a_patient_uses_their_language_appointment_and_timezone(
                            "a las 10:00. Responda C para confirmar, R para cambiar. "
                            "(312) 555-0199. STOP para salir")
     assert email["subject"] == "Le esperamos el jueves, 5 de noviembre a las 10:00"
+
+
+def test_preview_for_a_minor_shows_their_parent_and_the_words_they_get(
+        sqlite_url: str, tmp_path: Path) -> None:
+    """As the dispatcher would send it: to the parent, in the parent's words; a minor with
+    no guardian on file gets nothing, and the preview says why."""
+    write_config(tmp_path)
+    write_csv(tmp_path / "patients.csv", [
+        patient("P1", first_name="Olivia", last_name="Park", date_of_birth="2012-05-31"),
+        patient("P2", first_name="Noah", date_of_birth="2012-05-31", phone="(312) 555-0102")],
+        [*patient().keys(), "date_of_birth"])
+    write_csv(tmp_path / "contacts.csv", [contact("C1", "P1", first_name="Rachel")],
+              contact().keys())
+    write_csv(tmp_path / "appointments.csv", [
+        appointment("A1", "P1", "2026-11-05T10:00:00-06:00"),
+        appointment("A2", "P2", "2026-11-05T11:00:00-06:00")], appointment().keys())
+    for kind in ("patients", "contacts", "appointments"):
+        assert run_cli("import", kind, f"{kind}.csv", db=sqlite_url).exit_code == 0
+
+    data = as_json(run_cli("preview", "pre-visit", "two-days-before", "--patient", "P1",
+                           "--json", db=sqlite_url))
+    [parent] = data["recipients"]
+    assert (parent["recipient"], parent["key"][:8], parent["status"]) == (
+        "parent Rachel for P1 Olivia Park", "contact:", "planned")
+    assert data["recipient"] == parent["recipient"] and data["messages"] == parent["messages"]
+    sms, email = parent["messages"]
+    assert (sms["body"], sms["note"]) == (
+        "Riverside Physical Therapy: Hi Rachel, Olivia's visit is Thu, Nov 5 at 10:00 AM. "
+        "Reply C to confirm, R to reschedule. (312) 555-0199. STOP to opt out",
+        "to +1••••••••77")
+    assert email["note"] == "to c•••@example.com"  # the parent's, not the minor's
+
+    text = run_cli("preview", "pre-visit", "two-days-before", "--patient", "P1", db=sqlite_url)
+    assert text.exit_code == 0, text.output
+    assert text.stdout.splitlines()[0] == ("pre-visit / two-days-before (transactional) for "
+                                           "parent Rachel for P1 Olivia Park")
+
+    alone = as_json(run_cli("preview", "pre-visit", "two-days-before", "--patient", "P2",
+                            "--json", db=sqlite_url))
+    [noah] = alone["recipients"]
+    assert (noah["recipient"], noah["status"], noah["reason"], noah["messages"]) == (
+        "P2 Noah Reyes", "skipped", "no_guardian", [])
+    assert noah["when"] == ("skipped (no_guardian): the patient is a minor with no parent or "
+                            "guardian on file (contacts.csv)")
 
 
 def test_preview_html_writes_one_file_per_language(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ patient P1 (Ana Reyes) texts from +13125550100.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +29,7 @@ from engine.runner import Runner
 from engine.settings import load_settings
 from engine.store.ledger import TouchPoint
 from engine.store.schema import appointments, inbound_messages, patients
-from tests.support import LIBRARY_SCHEDULES, appointment, patient, write_config
+from tests.support import appointment, patient, write_config
 from tests.test_webhooks import STAFF, Practice
 
 OWNER_NAME = "Maya Chen"
@@ -260,20 +259,21 @@ def test_a_number_is_an_answer_only_within_a_week_of_the_question(desk: Practice
     assert cases_of(desk) == []  # a late "6" opens no low-score case
 
 
-@pytest.mark.parametrize(("body", "cause", "journey"), [
-    ("0", "low_score", "recovery"), ("6", "low_score", "recovery"), ("7", None, None),
-    ("8", None, None), ("9", None, "review-request"), ("10", None, "review-request")])
-def test_zero_to_six_opens_a_case_nine_and_ten_ask_for_a_review(
-        sqlite_desk: Practice, body: str, cause: str | None, journey: str | None) -> None:
+@pytest.mark.parametrize(("body", "cause"), [
+    ("0", "low_score"), ("6", "low_score"), ("7", None), ("8", None), ("9", None),
+    ("10", None)])
+def test_zero_to_six_opens_a_case_and_no_score_asks_for_a_review(
+        sqlite_desk: Practice, body: str, cause: str | None) -> None:
+    """No review gating: the review request never depends on the score (it goes at a
+    visit milestone, see below); a low score opens a recovery case."""
     asked(sqlite_desk)
     sqlite_desk.at("2026-11-03T12:30:00-06:00")
     sqlite_desk.text_in(body, "SMscore")
-    sqlite_desk.at("2026-11-03T12:31:00-06:00")
+    sqlite_desk.at("2026-11-04T12:31:00-06:00")
     sqlite_desk.clinic.tick()
     assert [c.cause for c in cases_of(sqlite_desk)] == ([cause] if cause else [])
-    later = [tp.journey for tp in sqlite_desk.clinic.touch_points()
-             if tp.journey in ("recovery", "review-request")]
-    assert later == ([journey] if journey else [])
+    assert sqlite_desk.clinic.touch_points(journey="review-request") == []
+    assert sqlite_desk.rows(patients)[0].satisfaction_score == int(body)  # reports keep it
 
 
 # --------------------------------------------------------------------------- low score
@@ -710,74 +710,91 @@ def test_case_id_json_shows_the_case_and_its_history(sqlite_desk: Practice) -> N
 # --------------------------------------------------------------------------- review request
 
 
-def every_visit_asks(folder: Path) -> Path:
-    """The shipped schedules, with the 0-10 question after every visit from the third on
-    (so one patient can be asked again a month and half a year later)."""
-    target = folder / "schedules"
-    shutil.copytree(LIBRARY_SCHEDULES, target)
-    follow_up = target / "follow-up.yaml"
-    text = follow_up.read_text(encoding="utf-8")
-    assert 'only_if: "appointment.visit_number == 3"' in text
-    follow_up.write_text(text.replace("visit_number == 3", "visit_number >= 3"),
-                         encoding="utf-8")
-    return target
-
-
-def answer(p: Practice, visit: str, day: str, offset: str, body: str, sid: str) -> None:
-    """A visit completed at 10:00 on ``day``, the question the next day at 12:00, ``body``
-    texted back at 12:30 and a tick at 13:30 (when a review request is due)."""
-    start = datetime.fromisoformat(f"{day}T10:00:00{offset}")
-    p.at(start + timedelta(hours=1, minutes=30))
-    p.clinic.appointments(appointment(visit, "P1", start.isoformat(), status="completed"))
-    p.clinic.tick()
-    p.at(start + timedelta(days=1, hours=2))
-    p.clinic.tick()
-    p.at(start + timedelta(days=1, hours=2, minutes=30))
-    p.text_in(body, sid)
-    p.at(start + timedelta(days=1, hours=3, minutes=30))
+def completed(p: Practice, *visits: tuple[str, str]) -> None:
+    """P1's visits (id, local start) imported as completed, planned at once."""
+    p.clinic.appointments(*(appointment(visit, "P1", start, status="completed")
+                            for visit, start in visits))
     p.clinic.tick()
 
 
-def test_a_high_score_asks_for_a_review_at_most_once_every_six_months(
-        database_url: str, tmp_path: Path) -> None:
-    p = Practice(database_url, tmp_path, extra=RECOVERY, schedules=every_visit_asks(tmp_path))
-    try:
-        asked(p)
-        p.at("2026-11-03T12:30:00-06:00")
-        p.text_in("10", "SMfirst")
-        p.text_in("10", "SMfirst")  # re-played: one request
-        p.at("2026-11-03T13:30:00-06:00")
-        p.clinic.tick()
-        [first] = p.clinic.touch_points(journey="review-request")
-        assert (first.status, first.purpose, first.due_at) == (
-            Status.SENT, "marketing", local("2026-11-03T13:30:00-06:00"))
-        [message] = p.clinic.sent_to(first.id)
-        assert "https://riversidept.example/review" in message.body
+def discharged(p: Practice, on: str, at: str) -> None:
+    """P1's discharge date (``on``) arriving in an import at ``at``, planned at once."""
+    p.at(at)
+    p.clinic.patients(patient("P1", discharged_on=on))
+    p.clinic.tick()
 
-        answer(p, "A4", "2026-12-01", "-06:00", "10", "SMmonth")  # four weeks later
-        first, again = p.clinic.touch_points(journey="review-request")
-        assert (again.status, again.reason, again.detail) == (
-            Status.SKIPPED, "once_per", "review-request already went to this patient on "
-            "2026-11-03; it starts at most once per 26w")
-        assert p.clinic.sent_to(again.id) == []
-        assert p.rows(patients)[0].satisfaction_score == 10
 
-        answer(p, "A5", "2027-06-01", "-05:00", "9", "SMhalfyear")  # more than 26 weeks on
-        *_, third = p.clinic.touch_points(journey="review-request")
-        assert (third.status, third.due_at) == (Status.SENT, local("2027-06-02T13:30-05:00"))
-        assert len(p.clinic.sent_to(third.id)) == 1
-        assert cases_of(p) == []
-    finally:
-        p.close()
+def six_visits(p: Practice, **fields: str) -> None:
+    """P1 (no welcome) with six weekly visits, the 6th on Mon 23 Nov at 10:00 CST, imported
+    as completed at 11:30: the review request is due on Tuesday at 11:00."""
+    p.at("2026-10-19T09:00:00-05:00")
+    p.clinic.patients(patient("P1", **fields), baseline=True)
+    p.at("2026-11-23T11:30:00-06:00")
+    completed(p, *((f"A{n}", (datetime(2026, 10, 12, 10) + timedelta(weeks=n)).isoformat()
+                    + ("-05:00" if n < 3 else "-06:00")) for n in range(1, 7)))
+
+
+def test_every_patient_is_asked_for_a_review_after_the_sixth_visit_whatever_their_score(
+        desk: Practice) -> None:
+    question = asked(desk)
+    desk.at("2026-11-03T12:30:00-06:00")
+    desk.text_in("2", "SMlow")  # an unhappy patient is still asked; their case runs alongside
+    desk.at("2026-11-23T11:30:00-06:00")
+    completed(desk, ("A4", "2026-11-09T10:00:00-06:00"), ("A5", "2026-11-16T10:00:00-06:00"),
+              ("A6", "2026-11-23T10:00:00-06:00"))
+    [request] = desk.clinic.touch_points(journey="review-request")
+    sixth = next(a.id for a in desk.rows(appointments) if a.external_id == "A6")
+    assert (request.step, request.status, request.purpose, request.due_at,
+            request.appointment_id) == ("sixth-visit", Status.PLANNED, "marketing",
+                                        local("2026-11-24T11:00:00-06:00"), sixth)
+
+    desk.at("2026-11-24T11:00:00-06:00")
+    desk.clinic.tick()
+    [request] = desk.clinic.touch_points(journey="review-request")
+    assert request.status == Status.SENT
+    [message] = desk.clinic.sent_to(request.id)
+    assert message.body == ("Riverside Physical Therapy: thank you, Ana! Would you share "
+                            "your experience in a review? https://riversidept.example/review "
+                            "STOP to opt out")
+    [low] = cases_of(desk)
+    assert (low.cause, low.status, low.touch_point_id) == ("low_score", "open", question.id)
+    assert desk.rows(patients)[0].satisfaction_score == 2
+
+    desk.at("2026-11-30T11:30:00-06:00")  # the 7th visit is no milestone
+    completed(desk, ("A7", "2026-11-30T10:00:00-06:00"))
+    assert len(desk.clinic.touch_points(journey="review-request")) == 1
+
+
+def test_a_discharge_asks_for_a_review_at_most_once_every_six_months(desk: Practice) -> None:
+    six_visits(desk)
+    desk.at("2026-11-24T11:00:00-06:00")
+    desk.clinic.tick()
+    [sixth] = desk.clinic.touch_points(journey="review-request")
+    assert (sixth.step, sixth.status) == ("sixth-visit", Status.SENT)
+
+    discharged(desk, "2026-12-07", "2026-12-07T09:00:00-06:00")  # two weeks later: once_per
+    sixth, again = desk.clinic.touch_points(journey="review-request")
+    assert (again.step, again.status, again.reason, again.detail) == (
+        "discharge", Status.SKIPPED, "once_per", "review-request already went to this "
+        "patient on 2026-11-24; it starts at most once per 26w")
+    assert desk.clinic.sent_to(again.id) == []
+
+    discharged(desk, "2027-07-01", "2027-07-01T09:00:00-05:00")  # back, and discharged again
+    *_, third = desk.clinic.touch_points(journey="review-request")
+    assert (third.step, third.status, third.anchor, third.due_at) == (
+        "discharge", Status.PLANNED, "discharge:2027-07-01", local("2027-07-02T11:00-05:00"))
+    desk.at("2027-07-02T11:00:00-05:00")
+    desk.clinic.tick()
+    *_, third = desk.clinic.touch_points(journey="review-request")
+    assert third.status == Status.SENT
+    assert "https://riversidept.example/review" in desk.clinic.sent_to(third.id)[0].body
+    assert cases_of(desk) == []
 
 
 def test_a_review_request_needs_marketing_consent(sqlite_desk: Practice) -> None:
-    asked(sqlite_desk, marketing_consent="no")
-    sqlite_desk.at("2026-11-03T12:30:00-06:00")
-    sqlite_desk.text_in("diez", "SMten")
-    sqlite_desk.at("2026-11-03T13:30:00-06:00")
+    six_visits(sqlite_desk, marketing_consent="no")
+    sqlite_desk.at("2026-11-24T11:00:00-06:00")
     sqlite_desk.clinic.tick()
-    request = sqlite_desk.clinic.one("review-request", "thank-you")
+    request = sqlite_desk.clinic.one("review-request", "sixth-visit")
     assert (request.status, request.reason) == (Status.SKIPPED, "no_consent")
     assert sqlite_desk.clinic.sent_to(request.id) == []
-    assert sqlite_desk.rows(patients)[0].satisfaction_score == 10

@@ -63,7 +63,6 @@ TRIGGER_EVENTS = (
     "appointment.cancelled",
     "patient.lapsed",
     "patient.discharged",  # the plan of care ended (discharged_on in patients.csv)
-    "satisfaction.high",  # a 9 or 10 answer to the 0-10 question
     "case.opened",  # a recovery case was opened
     "referral.first_visit_booked",  # a referred patient's first visit was booked
     "referral.first_visit_attended",  # ... they came to it
@@ -78,6 +77,16 @@ EXIT_EVENTS = (
     "case.resolved",
 )
 ASKS = ("score",)
+# Triggers that no longer exist, and why: a manager's old file gets the reason, not a
+# bare "unknown trigger".
+RETIRED_TRIGGERS = {
+    "satisfaction.high": (
+        "asking for reviews only after a high score is review gating (Google's review "
+        "policy; FTC 16 CFR 465)",
+        "ask every patient at a visit milestone: `trigger: [appointment.completed, "
+        "patient.discharged]` with `only_if: \"appointment.visit_number == 6\"` (see "
+        "schedules/review-request.yaml)"),
+}
 # Events about an appointment that already exists: on a journey anchored on an
 # appointment they end the run for *that* appointment only (a cancelled visit does not
 # stop the reminders of another visit). A newly booked visit ends runs of any anchor.
@@ -445,6 +454,11 @@ class _JourneyReader:
                     return None
         else:
             event = raw
+        if isinstance(event, str) and event in RETIRED_TRIGGERS:
+            why, fix = RETIRED_TRIGGERS[event]
+            self.error(line, f"trigger {event} is no longer allowed: {why}", fix,
+                       code="trigger")
+            return None
         if event not in TRIGGER_EVENTS:
             self.error(line, f"unknown trigger event {event!r}",
                        did_you_mean(str(event), TRIGGER_EVENTS,

@@ -56,7 +56,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "recipient": ("role", "first_name", "last_name", "name", "is_patient", "language",
                   "timezone"),
     "touch_point": ("id", "journey", "step"),
-    "reply": ("body", "from", "received_at"),  # in replies/ and staff/ templates
+    # in replies/ and staff/ templates; flag: "possible opt-out" (or empty), due_at: when
+    # staff must have handled a flagged one
+    "reply": ("body", "from", "received_at", "flag", "due_at"),
     # a recovery case (the recovery journey, staff/recovery-* alerts)
     "case": ("id", "cause", "reason", "detail", "owner", "status", "opened_at", "due_at",
              "command", "score"),

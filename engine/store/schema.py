@@ -360,6 +360,9 @@ class InboundMessage(Base):
     score: Mapped[int | None] = mapped_column(Integer)  # an answer to the 0–10 question
     detail: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime]
+    # "possible opt-out": it may revoke consent to texts but is not clear; staff decide
+    flag: Mapped[str] = mapped_column(String(24), default="", server_default="")
+    due_at: Mapped[datetime | None]  # when staff must have handled it (flagged messages)
 
 
 class RecoveryCase(Base):
