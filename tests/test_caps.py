@@ -24,7 +24,14 @@ from engine.records import Patient
 from engine.store.ledger import TouchPoint
 from engine.store.records import RecentSend
 from engine.timing import QuietHours
-from tests.support import LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, Clinic, appointment, patient
+from tests.support import (
+    LIBRARY_SCHEDULES,
+    LIBRARY_TEMPLATES,
+    Clinic,
+    appointment,
+    patient,
+    write_config,
+)
 
 
 def utc(text: str) -> datetime:
@@ -113,7 +120,7 @@ def test_the_courtesy_day_is_the_recipients_and_survives_a_dst_change() -> None:
     assert decision == Defer(utc("2026-11-01T14:00:00Z"), "sms: 2 text(s) of the same or a "
                              "higher priority today (courtesy limit 2 a day); deferred",
                              "frequency_cap")
-    # Honolulu's day is not Chicago's: there both texts were yesterday... or today
+    # Honolulu's day is not Chicago's: both texts were early on Saturday there
     assert cap_refusal("sms", "transactional", sends, utc("2026-11-01T04:30:00Z"), caps,
                        "Pacific/Honolulu") is not None  # 18:30 HST, same HST day
     assert cap_refusal("sms", "transactional", sends, utc("2026-11-01T10:30:00Z"), caps,
@@ -268,3 +275,121 @@ def test_a_nudge_waits_for_the_next_day_when_reminders_filled_it_and_a_question_
                               "(courtesy limit 2 a day); deferred")]
     finally:
         clinic.close()
+
+
+LONG_TEXT = ("{{ practice.name }}: hi {{ patient.first_name }}, thanks for choosing us. Here is "
+             "everything you need before your first visit: {{ practice.links.intake }} Call "
+             "{{ practice.phone }} with questions. STOP to opt out")
+
+
+def exemption_library(folder: Path) -> tuple[Path, Path]:
+    templates = folder / "templates"
+    shutil.copytree(LIBRARY_TEMPLATES, templates)
+    (templates / "long").mkdir()
+    (templates / "long" / "text.sms.j2").write_text(LONG_TEXT, encoding="utf-8")
+    shutil.copy(templates / "welcome" / "welcome.email.j2", templates / "long" / "text.email.j2")
+    schedules = write_schedules(folder, """version: 1
+journey: long
+purpose: transactional
+trigger: patient.created
+steps:
+  - id: text-only
+    when: immediately
+    channels: [sms]
+    template: long/text
+  - id: text-or-email
+    when: {days_after: 1, at: "10:00"}
+    channels: [sms, email]
+    template: long/text
+  - id: short
+    when: {days_after: 2, at: "10:00"}
+    channels: [sms]
+    template: welcome/welcome
+""")
+    return schedules, templates
+
+
+@pytest.mark.parametrize("mode", ["exemption", "consent"])
+def test_exemption_mode_sends_no_text_longer_than_160_characters(
+        sqlite_url: str, tmp_path: Path, mode: str) -> None:
+    schedules, templates = exemption_library(tmp_path)
+    clinic = Clinic(sqlite_url, tmp_path, config_extra=f'\n[caps]\nmode = "{mode}"\n',
+                    schedules=schedules, templates=templates)
+    try:
+        clock.set_now(utc("2026-11-02T09:00:00-06:00"))
+        clinic.patients(patient("P1"))
+        clinic.run_until(utc("2026-11-04T10:00:00-06:00"), timedelta(hours=1))
+        outcomes = {tp.step: (tp.status, tp.reason, tp.channel)
+                    for tp in clinic.touch_points(journey="long")}
+        if mode == "consent":
+            assert set(outcomes.values()) == {(Status.SENT, None, "sms")}
+            return
+        assert outcomes == {"text-only": (Status.SKIPPED, "frequency_cap", None),
+                            "text-or-email": (Status.SENT, None, "email"),
+                            "short": (Status.SENT, None, "sms")}
+        length = len(clinic.sms.sent[0].body)
+        assert 130 < length <= 160  # the welcome text, as exempt
+        assert clinic.one("long", "text-only").detail == (
+            "sms: 199 characters, over the healthcare exemption's 160 (caps.mode = exemption)")
+        assert not clinic.sent_to(clinic.one("long", "text-only").id)
+    finally:
+        clinic.close()
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def test_validate_and_forecast_count_what_the_limits_defer_or_skip_in_14_days(
+        database_url: str, tmp_path: Path) -> None:
+    late = """version: 1
+journey: check-in
+purpose: transactional
+trigger: patient.created
+steps:
+""" + step_text("nudge", when="{after: 3h}") \
+        + step_text("same-day-only", "expires_after: 2h", when="{after: 4h}")
+    schedules = write_schedules(tmp_path, VISIT_REMINDERS, late)
+    clinic = Clinic(database_url, tmp_path, schedules=schedules)
+    try:
+        clock.set_now(utc("2026-11-02T09:00:00-06:00"))
+        clinic.patients(patient("P1", email=""))
+        clinic.appointments(appointment("A1", "P1", "2026-11-02T13:00:00-06:00"),
+                            appointment("A2", "P1", "2026-11-03T13:00:00-06:00"))
+        clinic.tick()
+
+        def run(*args: str) -> str:
+            result = CliRunner().invoke(cli, [
+                "--config", str(clinic.config), "--db", database_url, "--schedules",
+                str(schedules), "--templates", str(LIBRARY_TEMPLATES),
+                "--now", "2026-11-02T09:00:00-06:00", *args])
+            assert result.exit_code == 0, result.output
+            return result.stdout
+
+        expected = {"mode": "consent", "days": 14, "deferred": 1, "skipped": 1, "by_step": [
+            {"journey": "check-in", "step": "nudge", "deferred": 1, "skipped": 0},
+            {"journey": "check-in", "step": "same-day-only", "deferred": 0, "skipped": 1}]}
+        # (forecast --days 1 still counts 14 days of limits)
+        assert json.loads(run("forecast", "--days", "1", "--json"))["limits"] == expected
+        assert json.loads(run("validate", "--json"))["limits"] == expected
+        text = run("validate")
+        assert "Limits (caps.mode = consent), next 14 days: 1 deferred, 1 skipped " \
+               "(frequency_cap).\n  check-in/nudge: 1 deferred, 0 skipped\n" \
+               "  check-in/same-day-only: 0 deferred, 1 skipped\n" in text
+        assert "Limits (caps.mode = consent), next 14 days: 1 deferred" in run("forecast")
+        # the forecast changed nothing
+        assert clinic.one("check-in", "nudge").status == Status.PLANNED
+    finally:
+        clinic.close()
+
+
+def test_validate_without_a_database_says_the_limits_were_not_forecast(tmp_path: Path) -> None:
+    clinic_db = tmp_path / "none.db"
+    result = CliRunner().invoke(cli, [
+        "--config", str(write_config(tmp_path)), "--db", f"sqlite:///{clinic_db}",
+        "--schedules", str(LIBRARY_SCHEDULES), "--templates", str(LIBRARY_TEMPLATES),
+        "--now", "2026-11-02T09:00:00-06:00", "validate", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["limits"] == {
+        "mode": "consent", "days": 14,
+        "note": f"no database yet at {clinic_db} (import patients and appointments first)"}
+    assert not clinic_db.exists()
