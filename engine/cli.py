@@ -610,11 +610,11 @@ def validate_cmd(ctx: click.Context, as_json: bool) -> None:
     else:
         for diagnostic in found:
             click.echo(str(diagnostic), err=diagnostic.severity == "error")
-        click.echo(f"{len(definitions.journeys)} journeys, {len(errors)} error(s), "
-                   f"{len(found) - len(errors)} warning(s).")
         for line in limits.lines() if isinstance(limits, Limits) else [
                 f"Limits (caps.mode = {settings.caps.mode}): not forecast — {limits}."]:
             click.echo(line)
+        click.echo(f"{len(definitions.journeys)} journeys, {len(errors)} error(s), "
+                   f"{len(found) - len(errors)} warning(s).")
     if errors:
         sys.exit(1)
 
@@ -797,11 +797,12 @@ def forecast_cmd(ctx: click.Context, days: float, show_diff: bool, journey: str 
                    f"{entry.journey + '/' + entry.step:<32} {what}")
     sends = sum(1 for e in shown if e.outcome == "send")
     reasons = Counter(e.reason for e in shown if e.outcome != "send")
-    click.echo(f"\nNext {days:g} days ({tz.key}): {sends} to send"
-               + (", " + ", ".join(f"{n} {r}" for r, n in reasons.most_common())
-                  if reasons else "") + ". Nothing was changed.")
+    click.echo("")
     for line in limits.lines():
         click.echo(line)
+    click.echo(f"Next {days:g} days ({tz.key}): {sends} to send"
+               + (", " + ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+                  if reasons else "") + ". Nothing was changed.")
 
 
 def _print_diff(changes: list[Change], previous: str | None, tz: ZoneInfo,

@@ -124,8 +124,9 @@ SETTINGS: tuple[Setting, ...] = (
             "healthcare exemption (transactional texts only, at most 160 characters, "
             "caps.transactional_sms_per_day and _per_week).", "consent"),
     Setting("caps.sms_per_day", "TOUCHPOINT_CAP_SMS_PER_DAY",
-            "Consent mode: texts a recipient gets per local day before a lower-priority one "
-            "waits for the next day (a visit's reminders are never held); 0: no limit.", 2),
+            "Consent mode: courtesy limit on texts per recipient per local day; a text "
+            "waits for the next day when as many of the same or a higher step priority went "
+            "that day (a visit's reminders never wait); 0: no limit.", 2),
     Setting("caps.transactional_sms_per_day", "TOUCHPOINT_CAP_TRANSACTIONAL_SMS_PER_DAY",
             "Exemption mode: texts a recipient gets per local day (FCC healthcare "
             "exemption: 1).", 1),

@@ -19,6 +19,10 @@ Warnings (exit 0), checked on each SMS a step sends, rendered for the sample pat
 * fields marked sensitive (``templates.sensitive_fields``: diagnosis, body part,
   insurance, clinical notes, visit type by default) used in an SMS (HIPAA minimum
   necessary).
+
+The command also says how many messages of the next 14 days a limit (``caps``) would
+defer or skip, by journey and step, from the database's patients and appointments
+(:func:`engine.forecast.forecast_limits`).
 """
 
 from __future__ import annotations
