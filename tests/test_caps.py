@@ -393,3 +393,29 @@ def test_validate_without_a_database_says_the_limits_were_not_forecast(tmp_path:
         "mode": "consent", "days": 14,
         "note": f"no database yet at {clinic_db} (import patients and appointments first)"}
     assert not clinic_db.exists()
+
+
+@pytest.mark.parametrize("mode", ["exemption", "consent"])
+def test_validate_warns_of_texts_exemption_mode_would_not_send(tmp_path: Path,
+                                                                mode: str) -> None:
+    schedules, templates = exemption_library(tmp_path)
+    offers = schedules / "offers.yaml"
+    offers.write_text(journey_text(step_text("offer"), purpose="marketing").replace(
+        "journey: j", "journey: offers"), encoding="utf-8")
+    config = write_config(tmp_path, f'\n[caps]\nmode = "{mode}"\n')
+    result = CliRunner().invoke(cli, [
+        "--config", str(config), "--db", f"sqlite:///{tmp_path / 'none.db'}",
+        "--schedules", str(schedules), "--templates", str(templates),
+        "--now", "2026-11-02T09:00:00-06:00", "validate", "--json"])
+    assert result.exit_code == 0, result.output
+    found = sorted((Path(d["file"]).name, d["message"]) for d in
+                   json.loads(result.stdout)["diagnostics"] if d["code"] == "exemption")
+    if mode == "consent":
+        assert found == []
+        return
+    assert found == [
+        ("text.sms.j2", "with the sample patient this SMS is 205 characters: in exemption "
+                        "mode a text over 160 is not sent (the step's next channel is used, "
+                        "or it is skipped)"),
+        ("welcome.es.sms.j2", "in exemption mode marketing texts are never sent"),
+        ("welcome.sms.j2", "in exemption mode marketing texts are never sent")]
