@@ -26,6 +26,8 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 from engine import __version__, clock
 from engine.cases import CAUSES, Case, get_case, list_cases
@@ -36,7 +38,7 @@ from engine.channels import build_channels
 from engine.csv_export import write_csv
 from engine.definitions import Definitions
 from engine.errors import TouchpointError, UserError
-from engine.forecast import Change, diff, forecast
+from engine.forecast import LIMITS_DAYS, Change, Limits, diff, forecast_limits
 from engine.importer import (
     ImportSummary,
     import_appointments,
@@ -54,7 +56,13 @@ from engine.runner import Runner, TickReport
 from engine.settings import Settings, load_settings, parse_flag
 from engine.simulate import Feed, simulate
 from engine.sms_segments import analyse
-from engine.store.database import Database, head_revision, open_database, safe_url
+from engine.store.database import (
+    Database,
+    head_revision,
+    normalise_url,
+    open_database,
+    safe_url,
+)
 from engine.store.records import patient_names
 from engine.timing import at_local, parse_duration, zone
 from engine.validate import check_definitions
@@ -585,22 +593,51 @@ def why_cmd(ctx: click.Context, touch_point_id: int, as_json: bool) -> None:
 @click.pass_context
 def validate_cmd(ctx: click.Context, as_json: bool) -> None:
     """Check every schedule and template; exit 1 on any error."""
-    settings = _app(ctx).settings()
+    app = _app(ctx)
+    settings = app.settings()
     definitions = check_definitions(settings, clock.now())
     found = list(definitions.diagnostics)
     errors = [d for d in found if d.severity == "error"]
+    limits = _limits(app, definitions) if not errors else \
+        "the limits are forecast once the errors are fixed"
     if as_json:
         _echo_json({"ok": not errors, "errors": len(errors),
                     "warnings": len(found) - len(errors),
                     "journeys": sorted(definitions.journeys),
-                    "diagnostics": [d.as_dict() for d in found]})
+                    "diagnostics": [d.as_dict() for d in found],
+                    "limits": limits.as_dict() if isinstance(limits, Limits) else
+                    {"mode": settings.caps.mode, "days": LIMITS_DAYS, "note": limits}})
     else:
         for diagnostic in found:
             click.echo(str(diagnostic), err=diagnostic.severity == "error")
+        for line in limits.lines() if isinstance(limits, Limits) else [
+                f"Limits (caps.mode = {settings.caps.mode}): not forecast — {limits}."]:
+            click.echo(line)
         click.echo(f"{len(definitions.journeys)} journeys, {len(errors)} error(s), "
                    f"{len(found) - len(errors)} warning(s).")
     if errors:
         sys.exit(1)
+
+
+def _limits(app: App, definitions: Definitions) -> Limits | str:
+    """What the limits would defer or skip in the next 14 days, from the patients and
+    appointments on file; or why that cannot be said (no database yet)."""
+    settings = app.settings()
+    try:
+        url = make_url(normalise_url(settings.database_url))
+    except ArgumentError:
+        return "database.url is not a database URL"
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not Path(url.database).exists():
+        return f"no database yet at {url.database} (import patients and appointments first)"
+    try:
+        database = app.db(check=False)
+        database.check_schema(create_if_empty=False)
+        return forecast_limits(database, settings, definitions, clock.now())[1]
+    except UserError as exc:
+        return exc.message.split(" — ")[0]
+    except OperationalError as exc:
+        return f"cannot open the database: {str(exc.orig or exc).strip().splitlines()[0]}"
 
 
 @cli.command("segments")
@@ -741,13 +778,14 @@ def forecast_cmd(ctx: click.Context, days: float, show_diff: bool, journey: str 
     settings, database, definitions = app.settings(), app.db(), app.definitions()
     now = clock.now()
     until = now + timedelta(days=days)
-    entries = forecast(database, settings, definitions, now, days)
+    entries, limits = forecast_limits(database, settings, definitions, now, days)
     changes, previous = diff(database, entries, now, until)
     shown = [e for e in entries if (journey is None or e.journey == journey)
              and (patient_id is None or e.patient_id == patient_id)]
     if as_json:
         data: dict[str, Any] = {"from": now.isoformat(), "until": until.isoformat(),
-                                "entries": [e.as_dict() for e in shown]}
+                                "entries": [e.as_dict() for e in shown],
+                                "limits": limits.as_dict()}
         if show_diff:
             data["diff"] = {"previous": previous, "changes": [
                 c.as_dict() for c in changes
@@ -771,7 +809,10 @@ def forecast_cmd(ctx: click.Context, days: float, show_diff: bool, journey: str 
                    f"{entry.journey + '/' + entry.step:<32} {what}")
     sends = sum(1 for e in shown if e.outcome == "send")
     reasons = Counter(e.reason for e in shown if e.outcome != "send")
-    click.echo(f"\nNext {days:g} days ({tz.key}): {sends} to send"
+    click.echo("")
+    for line in limits.lines():
+        click.echo(line)
+    click.echo(f"Next {days:g} days ({tz.key}): {sends} to send"
                + (", " + ", ".join(f"{n} {r}" for r, n in reasons.most_common())
                   if reasons else "") + ". Nothing was changed.")
 

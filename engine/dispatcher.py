@@ -7,8 +7,10 @@ For each due touch point, in order of due time:
 3. its anchor still holds and no exit event happened since planning (else ``cancelled``);
 4. it is daytime where the recipient is (else deferred to the next allowed minute, or
    ``skipped``: too_late if that is past the deadline);
-5. the first of the step's channels with a contact, consent and no opt-out is chosen
-   (else ``skipped`` with the first channel's reason, every channel's in the detail);
+5. the first of the step's channels with a contact, consent and no opt-out, within the
+   limits (``caps``), is chosen (else ``skipped`` with the first channel's reason, every
+   channel's in the detail; held by a limit alone, deferred to when it has room, or
+   ``skipped``: frequency_cap if that is past the deadline);
 6. the message is rendered and the row marked ``sending`` — **committed before the
    provider is called**, so a crash can never lead to a blind re-send;
 7. the provider's answer is recorded: ``sent``; a transient error is retried by the
@@ -28,7 +30,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,7 +40,7 @@ from engine import clock, unsubscribe
 from engine.cases import Case, case_fields, get_case
 from engine.channels.base import Channel, OutboundMessage
 from engine.definitions import Definitions
-from engine.definitions.journeys import Journey, Step
+from engine.definitions.journeys import PRIORITIES, Journey, Step
 from engine.definitions.templates import Fields
 from engine.errors import (
     AmbiguousChannelError,
@@ -55,6 +57,7 @@ from engine.guards import (
     Verdict,
     address_for,
     decide,
+    exemption_length_refusal,
 )
 from engine.message_context import message_context, practice_fields
 from engine.outcomes import Reason, Status
@@ -149,15 +152,19 @@ class Snapshot:
         addresses |= {r.email for r in referrers.values() if r.email}
         case_ids = {int(tp.anchor.split(":")[1]) for tp in batch
                     if tp.anchor.startswith("case:") and tp.anchor.split(":")[1].isdigit()}
+        sends = {patient_id: [replace(s, priority=definitions.priority(s.journey, s.step,
+                                                                       s.purpose))
+                              for s in found]
+                 for patient_id, found in recent_sends(conn, patient_ids,
+                                                       now - timedelta(days=8)).items()}
         return cls(patients, appointments, upcoming, numbers, opted_out(conn, addresses),
-                   latest_events(conn, patient_ids, exit_kinds),
-                   recent_sends(conn, patient_ids, now - timedelta(days=8)), contacts,
+                   latest_events(conn, patient_ids, exit_kinds), sends, contacts,
                    referrers, _load_cases(conn, case_ids))
 
     def sent(self, patient_id: int, purpose: str, channel: str, at: datetime,
-             recipient: str = PATIENT) -> None:
-        self.sends.setdefault(patient_id, []).append(RecentSend(purpose, channel, at,
-                                                                recipient))
+             recipient: str = PATIENT, priority: int = PRIORITIES["nudge"]) -> None:
+        self.sends.setdefault(patient_id, []).append(RecentSend(
+            purpose, channel, at, recipient, priority=priority))
 
     def recipient(self, tp: TouchPoint, patient: Patient) -> Recipient | None:
         """Who ``tp`` addresses, or None if they are no longer on file."""
@@ -334,7 +341,7 @@ class Dispatcher:
         elif isinstance(decision, Defer):
             with self._tx() as conn:
                 ledger.reschedule(conn, tp.id, worker=self.worker, expect=Status.PLANNED,
-                                  due_at=decision.until, now=now, reason="quiet_hours",
+                                  due_at=decision.until, now=now, reason=decision.reason,
                                   detail=decision.detail)
             self.stats.deferred += 1
         else:
@@ -365,6 +372,10 @@ class Dispatcher:
                 failures.append((Reason.TEMPLATE_ERROR, f"{kind}: {exc.message}"))
                 log.error("template error for touch point %s: %s", tp.id, exc.message)
                 continue
+            too_long = exemption_length_refusal(kind, rendered.body, self.caps)
+            if too_long is not None:  # not sent as exempt: the next channel, if any
+                failures.append((Reason.FREQUENCY_CAP, too_long))
+                continue
             address = address_for(recipient, kind)
             assert address is not None
             message = OutboundMessage(
@@ -378,11 +389,14 @@ class Dispatcher:
                                     failures=failures, shared=shared)
             if outcome != "next":
                 if outcome == "sent":
-                    snapshot.sent(patient.id, tp.purpose, kind, clock.now(), tp.recipient)
+                    snapshot.sent(patient.id, tp.purpose, kind, clock.now(), tp.recipient,
+                                  journey.priority_of(step))
                 return
-        # Every candidate failed before reaching a provider (template errors).
+        # Every candidate failed before reaching a provider (template errors), or was too
+        # long to go under the healthcare exemption.
         reason = next(r for r, _ in failures if r != "refused")
-        self._settle(tp, Verdict(Status.FAILED, reason, "; ".join(d for _, d in failures)))
+        status = Status.SKIPPED if reason == Reason.FREQUENCY_CAP else Status.FAILED
+        self._settle(tp, Verdict(status, reason, "; ".join(d for _, d in failures)))
 
     def deliver(self, tp: TouchPoint, message: OutboundMessage, template_file: str) -> None:
         """Send one claimed touch point through ``message.kind`` now, once: a test send or
@@ -547,8 +561,8 @@ def _load_cases(conn: Connection, ids: set[int]) -> dict[int, Case]:
 
 def caps_from(settings: Settings) -> FrequencyCaps:
     caps = settings.caps
-    return FrequencyCaps(caps.transactional_sms_per_day, caps.transactional_sms_per_week,
-                         caps.marketing_per_week)
+    return FrequencyCaps(caps.mode, caps.sms_per_day, caps.transactional_sms_per_day,
+                         caps.transactional_sms_per_week, caps.marketing_per_week)
 
 
 def _content(message: OutboundMessage) -> str:

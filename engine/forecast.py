@@ -10,8 +10,10 @@ The forecast replays the engine's own rules in memory, on a virtual clock:
   of the first usable channel is rendered.
 
 It assumes nothing else happens: no new bookings, visits, cancellations or replies, and
-providers accept every message. ``--diff`` compares it with the previous forecast (stored
-in the database), so a practice manager sees what an edit changes before it goes out.
+providers accept every message. :func:`forecast_limits` also counts, by journey and step,
+the messages a limit (``caps``) would defer or skip in the next :data:`LIMITS_DAYS` days.
+``--diff`` compares it with the previous forecast (stored in the database), so a practice
+manager sees what an edit changes before it goes out.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from sqlalchemy import Connection, false, select
 from engine.definitions import Definitions
 from engine.dispatcher import Snapshot, caps_from
 from engine.errors import TemplateRenderError
-from engine.guards import Defer, Send, Verdict, address_for
+from engine.guards import Defer, Send, Verdict, address_for, exemption_length_refusal
 from engine.message_context import practice_fields
 from engine.outcomes import Reason, Status
 from engine.planner import PendingStep, Planned, Retime, follow_edits, plan
@@ -50,6 +52,7 @@ from engine.store.schema import touch_points
 from engine.timing import zone
 
 STATE_KEY = "forecast"
+LIMITS_DAYS = 14  # how far ahead validate and forecast count what the limits hold
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,50 @@ class Change:
                 "after": self.after}
 
 
+@dataclass(frozen=True)
+class LimitCount:
+    """Messages of one step a limit would defer (then send, or not) or skip."""
+
+    journey: str
+    step: str
+    deferred: int = 0
+    skipped: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"journey": self.journey, "step": self.step, "deferred": self.deferred,
+                "skipped": self.skipped}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the limits would do in the next ``days`` days, by journey and step."""
+
+    mode: str
+    days: int
+    by_step: tuple[LimitCount, ...]
+
+    @property
+    def deferred(self) -> int:
+        return sum(c.deferred for c in self.by_step)
+
+    @property
+    def skipped(self) -> int:
+        return sum(c.skipped for c in self.by_step)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "days": self.days, "deferred": self.deferred,
+                "skipped": self.skipped, "by_step": [c.as_dict() for c in self.by_step]}
+
+    def lines(self) -> list[str]:
+        """For the terminal: a total, then one line per step."""
+        head = f"Limits (caps.mode = {self.mode}), next {self.days} days: "
+        if not self.by_step:
+            return [head + "no message deferred or skipped."]
+        return [head + f"{self.deferred} deferred, {self.skipped} skipped (frequency_cap)."] \
+            + [f"  {c.journey}/{c.step}: {c.deferred} deferred, {c.skipped} skipped"
+               for c in self.by_step]
+
+
 def _iso(instant: datetime) -> str:
     return instant.isoformat().replace("+00:00", "Z")
 
@@ -134,6 +181,8 @@ class _Forecaster:
         self.practice = practice_fields(runner.settings)
         self.caps = caps_from(runner.settings)
         self.entries: list[Entry] = []
+        # touch points a limit deferred: key → (journey, step, when)
+        self.held: dict[str, tuple[str, str, datetime]] = {}
         self.counter = itertools.count(1)
         self.people: dict[int, Patient | None] = {}
 
@@ -243,6 +292,8 @@ class _Forecaster:
                                                    self.runner.rules.quiet_hours,
                                                    self.practice_tz, self.caps)
         if isinstance(decision, Defer):
+            if decision.reason == Reason.FREQUENCY_CAP:
+                self.held.setdefault(_key_of(tp), (tp.journey, tp.step, at))
             return replace(tp, due_at=decision.until)
         if isinstance(decision, Verdict):
             if decision.reason not in (Reason.STEP_REMOVED, Reason.JOURNEY_REMOVED):
@@ -260,21 +311,27 @@ class _Forecaster:
         context = self.snapshot.context(tp, patient, appointment, self.practice,
                                         self.practice_tz, recipient, self.runner.settings)
         context["unsubscribe_url"] = "(unsubscribe link)"
-        problems = []
+        problems: list[tuple[str, str]] = []
         for kind in decision.channels:
             try:
                 rendered = self.definitions.templates.render(
                     template, kind, recipient.language or patient.language, context,
                     zone(decision.timezone))
             except TemplateRenderError as exc:
-                problems.append(f"{kind}: {exc.message}")
+                problems.append((Reason.TEMPLATE_ERROR, f"{kind}: {exc.message}"))
+                continue
+            too_long = exemption_length_refusal(kind, rendered.body, self.caps)
+            if too_long is not None:
+                problems.append((Reason.FREQUENCY_CAP, too_long))
                 continue
             self._record(tp, at, "send", channel=kind,
                          recipient=mask_address(address_for(recipient, kind)),
                          subject=rendered.subject, content=rendered.body)
-            self.snapshot.sent(patient.id, tp.purpose, kind, at, tp.recipient)
+            self.snapshot.sent(patient.id, tp.purpose, kind, at, tp.recipient,
+                               self.definitions.priority(tp.journey, tp.step, tp.purpose))
             return
-        self._record(tp, at, "skip", reason="template_error", detail="; ".join(problems))
+        self._record(tp, at, "skip", reason=problems[0][0],
+                     detail="; ".join(d for _, d in problems))
 
     def _record(self, tp: TouchPoint, at: datetime, outcome: str, **fields: Any) -> None:
         assert tp.patient_id is not None
@@ -292,9 +349,30 @@ def _key_of(tp: TouchPoint) -> str:
 
 def forecast(db: Database, settings: Settings, definitions: Definitions, now: datetime,
              days: float) -> list[Entry]:
+    return forecast_limits(db, settings, definitions, now, days)[0]
+
+
+def forecast_limits(db: Database, settings: Settings, definitions: Definitions,
+                    now: datetime, days: float = LIMITS_DAYS) -> tuple[list[Entry], Limits]:
+    """The forecast of the next ``days`` days, and what the limits would defer or skip in
+    the next :data:`LIMITS_DAYS` (one run, as far ahead as the longer of the two)."""
     runner = Runner(db, settings, definitions)
+    until = now + timedelta(days=days)
+    horizon = now + timedelta(days=LIMITS_DAYS)
     with db.transaction() as conn:
-        return _Forecaster(conn, runner, now, now + timedelta(days=days)).run()
+        forecaster = _Forecaster(conn, runner, now, max(until, horizon))
+        entries = forecaster.run()
+    counts: dict[tuple[str, str], list[int]] = {}
+    for journey, step, at in forecaster.held.values():
+        if at <= horizon:
+            counts.setdefault((journey, step), [0, 0])[0] += 1
+    for entry in entries:
+        if entry.reason == Reason.FREQUENCY_CAP and entry.at <= horizon:
+            counts.setdefault((entry.journey, entry.step), [0, 0])[1] += 1
+    limits = Limits(settings.caps.mode, LIMITS_DAYS, tuple(
+        LimitCount(journey, step, deferred, skipped)
+        for (journey, step), (deferred, skipped) in sorted(counts.items())))
+    return [e for e in entries if e.at <= until], limits
 
 
 def diff(db: Database, entries: list[Entry], now: datetime, until: datetime,

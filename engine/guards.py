@@ -7,22 +7,38 @@ the touch point may proceed, or a :class:`Verdict` that says what to record inst
   event since planning ended the journey? (*never stale*)
 * :func:`deadline_verdict` — is it past its deadline? (*too late*)
 * :func:`quiet_hours_verdict` — is it night where the recipient is? (*never at night*)
-* :func:`channel_refusal` — contact present, consent given, not opted out, within the
-  frequency caps? (*consent first*, FCC healthcare exemption)
+* :func:`channel_refusal` — contact present, consent given, not opted out? (*consent
+  first*; in exemption mode, exempt purposes only)
+* :func:`cap_refusal` — within the limits on messages (``caps.mode``)? Else the message
+  waits for the next allowed time within its deadline, or is skipped ``frequency_cap``
+  (*nothing that matters is silenced*).
+
+The limits (per recipient; 0 means none):
+
+* ``consent`` mode (the default: texts go with the patient's consent on file): at most
+  ``caps.sms_per_day`` texts a local day, counting only texts of the same or a higher
+  step priority — a nudge never takes the place of a question or a reminder — and a
+  reminder (priority ``reminder`` or higher) is never held;
+* ``exemption`` mode (a practice texting without consent, under the FCC healthcare
+  exemption): transactional texts only, at most 160 characters
+  (:func:`exemption_length_refusal`), ``caps.transactional_sms_per_day`` a local day and
+  ``caps.transactional_sms_per_week`` in 7 days, whatever their priority;
+* both: ``caps.marketing_per_week`` marketing messages (any channel) in 7 days.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
+from typing import Literal
 
-from engine.definitions.journeys import Journey, Step
+from engine.definitions.journeys import PRIORITIES, Journey, Step
 from engine.outcomes import Reason, Status
 from engine.records import Appointment, Patient, Recipient
 from engine.store.ledger import TouchPoint
 from engine.store.records import RecentSend
-from engine.timing import QuietHours, zone
+from engine.timing import QuietHours, at_local, zone
 
 # What state the anchor appointment must still be in, by the journey's trigger.
 _EXPECTED_STATUS = {
@@ -57,6 +73,7 @@ class Verdict:
 class Defer:
     until: datetime
     detail: str
+    reason: str = "quiet_hours"  # or frequency_cap
 
 
 @dataclass(frozen=True)
@@ -159,43 +176,94 @@ def address_for(person: Patient | Recipient, channel: str) -> str | None:
     return person.phone if channel == "sms" else person.email
 
 
+# The healthcare exemption's length limit on a text, in characters.
+EXEMPT_SMS_LENGTH = 160
+
+
 @dataclass(frozen=True)
 class FrequencyCaps:
-    """Per recipient; 0 means no cap. Transactional messages never count against marketing."""
+    """Per recipient; 0 means no limit (see the module docstring)."""
 
+    mode: Literal["consent", "exemption"] = "consent"
+    sms_per_day: int = 2
     transactional_sms_per_day: int = 1
     transactional_sms_per_week: int = 3
     marketing_per_week: int = 2
 
 
+@dataclass(frozen=True)
+class Held:
+    """A limit is reached: why, and the first moment it has room again."""
+
+    detail: str
+    until: datetime
+
+
+def _next_local_day(now: datetime, timezone: str) -> datetime:
+    tz = zone(timezone)
+    return at_local(now.astimezone(tz).date() + timedelta(days=1), time(0), tz)
+
+
+def _room_in_week(times: Sequence[datetime], cap: int) -> datetime:
+    """When a 7-day window holding ``times`` (at least ``cap`` of them) has room for one
+    more: once all but ``cap - 1`` of them are over 7 days old."""
+    ordered = sorted(times)
+    return ordered[len(ordered) - cap] + timedelta(days=7)
+
+
 def cap_refusal(channel: str, purpose: str, sends: Sequence[RecentSend], now: datetime,
-                caps: FrequencyCaps, timezone: str) -> str | None:
-    """Why another ``purpose`` message by ``channel`` would exceed a cap, or None."""
+                caps: FrequencyCaps, timezone: str,
+                priority: int = PRIORITIES["nudge"]) -> Held | None:
+    """Whether another ``purpose`` message of ``priority`` by ``channel`` would exceed a
+    limit, given what the recipient was sent (``sends``); the local day is
+    ``timezone``'s."""
     week = [s for s in sends if s.at > now - timedelta(days=7)]
     if purpose == "marketing":
-        count = sum(1 for s in week if s.purpose == "marketing")
-        if caps.marketing_per_week and count >= caps.marketing_per_week:
-            return f"{channel}: {count} marketing messages in the last 7 days " \
-                   f"(cap {caps.marketing_per_week})"
-        return None
+        marketing = [s.at for s in week if s.purpose == "marketing"]
+        if caps.marketing_per_week and len(marketing) >= caps.marketing_per_week:
+            return Held(f"{channel}: {len(marketing)} marketing messages in the last 7 days "
+                        f"(cap {caps.marketing_per_week})",
+                        _room_in_week(marketing, caps.marketing_per_week))
     if channel != "sms":
         return None
-    texts = [s for s in week if s.purpose == "transactional" and s.channel == "sms"]
-    today = now.astimezone(zone(timezone)).date()
-    sent_today = sum(1 for s in texts if s.at.astimezone(zone(timezone)).date() == today)
+    tz = zone(timezone)
+    today = now.astimezone(tz).date()
+    if caps.mode == "consent":
+        if not caps.sms_per_day or priority >= PRIORITIES["reminder"]:
+            return None  # a visit's reminder is never the one held
+        counted = sum(1 for s in week if s.channel == "sms" and s.priority >= priority
+                      and s.at.astimezone(tz).date() == today)
+        if counted >= caps.sms_per_day:
+            return Held(f"sms: {counted} text(s) of the same or a higher priority today "
+                        f"(courtesy limit {caps.sms_per_day} a day)",
+                        _next_local_day(now, timezone))
+        return None
+    if purpose == "marketing":
+        return None  # (refused outright in exemption mode: channel_refusal)
+    texts = [s.at for s in week if s.purpose == "transactional" and s.channel == "sms"]
+    sent_today = sum(1 for at in texts if at.astimezone(tz).date() == today)
     if caps.transactional_sms_per_day and sent_today >= caps.transactional_sms_per_day:
-        return f"sms: {sent_today} text(s) today (cap {caps.transactional_sms_per_day} a day)"
+        return Held(f"sms: {sent_today} text(s) today (cap "
+                    f"{caps.transactional_sms_per_day} a day)", _next_local_day(now, timezone))
     if caps.transactional_sms_per_week and len(texts) >= caps.transactional_sms_per_week:
-        return f"sms: {len(texts)} texts in the last 7 days " \
-               f"(cap {caps.transactional_sms_per_week} a week)"
+        return Held(f"sms: {len(texts)} texts in the last 7 days "
+                    f"(cap {caps.transactional_sms_per_week} a week)",
+                    _room_in_week(texts, caps.transactional_sms_per_week))
     return None
+
+
+def exemption_length_refusal(channel: str, body: str, caps: FrequencyCaps | None) -> str | None:
+    """Why a rendered text may not go under the healthcare exemption (too long), or None."""
+    if caps is None or caps.mode != "exemption" or channel != "sms" \
+            or len(body) <= EXEMPT_SMS_LENGTH:
+        return None
+    return f"sms: {len(body)} characters, over the healthcare exemption's " \
+           f"{EXEMPT_SMS_LENGTH} (caps.mode = exemption)"
 
 
 def channel_refusal(channel: str, patient: Patient | Recipient, purpose: str,
                     opt_outs: Mapping[tuple[str, str], set[str]],
-                    sends: Sequence[RecentSend] = (), now: datetime | None = None,
-                    caps: FrequencyCaps | None = None,
-                    timezone: str = "UTC") -> tuple[str, str] | None:
+                    caps: FrequencyCaps | None = None) -> tuple[str, str] | None:
     """(reason, detail) if ``channel`` may not be used for this recipient and purpose."""
     address = address_for(patient, channel)
     if not address:
@@ -208,10 +276,10 @@ def channel_refusal(channel: str, patient: Patient | Recipient, purpose: str,
         return Reason.NO_CONSENT, f"{channel}: no {channel} consent"
     if purpose == "marketing" and not patient.marketing_consent:
         return Reason.NO_CONSENT, f"{channel}: no marketing consent"
-    if caps is not None and now is not None:
-        capped = cap_refusal(channel, purpose, sends, now, caps, timezone)
-        if capped:
-            return Reason.FREQUENCY_CAP, capped
+    if purpose == "marketing" and channel == "sms" and caps is not None \
+            and caps.mode == "exemption":
+        return Reason.NO_CONSENT, "sms: exemption mode texts exempt (transactional) " \
+                                  "messages only; marketing is not exempt"
     return None
 
 
@@ -241,18 +309,40 @@ def decide(tp: TouchPoint, journey: Journey | None, step: Step | None, patient: 
     quiet_verdict = quiet_hours_verdict(tp, now, quiet, timezone)
     if quiet_verdict is not None:
         return quiet_verdict
-    candidates, refusals = [], []
+    candidates: list[str] = []
+    refusals: list[tuple[str, str]] = []
+    holds: list[Held] = []
     channels = step.channels
     if tp.channel in channels:  # a retry: channels before it already failed for good
         channels = channels[channels.index(tp.channel):]
     own = [s for s in sends if s.recipient == tp.recipient]
+    priority = journey.priority_of(step)
     for channel in channels:
-        refusal = channel_refusal(channel, person, tp.purpose, opt_outs, own, now, caps,
-                                  timezone)
+        refusal = channel_refusal(channel, person, tp.purpose, opt_outs, caps)
+        if refusal is None and caps is not None:
+            held = cap_refusal(channel, tp.purpose, own, now, caps, timezone, priority)
+            if held is not None:
+                holds.append(held)
+                refusal = Reason.FREQUENCY_CAP, held.detail
         if refusal is None:
             candidates.append(channel)
         else:
             refusals.append(refusal)
     if not candidates:
-        return Verdict(Status.SKIPPED, refusals[0][0], "; ".join(d for _, d in refusals))
+        detail = "; ".join(d for _, d in refusals)
+        if holds:  # a limit is all that stops it: it waits for room, if it can
+            return _wait_for_room(tp, min(h.until for h in holds), detail, quiet, timezone)
+        return Verdict(Status.SKIPPED, refusals[0][0], detail)
     return Send(tuple(candidates), timezone, tuple(detail for _, detail in refusals))
+
+
+def _wait_for_room(tp: TouchPoint, room: datetime, detail: str, quiet: QuietHours,
+                   timezone: str) -> Defer | Verdict:
+    """Defer to when a limit has room again (and it is daytime there), or skip
+    ``frequency_cap`` if that is past the touch point's deadline."""
+    until = quiet.next_allowed(room, zone(timezone))
+    if tp.expires_at is not None and until >= tp.expires_at:
+        return Verdict(Status.SKIPPED, Reason.FREQUENCY_CAP,
+                       f"{detail}; the next allowed time {until.isoformat()} is past its "
+                       f"deadline {tp.expires_at.isoformat()}")
+    return Defer(until, f"{detail}; deferred", Reason.FREQUENCY_CAP)

@@ -74,8 +74,10 @@ EXPLANATIONS: dict[str, str] = {
     Reason.AMBIGUOUS: "the provider's answer was lost (timeout or server error), so it may or "
                       "may not have been sent; it was not re-sent — a provider callback or "
                       "staff will settle it",
-    Reason.FREQUENCY_CAP: "the patient already had as many messages as the frequency caps allow "
-                          "(FCC healthcare exemption: 1 text a day, 3 a week)",
+    Reason.FREQUENCY_CAP: "a limit on messages held it until past its deadline (the courtesy "
+                          "limit on texts a day, the marketing limit, or in exemption mode "
+                          "the FCC healthcare exemption's 1 text a day, 3 a week, 160 "
+                          "characters)",
     Reason.ONCE_PER: "the journey already ran for this patient within its once_per period",
     Reason.SHARED_ADDRESS: "another recipient of the same message has the same phone number "
                            "or email, and it went there once",

@@ -118,10 +118,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("daemon.housekeeping_cron", "TOUCHPOINT_HOUSEKEEPING_CRON",
             "When the daemon does its housekeeping (crontab, practice's timezone).",
             "30 3 * * *"),
+    Setting("caps.mode", "TOUCHPOINT_CAP_MODE",
+            "consent: texts go with the patient's consent on file, within the courtesy limit "
+            "caps.sms_per_day; exemption: the practice texts without consent, under the FCC "
+            "healthcare exemption (transactional texts only, at most 160 characters, "
+            "caps.transactional_sms_per_day and _per_week).", "consent"),
+    Setting("caps.sms_per_day", "TOUCHPOINT_CAP_SMS_PER_DAY",
+            "Consent mode: courtesy limit on texts per recipient per local day; a text "
+            "waits for the next day when as many of the same or a higher step priority went "
+            "that day (a visit's reminders never wait); 0: no limit.", 2),
     Setting("caps.transactional_sms_per_day", "TOUCHPOINT_CAP_TRANSACTIONAL_SMS_PER_DAY",
-            "Transactional texts a patient gets per day (FCC healthcare exemption: 1).", 1),
+            "Exemption mode: texts a recipient gets per local day (FCC healthcare "
+            "exemption: 1).", 1),
     Setting("caps.transactional_sms_per_week", "TOUCHPOINT_CAP_TRANSACTIONAL_SMS_PER_WEEK",
-            "Transactional texts a patient gets per 7 days (FCC healthcare exemption: 3).", 3),
+            "Exemption mode: texts a recipient gets per 7 days (FCC healthcare exemption: "
+            "3).", 3),
     Setting("caps.marketing_per_week", "TOUCHPOINT_CAP_MARKETING_PER_WEEK",
             "Marketing messages (any channel) a patient gets per 7 days.", 2),
     Setting("channels.fake_outbox", "TOUCHPOINT_FAKE_OUTBOX",
@@ -293,6 +304,8 @@ class Daemon(BaseModel):
 class Caps(BaseModel):
     model_config = ConfigDict(frozen=True)
 
+    mode: Literal["consent", "exemption"] = "consent"
+    sms_per_day: int = Field(2, ge=0)
     transactional_sms_per_day: int = Field(1, ge=0)
     transactional_sms_per_week: int = Field(3, ge=0)
     marketing_per_week: int = Field(2, ge=0)

@@ -16,9 +16,15 @@ Warnings (exit 0), checked on each SMS a step sends, rendered for the sample pat
 * longer than one segment; characters that force UCS-2 (with line and column);
 * a transactional SMS without the practice's name or phone number (FCC healthcare
   exemption); a marketing SMS without STOP wording;
+* in exemption mode (``caps.mode``), a marketing SMS, or one over 160 characters: the
+  dispatcher would not send it;
 * fields marked sensitive (``templates.sensitive_fields``: diagnosis, body part,
   insurance, clinical notes, visit type by default) used in an SMS (HIPAA minimum
   necessary).
+
+The command also says how many messages of the next 14 days a limit (``caps``) would
+defer or skip, by journey and step, from the database's patients and appointments
+(:func:`engine.forecast.forecast_limits`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from engine.definitions.diagnostics import Diagnostic
 from engine.definitions.journeys import Journey, iter_steps
 from engine.definitions.templates import Fields, TemplateSet, format_phone
 from engine.errors import TemplateRenderError
+from engine.guards import EXEMPT_SMS_LENGTH
 from engine.replies import REPLY_TEMPLATES, STAFF_TEMPLATES
 from engine.samples import sample_context, sample_digest
 from engine.settings import Settings
@@ -190,6 +197,7 @@ def _check_renders(definitions: Definitions, settings: Settings, now: datetime,
                         yield from _check_sensitive(templates, file, where,
                                                     settings.templates.sensitive_fields)
                         yield from _check_rendered(journey, body, where, settings)
+                        yield from _check_exemption(journey, body, where, settings)
 
 
 def _check_system_templates(templates: TemplateSet, settings: Settings, now: datetime,
@@ -304,6 +312,24 @@ def _check_rendered(journey: Journey, body: str, where: str, settings: Settings,
         yield Diagnostic(where, 1, f"this {journey.purpose} SMS does not say how to opt out",
                          "end it with \"Reply STOP to opt out\"", severity="warning",
                          code="stop")
+
+
+def _check_exemption(journey: Journey, body: str, where: str, settings: Settings,
+                     ) -> Iterator[Diagnostic]:
+    """In exemption mode (``caps.mode``) a text goes only if it is exempt: transactional,
+    at most 160 characters; the dispatcher refuses the others."""
+    if settings.caps.mode != "exemption":
+        return
+    if journey.purpose == "marketing":
+        yield Diagnostic(where, 1, "in exemption mode marketing texts are never sent",
+                         "send this journey by email, or set caps.mode = \"consent\" if "
+                         "patients gave their consent", severity="warning", code="exemption")
+    elif len(body) > EXEMPT_SMS_LENGTH:
+        yield Diagnostic(where, 1, f"with the sample patient this SMS is {len(body)} "
+                         f"characters: in exemption mode a text over {EXEMPT_SMS_LENGTH} is "
+                         "not sent (the step's next channel is used, or it is skipped)",
+                         f"shorten it to {EXEMPT_SMS_LENGTH} characters", severity="warning",
+                         code="exemption")
 
 
 def _national(phone: str) -> str:

@@ -19,6 +19,7 @@ from freezegun import freeze_time
 from sqlalchemy import update
 
 from engine import clock
+from engine.definitions.journeys import PRIORITIES
 from engine.outcomes import FINAL, Status
 from engine.store.schema import appointments as appointments_table
 from tests.support import Clinic, appointment, patient, write_config, write_csv
@@ -339,6 +340,12 @@ def test_every_touch_point_of_the_demo_ends_with_a_status_and_reason(
     for kind in ("too_late", "appointment_cancelled", "anchor_changed", "no_consent",
                  "journey_exited"):
         assert any(tp.reason == kind for tp in points), kind
+    # nothing that matters is silenced: no reminder, no satisfaction question skipped by a
+    # limit (invariant 8)
+    limited = [tp for tp in points
+               if tp.status == Status.SKIPPED and tp.reason == "frequency_cap"]
+    assert not [tp for tp in limited if clinic.definitions.priority(
+        tp.journey, tp.step, tp.purpose) >= PRIORITIES["question"]]
     # the safety net and the wider customer are part of the story: a minor's parent, the
     # referring offices, the cases the replies and no-shows opened
     sent = [tp for tp in points if tp.status == Status.SENT]

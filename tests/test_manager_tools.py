@@ -170,7 +170,10 @@ def test_the_shipped_library_validates_with_no_errors_and_no_warnings(tmp_path: 
     report = as_json(run_cli("validate", "--json"))
 
     assert text.exit_code == 0, text.output
-    assert text.output == f"{len(report['journeys'])} journeys, 0 error(s), 0 warning(s).\n"
+    assert text.output == (
+        "Limits (caps.mode = consent): not forecast — no database yet at touchpoint.db "
+        "(import patients and appointments first).\n"
+        f"{len(report['journeys'])} journeys, 0 error(s), 0 warning(s).\n")
     assert report["diagnostics"] == []
     assert (report["ok"], report["errors"], report["warnings"]) == (True, 0, 0)
     assert {"follow-up", "pre-visit", "welcome", "win-back"} <= set(report["journeys"])

@@ -1079,67 +1079,99 @@ steps:
 """
 
 
-def run_check_ins(practice: Practice) -> dict[str, tuple[str, str | None, str | None]]:
-    """Create P1 on Monday 09:00 CST and tick at each step's moment: step → outcome."""
-    practice.at(CHECK_IN_MOMENTS[0])
+def run_check_ins(practice: Practice, moments: Sequence[str] = CHECK_IN_MOMENTS,
+                  ) -> dict[str, tuple[str, str | None, str | None]]:
+    """Create P1 on Monday 09:00 CST and tick at each step's moment (or at ``moments``):
+    step → outcome."""
+    practice.at(moments[0])
     practice.clinic.patients(patient("P1"))
-    for moment in CHECK_IN_MOMENTS:
+    for moment in moments:
         practice.at(moment)
         practice.clinic.tick()
     return {t.step: (t.status, t.reason, t.channel)
             for t in practice.clinic.touch_points(journey="check-in")}
 
 
-def test_frequency_caps_default_to_one_text_a_day_and_three_a_week(
+EXEMPTION = '\n[caps]\nmode = "exemption"\n'
+
+
+def test_exemption_mode_allows_one_text_a_day_and_three_a_week_deferring_what_it_can(
         database_url: str, tmp_path: Path) -> None:
-    practice = Practice(database_url, tmp_path, schedules=schedules(tmp_path, CHECK_INS))
+    practice = Practice(database_url, tmp_path, extra=EXEMPTION,
+                        schedules=schedules(tmp_path, CHECK_INS))
     try:
-        outcomes = run_check_ins(practice)
+        # (the daemon ticks every few seconds; here also at 08:00, when deferred texts are due)
+        outcomes = run_check_ins(practice, sorted(
+            [*CHECK_IN_MOMENTS, "2026-11-03T08:00:00-06:00", "2026-11-04T08:00:00-06:00",
+             "2026-11-05T08:00:00-06:00"]))
         assert outcomes == {
             "first": (Status.SENT, None, "sms"),
             "same-day": (Status.SENT, None, "email"),  # the text was capped: email instead
-            "same-evening": (Status.SKIPPED, "frequency_cap", None),  # text only
-            "day-1": (Status.SENT, None, "sms"),
-            "day-2": (Status.SENT, None, "sms"),
-            "day-3": (Status.SKIPPED, "frequency_cap", None),  # the 4th text in 7 days
-            "day-8": (Status.SENT, None, "sms"),  # Monday's and Tuesday's fell out of the week
+            "same-evening": (Status.SENT, None, "sms"),  # text only: waited for Tuesday
+            "day-1": (Status.SENT, None, "sms"),  # ...so this one waited for Wednesday
+            "day-2": (Status.SKIPPED, "frequency_cap", None),  # the 4th text in 7 days
+            "day-3": (Status.SKIPPED, "frequency_cap", None),
+            "day-8": (Status.SENT, None, "sms"),  # Tuesday's fell out of the week
         }
-        details = {t.step: t.detail for t in practice.clinic.touch_points(journey="check-in")}
-        assert details["same-evening"] == "sms: 1 text(s) today (cap 1 a day)"
-        assert details["day-3"] == "sms: 3 texts in the last 7 days (cap 3 a week)"
+        rows = {t.step: t for t in practice.clinic.touch_points(journey="check-in")}
+        assert rows["same-evening"].sending_at == datetime.fromisoformat(
+            "2026-11-03T08:00:00-06:00")
+        assert [(h.reason, h.detail) for h in practice.clinic.history(rows["same-evening"])
+                if h.kind == "deferred"] == [
+            ("frequency_cap", "sms: 1 text(s) today (cap 1 a day); deferred")]
+        assert rows["day-2"].detail == (
+            "sms: 3 texts in the last 7 days (cap 3 a week); the next allowed time "
+            "2026-11-09T15:00:00+00:00 is past its deadline 2026-11-05T16:00:00+00:00")
         same_day = practice.clinic.one("check-in", "same-day")
         assert [h.detail for h in practice.clinic.history(same_day)
                 if h.status == Status.SENDING] == [
             "email via fake to p•••@example.com (passed over sms: 1 text(s) today "
             "(cap 1 a day))"]
-        why = practice.cli("why", str(practice.clinic.one("check-in", "same-evening").id))
+        why = practice.cli("why", str(rows["day-3"].id))
         assert "  status      skipped (frequency_cap)" in why.output
-        assert [m.step for m in practice.texts()] == ["first", "day-1", "day-2", "day-8"]
+        assert [m.step for m in practice.texts()] == ["first", "same-evening", "day-1", "day-8"]
+    finally:
+        practice.close()
+
+
+def test_consent_mode_sends_two_texts_a_day_and_defers_the_third_to_the_next_morning(
+        database_url: str, tmp_path: Path) -> None:
+    """The default: with consent on file the exemption's 1/3 limits do not apply."""
+    practice = Practice(database_url, tmp_path, schedules=schedules(tmp_path, CHECK_INS))
+    try:
+        outcomes = run_check_ins(practice)
+        assert outcomes == {step: (Status.SENT, None, "sms") for step in (
+            "first", "same-day", "same-evening", "day-1", "day-2", "day-3", "day-8")}
+        evening = practice.clinic.one("check-in", "same-evening")
+        assert [(h.reason, h.detail) for h in practice.clinic.history(evening)
+                if h.kind == "deferred"] == [
+            ("frequency_cap", "sms: 2 text(s) of the same or a higher priority today "
+                              "(courtesy limit 2 a day); deferred")]
+        assert evening.sending_at == datetime.fromisoformat("2026-11-03T10:00:00-06:00")
     finally:
         practice.close()
 
 
 def test_frequency_caps_are_configurable_and_zero_means_no_cap(
         sqlite_url: str, tmp_path: Path) -> None:
-    caps = ("\n[caps]\ntransactional_sms_per_day = 2\ntransactional_sms_per_week = 0\n"
-            "marketing_per_week = 0\n")
+    caps = ('\n[caps]\nmode = "exemption"\ntransactional_sms_per_day = 2\n'
+            "transactional_sms_per_week = 0\nmarketing_per_week = 0\n")
     practice = Practice(sqlite_url, tmp_path, extra=caps,
                         schedules=schedules(tmp_path, CHECK_INS, MARKETING_TEXT_THEN_EMAILS))
     try:
         outcomes = run_check_ins(practice)
-        assert outcomes == {
-            "first": (Status.SENT, None, "sms"),
-            "same-day": (Status.SENT, None, "sms"),
-            "same-evening": (Status.SKIPPED, "frequency_cap", None),
-            "day-1": (Status.SENT, None, "sms"),
-            "day-2": (Status.SENT, None, "sms"),
-            "day-3": (Status.SENT, None, "sms"),
-            "day-8": (Status.SENT, None, "sms"),
-        }
-        assert practice.clinic.one("check-in", "same-evening").detail == \
-            "sms: 2 text(s) today (cap 2 a day)"
-        assert {t.step: t.status for t in practice.clinic.touch_points(journey="offers")} == {
-            "text": Status.SENT, "email-1": Status.SENT, "email-2": Status.SENT}
+        assert outcomes == {step: (Status.SENT, None, "sms") for step in (
+            "first", "same-day", "same-evening", "day-1", "day-2", "day-3", "day-8")}
+        assert practice.clinic.one("check-in", "same-evening").sending_at == \
+            datetime.fromisoformat("2026-11-03T10:00:00-06:00")  # the 3rd text of Monday
+        # exemption mode texts nothing that is not exempt: the offers go by email
+        assert {t.step: (t.status, t.reason, t.channel)
+                for t in practice.clinic.touch_points(journey="offers")} == {
+            "text": (Status.SKIPPED, "no_consent", None), "email-1": (Status.SENT, None, "email"),
+            "email-2": (Status.SENT, None, "email")}
+        assert practice.clinic.one("offers", "text").detail == (
+            "sms: exemption mode texts exempt (transactional) messages only; marketing is not "
+            "exempt")
     finally:
         practice.close()
 
@@ -1172,7 +1204,8 @@ steps:
                           "email-2": (Status.SKIPPED, "frequency_cap", None)}
         assert practice.clinic.one("offers", "email-2").detail == (
             "email: 2 marketing messages in the last 7 days (cap 2); "
-            "sms: 2 marketing messages in the last 7 days (cap 2)")
+            "sms: 2 marketing messages in the last 7 days (cap 2); the next allowed time "
+            "2026-11-09T15:00:00+00:00 is past its deadline 2026-11-03T17:00:00+00:00")
         sent = practice.clinic.one("check-in", "reminder")
         assert (sent.status, sent.channel) == (Status.SENT, "sms")
         assert [m.step for m in practice.texts()] == ["text", "reminder"]
@@ -1199,7 +1232,8 @@ steps:
     channels: [sms]
     template: welcome/welcome
 """
-    practice = Practice(database_url, tmp_path, schedules=schedules(tmp_path, two_texts))
+    practice = Practice(database_url, tmp_path, extra=EXEMPTION,
+                        schedules=schedules(tmp_path, two_texts))
     hawaii = {"timezone": "Pacific/Honolulu"}
     try:
         # P1: 08:30 and 20:00 HST Monday — one local day, but Mon/Tue in Chicago and UTC
@@ -1218,10 +1252,18 @@ steps:
                     for t in practice.clinic.touch_points()}
         assert sorted(outcomes.items()) == [
             ((1, "first"), (Status.SENT, None)),
-            ((1, "second"), (Status.SKIPPED, "frequency_cap")),
+            ((1, "second"), (Status.SENT, None)),
             ((2, "first"), (Status.SENT, None)),
             ((2, "second"), (Status.SENT, None)),
         ]
+        # P1's second waited for the next day, which starts at 08:00 in Honolulu
+        second = practice.clinic.one("check-in", "second", patient_id=1)
+        assert [h.reason for h in practice.clinic.history(second) if h.kind == "deferred"] \
+            == ["frequency_cap"]
+        assert second.sending_at == datetime.fromisoformat("2026-11-03T08:00:00-10:00")
+        p2 = practice.clinic.one("check-in", "second", patient_id=2)
+        assert p2.sending_at == datetime.fromisoformat("2026-11-03T08:00:00-10:00")
+        assert not [h for h in practice.clinic.history(p2) if h.kind == "deferred"]
     finally:
         practice.close()
 

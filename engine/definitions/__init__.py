@@ -16,7 +16,13 @@ from pathlib import Path
 from jinja2 import TemplateSyntaxError
 
 from engine.definitions.diagnostics import Diagnostic, errors
-from engine.definitions.journeys import Journey, Step, iter_steps, load_journeys
+from engine.definitions.journeys import (
+    PRIORITIES,
+    Journey,
+    Step,
+    iter_steps,
+    load_journeys,
+)
 from engine.definitions.templates import TemplateSet
 from engine.errors import DefinitionError
 
@@ -46,6 +52,15 @@ class Definitions:
 
     def journey(self, name: str) -> Journey | None:
         return self.journeys.get(name)
+
+    def priority(self, journey: str, step: str, purpose: str) -> int:
+        """The priority of ``journey``/``step`` (:meth:`Journey.priority_of`); a step no
+        longer in schedules/ ranks as a nudge, or as marketing by that purpose."""
+        found = self.journeys.get(journey)
+        defined = found.step(step) if found is not None else None
+        if found is None or defined is None:
+            return PRIORITIES["marketing" if purpose == "marketing" else "nudge"]
+        return found.priority_of(defined)
 
     @property
     def score_steps(self) -> frozenset[tuple[str, str]]:

@@ -18,6 +18,8 @@ it (``on: a``). ``recipient`` addresses the patient (the default: for a minor, t
 guardians), their ``contacts``, both, or the patient's ``referrer``. ``once_per: 180d``
 starts the journey at most once per patient in that period; ``asks: score`` marks the
 step whose text asks the 0–10 question, so a reply to it is read as the answer.
+``priority:`` (reminder, question, nudge, marketing, or a number from 0 to 100) says which
+message waits when a limit on texts is reached (see :meth:`Journey.priority_of`).
 
 Every problem is reported as a :class:`Diagnostic` with file, line and a fix; loading
 never raises on bad input.
@@ -87,6 +89,9 @@ RETIRED_TRIGGERS = {
         "patient.discharged]` with `only_if: \"appointment.visit_number == 6\"` (see "
         "schedules/review-request.yaml)"),
 }
+# A step's priority, by name: when a limit on texts is reached, the lower one waits.
+PRIORITIES = {"reminder": 40, "question": 30, "nudge": 20, "marketing": 10}
+MAX_PRIORITY = 100
 # Events about an appointment that already exists: on a journey anchored on an
 # appointment they end the run for *that* appointment only (a cancelled visit does not
 # stop the reminders of another visit). A newly booked visit ends runs of any anchor.
@@ -101,7 +106,7 @@ MAX_VALUES = 10_000
 _TOP_KEYS = ("version", "journey", "description", "purpose", "trigger", "exit_on", "once_per",
              "steps")
 _STEP_KEYS = ("id", "on", "when", "channels", "template", "catch_up", "expires_after",
-              "exit_on", "only_if", "recipient", "asks", "description")
+              "exit_on", "only_if", "recipient", "asks", "priority", "description")
 _WHEN_KEYS = ("immediately", "before", "after", "days_before", "days_after", "at")
 
 
@@ -156,6 +161,7 @@ class Step:
     recipient: str | None = None
     on: str | None = None  # which of the journey's triggers starts it (None: the only one)
     asks: str | None = None  # "score": a reply to it answers the 0-10 question
+    priority: int | None = None  # None: by kind (see Journey.priority_of)
 
     def fingerprint(self) -> str:
         """Changes when anything that decides timing or content of this step changes."""
@@ -236,6 +242,20 @@ class Journey:
 
     def exits_for(self, step: Step) -> tuple[ExitRule, ...]:
         return step.exit_on if step.exit_on is not None else self.exit_on
+
+    def priority_of(self, step: Step) -> int:
+        """The step's ``priority:``, or by kind: a marketing journey's step is marketing, a
+        step timed before its appointment a reminder, one that asks the 0-10 question a
+        question, any other a nudge."""
+        if step.priority is not None:
+            return step.priority
+        if self.purpose == "marketing":
+            return PRIORITIES["marketing"]
+        if step.when.before_anchor:
+            return PRIORITIES["reminder"]
+        if step.asks == "score":
+            return PRIORITIES["question"]
+        return PRIORITIES["nudge"]
 
 
 # --------------------------------------------------------------------------- loading
@@ -617,6 +637,7 @@ class _JourneyReader:
         elif asks is not None and isinstance(channels, list) and "sms" not in channels:
             self.error(self.key_line(item, "asks"), "asks: score reads text replies, but the "
                        "step sends no SMS", "add sms to channels, or remove asks")
+        priority = self.read_priority(item)
         if len(self.diagnostics) > before or when is None:
             return None
         return Step(
@@ -632,7 +653,26 @@ class _JourneyReader:
             recipient=recipient,
             on=trigger.event if on is not None and trigger is not None else None,
             asks=asks,
+            priority=priority,
         )
+
+    def read_priority(self, item: CommentedMap) -> int | None:
+        if "priority" not in item:
+            return None
+        raw = item["priority"]
+        if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= MAX_PRIORITY:
+            return raw
+        if isinstance(raw, str) and raw.strip() in PRIORITIES:
+            return PRIORITIES[raw.strip()]
+        names = ", ".join(PRIORITIES)
+        self.error(self.key_line(item, "priority"),
+                   f"priority must be one of {names} or a number from 0 to {MAX_PRIORITY}, "
+                   f"not {raw!r}",
+                   did_you_mean(str(raw), tuple(PRIORITIES),
+                                f"write e.g. `priority: reminder` (highest) — {names} are "
+                                + ", ".join(str(v) for v in PRIORITIES.values())),
+                   code="priority")
+        return None
 
     def read_when(self, item: CommentedMap, trigger: Trigger | None) -> When | None:
         line = self.key_line(item, "when")

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from engine.definitions.journeys import CHANNELS, SYSTEM_JOURNEYS
+from engine.definitions.journeys import CHANNELS, PRIORITIES, SYSTEM_JOURNEYS
 from engine.records import Appointment, Contact, Event, Patient, Referrer
 from engine.store.schema import (
     appointments,
@@ -340,6 +340,10 @@ class RecentSend:
     channel: str
     at: datetime
     recipient: str = "patient"  # caps count what each person received
+    journey: str = ""
+    step: str = ""
+    # ranks it against the message a limit would hold (Definitions.priority)
+    priority: int = PRIORITIES["nudge"]
 
 
 def recent_sends(conn: Connection, patient_ids: Iterable[int], since: datetime,
@@ -352,12 +356,14 @@ def recent_sends(conn: Connection, patient_ids: Iterable[int], since: datetime,
     for part in chunks(sorted(set(patient_ids))):
         rows = conn.execute(
             select(touch_points.c.patient_id, touch_points.c.purpose, touch_points.c.channel,
-                   touch_points.c.sending_at, touch_points.c.recipient)
+                   touch_points.c.sending_at, touch_points.c.recipient,
+                   touch_points.c.journey, touch_points.c.step)
             .where(among(conn, touch_points.c.patient_id, part),
                    touch_points.c.status.in_(("sending", "sent", "delivered", "unknown")),
                    touch_points.c.sending_at >= since, touch_points.c.test == false(),
                    touch_points.c.journey.not_in(SYSTEM_JOURNEYS)))
         for row in rows:
             found.setdefault(row.patient_id, []).append(
-                RecentSend(row.purpose, row.channel, row.sending_at, row.recipient))
+                RecentSend(row.purpose, row.channel, row.sending_at, row.recipient,
+                           row.journey, row.step))
     return found

@@ -1,0 +1,421 @@
+"""Limits on messages (``caps``): who waits, who is never held, and what is skipped.
+
+Invariant 8, *nothing that matters is silenced*: with consent on file a courtesy limit
+and step priorities decide which message waits, and a visit's reminder is never the one
+dropped; exemption mode keeps the FCC healthcare exemption's rules.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from engine import clock
+from engine.cli import cli
+from engine.definitions.journeys import PRIORITIES, Journey, Step, parse_journey
+from engine.guards import Defer, FrequencyCaps, Held, Verdict, cap_refusal, decide
+from engine.outcomes import Status
+from engine.records import Patient
+from engine.store.ledger import TouchPoint
+from engine.store.records import RecentSend
+from engine.timing import QuietHours
+from tests.support import (
+    LIBRARY_SCHEDULES,
+    LIBRARY_TEMPLATES,
+    Clinic,
+    appointment,
+    patient,
+    write_config,
+)
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def journey_text(*steps: str, purpose: str = "transactional",
+                 trigger: str = "patient.created") -> str:
+    return (f"version: 1\njourney: j\npurpose: {purpose}\ntrigger: {trigger}\nsteps:\n"
+            + "".join(steps))
+
+
+def step_text(step_id: str, *extra: str, when: str = "immediately") -> str:
+    lines = [f"  - id: {step_id}\n", f"    when: {when}\n", "    channels: [sms]\n",
+             "    template: welcome/welcome\n"]
+    return "".join(lines + [f"    {line}\n" for line in extra])
+
+
+def write_schedules(folder: Path, *journeys: str) -> Path:
+    target = folder / "schedules"
+    target.mkdir()
+    for index, text in enumerate(journeys):
+        (target / f"journey-{index}.yaml").write_text(text, encoding="utf-8")
+    return target
+
+
+# --------------------------------------------------------------------------- priority:
+
+
+def test_a_step_priority_is_a_name_or_a_number_and_defaults_by_kind() -> None:
+    journey, found = parse_journey(journey_text(
+        step_text("named", "priority: question"),
+        step_text("numbered", "priority: 35"),
+        step_text("visit", when="{days_before: 1, at: \"10:00\"}"),
+        step_text("score", "asks: score"),
+        step_text("other", when="{after: 1h}"),
+        trigger="appointment.booked"), "j.yaml")
+    assert found == []
+    assert journey is not None
+    assert {s.id: journey.priority_of(s) for s in journey.steps} == {
+        "named": PRIORITIES["question"], "numbered": 35, "visit": PRIORITIES["reminder"],
+        "score": PRIORITIES["question"], "other": PRIORITIES["nudge"]}
+    offers, found = parse_journey(journey_text(step_text("offer"), purpose="marketing"),
+                                  "o.yaml")
+    assert found == [] and offers is not None
+    assert offers.priority_of(offers.steps[0]) == PRIORITIES["marketing"]
+    assert PRIORITIES["reminder"] > PRIORITIES["question"] > PRIORITIES["nudge"] \
+        > PRIORITIES["marketing"]
+
+
+@pytest.mark.parametrize(("value", "hint"), [
+    ("reminders", "did you mean 'reminder'?"),
+    ("101", "write e.g. `priority: reminder`"),
+    ("true", "write e.g. `priority: reminder`"),
+])
+def test_a_bad_priority_is_reported_with_its_file_and_line(value: str, hint: str) -> None:
+    journey, found = parse_journey(journey_text(
+        step_text("ok"), step_text("bad", f"priority: {value}")), "j.yaml")
+    assert journey is None
+    assert [(d.file, d.line, d.code) for d in found] == [("j.yaml", 14, "priority")]
+    assert found[0].message.startswith("priority must be one of reminder, question, nudge, "
+                                       "marketing or a number from 0 to 100")
+    assert found[0].fix.startswith(hint)
+
+
+# --------------------------------------------------------------------------- the guards
+
+
+def text_at(at: str, priority: int = PRIORITIES["nudge"], purpose: str = "transactional",
+            ) -> RecentSend:
+    return RecentSend(purpose, "sms", utc(at), priority=priority)
+
+
+def test_the_courtesy_day_is_the_recipients_and_survives_a_dst_change() -> None:
+    """Chicago leaves daylight saving time on Sunday 1 Nov 2026: the next local day
+    begins at 05:00 UTC on Sunday, and 08:00 there is 14:00 UTC (13:00 the day before)."""
+    caps = FrequencyCaps()
+    now = utc("2026-10-31T19:00:00-05:00")
+    sends = [text_at("2026-10-31T09:00:00-05:00"), text_at("2026-10-31T12:00:00-05:00")]
+    held = cap_refusal("sms", "transactional", sends, now, caps, "America/Chicago")
+    assert held == Held("sms: 2 text(s) of the same or a higher priority today (courtesy "
+                        "limit 2 a day)", utc("2026-11-01T00:00:00-05:00"))
+    tp = planned_touch_point(due=now, expires=now + timedelta(days=1))
+    decision = decide(tp, *nudge_journey(), chicago_patient(), None, {}, {}, now,
+                      QuietHours(), "America/Chicago", sends, caps)
+    assert decision == Defer(utc("2026-11-01T14:00:00Z"), "sms: 2 text(s) of the same or a "
+                             "higher priority today (courtesy limit 2 a day); deferred",
+                             "frequency_cap")
+    # Honolulu's day is not Chicago's: both texts were early on Saturday there
+    assert cap_refusal("sms", "transactional", sends, utc("2026-11-01T04:30:00Z"), caps,
+                       "Pacific/Honolulu") is not None  # 18:30 HST, same HST day
+    assert cap_refusal("sms", "transactional", sends, utc("2026-11-01T10:30:00Z"), caps,
+                       "Pacific/Honolulu") is None  # 00:30 HST Sunday
+
+
+def test_reminders_are_never_held_and_count_only_against_what_ranks_lower_or_equal() -> None:
+    caps = FrequencyCaps()
+    now = utc("2026-11-02T15:00:00-06:00")
+    reminders = [text_at("2026-11-02T08:00:00-06:00", PRIORITIES["reminder"]),
+                 text_at("2026-11-02T10:00:00-06:00", PRIORITIES["reminder"]),
+                 text_at("2026-11-02T12:00:00-06:00", PRIORITIES["reminder"])]
+    assert cap_refusal("sms", "transactional", reminders, now, caps, "America/Chicago",
+                       PRIORITIES["reminder"]) is None
+    assert cap_refusal("sms", "transactional", reminders, now, caps, "America/Chicago",
+                       PRIORITIES["nudge"]) is not None
+    nudges = [text_at("2026-11-02T09:00:00-06:00"), text_at("2026-11-02T10:00:00-06:00")]
+    assert cap_refusal("sms", "transactional", nudges, now, caps, "America/Chicago",
+                       PRIORITIES["question"]) is None
+    assert cap_refusal("sms", "transactional", nudges, now, caps, "America/Chicago",
+                       PRIORITIES["nudge"]) is not None
+    assert cap_refusal("sms", "transactional", nudges, now,
+                       FrequencyCaps(sms_per_day=0), "America/Chicago") is None
+
+
+def test_exemption_mode_counts_every_text_and_waits_for_room_in_the_week() -> None:
+    caps = FrequencyCaps(mode="exemption")
+    now = utc("2026-11-05T10:00:00-06:00")
+    week = [text_at("2026-11-02T09:00:00-06:00", PRIORITIES["nudge"]),
+            text_at("2026-11-03T09:00:00-06:00", PRIORITIES["nudge"]),
+            text_at("2026-11-04T09:00:00-06:00", PRIORITIES["nudge"])]
+    held = cap_refusal("sms", "transactional", week, now, caps, "America/Chicago",
+                       PRIORITIES["reminder"])  # priority does not matter here
+    assert held == Held("sms: 3 texts in the last 7 days (cap 3 a week)",
+                        utc("2026-11-09T09:00:00-06:00"))
+    today = [text_at("2026-11-05T08:00:00-06:00", PRIORITIES["marketing"])]
+    held = cap_refusal("sms", "transactional", today, now, caps, "America/Chicago",
+                       PRIORITIES["reminder"])
+    assert held is not None and held.until == utc("2026-11-06T00:00:00-06:00")
+
+
+def chicago_patient() -> Patient:
+    return Patient(id=1, external_id="P1", first_name="Ana", last_name="Reyes",
+                   phone="+13125550100", email=None, language="en",
+                   timezone="America/Chicago", sms_consent=True, email_consent=False,
+                   marketing_consent=False)
+
+
+def nudge_journey() -> tuple[Journey, Step]:
+    journey, _ = parse_journey(journey_text(step_text("nudge")), "j.yaml")
+    assert journey is not None
+    return journey, journey.steps[0]
+
+
+def planned_touch_point(due: datetime, expires: datetime | None) -> TouchPoint:
+    return TouchPoint(
+        id=1, patient_id=1, appointment_id=None, recipient="patient", test=False, journey="j",
+        step="nudge", anchor="patient:1", purpose="transactional", event_id=1,
+        step_fingerprint="", due_at=due, expires_at=expires, status=Status.PLANNED,
+        reason=None, detail=None, channel=None, address=None, provider=None,
+        provider_message_id=None, template_file=None, content=None, attempts=0,
+        claimed_by=None, claim_expires_at=None, sending_at=None, sent_at=None,
+        finished_at=None, planned_at=due, updated_at=due)
+
+
+def test_a_held_message_past_its_deadline_is_skipped_frequency_cap() -> None:
+    now = utc("2026-11-02T18:00:00-06:00")
+    sends = [text_at("2026-11-02T09:00:00-06:00"), text_at("2026-11-02T12:00:00-06:00")]
+    tp = planned_touch_point(due=now, expires=now + timedelta(hours=3))
+    decision = decide(tp, *nudge_journey(), chicago_patient(), None, {}, {}, now,
+                      QuietHours(), "America/Chicago", sends, FrequencyCaps())
+    assert isinstance(decision, Verdict)
+    assert (decision.status, decision.reason) == (Status.SKIPPED, "frequency_cap")
+    assert decision.detail.endswith("the next allowed time 2026-11-03T14:00:00+00:00 is "
+                                    "past its deadline 2026-11-03T03:00:00+00:00")
+
+
+# --------------------------------------------------------------------------- a practice
+
+
+def test_a_patient_with_three_visits_a_week_gets_every_reminder_by_text(
+        database_url: str, tmp_path: Path) -> None:
+    """Mon/Wed/Fri for two weeks: on a visit day the 2-hour reminder and the next
+    visit's 2-day reminder both go (the exemption would allow one), across the end of
+    daylight saving time on Sunday 1 November."""
+    clinic = Clinic(database_url, tmp_path)
+    try:
+        clock.set_now(utc("2026-10-29T09:00:00-05:00"))
+        clinic.patients(patient("P1"))
+        days = ("2026-11-02", "2026-11-04", "2026-11-06", "2026-11-09", "2026-11-11",
+                "2026-11-13")
+        clinic.appointments(*(appointment(f"A{n}", "P1", f"{day}T10:00:00-06:00")
+                              for n, day in enumerate(days)))
+        clinic.run_until(utc("2026-11-13T10:00:00-06:00"), timedelta(hours=1))
+        reminders = clinic.touch_points(journey="pre-visit")
+        assert len(reminders) == 12
+        assert {(tp.step, tp.status, tp.channel) for tp in reminders} == {
+            ("two-days-before", Status.SENT, "sms"), ("two-hours-before", Status.SENT, "sms")}
+        assert not [h for tp in reminders for h in clinic.history(tp) if h.kind == "deferred"]
+        # two reminders on each visit day but the first, at 08:00 and 10:00 local
+        monday = [tp.sending_at for tp in reminders
+                  if tp.sending_at is not None and tp.sending_at.date().isoformat() == days[3]]
+        assert monday == [utc(f"{days[3]}T08:00:00-06:00"), utc(f"{days[3]}T10:00:00-06:00")]
+    finally:
+        clinic.close()
+
+
+VISIT_REMINDERS = journey_text(
+    step_text("day-before", when="{days_before: 1, at: \"09:00\"}"),
+    step_text("two-hours", when="{before: 2h}"), trigger="appointment.booked")
+CHECK_IN = """version: 1
+journey: check-in
+purpose: transactional
+trigger: patient.created
+steps:
+""" + step_text("nudge", "expires_after: 2d", when="{after: 3h}") \
+    + step_text("nudge-2", when="{after: 4h}") \
+    + step_text("question", "priority: question", "expires_after: 2d", when="{after: 5h}")
+
+
+def test_a_nudge_waits_for_the_next_day_when_reminders_filled_it_and_a_question_is_not_held_by_nudges(  # noqa: E501
+        database_url: str, tmp_path: Path) -> None:
+    clinic = Clinic(database_url, tmp_path, schedules=write_schedules(
+        tmp_path, VISIT_REMINDERS, CHECK_IN))
+    try:
+        # P1 has visits Monday 13:00 and Tuesday 13:00: reminders Mon 09:00 and 11:00
+        clock.set_now(utc("2026-11-02T09:00:00-06:00"))
+        clinic.patients(patient("P1", email=""),
+                        patient("P2", phone="(312) 555-0102", email=""))
+        clinic.appointments(appointment("A1", "P1", "2026-11-02T13:00:00-06:00"),
+                            appointment("A2", "P1", "2026-11-03T13:00:00-06:00"))
+        clinic.run_until(utc("2026-11-03T12:00:00-06:00"), timedelta(minutes=30))
+        sent = sorted((tp.patient_id, tp.sending_at, tp.step) for tp in clinic.touch_points()
+                      if tp.status == Status.SENT)
+        assert sent == [
+            (1, utc("2026-11-02T09:00:00-06:00"), "day-before"),  # (of Tuesday's visit)
+            (1, utc("2026-11-02T11:00:00-06:00"), "two-hours"),
+            # two reminders filled Monday: the nudges and the question wait for Tuesday
+            (1, utc("2026-11-03T08:00:00-06:00"), "nudge"),
+            (1, utc("2026-11-03T08:00:00-06:00"), "nudge-2"),
+            (1, utc("2026-11-03T08:00:00-06:00"), "question"),
+            (1, utc("2026-11-03T11:00:00-06:00"), "two-hours"),  # a reminder is never held
+            # P2 had no reminders: two nudges went, and the question still goes that day
+            (2, utc("2026-11-02T12:00:00-06:00"), "nudge"),
+            (2, utc("2026-11-02T13:00:00-06:00"), "nudge-2"),
+            (2, utc("2026-11-02T14:00:00-06:00"), "question"),
+        ]
+        question = clinic.one("check-in", "question", patient_id=1)
+        assert [(h.reason, h.detail) for h in clinic.history(question)
+                if h.kind == "deferred"] == [
+            ("frequency_cap", "sms: 2 text(s) of the same or a higher priority today "
+                              "(courtesy limit 2 a day); deferred")]
+    finally:
+        clinic.close()
+
+
+LONG_TEXT = ("{{ practice.name }}: hi {{ patient.first_name }}, thanks for choosing us. Here is "
+             "everything you need before your first visit: {{ practice.links.intake }} Call "
+             "{{ practice.phone }} with questions. STOP to opt out")
+
+
+def exemption_library(folder: Path) -> tuple[Path, Path]:
+    templates = folder / "templates"
+    shutil.copytree(LIBRARY_TEMPLATES, templates)
+    (templates / "long").mkdir()
+    (templates / "long" / "text.sms.j2").write_text(LONG_TEXT, encoding="utf-8")
+    shutil.copy(templates / "welcome" / "welcome.email.j2", templates / "long" / "text.email.j2")
+    schedules = write_schedules(folder, """version: 1
+journey: long
+purpose: transactional
+trigger: patient.created
+steps:
+  - id: text-only
+    when: immediately
+    channels: [sms]
+    template: long/text
+  - id: text-or-email
+    when: {days_after: 1, at: "10:00"}
+    channels: [sms, email]
+    template: long/text
+  - id: short
+    when: {days_after: 2, at: "10:00"}
+    channels: [sms]
+    template: welcome/welcome
+""")
+    return schedules, templates
+
+
+@pytest.mark.parametrize("mode", ["exemption", "consent"])
+def test_exemption_mode_sends_no_text_longer_than_160_characters(
+        sqlite_url: str, tmp_path: Path, mode: str) -> None:
+    schedules, templates = exemption_library(tmp_path)
+    clinic = Clinic(sqlite_url, tmp_path, config_extra=f'\n[caps]\nmode = "{mode}"\n',
+                    schedules=schedules, templates=templates)
+    try:
+        clock.set_now(utc("2026-11-02T09:00:00-06:00"))
+        clinic.patients(patient("P1"))
+        clinic.run_until(utc("2026-11-04T10:00:00-06:00"), timedelta(hours=1))
+        outcomes = {tp.step: (tp.status, tp.reason, tp.channel)
+                    for tp in clinic.touch_points(journey="long")}
+        if mode == "consent":
+            assert set(outcomes.values()) == {(Status.SENT, None, "sms")}
+            return
+        assert outcomes == {"text-only": (Status.SKIPPED, "frequency_cap", None),
+                            "text-or-email": (Status.SENT, None, "email"),
+                            "short": (Status.SENT, None, "sms")}
+        length = len(clinic.sms.sent[0].body)
+        assert 130 < length <= 160  # the welcome text, as exempt
+        assert clinic.one("long", "text-only").detail == (
+            "sms: 199 characters, over the healthcare exemption's 160 (caps.mode = exemption)")
+        assert not clinic.sent_to(clinic.one("long", "text-only").id)
+    finally:
+        clinic.close()
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def test_validate_and_forecast_count_what_the_limits_defer_or_skip_in_14_days(
+        database_url: str, tmp_path: Path) -> None:
+    late = """version: 1
+journey: check-in
+purpose: transactional
+trigger: patient.created
+steps:
+""" + step_text("nudge", when="{after: 3h}") \
+        + step_text("same-day-only", "expires_after: 2h", when="{after: 4h}")
+    schedules = write_schedules(tmp_path, VISIT_REMINDERS, late)
+    clinic = Clinic(database_url, tmp_path, schedules=schedules)
+    try:
+        clock.set_now(utc("2026-11-02T09:00:00-06:00"))
+        clinic.patients(patient("P1", email=""))
+        clinic.appointments(appointment("A1", "P1", "2026-11-02T13:00:00-06:00"),
+                            appointment("A2", "P1", "2026-11-03T13:00:00-06:00"))
+        clinic.tick()
+
+        def run(*args: str) -> str:
+            result = CliRunner().invoke(cli, [
+                "--config", str(clinic.config), "--db", database_url, "--schedules",
+                str(schedules), "--templates", str(LIBRARY_TEMPLATES),
+                "--now", "2026-11-02T09:00:00-06:00", *args])
+            assert result.exit_code == 0, result.output
+            return result.stdout
+
+        expected = {"mode": "consent", "days": 14, "deferred": 1, "skipped": 1, "by_step": [
+            {"journey": "check-in", "step": "nudge", "deferred": 1, "skipped": 0},
+            {"journey": "check-in", "step": "same-day-only", "deferred": 0, "skipped": 1}]}
+        # (forecast --days 1 still counts 14 days of limits)
+        assert json.loads(run("forecast", "--days", "1", "--json"))["limits"] == expected
+        assert json.loads(run("validate", "--json"))["limits"] == expected
+        text = run("validate")
+        assert "Limits (caps.mode = consent), next 14 days: 1 deferred, 1 skipped " \
+               "(frequency_cap).\n  check-in/nudge: 1 deferred, 0 skipped\n" \
+               "  check-in/same-day-only: 0 deferred, 1 skipped\n" in text
+        assert "Limits (caps.mode = consent), next 14 days: 1 deferred" in run("forecast")
+        # the forecast changed nothing
+        assert clinic.one("check-in", "nudge").status == Status.PLANNED
+    finally:
+        clinic.close()
+
+
+def test_validate_without_a_database_says_the_limits_were_not_forecast(tmp_path: Path) -> None:
+    clinic_db = tmp_path / "none.db"
+    result = CliRunner().invoke(cli, [
+        "--config", str(write_config(tmp_path)), "--db", f"sqlite:///{clinic_db}",
+        "--schedules", str(LIBRARY_SCHEDULES), "--templates", str(LIBRARY_TEMPLATES),
+        "--now", "2026-11-02T09:00:00-06:00", "validate", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["limits"] == {
+        "mode": "consent", "days": 14,
+        "note": f"no database yet at {clinic_db} (import patients and appointments first)"}
+    assert not clinic_db.exists()
+
+
+@pytest.mark.parametrize("mode", ["exemption", "consent"])
+def test_validate_warns_of_texts_exemption_mode_would_not_send(tmp_path: Path,
+                                                                mode: str) -> None:
+    schedules, templates = exemption_library(tmp_path)
+    offers = schedules / "offers.yaml"
+    offers.write_text(journey_text(step_text("offer"), purpose="marketing").replace(
+        "journey: j", "journey: offers"), encoding="utf-8")
+    config = write_config(tmp_path, f'\n[caps]\nmode = "{mode}"\n')
+    result = CliRunner().invoke(cli, [
+        "--config", str(config), "--db", f"sqlite:///{tmp_path / 'none.db'}",
+        "--schedules", str(schedules), "--templates", str(templates),
+        "--now", "2026-11-02T09:00:00-06:00", "validate", "--json"])
+    assert result.exit_code == 0, result.output
+    found = sorted((Path(d["file"]).name, d["message"]) for d in
+                   json.loads(result.stdout)["diagnostics"] if d["code"] == "exemption")
+    if mode == "consent":
+        assert found == []
+        return
+    assert found == [
+        ("text.sms.j2", "with the sample patient this SMS is 205 characters: in exemption "
+                        "mode a text over 160 is not sent (the step's next channel is used, "
+                        "or it is skipped)"),
+        ("welcome.es.sms.j2", "in exemption mode marketing texts are never sent"),
+        ("welcome.sms.j2", "in exemption mode marketing texts are never sent")]
