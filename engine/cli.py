@@ -48,7 +48,15 @@ from engine.outcomes import Status
 from engine.preview import Preview, preview, send_test
 from engine.privacy import mask_address, redact
 from engine.report import build_report, sparkline
-from engine.reports import LOG_FIELDS, inbox, log_rows, mark_done, why
+from engine.reports import (
+    LOG_FIELDS,
+    inbox,
+    log_rows,
+    mark_done,
+    set_aside_rows,
+    why,
+    why_event,
+)
 from engine.runner import Runner, TickReport
 from engine.settings import Settings, load_settings, parse_flag
 from engine.simulate import Feed, simulate
@@ -500,6 +508,9 @@ def log_cmd(ctx: click.Context, patient: str | None, journey: str | None, status
     with database.transaction() as conn:
         rows = log_rows(conn, patient=patient, journey=journey, status=status, reveal=reveal,
                         limit=limit)
+        # events planning set aside have no touch point: listed after them (see why --event)
+        aside = set_aside_rows(conn, patient=patient) if journey is None and status is None \
+            else []
         if as_json:
             _stream_json(rows, sys.stdout)
         elif as_csv:
@@ -508,6 +519,10 @@ def log_cmd(ctx: click.Context, patient: str | None, journey: str | None, status
             writer.writerows({**row, "events": " ".join(row["events"])} for row in rows)
         else:
             _print_log_table(list(rows))
+            _print_set_aside(aside)
+    if aside and (as_json or as_csv):
+        click.echo(f"note: {len(aside)} event(s) could not be planned and were set aside — "
+                   "`touchpoint log` without --json/--csv lists them", err=True)
 
 
 def _stream_json(rows: Iterator[dict[str, Any]], out: TextIO) -> None:
@@ -536,14 +551,45 @@ def _print_log_table(rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
+def _print_set_aside(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    click.echo(f"\n{len(rows)} event(s) could not be planned and were set aside (nothing was "
+               "planned from them):")
+    for row in rows:
+        at = (row["occurred_at"] or "")[:16].replace("T", " ")
+        click.echo(f"  event {row['event_id']}  {at}  {row['patient_id']}  {row['kind']}  "
+                   f"from {row['source']}\n    {row['error']} — "
+                   f"`touchpoint why --event {row['event_id']}`")
+
+
 @cli.command("why")
-@click.argument("touch_point_id", type=int)
+@click.argument("touch_point_id", type=int, required=False)
+@click.option("--event", "event_id", type=int, metavar="ID",
+              help="Explain an event that planning set aside (listed by `touchpoint log`).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
-def why_cmd(ctx: click.Context, touch_point_id: int, as_json: bool) -> None:
+def why_cmd(ctx: click.Context, touch_point_id: int | None, event_id: int | None,
+            as_json: bool) -> None:
     """Explain one touch point: what was planned, what happened, and why."""
     app = _app(ctx)
+    if (touch_point_id is None) == (event_id is None):
+        raise click.UsageError("give a touch point id, or --event ID for an event set aside")
     database = app.db()
+    if event_id is not None:
+        with database.transaction() as conn:
+            story = why_event(conn, event_id)
+        if as_json:
+            _echo_json(story)
+            return
+        click.echo(f"Event {story['event_id']} — {story['kind']}, set aside\n"
+                   f"  patient     {story['patient_id']}\n"
+                   f"  happened    {story['occurred_at']} ({story['source']})\n"
+                   f"  set aside   {story['set_aside_at']}\n"
+                   f"  error       {story['error']}\n"
+                   f"  why         {story['explanation']}")
+        return
+    assert touch_point_id is not None
     try:
         definitions: Definitions | None = app.definitions()
     except UserError:

@@ -215,7 +215,13 @@ class Appointment(Base):
 
 class Event(Base):
     __tablename__ = "events"
-    __table_args__ = (Index(None, "processed_at", "id"),)
+    __table_args__ = (
+        Index(None, "processed_at", "id"),
+        # What /healthz counts: events set aside because planning them failed (few).
+        Index("ix_events_failed_at", "failed_at",
+              sqlite_where=text("failed_at IS NOT NULL"),
+              postgresql_where=text("failed_at IS NOT NULL")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(40))
@@ -226,6 +232,9 @@ class Event(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     processed_at: Mapped[datetime | None]
+    # Set aside: planning this event raised; it is not retried (see Runner.plan_pending).
+    error: Mapped[str | None] = mapped_column(Text)
+    failed_at: Mapped[datetime | None]
 
 
 class TouchPoint(Base):

@@ -1,0 +1,152 @@
+"""One bad input never stops everyone (invariant 9), on SQLite and PostgreSQL.
+
+* An event planning cannot handle is set aside with its error — shown by ``log``,
+  ``why --event`` and /healthz — and every other event is planned and sent.
+* An import refuses each bad cell with its line number and keeps the good rows.
+* ``validate`` refuses timing values no date can carry, and names the ledger cannot store.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner, Result
+from fastapi.testclient import TestClient
+from freezegun import freeze_time
+from sqlalchemy import func, insert, select
+
+from engine import clock
+from engine.cli import cli
+from engine.store.records import append_events
+from engine.store.schema import appointments, events, patients
+from engine.webhooks.app import Services, create_app
+from tests.support import LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, Clinic, appointment, patient
+
+NOW = "2026-11-02T15:00:00Z"  # Mon 09:00 in the practice (America/Chicago)
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+def book_directly(clinic: Clinic, patient_id: str, start: str) -> int:
+    """An appointment and its booked event written straight to the database, as a hand
+    edit or another tool would: nothing checked the start on the way in."""
+    now = clock.now()
+    with clinic.db.transaction() as conn:
+        owner = conn.execute(select(patients.c.id)
+                             .where(patients.c.external_id == patient_id)).scalar_one()
+        at = datetime.fromisoformat(start)
+        appointment_id = conn.execute(insert(appointments).values(
+            external_id=f"BAD-{patient_id}", patient_id=owner, start_at=at,
+            duration_minutes=60, status="booked", visit_type="", therapist="", location="",
+            version=1, row_hash="-", source="hand edit", created_at=now, updated_at=now,
+        )).inserted_primary_key[0]
+        append_events(conn, [{
+            "kind": "appointment.booked", "patient_id": owner,
+            "appointment_id": appointment_id, "occurred_at": now,
+            "data": {"appointment": f"BAD-{patient_id}", "start": at.isoformat(),
+                     "duration_minutes": 60, "version": 1, "status": "booked"},
+            "source": "hand edit", "dedupe_key": None, "processed_at": None}])
+        return int(conn.execute(select(func.max(events.c.id))).scalar_one())
+
+
+def event_row(clinic: Clinic, event_id: int) -> Any:
+    with clinic.db.transaction() as conn:
+        return conn.execute(select(events).where(events.c.id == event_id)).one()
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def test_an_event_that_cannot_be_planned_is_set_aside_and_the_others_are_sent(
+        database_url: str, tmp_path: Path) -> None:
+    clinic = Clinic(database_url, tmp_path)
+    client = TestClient(create_app(Services(clinic.settings, clinic.db, clinic.definitions,
+                                            {})))
+    with freeze_time(NOW):
+        clinic.patients(patient("P1"), patient("P2", phone="(312) 555-0102"))
+        bad = [book_directly(clinic, "P1", "0001-01-01T00:30:00+00:00"),
+               book_directly(clinic, "P2", "9999-12-31T23:00:00+00:00")]
+        clinic.patients(patient("P3", phone="(312) 555-0103"))
+        clinic.appointments(appointment("A2", "P2", "2026-11-05T10:00:00-06:00"),
+                            appointment("A3", "P3", "2026-11-05T11:00:00-06:00"))
+        report = clinic.tick()
+
+        # every good event was planned; the welcome texts went out
+        assert report.events == 7
+        welcomed = {tp.patient_id for tp in clinic.touch_points(journey="welcome")
+                    if tp.status == "sent"}
+        assert len(welcomed) == 3
+        for external_id in ("P2", "P3"):
+            assert [tp.status for tp in clinic.touch_points(journey="pre-visit",
+                                                           patient=external_id)] \
+                == ["planned", "planned"]
+        assert clinic.touch_points(patient="P1", journey="pre-visit") == []
+        for event_id in bad:
+            row = event_row(clinic, event_id)
+            assert row.error == "OverflowError: date value out of range"
+            assert row.failed_at == row.processed_at == clock.now()
+
+        # set aside, not retried: the next tick plans nothing and finds nothing new
+        assert clinic.tick().events == 0
+
+        health = client.get("/healthz").json()
+        assert health["set_aside"] == 2
+
+        options = ["--db", database_url, "--schedules", str(LIBRARY_SCHEDULES),
+                   "--templates", str(LIBRARY_TEMPLATES)]
+        shown = invoke(*options, "log", "--patient", "P1")
+        assert shown.exit_code == 0, shown.output
+        assert "1 event(s) could not be planned and were set aside" in shown.output
+        assert f"{bad[0]} " in shown.output and "appointment.booked" in shown.output
+        assert "OverflowError: date value out of range" in shown.output
+        assert "welcome" in shown.output  # P1's touch points are listed as before
+        assert "set aside" not in invoke(*options, "log", "--patient", "P3").output
+
+        as_json = invoke(*options, "log", "--patient", "P1", "--json")
+        assert as_json.exit_code == 0
+        assert "set aside" in as_json.stderr and "set aside" not in as_json.stdout
+
+        story = invoke(*options, "why", "--event", str(bad[1]))
+        assert story.exit_code == 0, story.output
+        assert f"Event {bad[1]} — appointment.booked, set aside" in story.output
+        assert "patient     P2" in story.output
+        assert "OverflowError: date value out of range" in story.output
+        assert "nothing was planned from it" in story.output
+
+        planned_event = invoke(*options, "why", "--event", str(bad[1] + 1))
+        assert planned_event.exit_code != 0
+        assert "was not set aside" in planned_event.output
+        assert "Traceback" not in planned_event.output
+        assert invoke(*options, "why").exit_code != 0  # an id or --event, not neither
+    clinic.close()
+
+
+def test_a_batch_with_a_bad_event_plans_its_good_ones_in_about_three_batches(
+        database_url: str, tmp_path: Path) -> None:
+    """The fallback halves the batch down to the bad event: the good events around it are
+    planned in a few savepoints, not one by one."""
+    clinic = Clinic(database_url, tmp_path)
+    calls: list[int] = []
+    plan_batch = clinic.runner._plan_batch
+
+    def counting(conn: Any, batch: list[Any]) -> tuple[int, int]:
+        calls.append(len(batch))
+        return plan_batch(conn, batch)
+
+    clinic.runner._plan_batch = counting  # type: ignore[method-assign]
+    with freeze_time(NOW):
+        clinic.patients(*[patient(f"P{i}", phone=f"(312) 555-{i:04d}") for i in range(1, 41)])
+        bad = book_directly(clinic, "P7", "0001-01-01T00:30:00+00:00")
+        clinic.patients(*[patient(f"Q{i}", phone=f"(312) 556-{i:04d}") for i in range(1, 25)])
+        report = clinic.tick()
+    assert report.events == 65
+    assert len({tp.patient_id for tp in clinic.touch_points(journey="welcome")}) == 64
+    assert event_row(clinic, bad).error is not None
+    # 65, then 32 + 33, then the failing half's halves (33 + 17 + 9 + …): about 3 × 65
+    assert sum(calls) <= 3 * 65 + 10
+    assert calls.count(1) <= 2
+    clinic.close()
