@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 from freezegun import freeze_time
@@ -19,10 +20,20 @@ from sqlalchemy import func, insert, select
 
 from engine import clock
 from engine.cli import cli
+from engine.errors import ImportFileError
+from engine.importer import import_patients
 from engine.store.records import append_events
 from engine.store.schema import appointments, events, patients
 from engine.webhooks.app import Services, create_app
-from tests.support import LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, Clinic, appointment, patient
+from tests.support import (
+    LIBRARY_SCHEDULES,
+    LIBRARY_TEMPLATES,
+    Clinic,
+    appointment,
+    contact,
+    patient,
+    referrer,
+)
 
 NOW = "2026-11-02T15:00:00Z"  # Mon 09:00 in the practice (America/Chicago)
 
@@ -149,4 +160,140 @@ def test_a_batch_with_a_bad_event_plans_its_good_ones_in_about_three_batches(
     # 65, then 32 + 33, then the failing half's halves (33 + 17 + 9 + …): about 3 × 65
     assert sum(calls) <= 3 * 65 + 10
     assert calls.count(1) <= 2
+    clinic.close()
+
+
+# --------------------------------------------------------------------------- imports
+
+
+BAD_PATIENT_CELLS = [
+    (dict(timezone="America/" + "x" * 247),
+     "timezone is longer than the 64 characters of any timezone name — use a name from the "
+     "tz database, such as America/New_York"),
+    (dict(timezone="Mars/Olympus_Mons"),
+     "timezone is not a known timezone — use a name from the tz database, such as "
+     "America/New_York"),
+    (dict(first_name="A" * 101),
+     "first_name is longer than the 100 characters Touchpoint keeps (101) — shorten it"),
+    (dict(last_name="R" * 250),
+     "last_name is longer than the 100 characters Touchpoint keeps (250) — shorten it"),
+    (dict(patient_id="P" * 65),
+     "patient_id is longer than the 64 characters Touchpoint keeps (65) — shorten it"),
+    (dict(first_name="Ana\x00"),
+     "first_name contains a NUL byte (an invisible control character) — re-export the file, "
+     "or delete the character in the cell"),
+    (dict(allergies="none\x00"),  # a custom field
+     "allergies contains a NUL byte (an invisible control character) — re-export the file, "
+     "or delete the character in the cell"),
+    (dict(date_of_birth="9999-12-31"),
+     "date_of_birth 9999-12-31 is outside the years 1900–2200 that Touchpoint plans for — "
+     "check the year"),
+    (dict(discharged_on="0001-01-01"),
+     "discharged_on 0001-01-01 is outside the years 1900–2200 that Touchpoint plans for — "
+     "check the year"),
+    (dict(referral_source="R" * 65),
+     "referral_source is longer than the 64 characters Touchpoint keeps (65) — shorten it"),
+]
+
+
+def test_each_bad_patient_cell_refuses_its_row_by_line_and_keeps_the_good_ones(
+        database_url: str, tmp_path: Path) -> None:
+    clinic = Clinic(database_url, tmp_path)
+    rows = [patient("GOOD1")]
+    for index, (cells, _) in enumerate(BAD_PATIENT_CELLS):
+        rows.append({**patient(f"B{index}"), "allergies": "", "date_of_birth": "",
+                     "discharged_on": "", "referral_source": "", **cells})
+    rows.append(patient("GOOD2"))
+    with freeze_time(NOW):
+        summary = clinic.patients(*rows)
+    assert [(p.line, p.message) for p in summary.problems] == [
+        (index + 3, message) for index, (_, message) in enumerate(BAD_PATIENT_CELLS)]
+    assert summary.created == 2
+    with clinic.db.transaction() as conn:
+        assert sorted(conn.execute(select(patients.c.external_id)).scalars()) \
+            == ["GOOD1", "GOOD2"]
+    clinic.close()
+
+
+BAD_APPOINTMENT_CELLS = [
+    (dict(start="9999-12-31T23:00-05:00"),
+     "start 9999-12-31 is outside the years 1900–2200 that Touchpoint plans for — check the "
+     "year"),
+    (dict(start="0001-01-01T00:30+01:00"),
+     "start 0001-01-01 is outside the years 1900–2200 that Touchpoint plans for — check the "
+     "year"),
+    (dict(start="9999-12-31 23:30"),  # local time in the practice's timezone
+     "start 9999-12-31 is outside the years 1900–2200 that Touchpoint plans for — check the "
+     "year"),
+    (dict(start="2201-01-01T10:00:00Z"),
+     "start 2201-01-01 is outside the years 1900–2200 that Touchpoint plans for — check the "
+     "year"),
+    (dict(therapist="T" * 101),
+     "therapist is longer than the 100 characters Touchpoint keeps (101) — shorten it"),
+    (dict(location="L\x00"),
+     "location contains a NUL byte (an invisible control character) — re-export the file, "
+     "or delete the character in the cell"),
+    (dict(appointment_id="A" * 65),
+     "appointment_id is longer than the 64 characters Touchpoint keeps (65) — shorten it"),
+    (dict(patient_id="P" * 65),
+     "patient_id is longer than the 64 characters Touchpoint keeps (65) — shorten it"),
+]
+
+
+def test_each_bad_appointment_cell_refuses_its_row_by_line_and_keeps_the_good_ones(
+        database_url: str, tmp_path: Path) -> None:
+    clinic = Clinic(database_url, tmp_path)
+    with freeze_time(NOW):
+        clinic.patients(patient("P1"))
+        rows = [appointment("GOOD1", "P1", "2026-11-05T10:00:00-06:00")]
+        rows += [{**appointment(f"B{index}", "P1"), **cells}
+                 for index, (cells, _) in enumerate(BAD_APPOINTMENT_CELLS)]
+        rows.append(appointment("GOOD2", "P1", "2200-12-31T10:00:00-06:00"))
+        summary = clinic.appointments(*rows)
+        assert [(p.line, p.message) for p in summary.problems] == [
+            (index + 3, message) for index, (_, message) in enumerate(BAD_APPOINTMENT_CELLS)]
+        assert summary.created == 2
+        report = clinic.tick()  # the kept rows plan as usual, nothing is set aside
+    assert report.events == 3
+    assert {tp.step for tp in clinic.touch_points(journey="pre-visit")} \
+        == {"two-days-before", "two-hours-before"}
+    with clinic.db.transaction() as conn:
+        assert conn.execute(select(func.count()).select_from(events)
+                            .where(events.c.failed_at.is_not(None))).scalar() == 0
+    clinic.close()
+
+
+def test_bad_contact_and_referrer_cells_refuse_their_rows(database_url: str,
+                                                          tmp_path: Path) -> None:
+    clinic = Clinic(database_url, tmp_path)
+    with freeze_time(NOW):
+        clinic.patients(patient("P1"))
+        contacts = clinic.contacts(contact("C1"), contact("C2", relationship="x" * 33),
+                                   contact("C3", timezone="Europe/Paris\x00"),
+                                   contact("C4", receives="all," * 60 + "all"))
+        referrers = clinic.referrers(referrer("DR1"), referrer("DR2", name="N" * 201),
+                                     referrer("D" * 65))
+    assert [str(p) for p in contacts.problems] == [
+        "line 3: relationship is longer than the 32 characters Touchpoint keeps (33) — "
+        "shorten it",
+        "line 4: timezone contains a NUL byte (an invisible control character) — re-export "
+        "the file, or delete the character in the cell",
+        "line 5: receives is longer than the 200 characters Touchpoint keeps (243) — "
+        "shorten it"]
+    assert contacts.created == 1
+    assert [str(p) for p in referrers.problems] == [
+        "line 3: name is longer than the 200 characters Touchpoint keeps (201) — shorten it",
+        "line 4: referrer_id is longer than the 64 characters Touchpoint keeps (65) — "
+        "shorten it"]
+    assert referrers.created == 1
+    clinic.close()
+
+
+def test_a_nul_byte_in_the_header_refuses_the_file(sqlite_url: str, tmp_path: Path) -> None:
+    clinic = Clinic(sqlite_url, tmp_path)
+    path = tmp_path / "nul.csv"
+    path.write_text("patient_id,first_name,last_name,phone,email,language,timezone,"
+                    "sms_consent,email_consent,marketing_consent,no\x00te\n", encoding="utf-8")
+    with clinic.db.transaction() as conn, pytest.raises(ImportFileError, match="NUL byte"):
+        import_patients(conn, path, region="US", now=clock.now())
     clinic.close()
