@@ -20,6 +20,7 @@ from sqlalchemy import func, insert, select
 
 from engine import clock
 from engine.cli import cli
+from engine.definitions.journeys import parse_journey
 from engine.errors import ImportFileError
 from engine.importer import import_patients
 from engine.store.records import append_events
@@ -33,6 +34,7 @@ from tests.support import (
     contact,
     patient,
     referrer,
+    write_config,
 )
 
 NOW = "2026-11-02T15:00:00Z"  # Mon 09:00 in the practice (America/Chicago)
@@ -297,3 +299,65 @@ def test_a_nul_byte_in_the_header_refuses_the_file(sqlite_url: str, tmp_path: Pa
     with clinic.db.transaction() as conn, pytest.raises(ImportFileError, match="NUL byte"):
         import_patients(conn, path, region="US", now=clock.now())
     clinic.close()
+
+
+# --------------------------------------------------------------------------- definitions
+
+
+JOURNEY = """\
+version: 1
+journey: reminders
+trigger: appointment.booked
+steps:
+  - id: two-hours-before
+    when: {before: 2h}
+    channels: [sms]
+    template: reminders/two-hours-before
+"""
+SMS = ("{{ practice.name }}: see you at {{ appointment.start | time }}, "
+       "{{ patient.first_name }}. {{ practice.phone }}. STOP to opt out\n")
+LONG_NAME = "r" * 65
+
+
+@pytest.mark.parametrize(("old", "new", "line", "error"), [
+    ("{before: 2h}", "{before: 99999999999d}", 6,
+     "when: '99999999999d' is more than ten years — write at most 3650d"),
+    ("{before: 2h}", "{after: 3651d}", 6,
+     "when: '3651d' is more than ten years — write at most 3650d"),
+    ("{before: 2h}", "{days_before: 1000000, at: \"10:00\"}", 6,
+     "when: days_before 1000000 is more than 3650 days (ten years) — write at most "
+     "days_before: 3650"),
+    ("template: reminders/two-hours-before\n",
+     "template: reminders/two-hours-before\n    expires_after: 99999999999d\n", 9,
+     "'99999999999d' is more than ten years — write at most 3650d"),
+    ("trigger: appointment.booked\n",
+     "trigger: appointment.booked\nonce_per: 600000w\n", 4,
+     "once_per: '600000w' is more than ten years — write at most 3650d"),
+    ("journey: reminders", f"journey: {LONG_NAME}", 2,
+     "the journey name is 65 characters long; Touchpoint keeps at most 64 — shorten it"),
+    ("id: two-hours-before", f"id: {LONG_NAME}", 5,
+     "the step id is 65 characters long; Touchpoint keeps at most 64 — shorten it"),
+])
+def test_validate_refuses_timing_no_date_can_carry_and_names_the_ledger_cannot_keep(
+        tmp_path: Path, old: str, new: str, line: int, error: str) -> None:
+    schedules = tmp_path / "schedules"
+    schedules.mkdir()
+    (schedules / "reminders.yaml").write_text(JOURNEY.replace(old, new, 1), encoding="utf-8")
+    templates = tmp_path / "templates"
+    (templates / "reminders").mkdir(parents=True)
+    (templates / "reminders" / "two-hours-before.sms.j2").write_text(SMS, encoding="utf-8")
+    write_config(tmp_path)
+    result = CliRunner().invoke(cli, ["--schedules", str(schedules), "--templates",
+                                      str(templates), "validate"])
+    assert result.exit_code == 1, result.output
+    assert f"{schedules / 'reminders.yaml'}:{line}: {error}" in result.stderr.splitlines()
+    assert "Traceback" not in result.output
+
+
+def test_the_longest_allowed_timing_and_names_validate(tmp_path: Path) -> None:
+    text = (JOURNEY.replace("journey: reminders", f"journey: {LONG_NAME[:64]}")
+            .replace("{before: 2h}", "{days_before: 3650, at: \"10:00\"}")
+            .replace("id: two-hours-before", f"id: {LONG_NAME[:64]}"))
+    journey, found = parse_journey(text, "reminders.yaml")
+    assert found == [] and journey is not None
+    assert (journey.name, journey.steps[0].id) == (LONG_NAME[:64], LONG_NAME[:64])

@@ -41,6 +41,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.expression import false, text
 
+from engine.definitions.journeys import NAME_LENGTH
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -268,8 +270,8 @@ class TouchPoint(Base):
     appointment_id: Mapped[int | None] = mapped_column(ForeignKey("appointments.id"))
     recipient: Mapped[str] = mapped_column(String(40), default="patient")
     test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    journey: Mapped[str] = mapped_column(String(64))
-    step: Mapped[str] = mapped_column(String(64))
+    journey: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    step: Mapped[str] = mapped_column(String(NAME_LENGTH))
     anchor: Mapped[str] = mapped_column(String(80))
     purpose: Mapped[str] = mapped_column(String(16))
     event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id"))
