@@ -501,7 +501,7 @@ def simulate_cmd(ctx: click.Context, until: str, tick: str, feed_dir: Path | Non
 @click.pass_context
 def log_cmd(ctx: click.Context, patient: str | None, journey: str | None, status: str | None,
             limit: int | None, as_json: bool, as_csv: bool, reveal: bool) -> None:
-    """List touch points: when, to whom, what happened and why."""
+    """List touch points: when, to whom, what happened and why; then any events set aside."""
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
     database = _app(ctx).db()
