@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -188,14 +189,22 @@ def _length(column: Column[Any] | None) -> int | None:
         else None
 
 
+@cache
+def _limits(table: Table) -> dict[str, int]:
+    """``{row key: characters its column holds}`` for the rows written to ``table``."""
+    limits = {column.name: _length(column) for column in table.columns}
+    limits.update((key, _length(column)) for key, (_, column) in _REFERENCES.items())
+    return {key: limit for key, limit in limits.items() if limit is not None}
+
+
 def _check_lengths(table: Table, values: Mapping[str, Any], id_column: str) -> None:
     """Refuse a value longer than its column holds: PostgreSQL would refuse the whole
     import (and SQLite store it), so the row is refused here, alike on both."""
+    limits = _limits(table)
     for key, value in values.items():
-        name, column = _REFERENCES.get(key) or (
-            id_column if key == "external_id" else key, table.c.get(key))
-        limit = _length(column)
-        if isinstance(value, str) and limit is not None and len(value) > limit:
+        limit = limits.get(key)
+        if limit is not None and isinstance(value, str) and len(value) > limit:
+            name = id_column if key == "external_id" else _REFERENCES.get(key, (key,))[0]
             raise _RowError(f"{name} is longer than the {limit} characters Touchpoint keeps "
                             f"({len(value)}) — shorten it")
 
