@@ -394,6 +394,9 @@ def _describe_tick(report: TickReport) -> str:
     parts.append(f"{report.events} event(s) planned into {report.planned} touch point(s)")
     if report.exited:
         parts.append(f"{report.exited} cancelled by exits")
+    if report.set_aside:
+        parts.append(f"{report.set_aside} event(s) could not be planned and were set aside "
+                     "(see `touchpoint log`)")
     parts.append(f"{d.sent} sent")
     for label, counter in (("skipped", d.skipped), ("cancelled", d.cancelled)):
         if counter:

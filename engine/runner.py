@@ -109,6 +109,7 @@ class TickReport:
     events: int = 0
     planned: int = 0
     exited: int = 0
+    set_aside: int = 0  # events planning could not handle (touchpoint log lists them)
     cases_opened: int = 0
     case_alerts: int = 0
     escalations: int = 0
@@ -119,6 +120,7 @@ class TickReport:
         return {"at": self.at.isoformat().replace("+00:00", "Z"), "edits": self.edits.as_dict(),
                 "recovered": self.recovered, "lapses": self.lapses,
                 "events": self.events, "planned": self.planned, "exited": self.exited,
+                "set_aside": self.set_aside,
                 "cases_opened": self.cases_opened, "case_alerts": self.case_alerts,
                 "escalations": self.escalations, "digests": self.digests,
                 "dispatch": self.dispatch.as_dict()}
@@ -140,6 +142,7 @@ class Runner:
         self.digest = DigestJob(db, definitions, settings, self.dispatcher) \
             if self.dispatcher is not None else None
         self.cases_opened = 0  # by planning, since the last tick
+        self.set_aside = 0  # events planning set aside, since the last tick
         self._synced: str | None = None  # the definitions fingerprint applied to the ledger
         self.practice = practice_fields(settings)
 
@@ -165,6 +168,7 @@ class Runner:
             report.events += events
             report.planned += planned
             report.exited += exited
+        report.set_aside, self.set_aside = self.set_aside, 0
         if self.dispatcher is not None:
             report.dispatch = self.dispatcher.run(stop=stop)
         return report
@@ -309,6 +313,7 @@ class Runner:
                 planned, exited, errors = self._plan_apart(conn, batch)
                 mark_processed(conn, [e.id for e in batch if e.id not in errors], clock.now())
                 set_aside(conn, errors, clock.now())
+            self.set_aside += len(errors)
             for event in batch:
                 if event.id in errors:
                     log.error("event %d (%s, from %s) could not be planned and is set aside: "

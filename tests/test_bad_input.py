@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def test_an_event_that_cannot_be_planned_is_set_aside_and_the_others_are_sent(
         report = clinic.tick()
 
         # every good event was planned; the welcome texts went out
-        assert report.events == 7
+        assert (report.events, report.set_aside) == (7, 2)
         welcomed = {tp.patient_id for tp in clinic.touch_points(journey="welcome")
                     if tp.status == "sent"}
         assert len(welcomed) == 3
@@ -135,6 +136,23 @@ def test_an_event_that_cannot_be_planned_is_set_aside_and_the_others_are_sent(
         assert "was not set aside" in planned_event.output
         assert "Traceback" not in planned_event.output
         assert invoke(*options, "why").exit_code != 0  # an id or --event, not neither
+    clinic.close()
+
+
+def test_run_once_says_how_many_events_were_set_aside(database_url: str,
+                                                    tmp_path: Path) -> None:
+    clinic = Clinic(database_url, tmp_path)
+    with freeze_time(NOW):
+        clinic.patients(patient("P1"))
+        book_directly(clinic, "P1", "0001-01-01T00:30:00+00:00")
+    options = ["--db", database_url, "--schedules", str(LIBRARY_SCHEDULES),
+               "--templates", str(LIBRARY_TEMPLATES), "--now", NOW]
+    result = invoke(*options, "run", "--once")
+    assert result.exit_code == 0, result.output
+    assert ("2 event(s) planned into 2 touch point(s); 1 event(s) could not be planned and "
+            "were set aside (see `touchpoint log`); 1 sent") in result.stdout
+    again = invoke(*options, "run", "--once", "--json")
+    assert json.loads(again.stdout)["set_aside"] == 0  # not retried
     clinic.close()
 
 
