@@ -202,10 +202,9 @@ def _set_aside_row(item: SetAside) -> dict[str, Any]:
         "event_id": item.id, "kind": item.kind, "patient_id": item.patient_id,
         "occurred_at": _iso(item.occurred_at), "source": item.source,
         "set_aside_at": _iso(item.failed_at), "error": item.error,
-        "explanation": f"Planning this {item.kind} event failed ({item.error}), so nothing "
-                       "was planned from it; every other event was planned as usual. It is "
-                       "not retried: correct the value at its source (" + (item.source or "?")
-                       + ") and import it again.",
+        "explanation": "Planning it raised the error above, so nothing was planned from it; "
+                       "every other event was planned as usual. It is not retried: correct "
+                       f"the value at its source ({item.source or '?'}) and import it again.",
     }
 
 
