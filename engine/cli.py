@@ -51,7 +51,15 @@ from engine.preview import Preview, RenderedPreview, preview, send_test
 from engine.privacy import mask_address, redact
 from engine.replies import opt_out_by_staff, send_outgoing
 from engine.report import build_report, sparkline
-from engine.reports import LOG_FIELDS, inbox, log_rows, mark_done, why
+from engine.reports import (
+    LOG_FIELDS,
+    inbox,
+    log_rows,
+    mark_done,
+    set_aside_rows,
+    why,
+    why_event,
+)
 from engine.runner import Runner, TickReport
 from engine.settings import Settings, load_settings, parse_flag
 from engine.simulate import Feed, simulate
@@ -395,6 +403,9 @@ def _describe_tick(report: TickReport) -> str:
     parts.append(f"{report.events} event(s) planned into {report.planned} touch point(s)")
     if report.exited:
         parts.append(f"{report.exited} cancelled by exits")
+    if report.set_aside:
+        parts.append(f"{report.set_aside} event(s) could not be planned and were set aside "
+                     "(see `touchpoint log`)")
     parts.append(f"{d.sent} sent")
     for label, counter in (("skipped", d.skipped), ("cancelled", d.cancelled)):
         if counter:
@@ -502,13 +513,16 @@ def simulate_cmd(ctx: click.Context, until: str, tick: str, feed_dir: Path | Non
 @click.pass_context
 def log_cmd(ctx: click.Context, patient: str | None, journey: str | None, status: str | None,
             limit: int | None, as_json: bool, as_csv: bool, reveal: bool) -> None:
-    """List touch points: when, to whom, what happened and why."""
+    """List touch points: when, to whom, what happened and why; then any events set aside."""
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
     database = _app(ctx).db()
     with database.transaction() as conn:
         rows = log_rows(conn, patient=patient, journey=journey, status=status, reveal=reveal,
                         limit=limit)
+        # events planning set aside have no touch point: listed after them (see why --event)
+        aside = set_aside_rows(conn, patient=patient) if journey is None and status is None \
+            else []
         if as_json:
             _stream_json(rows, sys.stdout)
         elif as_csv:
@@ -516,6 +530,10 @@ def log_cmd(ctx: click.Context, patient: str | None, journey: str | None, status
                       ({**row, "events": " ".join(row["events"])} for row in rows))
         else:
             _print_log_table(list(rows))
+            _print_set_aside(aside)
+    if aside and (as_json or as_csv):
+        click.echo(f"note: {len(aside)} event(s) could not be planned and were set aside — "
+                   "`touchpoint log` without --json/--csv lists them", err=True)
 
 
 def _stream_json(rows: Iterator[dict[str, Any]], out: TextIO) -> None:
@@ -544,14 +562,45 @@ def _print_log_table(rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
+def _print_set_aside(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    click.echo(f"\n{len(rows)} event(s) could not be planned and were set aside (nothing was "
+               "planned from them):")
+    for row in rows:
+        at = (row["occurred_at"] or "")[:16].replace("T", " ")
+        click.echo(f"  event {row['event_id']}  {at}  {row['patient_id']}  {row['kind']}  "
+                   f"from {row['source']}\n    {row['error']} — "
+                   f"`touchpoint why --event {row['event_id']}`")
+
+
 @cli.command("why")
-@click.argument("touch_point_id", type=int)
+@click.argument("touch_point_id", type=int, required=False)
+@click.option("--event", "event_id", type=int, metavar="ID",
+              help="Explain an event that planning set aside (listed by `touchpoint log`).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
-def why_cmd(ctx: click.Context, touch_point_id: int, as_json: bool) -> None:
+def why_cmd(ctx: click.Context, touch_point_id: int | None, event_id: int | None,
+            as_json: bool) -> None:
     """Explain one touch point: what was planned, what happened, and why."""
     app = _app(ctx)
+    if (touch_point_id is None) == (event_id is None):
+        raise click.UsageError("give a touch point id, or --event ID for an event set aside")
     database = app.db()
+    if event_id is not None:
+        with database.transaction() as conn:
+            story = why_event(conn, event_id)
+        if as_json:
+            _echo_json(story)
+            return
+        click.echo(f"Event {story['event_id']} — {story['kind']}, set aside\n"
+                   f"  patient     {story['patient_id']}\n"
+                   f"  happened    {story['occurred_at']} ({story['source']})\n"
+                   f"  set aside   {story['set_aside_at']}\n"
+                   f"  error       {story['error']}\n"
+                   f"  why         {story['explanation']}")
+        return
+    assert touch_point_id is not None
     try:
         definitions: Definitions | None = app.definitions()
     except UserError:

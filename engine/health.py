@@ -30,6 +30,7 @@ from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.outcomes import Status
 from engine.settings import Settings
 from engine.store.database import Database
+from engine.store.records import count_set_aside
 from engine.store.schema import PENDING, engine_state, touch_points
 
 HEARTBEAT_PREFIX = "worker:"
@@ -51,25 +52,32 @@ def heartbeats(conn: Connection) -> dict[str, dict[str, Any]]:
 
 
 def health(db: Database, settings: Settings) -> tuple[bool, dict[str, Any]]:
-    """(healthy, details): the database answers, and a daemon ticked recently."""
+    """(healthy, details): the database answers, and a daemon ticked recently.
+
+    A worker is live if it ticked within four ticks and a minute; ``workers`` counts the
+    live ones (a worker that stopped is remembered for a day, see Daemon.housekeeping).
+    ``set_aside`` counts the events planning could not handle (``touchpoint log``).
+    """
     now = clock.now()
     try:
         with db.transaction() as conn:
             beats = heartbeats(conn)
             overdue = backlog(conn, now)
+            set_aside = count_set_aside(conn)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
         return False, {"ok": False, "database": "unreachable", "error": reason}
-    last = max((datetime.fromisoformat(b["last_tick"]) for b in beats.values()
-                if "last_tick" in b), default=None)
+    ticks = [datetime.fromisoformat(b["last_tick"]) for b in beats.values() if "last_tick" in b]
+    last = max(ticks, default=None)
     allowed = settings.daemon.tick * 4 + timedelta(minutes=1)
     daemon = "never ticked" if last is None else \
         ("ok" if now - last <= allowed else "stale")
-    healthy = daemon != "stale"
+    healthy = daemon == "ok"
     return healthy, {
         "ok": healthy, "database": "ok", "daemon": daemon,
         "last_tick": last.isoformat().replace("+00:00", "Z") if last else None,
-        "workers": len(beats), "backlog": overdue,
+        "workers": sum(now - tick <= allowed for tick in ticks), "backlog": overdue,
+        "set_aside": set_aside,
     }
 
 

@@ -15,6 +15,9 @@
   point, where one row ends and the next begins cannot be known.
 * A naive start time in the repeated hour of an autumn DST change is taken as its first
   occurrence; one in the skipped spring hour is rejected. Give offsets to be exact.
+* Whatever one cell holds, only its row is refused, alike on SQLite and PostgreSQL: a
+  value longer than its column (the lengths of engine/store/schema.py), a NUL byte, a
+  date outside the years Touchpoint plans for (:data:`YEARS`), an unknown timezone.
 
 Problems never echo patient data: they name the line, the column and what to write.
 """
@@ -30,13 +33,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import phonenumbers
 from babel import Locale, UnknownLocaleError
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
-from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy import Column, Connection, String, Table, insert, select, text, update
 
 from engine.errors import ImportFileError
 from engine.records import APPOINTMENT_STATUSES
@@ -53,6 +57,10 @@ CONTACT_COLUMNS = ("patient_id", "contact_id", "relationship", "first_name", "ph
 REFERRER_COLUMNS = ("referrer_id", "name", "contact_name", "email")
 APPOINTMENT_COLUMNS = ("appointment_id", "patient_id", "start", "duration_minutes", "status",
                        "visit_type", "therapist", "location")
+# Dates and times Touchpoint accepts: planning moves them by days and years (reminders
+# before, win-back after, a minor's 18th birthday), which must stay far from the ends of
+# what a date can hold (years 1 and 9999).
+YEARS = (1900, 2200)
 # A completed visit or no-show seen for the first time starts journeys only if it is this
 # recent; older rows are history (an initial import must not thank patients for last year).
 RECENT = timedelta(days=3)
@@ -125,6 +133,9 @@ def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, Mapping[st
     except csv.Error as exc:
         raise ImportFileError(f"{path}: line 1: the header is not valid CSV ({exc})") from None
     columns = [name.strip().lower() for name in header]
+    if any("\x00" in name for name in columns):
+        raise ImportFileError(f"{path}: line 1: the header contains a NUL byte (an invisible "
+                              "control character) — re-export the file")
     missing = [name for name in required if name not in columns]
     if missing:
         raise ImportFileError(
@@ -155,6 +166,47 @@ def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, Mapping[st
             continue
         yield start_line, {name: value.strip() for name, value in zip(columns, values,
                                                                      strict=True)}
+
+
+def _check_cells(row: Mapping[str, str]) -> None:
+    """Refuse a row with a NUL byte in a cell (PostgreSQL cannot store one)."""
+    for column, value in row.items():
+        if "\x00" in value:
+            raise _RowError(f"{column} contains a NUL byte (an invisible control character) — "
+                            "re-export the file, or delete the character in the cell")
+
+
+# Row values that name a record of another table, by the column they are looked up in
+_REFERENCES: dict[str, tuple[str, Column[Any]]] = {
+    "patient_external_id": ("patient_id", patients.c.external_id),
+    "referral_source": ("referral_source", referrers.c.external_id),
+}
+
+
+def _length(column: Column[Any] | None) -> int | None:
+    """How many characters ``column`` holds (None: no limit)."""
+    return column.type.length if column is not None and isinstance(column.type, String) \
+        else None
+
+
+@cache
+def _limits(table: Table) -> dict[str, int]:
+    """``{row key: characters its column holds}`` for the rows written to ``table``."""
+    limits = {column.name: _length(column) for column in table.columns}
+    limits.update((key, _length(column)) for key, (_, column) in _REFERENCES.items())
+    return {key: limit for key, limit in limits.items() if limit is not None}
+
+
+def _check_lengths(table: Table, values: Mapping[str, Any], id_column: str) -> None:
+    """Refuse a value longer than its column holds: PostgreSQL would refuse the whole
+    import (and SQLite store it), so the row is refused here, alike on both."""
+    limits = _limits(table)
+    for key, value in values.items():
+        limit = limits.get(key)
+        if limit is not None and isinstance(value, str) and len(value) > limit:
+            name = id_column if key == "external_id" else _REFERENCES.get(key, (key,))[0]
+            raise _RowError(f"{name} is longer than the {limit} characters Touchpoint keeps "
+                            f"({len(value)}) — shorten it")
 
 
 def _consent(row: Mapping[str, str], column: str) -> bool:
@@ -228,6 +280,10 @@ def _language(raw: str) -> str | None:
 def _timezone(raw: str) -> str | None:
     if not raw:
         return None
+    limit = _length(patients.c.timezone)
+    if limit is not None and len(raw) > limit:
+        raise _RowError(f"timezone is longer than the {limit} characters of any timezone name "
+                        "— use a name from the tz database, such as America/New_York")
     try:
         zone(raw)
     except ValueError:
@@ -244,6 +300,7 @@ def _hash(values: Mapping[str, Any]) -> str:
 
 
 def parse_patient(row: Mapping[str, str], region: str) -> dict[str, Any]:
+    _check_cells(row)
     external_id = row.get("patient_id", "")
     if not external_id:
         raise _RowError("patient_id is empty")
@@ -260,6 +317,7 @@ def parse_patient(row: Mapping[str, str], region: str) -> dict[str, Any]:
     }
     if not values["first_name"]:
         raise _RowError("first_name is empty — messages greet patients by first name")
+    _check_lengths(patients, values, "patient_id")
     return values
 
 
@@ -269,10 +327,18 @@ def _date(row: Mapping[str, str], column: str) -> date | None:
         return None
     for pattern in ("%Y-%m-%d", "%m/%d/%Y"):
         try:
-            return datetime.strptime(raw, pattern).date()  # noqa: DTZ007 - a date, no time
+            day = datetime.strptime(raw, pattern).date()  # noqa: DTZ007 - a date, no time
         except ValueError:
             continue
+        _check_year(column, day)
+        return day
     raise _RowError(f"{column} is not a date — write it as 2014-05-31 (or 05/31/2014)")
+
+
+def _check_year(column: str, day: date) -> None:
+    if not YEARS[0] <= day.year <= YEARS[1]:
+        raise _RowError(f"{column} {day.isoformat()} is outside the years {YEARS[0]}–{YEARS[1]} "
+                        "that Touchpoint plans for — check the year")
 
 
 Rows = Iterable[tuple[int, Mapping[str, str]]]
@@ -400,6 +466,7 @@ def parse_start(raw: str, practice_tz: str) -> datetime:
     except ValueError:
         raise _RowError("start is not a date and time — write ISO 8601, e.g. "
                         "2026-11-24T15:00-05:00, or local time 2026-11-24 15:00") from None
+    _check_year("start", parsed.date())  # (before the UTC conversion, which could overflow)
     if parsed.tzinfo is not None:
         return parsed.astimezone(UTC)
     tz = zone(practice_tz)
@@ -411,6 +478,7 @@ def parse_start(raw: str, practice_tz: str) -> datetime:
 
 
 def parse_appointment(row: Mapping[str, str], practice_tz: str) -> dict[str, Any]:
+    _check_cells(row)
     external_id = row.get("appointment_id", "")
     if not external_id:
         raise _RowError("appointment_id is empty")
@@ -426,7 +494,7 @@ def parse_appointment(row: Mapping[str, str], practice_tz: str) -> dict[str, Any
         raise _RowError("duration_minutes must be a whole number of minutes") from None
     if not 0 < duration <= 24 * 60:
         raise _RowError("duration_minutes must be between 1 and 1440")
-    return {
+    values = {
         "external_id": external_id,
         "patient_external_id": row["patient_id"],
         "start_at": parse_start(row.get("start", ""), practice_tz),
@@ -436,6 +504,8 @@ def parse_appointment(row: Mapping[str, str], practice_tz: str) -> dict[str, Any
         "therapist": row.get("therapist", ""),
         "location": row.get("location", ""),
     }
+    _check_lengths(appointments, values, "appointment_id")
+    return values
 
 
 def import_appointments(conn: Connection, path: Path, *, practice_tz: str, now: datetime,
@@ -583,7 +653,8 @@ def import_referrers(conn: Connection, path: Path, *, region: str, now: datetime
         return {"name": row["name"], "contact_name": row.get("contact_name", ""),
                 "email": normalise_email(row.get("email", "")), "fax": fax}
 
-    parsed = _parse_rows(path, REFERRER_COLUMNS, "referrer_id", parse, summary, progress)
+    parsed = _parse_rows(path, REFERRER_COLUMNS, "referrer_id", referrers, parse, summary,
+                         progress)
     _plan_for_growing_tables(conn)
     _upsert(conn, referrers, parsed, path.name, now, summary)
     return summary
@@ -614,7 +685,8 @@ def import_contacts(conn: Connection, path: Path, *, region: str, now: datetime,
                 "first_name": row.get("first_name", ""), **_reachable(row, region),
                 "receives": receives}
 
-    parsed = _parse_rows(path, CONTACT_COLUMNS, "contact_id", parse, summary, progress)
+    parsed = _parse_rows(path, CONTACT_COLUMNS, "contact_id", contacts, parse, summary,
+                         progress)
     _plan_for_growing_tables(conn)
     owners = _ids(conn, patients, sorted({v["patient_external_id"] for _, v in parsed.values()}))
     for external_id, (line, values) in list(parsed.items()):
@@ -629,7 +701,7 @@ def import_contacts(conn: Connection, path: Path, *, region: str, now: datetime,
     return summary
 
 
-def _parse_rows(path: Path, columns: Sequence[str], id_column: str,
+def _parse_rows(path: Path, columns: Sequence[str], id_column: str, table: Table,
                 parse: Callable[[Mapping[str, str]], dict[str, Any]], summary: ImportSummary,
                 progress: Progress | None) -> dict[str, tuple[int, dict[str, Any]]]:
     """``{external id: (line, values)}`` of the good rows of ``path``; each bad row (and a
@@ -643,9 +715,11 @@ def _parse_rows(path: Path, columns: Sequence[str], id_column: str,
         try:
             if "__error__" in row:
                 raise _RowError(row["__error__"])
+            _check_cells(row)
             if not external_id:
                 raise _RowError(f"{id_column} is empty")
             values = {"external_id": external_id, **parse(row)}
+            _check_lengths(table, values, id_column)
         except _RowError as exc:
             summary.problems.append(RowProblem(line, str(exc)))
             continue

@@ -1,4 +1,5 @@
-"""Reports over the ledger: the touch-point log, and "why" for one touch point."""
+"""Reports over the ledger: the touch-point log, "why" for one touch point, and the
+events planning set aside (``why --event``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from engine.outcomes import EXPLANATIONS, Status
 from engine.privacy import mask_address
 from engine.store import ledger
 from engine.store.ledger import HistoryEntry, TouchPoint
+from engine.store.records import SetAside, set_aside_events
 from engine.store.schema import (
     appointments,
     events,
@@ -177,6 +179,33 @@ def why(conn: Connection, tp_id: int, definitions: Definitions | None = None) ->
     name = f"{patient.first_name} {patient.last_name}".strip() if patient else ""
     return Why(tp, patient_id, name, appointment, event, ledger.history_of(conn, tp_id),
                definition, explain(tp))
+
+
+def set_aside_rows(conn: Connection, *, patient: str | None = None) -> list[dict[str, Any]]:
+    """Events planning set aside (of one imported patient), as ``why --event`` shows them."""
+    return [_set_aside_row(item) for item in set_aside_events(conn, patient=patient)]
+
+
+def why_event(conn: Connection, event_id: int) -> dict[str, Any]:
+    """The story of an event planning set aside: nothing was planned from it, and why."""
+    found = set_aside_events(conn, event_id=event_id)
+    if not found:
+        known = conn.execute(select(events.c.id).where(events.c.id == event_id)).first()
+        raise NotFound(f"event {event_id} was not set aside — it was planned as usual; "
+                       "`touchpoint log --patient ID` lists what it planned" if known else
+                       f"no event {event_id} — `touchpoint log` lists the events set aside")
+    return _set_aside_row(found[0])
+
+
+def _set_aside_row(item: SetAside) -> dict[str, Any]:
+    return {
+        "event_id": item.id, "kind": item.kind, "patient_id": item.patient_id,
+        "occurred_at": _iso(item.occurred_at), "source": item.source,
+        "set_aside_at": _iso(item.failed_at), "error": item.error,
+        "explanation": "Planning it raised the error above, so nothing was planned from it; "
+                       "every other event was planned as usual. It is not retried: correct "
+                       f"the value at its source ({item.source or '?'}) and import it again.",
+    }
 
 
 def explain(tp: TouchPoint) -> str:

@@ -7,7 +7,8 @@ A tick does, in order:
    nothing booked get one ``patient.lapsed`` event per lapse;
 3. **plan** — unprocessed events go through the planner into the ledger (and open the
    recovery cases no-shows and late cancellations call for, and record referral-loop
-   milestones);
+   milestones); an event whose planning raises is set aside with its error, and the
+   others are planned;
 4. **cases** — cases for messages that failed for good are opened, owners of new cases
    alerted, overdue cases escalated; on the 1st, last month's referral digests go out;
 5. **dispatch** — due touch points are claimed, re-checked, rendered and sent.
@@ -26,6 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, and_, false, func, select
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from engine import clock
 from engine.cases import CaseDesk, case_fields, cases_for_minors, cases_from_events, get_case
@@ -47,6 +49,7 @@ from engine.planner import (
     follow_edits,
     plan,
 )
+from engine.privacy import redact
 from engine.records import Appointment, Event, Patient
 from engine.referrals import DigestJob, referral_events
 from engine.settings import Settings
@@ -66,6 +69,7 @@ from engine.store.records import (
     mark_processed,
     pending_events,
     put_state,
+    set_aside,
     visit_numbers,
 )
 from engine.store.schema import PENDING, appointments, events, touch_points
@@ -105,6 +109,7 @@ class TickReport:
     events: int = 0
     planned: int = 0
     exited: int = 0
+    set_aside: int = 0  # events planning could not handle (touchpoint log lists them)
     cases_opened: int = 0
     case_alerts: int = 0
     escalations: int = 0
@@ -115,6 +120,7 @@ class TickReport:
         return {"at": self.at.isoformat().replace("+00:00", "Z"), "edits": self.edits.as_dict(),
                 "recovered": self.recovered, "lapses": self.lapses,
                 "events": self.events, "planned": self.planned, "exited": self.exited,
+                "set_aside": self.set_aside,
                 "cases_opened": self.cases_opened, "case_alerts": self.case_alerts,
                 "escalations": self.escalations, "digests": self.digests,
                 "dispatch": self.dispatch.as_dict()}
@@ -136,6 +142,7 @@ class Runner:
         self.digest = DigestJob(db, definitions, settings, self.dispatcher) \
             if self.dispatcher is not None else None
         self.cases_opened = 0  # by planning, since the last tick
+        self.set_aside = 0  # events planning set aside, since the last tick
         self._synced: str | None = None  # the definitions fingerprint applied to the ledger
         self.practice = practice_fields(settings)
 
@@ -161,6 +168,7 @@ class Runner:
             report.events += events
             report.planned += planned
             report.exited += exited
+        report.set_aside, self.set_aside = self.set_aside, 0
         if self.dispatcher is not None:
             report.dispatch = self.dispatcher.run(stop=stop)
         return report
@@ -302,15 +310,48 @@ class Runner:
                 batch = pending_events(conn, EVENT_BATCH)
                 if not batch:
                     break
-                planned, exited = self._plan_batch(conn, batch)
-                mark_processed(conn, [e.id for e in batch], clock.now())
-                self.cases_opened += cases_from_events(conn, self.settings, batch)
+                planned, exited, errors = self._plan_apart(conn, batch)
+                mark_processed(conn, [e.id for e in batch if e.id not in errors], clock.now())
+                set_aside(conn, errors, clock.now())
+            self.set_aside += len(errors)
+            for event in batch:
+                if event.id in errors:
+                    log.error("event %d (%s, from %s) could not be planned and is set aside: "
+                              "%s — see `touchpoint why --event %d`", event.id, event.kind,
+                              event.source or "?", errors[event.id], event.id,
+                              extra={"event": "set_aside", "event_id": event.id})
             if self.case_desk is not None and any(e.kind == "case.opened" for e in batch):
                 self.case_desk.poke()  # alert its owner in this tick
             total_events += len(batch)
             total_planned += planned
             total_exited += exited
         return total_events, total_planned, total_exited
+
+    def _plan_apart(self, conn: Connection, batch: list[Event],
+                    ) -> tuple[int, int, dict[int, str]]:
+        """Plan ``batch`` (and open the cases it calls for) in a savepoint. If that raises,
+        plan each half apart, and so on down to the single event that raises, which is set
+        aside with its error (``{event id: error}``): one event no rule can plan never
+        stops the others, and a batch with one such event costs about three batches' work
+        (the whole, its halves, the failing half's halves, …), not one per event.
+
+        Lost connections and locks are not the event's fault: they end the tick as before.
+        """
+        try:
+            with conn.begin_nested():
+                planned, exited = self._plan_batch(conn, batch)
+                opened = cases_from_events(conn, self.settings, batch)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as exc:
+            if len(batch) == 1:
+                return 0, 0, {batch[0].id: planning_error(exc)}
+            half = len(batch) // 2
+            first, second = self._plan_apart(conn, batch[:half]), \
+                self._plan_apart(conn, batch[half:])
+            return (first[0] + second[0], first[1] + second[1], {**first[2], **second[2]})
+        self.cases_opened += opened
+        return planned, exited, {}
 
     def _plan_batch(self, conn: Connection, batch: list[Event]) -> tuple[int, int]:
         now = clock.now()
@@ -451,6 +492,14 @@ class Runner:
                           "last_visit_at": row.start_at.isoformat()},
                  "source": "lapse sweep", "dedupe_key": key, "processed_at": None}
                 for key, (row, lapsed_at) in candidates.items() if key not in known]
+
+
+def planning_error(exc: Exception) -> str:
+    """What went wrong planning an event, in one line, without patient data."""
+    cause = getattr(exc, "orig", None) if isinstance(exc, SQLAlchemyError) else None
+    lines = str(cause or exc).strip().splitlines()
+    text = f"{type(cause or exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return redact(text)[:300]
 
 
 def lapse_moment(last_visit: datetime, after: timedelta, tz: ZoneInfo) -> datetime:

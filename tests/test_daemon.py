@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,9 @@ from sqlalchemy import event, func, select
 
 from engine import clock
 from engine.daemon import Daemon
+from engine.health import HEARTBEAT_PREFIX
 from engine.outcomes import Status
+from engine.store.records import put_state
 from engine.store.schema import touch_points
 from engine.validate import check_definitions
 from engine.webhooks.app import Services, create_app
@@ -193,7 +195,7 @@ def test_healthz_reports_the_last_tick_and_backlog_and_metrics_count_sends(
                                             {})))
     with freeze_time("2026-11-02T15:00:00Z") as frozen:
         answer = client.get("/healthz")
-        assert answer.status_code == 200
+        assert answer.status_code == 503  # nothing would send: no daemon has ever ticked
         assert answer.json()["daemon"] == "never ticked"
         clinic.patients(patient("P1"), patient("P2", sms_consent="no", email=""))
         daemon = Daemon(clinic.settings, clinic.db, clinic.definitions,
@@ -202,7 +204,8 @@ def test_healthz_reports_the_last_tick_and_backlog_and_metrics_count_sends(
         daemon.tick()
         health = client.get("/healthz").json()
         assert health == {"ok": True, "database": "ok", "daemon": "ok",
-                          "last_tick": "2026-11-02T15:00:00Z", "workers": 1, "backlog": 0}
+                          "last_tick": "2026-11-02T15:00:00Z", "workers": 1, "backlog": 0,
+                          "set_aside": 0}
         metrics = client.get("/metrics").text
         assert 'touchpoint_sent_total{channel="sms",journey="welcome"} 1.0' in metrics
         assert 'touchpoint_skipped_total{journey="welcome",reason="no_consent"} 1.0' in metrics
@@ -214,5 +217,25 @@ def test_healthz_reports_the_last_tick_and_backlog_and_metrics_count_sends(
         answer = client.get("/healthz")
         assert answer.status_code == 503
         assert answer.json()["daemon"] == "stale"
+        assert answer.json()["workers"] == 0  # the one that ticked is no longer live
         assert answer.json()["backlog"] == planned  # the what-to-expect emails, overdue
+    clinic.close()
+
+
+def test_healthz_workers_counts_only_the_live_ones(database_url: str, tmp_path: Path) -> None:
+    clinic = Clinic(database_url, tmp_path)
+    client = TestClient(create_app(Services(clinic.settings, clinic.db, clinic.definitions,
+                                            {})))
+    now = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)
+    allowed = clinic.settings.daemon.tick * 4 + timedelta(minutes=1)
+    with clinic.db.transaction() as conn:
+        for worker, ago in (("a", timedelta(seconds=5)), ("b", allowed),
+                            ("c", allowed + timedelta(seconds=1)), ("d", timedelta(hours=20))):
+            put_state(conn, HEARTBEAT_PREFIX + worker,
+                      {"last_tick": (now - ago).isoformat()}, now - ago)
+    with freeze_time(now):
+        answer = client.get("/healthz")
+    assert answer.status_code == 200
+    assert answer.json()["workers"] == 2  # a and b; c and d stopped ticking
+    assert answer.json()["last_tick"] == "2026-11-02T14:59:55Z"
     clinic.close()

@@ -102,6 +102,12 @@ _ANCHOR_EVENTS = {"appointment.cancelled", "appointment.completed", "appointment
 # expand to more values than that (a "billion laughs" file), are refused before loading.
 MAX_FILE_BYTES = 256 * 1024
 MAX_VALUES = 10_000
+# The ledger keeps journey names and step ids this long (engine/store/schema.py sizes
+# touch_points.journey and .step from it).
+NAME_LENGTH = 64
+# How far a step, an expiry, a lapse or once_per may reach from its anchor: beyond that,
+# a date moved by it could leave the calendar, and planning would fail.
+LONGEST = timedelta(days=3650)
 
 _TOP_KEYS = ("version", "journey", "description", "purpose", "trigger", "exit_on", "once_per",
              "steps")
@@ -397,6 +403,11 @@ class _JourneyReader:
             self.error(self.key_line(data, "journey"), "missing journey name",
                        "add `journey: NAME`, e.g. `journey: pre-visit`")
             name = None
+        elif len(name.strip()) > NAME_LENGTH:
+            self.error(self.key_line(data, "journey"), f"the journey name is "
+                       f"{len(name.strip())} characters long; Touchpoint keeps at most "
+                       f"{NAME_LENGTH}", "shorten it")
+            name = None
         elif name.strip() in SYSTEM_JOURNEYS:
             self.error(self.key_line(data, "journey"), f"the journey name '{name}' is reserved "
                        "(Touchpoint uses it for replies and staff alerts)",
@@ -417,7 +428,7 @@ class _JourneyReader:
         once_per: timedelta | None = None
         if "once_per" in data:
             try:
-                once_per = parse_duration(data["once_per"])
+                once_per = _duration(data["once_per"])
             except ValueError as exc:
                 self.error(self.key_line(data, "once_per"), f"once_per: {exc}")
         steps = self.read_steps(data, triggers)
@@ -468,7 +479,7 @@ class _JourneyReader:
             event = raw.get("event")
             if "after" in raw:
                 try:
-                    after = parse_duration(raw["after"])
+                    after = _duration(raw["after"])
                 except ValueError as exc:
                     self.error(self.key_line(raw, "after"), f"trigger after: {exc}")
                     return None
@@ -566,6 +577,9 @@ class _JourneyReader:
         if not isinstance(step_id, str) or not step_id.strip():
             self.error(line, "a step needs an id", "add `id: some-name` (letters, digits, dashes)")
             step_id = "?"
+        elif len(step_id.strip()) > NAME_LENGTH:
+            self.error(self.key_line(item, "id"), f"the step id is {len(step_id.strip())} "
+                       f"characters long; Touchpoint keeps at most {NAME_LENGTH}", "shorten it")
         on = item.get("on")
         trigger: Trigger | None = triggers[0] if len(triggers) == 1 else None
         names = [t.event for t in triggers]
@@ -613,7 +627,7 @@ class _JourneyReader:
         expires: timedelta | None = None
         if "expires_after" in item:
             try:
-                expires = parse_duration(item["expires_after"])
+                expires = _duration(item["expires_after"])
             except ValueError as exc:
                 self.error(self.key_line(item, "expires_after"), str(exc))
         exits = self.read_exits(item, "exit_on", trigger) if "exit_on" in item else None
@@ -703,12 +717,15 @@ class _JourneyReader:
                 if "at" in raw:
                     raise ValueError(f"'at' goes with days_{kind}, not {kind} — write "
                                      f"{{days_{kind}: 1, at: \"10:00\"}}")
-                when = When(kind, offset=parse_duration(raw[kind]))
+                when = When(kind, offset=_duration(raw[kind]))
             else:
                 days = raw[kind]
                 if not isinstance(days, int) or isinstance(days, bool) or days < 0:
                     raise ValueError(f"{kind} must be a whole number of days — write e.g. "
                                      f"{kind}: 2")
+                if days > LONGEST.days:
+                    raise ValueError(f"{kind} {days} is more than {LONGEST.days} days (ten "
+                                     f"years) — write at most {kind}: {LONGEST.days}")
                 if "at" not in raw:
                     raise ValueError(f"{kind} needs a local time — write {{{kind}: {days}, "
                                      f"at: \"10:00\"}}")
@@ -723,6 +740,18 @@ class _JourneyReader:
                        "time the step with after/days_after, or trigger on appointment.booked")
             return None
         return when
+
+
+def _duration(raw: Any) -> timedelta:
+    """:func:`parse_duration`, refusing a duration longer than :data:`LONGEST`."""
+    try:
+        value = parse_duration(raw)
+    except OverflowError:  # more days than a timedelta holds
+        value = None
+    if value is None or value > LONGEST:
+        raise ValueError(f"{raw!r} is more than ten years — write at most "
+                         f"{format_duration(LONGEST)}")
+    return value
 
 
 def _node_line(node: Any) -> int | None:

@@ -230,6 +230,45 @@ def mark_processed(conn: Connection, ids: Sequence[int], now: datetime) -> None:
         conn.execute(update(events).where(events.c.id.in_(part)).values(processed_at=now))
 
 
+def set_aside(conn: Connection, errors: Mapping[int, str], now: datetime) -> None:
+    """Set aside events whose planning failed: processed (never retried), with the error."""
+    for event_id, error in errors.items():
+        conn.execute(update(events).where(events.c.id == event_id)
+                     .values(processed_at=now, failed_at=now, error=error))
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """An event planning could not handle: nothing was planned from it."""
+
+    id: int
+    kind: str
+    patient_id: str  # the imported patient_id
+    occurred_at: datetime
+    source: str
+    failed_at: datetime
+    error: str
+
+
+def set_aside_events(conn: Connection, *, patient: str | None = None,
+                     event_id: int | None = None) -> list[SetAside]:
+    """Set-aside events (of one imported patient, or one event), oldest first."""
+    query = (select(events.c.id, events.c.kind, patients.c.external_id, events.c.occurred_at,
+                    events.c.source, events.c.failed_at, events.c.error)
+             .join(patients, patients.c.id == events.c.patient_id)
+             .where(events.c.failed_at.is_not(None)).order_by(events.c.id))
+    if patient is not None:
+        query = query.where(patients.c.external_id == patient)
+    if event_id is not None:
+        query = query.where(events.c.id == event_id)
+    return [SetAside(*row) for row in conn.execute(query)]
+
+
+def count_set_aside(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(events)
+                            .where(events.c.failed_at.is_not(None))).scalar() or 0)
+
+
 _EVENT_COLUMNS = ("kind", "patient_id", "appointment_id", "occurred_at", "data", "source",
                   "dedupe_key", "processed_at")
 

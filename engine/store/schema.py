@@ -41,6 +41,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.expression import false, text
 
+from engine.definitions.journeys import NAME_LENGTH
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -215,7 +217,13 @@ class Appointment(Base):
 
 class Event(Base):
     __tablename__ = "events"
-    __table_args__ = (Index(None, "processed_at", "id"),)
+    __table_args__ = (
+        Index(None, "processed_at", "id"),
+        # What /healthz counts: events set aside because planning them failed (few).
+        Index("ix_events_failed_at", "failed_at",
+              sqlite_where=text("failed_at IS NOT NULL"),
+              postgresql_where=text("failed_at IS NOT NULL")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(40))
@@ -226,6 +234,9 @@ class Event(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     processed_at: Mapped[datetime | None]
+    # Set aside: planning this event raised; it is not retried (see Runner.plan_pending).
+    error: Mapped[str | None] = mapped_column(Text)
+    failed_at: Mapped[datetime | None]
 
 
 class TouchPoint(Base):
@@ -259,8 +270,8 @@ class TouchPoint(Base):
     appointment_id: Mapped[int | None] = mapped_column(ForeignKey("appointments.id"))
     recipient: Mapped[str] = mapped_column(String(40), default="patient")
     test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    journey: Mapped[str] = mapped_column(String(64))
-    step: Mapped[str] = mapped_column(String(64))
+    journey: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    step: Mapped[str] = mapped_column(String(NAME_LENGTH))
     anchor: Mapped[str] = mapped_column(String(80))
     purpose: Mapped[str] = mapped_column(String(16))
     event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id"))

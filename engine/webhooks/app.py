@@ -1,7 +1,7 @@
 """The ASGI app `touchpoint serve` runs: provider webhooks, one-click unsubscribe.
 
 ==================================  ====================================================
-GET  /healthz                       database reachable, last tick, backlog (503 if stale)
+GET  /healthz                       database reachable, last tick, backlog (503 if no recent tick)
 GET  /metrics                       Prometheus metrics (see engine/health.py)
 POST /webhooks/twilio/status        Twilio status callbacks (``?tp=`` names the touch point)
 POST /webhooks/twilio/inbound       inbound SMS: STOP, START, HELP, C, R, free text

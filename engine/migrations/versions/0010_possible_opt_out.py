@@ -3,8 +3,8 @@
 A reply that might revoke consent to texts but is not clear ("too many messages", "wrong
 number") goes to staff flagged "possible opt-out", due within 10 business days (FCC 24-24).
 
-Revision ID: 0014
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-04 18:10:00
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
