@@ -381,6 +381,10 @@ def _describe_tick(report: TickReport) -> str:
                      f"{e.cancelled} cancelled, {e.skipped} skipped")
     if report.recovered:
         parts.append(f"{report.recovered} interrupted send(s) marked unknown")
+    found, resent, left = (report.reconciled.get(k, 0) for k in ("found", "resent", "left"))
+    if found or resent or left:
+        parts.append(f"unknown texts reconciled: {found} found sent, {resent} sent again, "
+                     f"{left} left for staff")
     if report.lapses:
         parts.append(f"{report.lapses} lapse(s) found")
     parts.append(f"{report.events} event(s) planned into {report.planned} touch point(s)")
