@@ -42,7 +42,7 @@ from engine.settings import Settings
 from engine.store import ledger
 from engine.store.database import Database
 from engine.store.ledger import TouchPoint, touch_point_from_row
-from engine.store.schema import history, touch_points
+from engine.store.schema import history, patients, touch_points
 
 log = logging.getLogger("touchpoint.reconcile")
 
@@ -165,6 +165,9 @@ def unknown_touch_points(conn: Connection, looked_up: frozenset[str] = frozenset
                         .where(touch_points.c.status == Status.UNKNOWN,
                                touch_points.c.test == false())
                         .order_by(touch_points.c.sending_at, touch_points.c.id)).all()
+    ids = {row.patient_id for row in rows if row.patient_id is not None}
+    external = {row.id: row.external_id for row in conn.execute(
+        select(patients.c.id, patients.c.external_id).where(patients.c.id.in_(sorted(ids))))}
     listed = []
     for row in rows:
         tp = touch_point_from_row(row)
@@ -173,7 +176,8 @@ def unknown_touch_points(conn: Connection, looked_up: frozenset[str] = frozenset
                                     history.c.source == SOURCE,
                                     history.c.reason == NEEDS_STAFF)
                              .order_by(history.c.id.desc()).limit(1)).first()
-        listed.append({"id": tp.id, "patient_id": tp.patient_id, "journey": tp.journey,
+        listed.append({"id": tp.id, "patient_id": external.get(tp.patient_id or 0),
+                       "journey": tp.journey,
                        "step": tp.step, "channel": tp.channel,
                        "address": mask_address(tp.address) if tp.address else None,
                        "attempted_at": tp.sending_at, "deadline": tp.expires_at,

@@ -23,6 +23,7 @@ from twilio.request_validator import RequestValidator
 
 from engine.channels import build_channels
 from engine.outcomes import Status
+from engine.reconcile import unknown_touch_points
 from engine.runner import Runner
 from engine.webhooks.app import Services, create_app
 from tests.provider_servers import SendGridAPIServer, TwilioAPIServer, TwilioOutcome
@@ -198,6 +199,12 @@ def test_a_sender_killed_mid_send_never_resends_and_the_callback_settles_it(
 # --------------------------------------------------------------------------- reconciliation
 
 
+def waiting_for(clinic: Clinic) -> list[str]:
+    """What each unknown touch point waits for, as `touchpoint unknown` lists it."""
+    with clinic.db.transaction() as conn:
+        return [row["waiting_for"] for row in unknown_touch_points(conn)]
+
+
 def test_an_unknown_text_found_in_twilios_list_is_sent_with_its_sid(
         database_url: str, tmp_path: Path, servers) -> None:  # type: ignore[no-untyped-def]
     twilio, sendgrid = servers
@@ -241,6 +248,7 @@ def test_an_unknown_text_twilio_never_got_is_sent_again_once_then_left_for_staff
     with freeze_time(start) as frozen:
         clinic.patients(patient("P1"))
         clinic.tick()
+        assert waiting_for(clinic) == ["reconciliation"]
         frozen.move_to(start + timedelta(minutes=10))
         first = clinic.tick()  # not in Twilio's list: sent again, in the same tick
         welcome = clinic.one("welcome", "welcome")
@@ -256,6 +264,7 @@ def test_an_unknown_text_twilio_never_got_is_sent_again_once_then_left_for_staff
     assert twilio.messages == []
     welcome = clinic.one("welcome", "welcome")
     assert welcome.status == Status.UNKNOWN
+    assert waiting_for(clinic) == ["staff"]
     trail = [(h.previous_status, h.status, h.reason, h.source)
              for h in clinic.history(welcome)]
     assert trail[2:] == [

@@ -499,6 +499,74 @@ def test_an_interrupted_send_is_reconciled_by_a_later_callback(practice: Practic
         practice.cli("why", str(welcome.id)).output.splitlines()
 
 
+# --------------------------------------------------------------------------- staff settle
+
+
+def test_staff_list_unknown_touch_points_and_settle_them_with_a_note(
+        practice: Practice) -> None:
+    practice.clinic.sms.script(AmbiguousChannelError("read timeout", provider="fake"),
+                               AmbiguousChannelError("read timeout", provider="fake"))
+    practice.clinic.email.script(AmbiguousChannelError("read timeout", provider="fake"))
+    texted, mailed, resent = practice.welcomed(
+        patient("P1"), patient("P2", **EMAIL_ONLY, phone="(312) 555-0102"),
+        patient("P3", phone="(312) 555-0103"))
+    assert [t.status for t in (texted, mailed, resent)] == [Status.UNKNOWN] * 3
+    assert practice.cli("unknown").output.splitlines()[0].split() == [
+        "id", "patient", "journey", "/", "step", "channel", "to", "attempted", "deadline",
+        "waiting", "for"]
+
+    listed = practice.cli("unknown", "--json")
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert [(r["id"], r["patient_id"], r["channel"], r["address"], r["waiting_for"])
+            for r in rows] == [
+        (texted.id, "P1", "sms", "+1••••••••00", "staff"),  # the fake cannot look up
+        (mailed.id, "P2", "email", "p•••@example.com", "staff"),
+        (resent.id, "P3", "sms", "+1••••••••03", "staff")]
+    assert rows[0]["attempted_at"] == "2026-11-02T15:00:00Z"
+    assert rows[0]["reason"] == "ambiguous"
+
+    practice.at(MONDAY_9AM + timedelta(minutes=30))
+    sent = practice.cli("settle", str(texted.id), "--sent", "--note",
+                        "Twilio console shows it delivered")
+    assert sent.exit_code == 0, sent.output
+    assert sent.output == (f"Touch point {texted.id}: unknown → sent (reconciled); the note "
+                           f"is in its history (touchpoint why {texted.id}).\n")
+    assert practice.moves(texted.id)[-1] == ("transition", "unknown", "sent", "reconciled",
+                                             "staff")
+    assert practice.clinic.history(practice.tp(texted.id))[-1].detail == \
+        "staff: Twilio console shows it delivered"
+    dropped = practice.cli("settle", str(mailed.id), "--drop", "--note", "patient called")
+    assert dropped.exit_code == 0, dropped.output
+    assert (practice.tp(mailed.id).status, practice.tp(mailed.id).reason) == (
+        Status.CANCELLED, "dropped")
+    again = practice.cli("settle", str(resent.id), "--resend", "--note", "not in Twilio")
+    assert again.exit_code == 0, again.output
+    assert (practice.tp(resent.id).status, practice.tp(resent.id).reason) == (
+        Status.PLANNED, "resend")
+    practice.clinic.tick()
+    assert practice.tp(resent.id).status == Status.SENT
+    assert [m.to for m in practice.texts()] == ["+13125550103"]  # only the one re-sent
+
+    assert practice.cli("unknown").output == "No touch point is unknown.\n"
+    assert json.loads(practice.cli("unknown", "--json").stdout) == []
+    # one line for what cannot be done
+    refused = {
+        "settled already": practice.cli("settle", str(texted.id), "--drop", "--note", "x"),
+        "no such": practice.cli("settle", "999", "--sent", "--note", "x"),
+        "empty note": practice.cli("settle", str(texted.id), "--sent", "--note", " "),
+    }
+    assert {name: r.exit_code for name, r in refused.items()} == dict.fromkeys(refused, 1)
+    assert refused["settled already"].output == (
+        f"Error: touch point {texted.id} is sent, not unknown: only unknown touch points "
+        "are settled by staff\n")
+    assert refused["no such"].output == "Error: no touch point 999\n"
+    no_action = practice.cli("settle", str(texted.id), "--note", "x")
+    assert no_action.exit_code == 2
+    assert "say what happened: --sent, --resend or --drop" in no_action.output
+    assert practice.tp(texted.id).status == Status.SENT
+
+
 # --------------------------------------------------------------------------- SendGrid events
 
 EMAIL_ONLY = {"sms_consent": "no"}  # their welcome goes by email
