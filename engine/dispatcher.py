@@ -326,6 +326,10 @@ class Dispatcher:
         decision, recipient = snapshot.decide(tp, journey, step, now, self.quiet_hours,
                                               self.practice_timezone, self.caps)
         if isinstance(decision, Verdict):
+            if tp.reason == Reason.FALLBACK and decision.status == Status.SKIPPED:
+                # it went out and was turned away; no channel after that one may be used
+                decision = Verdict(Status.FAILED, Reason.PROVIDER_ERROR,
+                                   f"{tp.detail}; no channel left to try ({decision.detail})")
             self._settle(tp, decision)
         elif isinstance(decision, Defer):
             with self._tx() as conn:

@@ -406,6 +406,23 @@ def test_a_carrier_failure_falls_back_to_the_steps_next_channel_once(
     assert "trying email next" in why.output
 
 
+def test_a_fallback_with_no_usable_channel_left_fails_with_both_reasons(
+        practice: Practice) -> None:
+    [welcome] = practice.welcomed(patient("P1", email=""))  # [sms, email]; no email on file
+    practice.at(MONDAY_9AM + timedelta(minutes=1))
+    response = practice.status(welcome.id, "undelivered", welcome.provider_message_id or "",
+                               error="30006")
+    assert response.status_code == 204
+    assert practice.tp(welcome.id).reason == "fallback"  # the step has an email channel
+    practice.clinic.tick()
+    failed = practice.tp(welcome.id)
+    assert (failed.status, failed.reason) == (Status.FAILED, "provider_error")
+    assert (failed.detail or "").startswith(
+        "twilio status undelivered, error 30006; trying email next; no channel left to try (")
+    assert "email" in (failed.detail or "").split("no channel left to try")[1]
+    assert practice.emails() == [] and len(practice.texts()) == 1
+
+
 def test_no_fallback_after_the_deadline(practice: Practice) -> None:
     reminder = practice.reminded()  # two-days-before: [sms, email], expires after 1 day
     assert reminder.expires_at is not None
