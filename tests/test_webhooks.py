@@ -384,8 +384,10 @@ def test_a_carrier_failure_falls_back_to_the_steps_next_channel_once(
     back = practice.tp(welcome.id)
     assert (back.status, back.reason, back.due_at) == (
         Status.PLANNED, "fallback", MONDAY_9AM + timedelta(minutes=1))
-    assert back.detail == "twilio status undelivered, error 30003; trying email next"
+    assert back.detail == "twilio status undelivered, error 30003"
     assert practice.moves(welcome.id)[-1] == ("delivery", "sent", "planned", "failed", "twilio")
+    assert practice.clinic.history(back)[-1].detail == \
+        "twilio status undelivered, error 30003; trying email next"
 
     practice.clinic.tick()
     emailed = practice.tp(welcome.id)
@@ -418,7 +420,7 @@ def test_a_fallback_with_no_usable_channel_left_fails_with_both_reasons(
     failed = practice.tp(welcome.id)
     assert (failed.status, failed.reason) == (Status.FAILED, "provider_error")
     assert (failed.detail or "").startswith(
-        "twilio status undelivered, error 30006; trying email next; no channel left to try (")
+        "twilio status undelivered, error 30006; no channel left to try (")
     assert "email" in (failed.detail or "").split("no channel left to try")[1]
     assert practice.emails() == [] and len(practice.texts()) == 1
 

@@ -155,16 +155,18 @@ def _again(conn: Connection, tp: TouchPoint, event: ProviderEvent, redelivery: R
         return None
     following = redelivery.next_channel(tp)
     reason: str
-    if following is not None:
-        reason, due, note = Reason.FALLBACK, now, f"{detail}; trying {following} next"
+    if following is not None:  # (the row keeps what the provider said; history the plan)
+        reason, due, kept = Reason.FALLBACK, now, detail
+        note = f"{detail}; trying {following} next"
     else:
         retry_at = redelivery.retry_at(tp, event, now) if event.temporary else None
         if retry_at is None:
             return None
-        reason, due, note = "retry", retry_at, f"{detail}; retrying at {retry_at.isoformat()}"
+        reason, due = "retry", retry_at
+        kept = note = f"{detail}; retrying at {retry_at.isoformat()}"
     moved = conn.execute(update(touch_points)
                          .where(touch_points.c.id == tp.id, touch_points.c.status == tp.status)
-                         .values(status=Status.PLANNED, reason=reason, detail=note,
+                         .values(status=Status.PLANNED, reason=reason, detail=kept,
                                  due_at=max(due, now), claimed_by=None, claim_expires_at=None,
                                  finished_at=None, updated_at=now)).rowcount
     if moved != 1:
