@@ -623,19 +623,22 @@ def unknown_cmd(ctx: click.Context, as_json: bool) -> None:
 
 @cli.command("settle")
 @click.argument("touch_point_id", type=int)
-@click.option("--sent", "action", flag_value="sent",
+@click.option("--sent", is_flag=True,
               help="It reached the patient (you checked the provider's records).")
-@click.option("--resend", "action", flag_value="resend",
+@click.option("--resend", is_flag=True,
               help="Send it again on the next run (its deadline no longer applies).")
-@click.option("--drop", "action", flag_value="drop", help="Do not send it (cancelled).")
+@click.option("--drop", is_flag=True, help="Do not send it (cancelled).")
 @click.option("--note", "note", required=True, metavar="TEXT",
               help="Why: kept in the touch point's history.")
 @click.pass_context
-def settle_cmd(ctx: click.Context, touch_point_id: int, action: str | None, note: str) -> None:
+def settle_cmd(ctx: click.Context, touch_point_id: int, sent: bool, resend: bool, drop: bool,
+               note: str) -> None:
     """Settle an unknown touch point: --sent, --resend or --drop, with --note TEXT."""
-    if action is None:
-        raise click.UsageError("say what happened: --sent, --resend or --drop")
-    settled = settle(_app(ctx).db(), touch_point_id, action, note, clock.now())
+    chosen = [name for name, given in (("sent", sent), ("resend", resend), ("drop", drop))
+              if given]
+    if len(chosen) != 1:
+        raise click.UsageError("say what happened: one of --sent, --resend or --drop")
+    settled = settle(_app(ctx).db(), touch_point_id, chosen[0], note, clock.now())
     click.echo(f"Touch point {settled.id}: unknown → {settled.status} ({settled.reason}); "
                f"the note is in its history (touchpoint why {settled.id}).")
 

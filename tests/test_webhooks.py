@@ -580,9 +580,10 @@ def test_staff_list_unknown_touch_points_and_settle_them_with_a_note(
         f"Error: touch point {texted.id} is sent, not unknown: only unknown touch points "
         "are settled by staff\n")
     assert refused["no such"].output == "Error: no touch point 999\n"
-    no_action = practice.cli("settle", str(texted.id), "--note", "x")
-    assert no_action.exit_code == 2
-    assert "say what happened: --sent, --resend or --drop" in no_action.output
+    for flags in ([], ["--sent", "--drop"]):
+        unclear = practice.cli("settle", str(texted.id), *flags, "--note", "x")
+        assert unclear.exit_code == 2
+        assert "say what happened: one of --sent, --resend or --drop" in unclear.output
     assert practice.tp(texted.id).status == Status.SENT
 
 
