@@ -50,6 +50,7 @@ from engine.outcomes import Status
 from engine.preview import Preview, RenderedPreview, preview, send_test
 from engine.privacy import mask_address, redact
 from engine.replies import opt_out_by_staff, send_outgoing
+from engine.reconcile import settle, unknown_touch_points
 from engine.report import build_report, sparkline
 from engine.reports import (
     LOG_FIELDS,
@@ -398,6 +399,10 @@ def _describe_tick(report: TickReport) -> str:
                      f"{e.cancelled} cancelled, {e.skipped} skipped")
     if report.recovered:
         parts.append(f"{report.recovered} interrupted send(s) marked unknown")
+    found, resent, left = (report.reconciled.get(k, 0) for k in ("found", "resent", "left"))
+    if found or resent or left:
+        parts.append(f"unknown texts reconciled: {found} found sent, {resent} sent again, "
+                     f"{left} left for staff")
     if report.lapses:
         parts.append(f"{report.lapses} lapse(s) found")
     parts.append(f"{report.events} event(s) planned into {report.planned} touch point(s)")
@@ -632,6 +637,67 @@ def why_cmd(ctx: click.Context, touch_point_id: int | None, event_id: int | None
             else entry["status"] or entry["kind"]
         extra = ", ".join(filter(None, (entry["reason"], entry["detail"])))
         echo(f"    {entry['at']}  {move:<22} {entry['source']:<10} {extra}")
+
+
+# --------------------------------------------------------------------------- unknown
+
+
+@cli.command("unknown")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def unknown_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Touch points whose delivery is unknown: texts still being looked up at Twilio, and
+    those staff must settle (`touchpoint settle ID`)."""
+    app = _app(ctx)
+    settings = app.settings()
+    looked_up = frozenset({"sms"}) if settings.channels.sms_provider == "twilio" \
+        else frozenset()
+    with app.db().transaction() as conn:
+        rows = unknown_touch_points(conn, looked_up)
+    if as_json:
+        _echo_json([{key: _iso(value) if isinstance(value, datetime) else value
+                     for key, value in row.items()} for row in rows])
+        return
+    if not rows:
+        click.echo("No touch point is unknown.")
+        return
+    tz = zone(settings.practice.timezone or "UTC")
+    table = Table(box=None, pad_edge=False)
+    for column in ("id", "patient", "journey / step", "channel", "to", "attempted",
+                   "deadline", "waiting for"):
+        table.add_column(column)
+    for row in rows:
+        attempted, deadline = row["attempted_at"], row["deadline"]
+        table.add_row(str(row["id"]), row["patient_id"] or "-",
+                      f"{row['journey']} / {row['step']}", row["channel"] or "-",
+                      row["address"] or "-",
+                      f"{attempted.astimezone(tz):%a %d %b %H:%M}" if attempted else "-",
+                      f"{deadline.astimezone(tz):%a %d %b %H:%M}" if deadline else "-",
+                      row["waiting_for"])
+    Console().print(table)
+    click.echo("Settle one with: touchpoint settle ID --sent|--resend|--drop --note TEXT")
+
+
+@cli.command("settle")
+@click.argument("touch_point_id", type=int)
+@click.option("--sent", is_flag=True,
+              help="It reached the patient (you checked the provider's records).")
+@click.option("--resend", is_flag=True,
+              help="Send it again on the next run (its deadline no longer applies).")
+@click.option("--drop", is_flag=True, help="Do not send it (cancelled).")
+@click.option("--note", "note", required=True, metavar="TEXT",
+              help="Why: kept in the touch point's history.")
+@click.pass_context
+def settle_cmd(ctx: click.Context, touch_point_id: int, sent: bool, resend: bool, drop: bool,
+               note: str) -> None:
+    """Settle an unknown touch point: --sent, --resend or --drop, with --note TEXT."""
+    chosen = [name for name, given in (("sent", sent), ("resend", resend), ("drop", drop))
+              if given]
+    if len(chosen) != 1:
+        raise click.UsageError("say what happened: one of --sent, --resend or --drop")
+    settled = settle(_app(ctx).db(), touch_point_id, chosen[0], note, clock.now())
+    click.echo(f"Touch point {settled.id}: unknown → {settled.status} ({settled.reason}); "
+               f"the note is in its history (touchpoint why {settled.id}).")
 
 
 # --------------------------------------------------------------------------- definitions

@@ -14,8 +14,14 @@ For each due touch point, in order of due time:
 6. the message is rendered and the row marked ``sending`` — **committed before the
    provider is called**, so a crash can never lead to a blind re-send;
 7. the provider's answer is recorded: ``sent``; a transient error is retried by the
-   retry policy (back to ``planned`` at a later time) or ``failed``; a permanent error
-   falls through to the next channel or ``failed``; an ambiguous one becomes ``unknown``.
+   retry policy (back to ``planned`` at a later time) and, when the retries run out,
+   falls through to the next channel (before the deadline) or ``failed``; a permanent
+   error falls through to the next channel or ``failed`` (``opted_out`` for Twilio's
+   21610); an ambiguous one becomes ``unknown``.
+
+A touch point a carrier or mailbox turned away after it was sent comes back ``planned``
+with reason ``fallback`` (see :mod:`engine.webhooks.record`): only the step's channels
+after the one that failed are tried.
 
 Only :class:`~engine.errors.ChannelError` and template render errors are caught here;
 configuration errors stop the run.
@@ -337,6 +343,10 @@ class Dispatcher:
         decision, recipient = snapshot.decide(tp, journey, step, now, self.quiet_hours,
                                               self.practice_timezone, self.caps)
         if isinstance(decision, Verdict):
+            if tp.reason == Reason.FALLBACK and decision.status == Status.SKIPPED:
+                # it went out and was turned away; no channel after that one may be used
+                decision = Verdict(Status.FAILED, Reason.PROVIDER_ERROR,
+                                   f"{tp.detail}; no channel left to try ({decision.detail})")
             self._settle(tp, decision)
         elif isinstance(decision, Defer):
             with self._tx() as conn:
@@ -354,6 +364,16 @@ class Dispatcher:
               recipient: Recipient, appointment: Appointment | None, snapshot: Snapshot,
               decision: Send) -> None:
         candidates, timezone = list(decision.channels), decision.timezone
+        if tp.reason == Reason.FALLBACK and tp.channel in step.channels:
+            # the carrier or mailbox turned it away on tp.channel: the channels after it
+            tried = step.channels[:step.channels.index(tp.channel) + 1]
+            candidates = [kind for kind in candidates if kind not in tried]
+            if not candidates:
+                passed = "; ".join(decision.refused)
+                self._settle(tp, Verdict(Status.FAILED, Reason.PROVIDER_ERROR,
+                                         f"{tp.detail}; no channel left to try"
+                                         + (f" ({passed})" if passed else "")))
+                return
         context = snapshot.context(tp, patient, appointment, self.practice,
                                    self.practice_timezone, recipient, self.settings)
         # several recipients of one message: one number or inbox gets it once
@@ -436,15 +456,18 @@ class Dispatcher:
         try:
             result = channel.send(message)
         except TransientChannelError as exc:
-            self._after_transient(tp, exc, attempt, retry)
+            if self._after_transient(tp, exc, attempt, retry, kind=kind, last=last,
+                                     failures=failures):
+                return "next"
             return "done"
         except PermanentChannelError as exc:
             detail = f"{kind}: {redact(exc.describe())}"
-            failures.append((Reason.PROVIDER_ERROR, detail))
+            reason = Reason.OPTED_OUT if exc.opted_out else Reason.PROVIDER_ERROR
+            failures.append((reason, detail))
             if exc.opted_out:
                 self._record_opt_out(kind, message.to, f"provider: {exc.describe()}")
             if last:
-                self._finish(tp, Status.SENDING, Status.FAILED, Reason.PROVIDER_ERROR,
+                self._finish(tp, Status.SENDING, Status.FAILED, reason,
                              "; ".join(d for r, d in failures if r != "refused"))
                 self.stats.failed += 1
                 return "done"
@@ -458,8 +481,10 @@ class Dispatcher:
             self.stats.unknown += 1
             return "done"
         except ChannelError as exc:
-            self._after_transient(
-                tp, TransientChannelError(exc.message, provider=exc.provider), attempt, retry)
+            if self._after_transient(
+                    tp, TransientChannelError(exc.message, provider=exc.provider), attempt,
+                    retry, kind=kind, last=last, failures=failures):
+                return "next"
             return "done"
         self._record_sent(tp, result.provider, result.provider_message_id, result.detail)
         self.stats.sent += 1
@@ -497,21 +522,33 @@ class Dispatcher:
                 pass
 
     def _after_transient(self, tp: TouchPoint, exc: TransientChannelError, attempt: int,
-                         retry: bool = True) -> None:
+                         retry: bool = True, *, kind: str = "", last: bool = True,
+                         failures: list[tuple[str, str]] | None = None) -> bool:
+        """Retry later, or give up: True when the step's next channel should be tried
+        (the retries ran out, another channel follows and the deadline has not passed)."""
         now = clock.now()
         decision = self.retry.decide(attempt, exc, now, tp.expires_at) if retry else \
             GiveUp("not retried: try again later")
         detail = redact(exc.describe())
         if isinstance(decision, GiveUp):
+            before_deadline = tp.expires_at is None or now < tp.expires_at
+            if retry and not last and before_deadline and failures is not None:
+                failures.append((Reason.PROVIDER_ERROR, f"{kind}: {detail}; {decision.why}"))
+                self._finish(tp, Status.SENDING, Status.PLANNED, Reason.FALLBACK,
+                             f"{kind}: {detail}; {decision.why}; trying the next channel",
+                             keep_claim=True)
+                return True
             self._finish(tp, Status.SENDING, Status.FAILED, Reason.PROVIDER_ERROR,
-                         f"{detail}; {decision.why}")
+                         "; ".join([*(d for r, d in failures or () if r != "refused"),
+                                    f"{detail}; {decision.why}"]))
             self.stats.failed += 1
-            return
+            return False
         with self._tx() as conn:
             ledger.reschedule(conn, tp.id, worker=self.worker, expect=Status.SENDING,
                               due_at=decision.at, now=now, reason="retry",
                               detail=f"{detail}; retrying at {decision.at.isoformat()}")
         self.stats.retried += 1
+        return False
 
     def _finish(self, tp: TouchPoint, expect: str, to: str, reason: str | None,
                 detail: str | None, values: dict[str, Any] | None = None,

@@ -9,6 +9,11 @@
        │           └──► unknown     (crash or ambiguous timeout; a callback reconciles it)
        ├──► skipped   (a guard said no: opted_out, no_consent, too_late, …)
        └──► cancelled (the journey ended: appointment_cancelled, journey_exited, …)
+
+    sent ──► planned      (fallback: a carrier/mailbox turned it away; the step's next channel)
+    unknown ──► sent      (reconciled: found in the provider's list, or staff settle --sent)
+    unknown ──► planned   (reconcile_resend: not found, sent again once; staff settle --resend)
+    unknown ──► cancelled (dropped: staff settle --drop)
 """
 
 from __future__ import annotations
@@ -54,6 +59,11 @@ class Reason(StrEnum):
     ONCE_PER = "once_per"
     SHARED_ADDRESS = "shared_address"
     NO_GUARDIAN = "no_guardian"
+    FALLBACK = "fallback"
+    RECONCILED = "reconciled"
+    RECONCILE_RESEND = "reconcile_resend"
+    RESEND = "resend"
+    DROPPED = "dropped"
 
 
 EXPLANATIONS: dict[str, str] = {
@@ -79,6 +89,13 @@ EXPLANATIONS: dict[str, str] = {
                           "the FCC healthcare exemption's 1 text a day, 3 a week, 160 "
                           "characters)",
     Reason.ONCE_PER: "the journey already ran for this patient within its once_per period",
+    Reason.FALLBACK: "one channel could not deliver it (retries ran out, or the carrier or "
+                     "mailbox turned it away), so the step's next channel was tried",
+    Reason.RECONCILED: "its send was interrupted; the provider's records showed it had gone",
+    Reason.RECONCILE_RESEND: "its send was interrupted and the provider had no record of it, so "
+                             "it was sent again, once",
+    Reason.RESEND: "its send was interrupted; staff asked for it to be sent again",
+    Reason.DROPPED: "its send was interrupted; staff decided not to send it",
     Reason.SHARED_ADDRESS: "another recipient of the same message has the same phone number "
                            "or email, and it went there once",
     Reason.NO_GUARDIAN: "the patient is a minor with no parent or guardian on file, so nothing "

@@ -3,6 +3,9 @@
 A tick does, in order:
 
 1. **recover** — touch points left in ``sending`` by a worker that died become ``unknown``;
+   **reconcile** — ``unknown`` texts with no status callback ``dispatch.reconcile_after``
+   after the attempt are looked up at the provider: found → ``sent``, not found → sent
+   again once (:mod:`engine.reconcile`);
 2. **sweep** — patients with no visit for a journey's ``patient.lapsed`` period and
    nothing booked get one ``patient.lapsed`` event per lapse;
 3. **plan** — unprocessed events go through the planner into the ledger (and open the
@@ -50,6 +53,7 @@ from engine.planner import (
     plan,
 )
 from engine.privacy import redact
+from engine.reconcile import reconcile
 from engine.records import Appointment, Event, Patient
 from engine.referrals import DigestJob, referral_events
 from engine.settings import Settings
@@ -105,6 +109,8 @@ class TickReport:
     at: datetime
     edits: EditImpact = field(default_factory=EditImpact)
     recovered: int = 0
+    reconciled: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("found", "resent", "left", "unreachable"), 0))
     lapses: int = 0
     events: int = 0
     planned: int = 0
@@ -118,7 +124,8 @@ class TickReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"at": self.at.isoformat().replace("+00:00", "Z"), "edits": self.edits.as_dict(),
-                "recovered": self.recovered, "lapses": self.lapses,
+                "recovered": self.recovered, "reconciled": dict(self.reconciled),
+                "lapses": self.lapses,
                 "events": self.events, "planned": self.planned, "exited": self.exited,
                 "set_aside": self.set_aside,
                 "cases_opened": self.cases_opened, "case_alerts": self.case_alerts,
@@ -135,6 +142,7 @@ class Runner:
         self.definitions = definitions
         self.rules = PlanningRules(settings.quiet_hours, settings.require("practice.timezone"),
                                    settings.dispatch.default_expiry)
+        self.channels = channels
         self.dispatcher = Dispatcher(db, definitions, settings, channels, worker=worker) \
             if channels is not None else None
         self.case_desk = CaseDesk(db, definitions, settings, self.dispatcher) \
@@ -153,6 +161,9 @@ class Runner:
         report = TickReport(clock.now())
         report.edits = self.sync_definitions()
         report.recovered = self.recover()
+        if self.channels is not None:
+            report.reconciled = reconcile(self.db, self.settings, self.channels,
+                                          clock.now()).as_dict()
         if sweep:
             report.lapses = self.sweep_lapses()
         report.events, report.planned, report.exited = self.plan_pending()

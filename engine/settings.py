@@ -148,6 +148,9 @@ SETTINGS: tuple[Setting, ...] = (
             "First retry delay after a transient error; doubles on each attempt.", "1m"),
     Setting("dispatch.default_expiry", "TOUCHPOINT_DEFAULT_EXPIRY",
             "How late a step may still be sent when it sets no expires_after.", "1d"),
+    Setting("dispatch.reconcile_after", "TOUCHPOINT_RECONCILE_AFTER",
+            "How long an 'unknown' text waits for a status callback before Twilio's message "
+            "list is searched for it (found: 'sent'; not found: sent again once).", "10m"),
     Setting("templates.sensitive_fields", "TOUCHPOINT_SENSITIVE_FIELDS",
             "Field names `touchpoint validate` treats as clinical: a warning in an SMS, an "
             "error in a message to a referrer (env: comma-separated).",
@@ -319,8 +322,10 @@ class Dispatch(BaseModel):
     max_attempts: int = Field(5, ge=1, le=50)
     retry_backoff: timedelta = timedelta(minutes=1)
     default_expiry: timedelta = timedelta(days=1)
+    reconcile_after: timedelta = timedelta(minutes=10)
 
-    @field_validator("send_timeout", "retry_backoff", "default_expiry", mode="before")
+    @field_validator("send_timeout", "retry_backoff", "default_expiry", "reconcile_after",
+                     mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value

@@ -2,6 +2,8 @@
 
 Errors (the engine refuses to run with them):
 
+* an SMS longer than :data:`SMS_MAX_CHARACTERS` (1,600) characters for the sample
+  patient: Twilio refuses it (error 21617), so it could never be sent;
 * a marketing email without ``{{ unsubscribe_url }}`` and ``{{ practice.address }}``;
 
 * everything :func:`engine.definitions.load_definitions` finds — YAML syntax, unknown
@@ -48,6 +50,8 @@ from engine.timing import zone
 # What the HELP reply must say about charges (CTIA), by language.
 RATES_WORDING = {"en": "Msg&data rates may apply", "es": "tarifas de mensajes y datos"}
 _STOP = re.compile(r"\bstop\b", re.IGNORECASE)
+#: The longest SMS body Twilio accepts (longer ones are refused with error 21617).
+SMS_MAX_CHARACTERS = 1600
 
 
 def check_definitions(settings: Settings, now: datetime) -> Definitions:
@@ -245,6 +249,7 @@ def _check_system_templates(templates: TemplateSet, settings: Settings, now: dat
                     break
                 if channel != "sms" or not known:
                     continue
+                yield from _check_sms_length(body, file)
                 info = analyse(body)
                 if info.segments > 1:
                     yield Diagnostic(file, 1, f"this reply is {info.segments} segments "
@@ -289,8 +294,19 @@ def _check_sensitive(templates: TemplateSet, file: str, where: str,
                              severity="warning", code="sensitive")
 
 
+def _check_sms_length(body: str, where: str) -> Iterator[Diagnostic]:
+    if len(body) > SMS_MAX_CHARACTERS:
+        # the line of the text (as rendered) where it passes the limit
+        line = body[:SMS_MAX_CHARACTERS].count("\n") + 1
+        yield Diagnostic(where, line, f"with the sample patient this SMS is {len(body):,} "
+                         f"characters, over the {SMS_MAX_CHARACTERS:,} Twilio accepts; it "
+                         f"passes the limit at line {line}",
+                         "shorten it, or move the detail to the email", code="sms-length")
+
+
 def _check_rendered(journey: Journey, body: str, where: str, settings: Settings,
                     ) -> Iterator[Diagnostic]:
+    yield from _check_sms_length(body, where)
     info = analyse(body)
     if info.segments > 1:
         limit = 160 if info.encoding == "GSM-7" else 70

@@ -692,3 +692,43 @@ def test_the_public_url_is_https_except_on_this_machine(url: str, accepted: bool
         with pytest.raises(ConfigError) as caught:
             load_settings(None, environ=environ)
         assert "must start with https://" in caught.value.message
+
+
+# --------------------------------------------------------------------------- reconciliation
+
+
+def test_twilio_finds_a_sent_message_by_number_time_and_body(
+        twilio_server: TwilioAPIServer) -> None:
+    channel = twilio(twilio_server)
+    assert channel.can_find_sent
+    twilio_server.enqueue(TwilioOutcome.success(date_sent="Mon, 10 Mar 2025 13:00:00 +0000",
+                                                date_created="Mon, 10 Mar 2025 13:00:00 +0000"))
+    channel.send(sms())  # an hour before: not the attempt's
+    twilio_server.enqueue(TwilioOutcome.success(date_sent="Mon, 10 Mar 2025 14:00:05 +0000",
+                                                date_created="Mon, 10 Mar 2025 14:00:05 +0000"))
+    taken = channel.send(sms())
+    channel.send(sms("Another text to the same number"))
+    assert channel.find_sent(PATIENT_PHONE, NOW, sms().body) == taken.provider_message_id
+    assert channel.find_sent(PATIENT_PHONE, NOW, "Never sent") is None
+    assert channel.find_sent("+15035550199", NOW, sms().body) is None
+    # an hour later, the one sent at 14:00:05 is before the window
+    assert channel.find_sent(PATIENT_PHONE, NOW + timedelta(hours=1), sms().body) is None
+    lists = [r for r in twilio_server.requests if r.method == "GET"]
+    assert lists[0].query["DateSent>"] == ["2025-03-10T13:58:00Z"]  # less LOOKUP_SLACK
+    assert lists[0].query["To"] == [PATIENT_PHONE]
+    channel.close()
+
+
+def test_a_twilio_list_that_fails_is_transient_and_masks_the_number(
+        twilio_server: TwilioAPIServer) -> None:
+    refused = twilio(twilio_server, auth_token="wrong-token")
+    with pytest.raises(TransientChannelError) as failed:
+        refused.find_sent(PATIENT_PHONE, NOW, "hello")
+    assert failed.value.message == "Twilio's message list could not be read (HTTP 401)"
+    refused.close()
+    gone = twilio(twilio_server)
+    twilio_server.stop()
+    with pytest.raises(TransientChannelError, match=r"could not be read \(ConnectionError\)"):
+        gone.find_sent(PATIENT_PHONE, NOW, "hello")
+    assert PATIENT_PHONE not in str(failed.value)
+    gone.close()

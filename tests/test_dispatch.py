@@ -88,7 +88,7 @@ def test_transient_errors_back_off_1_2_4_minutes_then_fail_after_max_attempts(
     clinic.sms.script(*busy)
     start = utc("2026-11-02T15:00:00Z")
     with freeze_time(start) as frozen:
-        clinic.patients(patient("P1"))
+        clinic.patients(patient("P1", email_consent="no"))  # texts only: no channel after
         clinic.tick()
         welcome = clinic.one("welcome", "welcome")
         assert (welcome.status, welcome.attempts) == (Status.PLANNED, 1)
@@ -123,6 +123,52 @@ def test_transient_errors_back_off_1_2_4_minutes_then_fail_after_max_attempts(
     clinic.close()
 
 
+def test_when_transient_retries_run_out_the_steps_next_channel_is_tried(
+        database_url: str, tmp_path: Path) -> None:
+    clinic = Clinic(database_url, tmp_path, config_extra="\n[dispatch]\nmax_attempts = 2\n")
+    clinic.sms.script(*[TransientChannelError("service unavailable", provider="fake",
+                                              status=503) for _ in range(2)])
+    start = utc("2026-11-02T15:00:00Z")
+    with freeze_time(start) as frozen:
+        clinic.patients(patient("P1"))  # welcome: [sms, email]
+        clinic.tick()
+        assert clinic.one("welcome", "welcome").status == Status.PLANNED  # retried
+        frozen.move_to(start + timedelta(minutes=1))
+        report = clinic.tick()  # the 2nd attempt fails too: no retry left, so email
+    welcome = clinic.one("welcome", "welcome")
+    assert (welcome.status, welcome.channel, welcome.attempts) == (Status.SENT, "email", 3)
+    assert [m.kind for m in clinic.sms.attempts] == ["sms", "sms"]
+    assert [m.to for m in clinic.email.sent] == ["p1@example.com"]
+    assert (report.dispatch.sent, report.dispatch.failed) == (1, 0)
+    assert moves(clinic, welcome.id)[-3:] == [
+        ("sending", "planned", "fallback", "dispatcher"),
+        ("planned", "sending", None, "dispatcher"),
+        ("sending", "sent", None, "dispatcher")]
+    fallback = clinic.history(welcome)[-3].detail or ""
+    assert fallback.startswith("sms: fake HTTP 503: service unavailable; gave up after 2 "
+                               "attempts; trying the next channel"), fallback
+    clinic.close()
+
+
+def test_a_retry_that_would_pass_the_deadline_falls_back_while_there_is_time(
+        clinic: Clinic) -> None:
+    start = utc("2026-11-02T15:00:00Z")
+    with freeze_time(start) as frozen:
+        clinic.patients(patient("P1"))  # welcome: [sms, email], expires after a day
+        clinic.runner.plan_pending()
+        deadline = clinic.one("welcome", "welcome").expires_at
+        assert deadline is not None
+        clinic.sms.script(TransientChannelError("slow down", provider="fake", status=429,
+                                                retry_after=deadline - timedelta(minutes=1)))
+        clinic.tick()
+        clinic.sms.script(TransientChannelError("slow down", provider="fake", status=429,
+                                                retry_after=deadline + timedelta(minutes=1)))
+        frozen.move_to(deadline - timedelta(minutes=1))
+        clinic.tick()  # before the deadline: the next channel
+        assert clinic.one("welcome", "welcome").channel == "email"
+    assert clinic.one("welcome", "welcome").status == Status.SENT
+
+
 def test_a_retry_after_later_than_the_backoff_wins_an_earlier_one_does_not(
         clinic: Clinic) -> None:
     start = utc("2026-11-02T15:00:00Z")
@@ -149,7 +195,7 @@ def test_a_retry_after_later_than_the_backoff_wins_an_earlier_one_does_not(
 def test_a_retry_after_past_the_deadline_fails_at_once(clinic: Clinic) -> None:
     start = utc("2026-11-02T15:00:00Z")
     with freeze_time(start) as frozen:
-        clinic.patients(patient("P1"))
+        clinic.patients(patient("P1", email_consent="no"))  # texts only: no channel after
         clinic.runner.plan_pending()
         deadline = clinic.one("welcome", "welcome").expires_at
         assert deadline == start + timedelta(days=1)
@@ -295,6 +341,24 @@ def test_a_provider_opt_out_blocks_the_number_for_the_next_touch_point(
     assert (two_hours.status, two_hours.reason) == (Status.SKIPPED, "opted_out")
     assert two_hours.attempts == 0
     assert len(clinic.sms.attempts) == 1  # only the one that was refused
+
+
+def test_a_21610_refusal_on_the_last_channel_fails_as_opted_out(clinic: Clinic) -> None:
+    with freeze_time("2026-11-02T14:00:00Z") as frozen:
+        clinic.patients(patient("P1"), baseline=True)
+        clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
+        frozen.move_to("2026-11-03T16:00:00Z")
+        clinic.tick()  # the two-days-before reminder goes out by sms
+        clinic.sms.script(PermanentChannelError(
+            "Attempt to send to unsubscribed recipient", provider="fake", code="21610",
+            status=400, opted_out=True))
+        frozen.move_to("2026-11-05T14:00:00Z")  # the sms-only 2-hour reminder
+        clinic.tick()
+    reminder = clinic.one("pre-visit", "two-hours-before")
+    assert (reminder.status, reminder.reason) == (Status.FAILED, "opted_out")
+    assert reminder.detail == ("sms: fake HTTP 400 code 21610: Attempt to send to "
+                               "unsubscribed recipient")
+    assert moves(clinic, reminder.id)[-1] == ("sending", "failed", "opted_out", "dispatcher")
 
 
 # --------------------------------------------------------------------------- ambiguity

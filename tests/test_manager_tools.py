@@ -12,6 +12,7 @@ Monday 2026-11-02 14:00Z is 08:00 in Chicago and 06:00 in Los Angeles.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -284,6 +285,31 @@ def test_an_sms_longer_than_one_segment_is_a_warning_not_an_error(tmp_path: Path
         templates / "reminders/two-hours-before.sms.j2", 1, "warning", "segments",
         "with the sample patient this SMS is 2 segments (174 characters, GSM-7)",
         "shorten it to 160 characters to send one segment")]
+
+
+def test_an_sms_over_1600_characters_is_an_error_with_file_and_line(tmp_path: Path) -> None:
+    # 20 lines of 100 characters (with their line break): 1,600 end with line 16
+    filler = "".join(f"Line {n:02d} of the home-exercise notes.".ljust(99, ".") + "\n"
+                     for n in range(1, 21))
+    sms = filler + GOOD_SMS
+
+    code, found, templates = validate(tmp_path, {"reminders.yaml": REMINDERS},
+                                      {"reminders/two-hours-before.sms.j2": sms})
+
+    assert code == 1
+    [too_long] = [d for d in found if d["code"] == "sms-length"]
+    assert too_long["file"] == str(templates / "reminders/two-hours-before.sms.j2")
+    assert too_long["severity"] == "error"
+    assert too_long["line"] == 17
+    assert re.fullmatch(r"with the sample patient this SMS is 2,\d\d\d characters, over the "
+                        r"1,600 Twilio accepts; it passes the limit at line 17",
+                        too_long["message"]), too_long["message"]
+
+    # at 1,600 characters or fewer it is only a segments warning
+    code, found, _ = validate(tmp_path, {"reminders.yaml": REMINDERS},
+                              {"reminders/two-hours-before.sms.j2": filler[:1400] + GOOD_SMS})
+    assert code == 0
+    assert [d["code"] for d in found] == ["segments"]
 
 
 def test_a_character_that_forces_ucs2_is_named_with_its_line_and_column(

@@ -35,7 +35,7 @@ from python_http_client.exceptions import (
     UnauthorizedError,
 )
 from sendgrid.helpers.mail import Content, CustomArg, Header, Mail
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 
 from tests.provider_servers import (
     ConnectTimeoutListener,
@@ -615,3 +615,63 @@ def test_sendgrid_connect_timeout() -> None:
             sg.send(_mail())
     assert time.monotonic() - started < 2.0
     assert isinstance(caught.value.reason, TimeoutError)
+
+
+def test_twilio_lists_messages_by_recipient_and_date_sent_with_paging(
+    twilio_server: TwilioAPIServer,
+) -> None:
+    client = twilio_api.make_client(twilio_server)
+    sent_at = {
+        "old": "Sun, 01 Nov 2026 15:00:00 +0000",
+        "a": "Mon, 02 Nov 2026 15:00:00 +0000",
+        "b": "Mon, 02 Nov 2026 15:05:00 +0000",
+        "c": "Mon, 02 Nov 2026 15:10:00 +0000",
+    }
+    for body, when in sent_at.items():
+        twilio_server.enqueue(TwilioOutcome.success(date_sent=when, date_created=when))
+        _send_sms(client, to="+15558675310", body=body)
+    _send_sms(client, to="+15558675311", body="someone else")
+
+    since = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)
+    found = client.messages.list(to="+15558675310", date_sent_after=since, page_size=2)
+    assert [m.body for m in found] == ["c", "b", "a"]  # newest first, across two pages
+    assert {m.status for m in found} == {"sent"}
+    assert found[0].date_sent == datetime(2026, 11, 2, 15, 10, tzinfo=UTC)
+
+    lists = [r for r in twilio_server.requests if r.method == "GET"]
+    assert len(lists) == 2
+    assert lists[0].query == {"To": ["+15558675310"], "DateSent>": ["2026-11-02T15:00:00Z"],
+                              "PageSize": ["2"]}
+    assert lists[1].query["Page"] == ["1"] and lists[1].query["PageToken"][0].startswith("PA")
+    first = lists[0].response
+    assert first is not None
+    envelope = first.json_body()
+    assert set(envelope) == set(load_payload("twilio_messages_list.json"))
+    assert (envelope["page"], envelope["page_size"], envelope["start"], envelope["end"]) == (
+        0, 2, 0, 1)
+    assert envelope["previous_page_uri"] is None
+
+    # a whole day, "on or before", and what Twilio does not accept
+    assert [m.body for m in client.messages.list(to="+15558675310",
+                                                 date_sent_before="2026-11-01")] == ["old"]
+    assert len(client.messages.list(date_sent="2026-11-02")) == 3
+    with pytest.raises(TwilioException, match="Unable to fetch page") as refused:
+        client.messages.list(date_sent_after="yesterday")
+    assert refused.value.args[1].status_code == 400  # (a list failure carries the response)
+    # listing consumes no scripted outcome
+    twilio_server.enqueue("server_error")
+    client.messages.list(to="+15558675310")
+    assert len(twilio_server.pending) == 1
+
+
+def test_twilio_created_then_error_creates_the_message_and_answers_500(
+    twilio_server: TwilioAPIServer,
+) -> None:
+    client = twilio_api.make_client(twilio_server)
+    twilio_server.enqueue(TwilioOutcome.created_then_error())
+    with pytest.raises(TwilioRestException) as failed:
+        _send_sms(client, to="+15558675310", body="maybe")
+    assert failed.value.status == 500
+    [message] = twilio_server.messages
+    assert (message["to"], message["body"]) == ("+15558675310", "maybe")
+    assert [m.body for m in client.messages.list(to="+15558675310")] == ["maybe"]

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,10 @@ from twilio.request_validator import RequestValidator
 
 from engine.channels import build_channels
 from engine.outcomes import Status
+from engine.reconcile import unknown_touch_points
 from engine.runner import Runner
 from engine.webhooks.app import Services, create_app
-from tests.provider_servers import SendGridAPIServer, TwilioAPIServer
+from tests.provider_servers import SendGridAPIServer, TwilioAPIServer, TwilioOutcome
 from tests.provider_servers.sendgrid_api import DEFAULT_API_KEY
 from tests.provider_servers.twilio_api import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 from tests.support import LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, Clinic, appointment, patient
@@ -191,4 +193,86 @@ def test_a_sender_killed_mid_send_never_resends_and_the_callback_settles_it(
     assert welcome.provider_message_id == params["MessageSid"]
     assert [h.status for h in clinic.history(welcome)][-2:] == [Status.UNKNOWN,
                                                                  Status.DELIVERED]
+    clinic.close()
+
+
+# --------------------------------------------------------------------------- reconciliation
+
+
+def waiting_for(clinic: Clinic) -> list[str]:
+    """What each unknown touch point waits for, as `touchpoint unknown` lists it."""
+    with clinic.db.transaction() as conn:
+        return [row["waiting_for"] for row in unknown_touch_points(conn)]
+
+
+def test_an_unknown_text_found_in_twilios_list_is_sent_with_its_sid(
+        database_url: str, tmp_path: Path, servers) -> None:  # type: ignore[no-untyped-def]
+    twilio, sendgrid = servers
+    clinic = real_clinic(database_url, tmp_path, twilio, sendgrid)
+    twilio.enqueue(TwilioOutcome.created_then_error())  # Twilio took it, then answered 500
+    start = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)
+    with freeze_time(start) as frozen:
+        clinic.patients(patient("P1"))
+        clinic.tick()
+        assert clinic.one("welcome", "welcome").status == Status.UNKNOWN
+        frozen.move_to(start + timedelta(minutes=9, seconds=59))
+        clinic.tick()  # still within dispatch.reconcile_after: no look-up yet
+        assert [r.method for r in twilio.requests] == ["POST"]
+        frozen.move_to(start + timedelta(minutes=10))
+        report = clinic.tick()
+        frozen.move_to(start + timedelta(minutes=20))
+        clinic.tick()  # settled: not looked up again
+    welcome = clinic.one("welcome", "welcome")
+    [message] = twilio.messages
+    assert (welcome.status, welcome.reason, welcome.provider_message_id) == (
+        Status.SENT, "reconciled", message["sid"])
+    assert report.reconciled == {"found": 1, "resent": 0, "left": 0, "unreachable": 0}
+    [listing] = [r for r in twilio.requests if r.method == "GET"]
+    assert listing.query["To"] == ["+13125550100"]
+    assert listing.query["DateSent>"] == ["2026-11-02T14:58:00Z"]  # the attempt, less slack
+    assert [r.method for r in twilio.requests] == ["POST", "GET"]  # never sent twice
+    last = clinic.history(welcome)[-1]
+    assert (last.previous_status, last.status, last.reason, last.source) == (
+        "unknown", "sent", "reconciled", "reconcile")
+    assert last.detail == (f"found in twilio's list of messages sent to +1••••••••00: "
+                           f"{message['sid']}")
+    clinic.close()
+
+
+def test_an_unknown_text_twilio_never_got_is_sent_again_once_then_left_for_staff(
+        database_url: str, tmp_path: Path, servers) -> None:  # type: ignore[no-untyped-def]
+    twilio, sendgrid = servers
+    clinic = real_clinic(database_url, tmp_path, twilio, sendgrid)
+    twilio.enqueue("server_error", "server_error")  # 500s that created nothing
+    start = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)
+    with freeze_time(start) as frozen:
+        clinic.patients(patient("P1"))
+        clinic.tick()
+        assert waiting_for(clinic) == ["reconciliation"]
+        frozen.move_to(start + timedelta(minutes=10))
+        first = clinic.tick()  # not in Twilio's list: sent again, in the same tick
+        welcome = clinic.one("welcome", "welcome")
+        assert welcome.status == Status.UNKNOWN  # the second 500
+        frozen.move_to(start + timedelta(minutes=20))
+        second = clinic.tick()  # not there either: already sent again once
+        frozen.move_to(start + timedelta(minutes=30))
+        third = clinic.tick()
+    assert first.reconciled["resent"] == 1
+    assert second.reconciled == {"found": 0, "resent": 0, "left": 1, "unreachable": 0}
+    assert third.reconciled == {"found": 0, "resent": 0, "left": 0, "unreachable": 0}
+    assert [r.method for r in twilio.requests] == ["POST", "GET", "POST", "GET"]
+    assert twilio.messages == []
+    welcome = clinic.one("welcome", "welcome")
+    assert welcome.status == Status.UNKNOWN
+    assert waiting_for(clinic) == ["staff"]
+    trail = [(h.previous_status, h.status, h.reason, h.source)
+             for h in clinic.history(welcome)]
+    assert trail[2:] == [
+        ("sending", "unknown", "ambiguous", "dispatcher"),
+        ("unknown", "planned", "reconcile_resend", "reconcile"),
+        ("planned", "sending", None, "dispatcher"),
+        ("sending", "unknown", "ambiguous", "dispatcher"),
+        (None, None, "needs_staff", "reconcile")]
+    assert "it was already sent again once: left for staff" in \
+        (clinic.history(welcome)[-1].detail or "")
     clinic.close()

@@ -476,16 +476,32 @@ def test_a_second_failure_while_the_case_is_open_is_noted_on_it_once(
 
 
 def test_a_text_twilio_reports_undelivered_opens_a_case(sqlite_desk: Practice) -> None:
-    [welcome] = sqlite_desk.welcomed()
+    [welcome] = sqlite_desk.welcomed(patient("P1", email=""))  # no email to fall back to
     assert welcome.channel == "sms"
     sqlite_desk.at("2026-11-02T09:05:00-06:00")
     assert sqlite_desk.status(welcome.id, "undelivered", welcome.provider_message_id or "",
                               error="30003").status_code == 204
-    assert tick_at(sqlite_desk, "2026-11-02T09:05:15-06:00")[:2] == (1, 1)
+    assert sqlite_desk.clinic.one("welcome", "welcome").reason == "fallback"
+    # the step's email is tried first: no email on file, so it fails for good…
+    assert tick_at(sqlite_desk, "2026-11-02T09:05:15-06:00")[:2] == (0, 0)
+    assert sqlite_desk.clinic.one("welcome", "welcome").status == Status.FAILED
+    # …and the next tick opens its case
+    assert tick_at(sqlite_desk, "2026-11-02T09:05:30-06:00")[:2] == (1, 1)
     [opened] = cases_of(sqlite_desk)
-    assert (opened.cause, opened.touch_point_id, opened.detail) == (
-        "failed_delivery", welcome.id,
-        "welcome/welcome by sms failed: twilio status undelivered, error 30003")
+    assert (opened.cause, opened.touch_point_id) == ("failed_delivery", welcome.id)
+    assert opened.detail.startswith("welcome/welcome by sms failed: twilio status "
+                                    "undelivered, error 30003; no channel left to try (")
+
+
+def test_a_text_twilio_reports_undelivered_goes_by_email_and_opens_no_case(
+        sqlite_desk: Practice) -> None:
+    [welcome] = sqlite_desk.welcomed()  # welcome: [sms, email]
+    sqlite_desk.at("2026-11-02T09:05:00-06:00")
+    assert sqlite_desk.status(welcome.id, "undelivered", welcome.provider_message_id or "",
+                              error="30003").status_code == 204
+    assert tick_at(sqlite_desk, "2026-11-02T09:05:15-06:00")[:2] == (0, 0)
+    assert sqlite_desk.clinic.one("welcome", "welcome").channel == "email"
+    assert cases_of(sqlite_desk) == []
 
 
 def test_a_complaint_opens_one_case_and_more_complaints_while_it_is_open_add_notes(

@@ -15,15 +15,17 @@ from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import StatementError
 
+from engine import clock
 from engine.store.records import (
     add_opt_out,
     append_events,
     load_events,
     opted_out,
     pending_events,
+    remove_opt_outs,
     time_binder,
 )
-from engine.store.schema import UTCDateTime, bind_time
+from engine.store.schema import UTCDateTime, bind_time, opt_outs
 from tests.support import Clinic, patient
 
 
@@ -131,3 +133,38 @@ def test_an_opt_out_lookup_searches_the_key_instead_of_scanning_it(tmp_path: Pat
     assert found == {("sms", "+13125550100"): {"all"},
                      ("email", "pat@example.com"): {"marketing"}}
     assert "SEARCH opt_outs USING COVERING INDEX" in plan, plan
+
+
+def test_email_opt_outs_match_an_address_in_any_case(clinic: Clinic) -> None:
+    now = datetime(2026, 11, 2, 14, 0, tzinfo=UTC)
+    with clinic.db.transaction() as conn:
+        assert add_opt_out(conn, "email", "Pat@Example.COM", "all", "tests", "unsubscribed", now)
+        # the same inbox spelled another way is already opted out
+        assert not add_opt_out(conn, "email", "pat@example.com", "all", "tests", "again", now)
+        add_opt_out(conn, "sms", "+13125550100", "all", "tests", "STOP", now)
+        stored = sorted(conn.execute(select(opt_outs.c.channel, opt_outs.c.address)))
+        found = opted_out(conn, ["pat@example.com", "PAT@example.com", "+13125550100",
+                                 "other@example.com"])
+        removed = remove_opt_outs(conn, "email", "pAt@eXample.com")
+        after = opted_out(conn, ["Pat@Example.COM"])
+    assert stored == [("email", "pat@example.com"), ("sms", "+13125550100")]
+    assert found == {("email", "pat@example.com"): {"all"},
+                     ("email", "PAT@example.com"): {"all"},
+                     ("sms", "+13125550100"): {"all"}}
+    assert (removed, after) == (1, {})
+
+
+def test_a_patient_whose_email_differs_in_case_from_the_opt_out_is_skipped(
+        clinic: Clinic) -> None:
+    clock.set_now(datetime(2026, 11, 2, 15, 0, tzinfo=UTC))  # Mon 09:00 in Chicago
+    with clinic.db.transaction() as conn:
+        add_opt_out(conn, "email", "p1@example.com", "all", "tests", "unsubscribed",
+                    datetime(2026, 11, 1, tzinfo=UTC))
+    clinic.patients(patient("P1", email="P1@Example.com", sms_consent="no"),
+                    patient("P2", email="P2@Example.com", sms_consent="no",
+                            phone="(312) 555-0102"))
+    clinic.tick()
+    welcome = clinic.one("welcome", "welcome", patient="P1")
+    assert welcome.status == "skipped"
+    assert "email: the address opted out (all)" in (welcome.detail or "")
+    assert [m.to for m in clinic.email.sent] == ["P2@example.com"]  # (the domain is lowered)

@@ -14,6 +14,7 @@ The default patient's number is +13125550100.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from starlette.types import Message, Receive, Scope, Send
 from twilio.request_validator import RequestValidator
 
 from engine import clock
@@ -48,7 +50,8 @@ from engine.store.schema import (
     provider_events,
     touch_points,
 )
-from engine.webhooks.app import Services, create_app
+from engine.webhooks.app import BodyLimit, Services, create_app
+from tests.provider_servers._base import load_payload
 from tests.support import LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, Clinic, appointment, patient
 
 Reply = Any  # a TestClient response (httpx's or httpx2's, by starlette version)
@@ -341,22 +344,123 @@ def test_a_callback_that_beats_the_senders_own_bookkeeping_settles_the_touch_poi
         ("delivery", "sending", "delivered", "delivered", "twilio")]
 
 
+def texted_only(practice: Practice) -> TouchPoint:
+    """P1's two-hours-before reminder (a step with no channel but sms), sent Mon 11:00."""
+    practice.at(MONDAY_9AM)
+    practice.clinic.patients(patient("P1"), baseline=True)  # no welcome (the daily cap)
+    practice.clinic.appointments(appointment("A1", "P1", "2026-11-02T13:00:00-06:00"))
+    practice.at("2026-11-02T11:00:00-06:00")
+    practice.clinic.tick()
+    reminder = practice.clinic.one("pre-visit", "two-hours-before")
+    assert (reminder.status, reminder.channel) == (Status.SENT, "sms")
+    return reminder
+
+
 def test_a_failed_text_stays_failed_and_carries_the_error_code(practice: Practice) -> None:
-    [welcome] = practice.welcomed()
-    sid = welcome.provider_message_id
+    reminder = texted_only(practice)  # no channel after sms: nothing to fall back to
+    sid = reminder.provider_message_id
     assert sid is not None
-    assert practice.status(welcome.id, "undelivered", sid, error="30003").status_code == 204
-    failed = practice.tp(welcome.id)
+    assert practice.status(reminder.id, "undelivered", sid, error="30003").status_code == 204
+    failed = practice.tp(reminder.id)
     assert (failed.status, failed.reason) == (Status.FAILED, "provider_error")
     assert failed.detail == "twilio status undelivered, error 30003"
     # a delivery report that arrives late (or lies) does not resurrect it
-    assert practice.status(welcome.id, "delivered", sid).status_code == 204
-    assert practice.status(welcome.id, "sent", sid).status_code == 204
-    assert (practice.tp(welcome.id).status, practice.tp(welcome.id).reason) == (
+    assert practice.status(reminder.id, "delivered", sid).status_code == 204
+    assert practice.status(reminder.id, "sent", sid).status_code == 204
+    assert (practice.tp(reminder.id).status, practice.tp(reminder.id).reason) == (
         Status.FAILED, "provider_error")
-    assert [m[2:4] for m in practice.moves(welcome.id)[-3:]] == [
+    assert [m[2:4] for m in practice.moves(reminder.id)[-3:]] == [
         ("failed", "failed"), (None, "delivered"), (None, "sent")]
     assert practice.opt_outs() == set()  # 30003 (unreachable) is not an opt-out
+
+
+def test_a_carrier_failure_falls_back_to_the_steps_next_channel_once(
+        practice: Practice) -> None:
+    [welcome] = practice.welcomed()  # welcome: channels [sms, email]
+    sid = welcome.provider_message_id
+    assert sid is not None
+    practice.at(MONDAY_9AM + timedelta(minutes=1))
+    assert practice.status(welcome.id, "undelivered", sid, error="30003").status_code == 204
+    back = practice.tp(welcome.id)
+    assert (back.status, back.reason, back.due_at) == (
+        Status.PLANNED, "fallback", MONDAY_9AM + timedelta(minutes=1))
+    assert back.detail == "twilio status undelivered, error 30003"
+    assert practice.moves(welcome.id)[-1] == ("delivery", "sent", "planned", "failed", "twilio")
+    assert practice.clinic.history(back)[-1].detail == \
+        "twilio status undelivered, error 30003; trying email next"
+
+    practice.clinic.tick()
+    emailed = practice.tp(welcome.id)
+    assert (emailed.status, emailed.channel, emailed.address) == (
+        Status.SENT, "email", "p1@example.com")
+    assert [m.to for m in practice.texts()] == [NUMBER]  # the text was not sent again
+    assert [m.to for m in practice.emails()] == ["p1@example.com"]
+    # a late report about the text does not settle the email
+    assert practice.status(welcome.id, "delivered", sid).status_code == 204
+    assert practice.tp(welcome.id).status == Status.SENT
+    # and a failure of the email has no channel after it: it fails
+    practice.at(MONDAY_9AM + timedelta(minutes=2))
+    assert practice.sendgrid([sg_event(emailed, "bounce", 1, type="bounce", status="5.1.1",
+                                       reason="mailbox does not exist")]).status_code == 204
+    assert (practice.tp(welcome.id).status, practice.tp(welcome.id).reason) == (
+        Status.FAILED, "provider_error")
+    why = practice.cli("why", str(welcome.id))
+    assert "trying email next" in why.output
+
+
+def test_a_fallback_with_no_usable_channel_left_fails_with_both_reasons(
+        practice: Practice) -> None:
+    [welcome] = practice.welcomed(patient("P1", email=""))  # [sms, email]; no email on file
+    practice.at(MONDAY_9AM + timedelta(minutes=1))
+    response = practice.status(welcome.id, "undelivered", welcome.provider_message_id or "",
+                               error="30006")
+    assert response.status_code == 204
+    assert practice.tp(welcome.id).reason == "fallback"  # the step has an email channel
+    practice.clinic.tick()
+    failed = practice.tp(welcome.id)
+    assert (failed.status, failed.reason) == (Status.FAILED, "provider_error")
+    assert (failed.detail or "").startswith(
+        "twilio status undelivered, error 30006; no channel left to try (")
+    assert "email" in (failed.detail or "").split("no channel left to try")[1]
+    assert practice.emails() == [] and len(practice.texts()) == 1
+
+
+def test_no_fallback_after_the_deadline(practice: Practice) -> None:
+    reminder = practice.reminded()  # two-days-before: [sms, email], expires after 1 day
+    assert reminder.expires_at is not None
+    practice.at(reminder.expires_at + timedelta(minutes=1))
+    response = practice.status(reminder.id, "failed", reminder.provider_message_id or "",
+                               error="30005")
+    assert response.status_code == 204
+    failed = practice.tp(reminder.id)
+    assert (failed.status, failed.reason, failed.detail) == (
+        Status.FAILED, "provider_error", "twilio status failed, error 30005")
+    practice.clinic.tick()
+    assert [m.to for m in practice.emails()] == [STAFF]  # only the recovery case's alert
+
+
+def test_a_landline_30006_is_not_textable_later_steps_go_straight_to_email(
+        practice: Practice) -> None:
+    [welcome] = practice.welcomed()
+    callback = load_payload("twilio_status_callback_30006.json")
+    callback.update(MessageSid="SM30006", SmsSid="SM30006", To=NUMBER)
+    practice.at(MONDAY_9AM + timedelta(minutes=1))
+    response = practice.twilio(f"/webhooks/twilio/status?tp={welcome.id}", callback)
+    assert response.status_code == 204
+    assert practice.opt_outs() == {("sms", NUMBER, "all", "landline")}
+    assert practice.tp(welcome.id).reason == "fallback"
+    practice.clinic.tick()
+    assert (practice.tp(welcome.id).status, practice.tp(welcome.id).channel) == (
+        Status.SENT, "email")
+
+    # the next text-or-email step goes by email without trying the number
+    practice.clinic.appointments(appointment("A1", "P1", "2026-11-04T15:00:00-06:00"))
+    practice.at("2026-11-02T10:00:00-06:00")
+    practice.clinic.tick()
+    reminder = practice.clinic.one("pre-visit", "two-days-before")
+    assert (reminder.status, reminder.channel) == (Status.SENT, "email")
+    assert "sms: the address opted out" in (practice.clinic.history(reminder)[1].detail or "")
+    assert [m.to for m in practice.texts()] == [NUMBER]  # only the welcome was ever texted
 
 
 def test_error_21610_in_a_status_callback_opts_the_number_out_of_texts(
@@ -365,7 +469,7 @@ def test_error_21610_in_a_status_callback_opts_the_number_out_of_texts(
     response = practice.status(welcome.id, "undelivered", "SM21610", error="21610")
     assert response.status_code == 204
     failed = practice.tp(welcome.id)
-    assert (failed.status, failed.reason) == (Status.FAILED, "provider_error")
+    assert (failed.status, failed.reason) == (Status.FAILED, "opted_out")  # no fallback
     assert "21610" in (failed.detail or "")
     assert practice.opt_outs() == {("sms", NUMBER, "all", "twilio")}
     # the next text-only message to that number is skipped, not sent
@@ -412,6 +516,75 @@ def test_an_interrupted_send_is_reconciled_by_a_later_callback(practice: Practic
     assert practice.tp(welcome.id).status == Status.DELIVERED
     assert "  why         It was delivered by sms (fake) at 2026-11-02T15:01:00Z." in \
         practice.cli("why", str(welcome.id)).output.splitlines()
+
+
+# --------------------------------------------------------------------------- staff settle
+
+
+def test_staff_list_unknown_touch_points_and_settle_them_with_a_note(
+        practice: Practice) -> None:
+    practice.clinic.sms.script(AmbiguousChannelError("read timeout", provider="fake"),
+                               AmbiguousChannelError("read timeout", provider="fake"))
+    practice.clinic.email.script(AmbiguousChannelError("read timeout", provider="fake"))
+    texted, mailed, resent = practice.welcomed(
+        patient("P1"), patient("P2", **EMAIL_ONLY, phone="(312) 555-0102"),
+        patient("P3", phone="(312) 555-0103"))
+    assert [t.status for t in (texted, mailed, resent)] == [Status.UNKNOWN] * 3
+    assert practice.cli("unknown").output.splitlines()[0].split() == [
+        "id", "patient", "journey", "/", "step", "channel", "to", "attempted", "deadline",
+        "waiting", "for"]
+
+    listed = practice.cli("unknown", "--json")
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert [(r["id"], r["patient_id"], r["channel"], r["address"], r["waiting_for"])
+            for r in rows] == [
+        (texted.id, "P1", "sms", "+1••••••••00", "staff"),  # the fake cannot look up
+        (mailed.id, "P2", "email", "p•••@example.com", "staff"),
+        (resent.id, "P3", "sms", "+1••••••••03", "staff")]
+    assert rows[0]["attempted_at"] == "2026-11-02T15:00:00Z"
+    assert rows[0]["reason"] == "ambiguous"
+
+    practice.at(MONDAY_9AM + timedelta(minutes=30))
+    sent = practice.cli("settle", str(texted.id), "--sent", "--note",
+                        "Twilio console shows it delivered")
+    assert sent.exit_code == 0, sent.output
+    assert sent.output == (f"Touch point {texted.id}: unknown → sent (reconciled); the note "
+                           f"is in its history (touchpoint why {texted.id}).\n")
+    assert practice.moves(texted.id)[-1] == ("transition", "unknown", "sent", "reconciled",
+                                             "staff")
+    assert practice.clinic.history(practice.tp(texted.id))[-1].detail == \
+        "staff: Twilio console shows it delivered"
+    dropped = practice.cli("settle", str(mailed.id), "--drop", "--note", "patient called")
+    assert dropped.exit_code == 0, dropped.output
+    assert (practice.tp(mailed.id).status, practice.tp(mailed.id).reason) == (
+        Status.CANCELLED, "dropped")
+    again = practice.cli("settle", str(resent.id), "--resend", "--note", "not in Twilio")
+    assert again.exit_code == 0, again.output
+    assert (practice.tp(resent.id).status, practice.tp(resent.id).reason) == (
+        Status.PLANNED, "resend")
+    practice.clinic.tick()
+    assert practice.tp(resent.id).status == Status.SENT
+    assert [m.to for m in practice.texts()] == ["+13125550103"]  # only the one re-sent
+
+    assert practice.cli("unknown").output == "No touch point is unknown.\n"
+    assert json.loads(practice.cli("unknown", "--json").stdout) == []
+    # one line for what cannot be done
+    refused = {
+        "settled already": practice.cli("settle", str(texted.id), "--drop", "--note", "x"),
+        "no such": practice.cli("settle", "999", "--sent", "--note", "x"),
+        "empty note": practice.cli("settle", str(texted.id), "--sent", "--note", " "),
+    }
+    assert {name: r.exit_code for name, r in refused.items()} == dict.fromkeys(refused, 1)
+    assert refused["settled already"].output == (
+        f"Error: touch point {texted.id} is sent, not unknown: only unknown touch points "
+        "are settled by staff\n")
+    assert refused["no such"].output == "Error: no touch point 999\n"
+    for flags in ([], ["--sent", "--drop"]):
+        unclear = practice.cli("settle", str(texted.id), *flags, "--note", "x")
+        assert unclear.exit_code == 2
+        assert "say what happened: one of --sent, --resend or --drop" in unclear.output
+    assert practice.tp(texted.id).status == Status.SENT
 
 
 # --------------------------------------------------------------------------- SendGrid events
@@ -562,6 +735,138 @@ def test_a_bounce_keeps_its_smtp_status_code_in_the_detail(sqlite_practice: Prac
     assert failed.status == Status.FAILED
     assert failed.detail == ("sendgrid bounce: bounce 550 5.1.1 The email account that you "
                              "tried to reach does not exist. 5.1.1")
+
+
+def blocked_bounce(tp: TouchPoint, number: int) -> dict[str, Any]:
+    """tests/payloads' blocked bounce, about ``tp``."""
+    [event] = load_payload("sendgrid_event_bounce_blocked.json")
+    own = sg_event(tp, "bounce", number)
+    event.update({key: own[key] for key in ("email", "timestamp", "sg_event_id",
+                                            "sg_message_id", "touch_point_id")})
+    return dict(event)
+
+
+def test_a_blocked_bounce_is_temporary_the_email_is_retried(practice: Practice) -> None:
+    [welcome] = practice.welcomed(patient("P1", **EMAIL_ONLY))  # email: its last channel
+    assert welcome.channel == "email"
+    practice.at(MONDAY_9AM + timedelta(minutes=1))
+    assert practice.sendgrid([blocked_bounce(welcome, 1)]).status_code == 204
+    retried = practice.tp(welcome.id)
+    # the retry policy's first delay (dispatch.retry_backoff: 1 minute)
+    assert (retried.status, retried.reason) == (Status.PLANNED, "retry")
+    assert retried.due_at == MONDAY_9AM + timedelta(minutes=2)
+    assert (retried.detail or "").startswith("sendgrid bounce: blocked 550 5.7.1")
+    assert [e.kind for e in practice.rows(provider_events)] == ["bounced"]
+    assert practice.opt_outs() == set()
+
+    practice.at(MONDAY_9AM + timedelta(minutes=2))
+    practice.clinic.tick()
+    assert (practice.tp(welcome.id).status, practice.tp(welcome.id).attempts) == (
+        Status.SENT, 2)
+    assert [m.to for m in practice.emails()] == ["p1@example.com"] * 2
+    # a real bounce (type bounce) is still final
+    assert practice.sendgrid([sg_event(practice.tp(welcome.id), "bounce", 2, type="bounce",
+                                       status="5.1.1")]).status_code == 204
+    assert practice.tp(welcome.id).status == Status.FAILED
+
+
+def test_sendgrid_event_names_are_matched_in_any_case(sqlite_practice: Practice) -> None:
+    practice = sqlite_practice
+    delivered, unsubscribed = practice.welcomed(
+        patient("P1", **EMAIL_ONLY), patient("P2", **EMAIL_ONLY, phone="(312) 555-0102"))
+    assert practice.sendgrid([sg_event(delivered, "Delivered", 1),
+                              sg_event(unsubscribed, "UNSUBSCRIBE", 1)]).status_code == 204
+    assert [(e.kind, e.status) for e in practice.rows(provider_events)] == [
+        ("delivered", "Delivered"), ("unsubscribed", "UNSUBSCRIBE")]
+    assert practice.tp(delivered.id).status == Status.DELIVERED
+    assert practice.opt_outs() == {("email", "p2@example.com", "all", "sendgrid")}
+
+
+def test_a_sendgrid_signature_older_than_ten_minutes_is_refused(
+        sqlite_practice: Practice) -> None:
+    practice = sqlite_practice
+    [welcome] = practice.welcomed(patient("P1", **EMAIL_ONLY))
+    signed_at = str(int(MONDAY_9AM.timestamp()))
+    batch = [sg_event(welcome, "delivered", 1)]
+    practice.at(MONDAY_9AM + timedelta(minutes=10, seconds=1))
+    before = practice.snapshot()
+    stale = practice.sendgrid(batch, timestamp=signed_at)
+    assert (stale.status_code, stale.text) == (403, "signature too old")
+    assert practice.snapshot() == before
+    practice.at(MONDAY_9AM + timedelta(minutes=10))
+    assert practice.sendgrid(batch, timestamp=signed_at).status_code == 204
+    assert practice.tp(welcome.id).status == Status.DELIVERED
+
+
+def test_a_webhook_body_over_one_mib_is_refused_before_it_is_read(
+        sqlite_practice: Practice) -> None:
+    practice = sqlite_practice
+    [welcome] = practice.welcomed()
+    before = practice.snapshot()
+    big = b"[" + b" " * (1024 * 1024) + b"]"
+    declared = practice.client.post("/webhooks/sendgrid/events", content=big,
+                                    headers={"Content-Type": "application/json"})
+    assert declared.status_code == 413
+
+    def stream() -> Iterator[bytes]:  # no Content-Length
+        for _ in range(64):
+            yield b"MessageStatus=delivered&" + b"x" * 65536
+
+    streamed = practice.client.post(f"/webhooks/twilio/status?tp={welcome.id}",
+                                    content=stream(),
+                                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert streamed.status_code == 413
+    assert practice.snapshot() == before
+    # 1 MiB exactly is still taken (and refused for its signature, as any unsigned body)
+    exact = practice.client.post("/webhooks/sendgrid/events",
+                                 content=b"[" + b" " * (1024 * 1024 - 2) + b"]",
+                                 headers={"Content-Type": "application/json"})
+    assert exact.status_code == 403
+
+
+def test_the_body_limit_stops_reading_a_stream_once_it_passes_one_mib() -> None:
+    """The middleware itself, with an ASGI stream of 64 KiB chunks and no Content-Length
+    (the test client would buffer a stream before the app saw it)."""
+    pulled: list[int] = []
+    sent: list[Message] = []
+    reached: list[bool] = []
+
+    async def receive() -> Message:
+        pulled.append(len(pulled))
+        return {"type": "http.request", "body": b"x" * 65536, "more_body": len(pulled) < 64}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(True)
+
+    scope: Scope = {"type": "http", "method": "POST", "path": "/webhooks/sendgrid/events",
+                    "headers": [(b"content-type", b"application/json")]}
+    asyncio.run(BodyLimit(app)(scope, receive, send))
+    assert reached == []
+    assert len(pulled) == 17  # 16 chunks are 1 MiB; the 17th passes it, and reading stops
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 413
+
+    # under the limit, the app gets every chunk, in order
+    pulled.clear()
+    got: list[bytes] = []
+
+    async def reader(scope: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            got.append(message["body"])
+            if not message["more_body"]:
+                break
+
+    async def small() -> Message:
+        pulled.append(len(pulled))
+        return {"type": "http.request", "body": bytes([len(pulled)]) * 10,
+                "more_body": len(pulled) < 3}
+
+    asyncio.run(BodyLimit(reader)(scope, small, send))
+    assert got == [b"\x01" * 10, b"\x02" * 10, b"\x03" * 10]
 
 
 # --------------------------------------------------------------------------- inbound texts

@@ -36,6 +36,12 @@ concurrent sends never see each other's headers. Waits are added to
 :func:`engine.clock.now`; an absolute HTTP date is first turned into a delay against the
 wall clock, so a pinned clock (the simulator) still waits as long as Twilio asked.
 
+Reconciliation (:meth:`TwilioSMS.find_sent`): ``client.messages.stream(to=…,
+date_sent_after=…)`` pages through the account's messages to that number since the
+attempt (less :data:`LOOKUP_SLACK` for clock skew), newest first, and returns the SID of
+the first outbound one whose body is the same; at most :data:`LOOKUP_LIMIT` are read. A
+failure to list raises :class:`TransientChannelError` (ask again on the next tick).
+
 Secrets and patient data: the auth token lives only inside the SDK client (never on this
 object, in a message or in ``repr``); phone numbers in Twilio's messages are masked; the
 SDK's own exception is not chained (``from None``): its text carries the unmasked number.
@@ -72,6 +78,10 @@ CREDENTIALS_WAIT = timedelta(minutes=15)
 #: Twilio error code: the recipient replied STOP (unsubscribed at the carrier/Twilio).
 UNSUBSCRIBED_CODE = 21610
 EXCERPT_LENGTH = 200
+#: Reconciliation looks this much before the attempt (Twilio's clock and ours may differ).
+LOOKUP_SLACK = timedelta(minutes=2)
+#: The most messages to one number reconciliation reads before it says "not found".
+LOOKUP_LIMIT = 1000
 
 _CREATE_PREFIX = re.compile(r"^Unable to create record:?\s*")
 
@@ -80,6 +90,7 @@ class TwilioSMS(Channel):
     """Sends SMS through Twilio, from a number or a Messaging Service."""
 
     provider = PROVIDER
+    can_find_sent = True
 
     def __init__(
         self,
@@ -157,6 +168,28 @@ class TwilioSMS(Channel):
         sid = getattr(reply, "sid", None)
         status = getattr(reply, "status", None)
         return SendResult(PROVIDER, str(sid) if sid else None, detail=f"twilio status {status}")
+
+    def find_sent(self, to: str, since: datetime, body: str) -> str | None:
+        after = since.astimezone(UTC) - LOOKUP_SLACK
+        try:
+            for found in self._client.messages.stream(to=to, date_sent_after=after,
+                                                      limit=LOOKUP_LIMIT, page_size=100):
+                direction = str(getattr(found, "direction", "") or "")
+                if found.body == body and direction.startswith("outbound") and found.sid:
+                    return str(found.sid)
+        except TwilioException as exc:
+            response = exc.args[1] if len(exc.args) > 1 else None
+            status = getattr(response, "status_code", None) or getattr(exc, "status", None)
+            raise TransientChannelError(
+                f"Twilio's message list could not be read (HTTP {status})"
+                if status else f"Twilio's message list could not be read: "
+                               f"{_excerpt(_twilio_text(exc))}",
+                provider=PROVIDER, status=_as_int(status)) from None
+        except requests.exceptions.RequestException as exc:
+            raise TransientChannelError(
+                f"Twilio's message list could not be read ({type(exc).__name__})",
+                provider=PROVIDER) from None
+        return None
 
     def close(self) -> None:
         session = getattr(self._http, "session", None)

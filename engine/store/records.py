@@ -298,19 +298,34 @@ def append_events(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
     return added
 
 
+def opt_out_address(channel: str, address: str) -> str:
+    """The address as opt-outs store it: email addresses in lower case (``Pat@X.com`` and
+    ``pat@x.com`` are one inbox to an unsubscribe), phone numbers as they are (E.164)."""
+    return address.strip().lower() if channel == "email" else address
+
+
 def opted_out(conn: Connection, addresses: Iterable[str]) -> dict[tuple[str, str], set[str]]:
-    """``{(channel, address): {purposes}}`` for every opt-out recorded for these addresses.
+    """``{(channel, address): {purposes}}`` for every opt-out recorded for these addresses,
+    keyed by each address as given (an email opt-out matches it in any case).
 
     Naming the channels lets the lookup search the (channel, address, purpose) key; by
     address alone it scanned the whole key, for every batch the dispatcher sends.
     """
+    given = set(addresses)
+    as_stored: dict[str, set[str]] = {}  # stored form → the addresses given for it
+    for address in given:
+        as_stored.setdefault(address, set()).add(address)
+        as_stored.setdefault(opt_out_address("email", address), set()).add(address)
     found: dict[tuple[str, str], set[str]] = {}
-    for part in chunks(sorted(set(addresses))):
+    for part in chunks(sorted(as_stored)):
         rows = conn.execute(select(opt_outs.c.channel, opt_outs.c.address, opt_outs.c.purpose)
                             .where(opt_outs.c.channel.in_(CHANNELS),
                                    among(conn, opt_outs.c.address, part)))
         for channel, address, purpose in rows:
-            found.setdefault((channel, address), set()).add(purpose)
+            matches = as_stored.get(address, set()) if channel == "email" \
+                else {address} & given
+            for original in matches:
+                found.setdefault((channel, original), set()).add(purpose)
     return found
 
 
@@ -354,6 +369,7 @@ def latest_events(conn: Connection, patient_ids: Iterable[int], kinds: Iterable[
 def add_opt_out(conn: Connection, channel: str, address: str, purpose: str, source: str,
                 detail: str, now: datetime) -> bool:
     """Record an opt-out; False if the address had already opted out of that purpose."""
+    address = opt_out_address(channel, address)
     existing = opted_out(conn, [address]).get((channel, address), set())
     if purpose in existing or "all" in existing:
         return False
@@ -367,7 +383,8 @@ def add_opt_out(conn: Connection, channel: str, address: str, purpose: str, sour
 def remove_opt_outs(conn: Connection, channel: str, address: str,
                     purpose: str | None = None) -> int:
     """Opt an address back in: every purpose of that channel (START), or one."""
-    conditions = [opt_outs.c.channel == channel, opt_outs.c.address == address]
+    conditions = [opt_outs.c.channel == channel,
+                  opt_outs.c.address == opt_out_address(channel, address)]
     if purpose is not None:
         conditions.append(opt_outs.c.purpose == purpose)
     return int(conn.execute(delete(opt_outs).where(*conditions)).rowcount)

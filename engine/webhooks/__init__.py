@@ -50,4 +50,5 @@ class ProviderEvent:
     error_code: str | None = None
     detail: str = ""
     purpose: str | None = None  # for unsubscribes that name one (a SendGrid group)
+    temporary: bool = False  # a refusal for now (SendGrid's blocked bounce): retry or fall back
     raw: Mapping[str, Any] = field(default_factory=dict)

@@ -13,7 +13,9 @@ POST /unsubscribe/{token}           RFC 8058 one-click unsubscribe (and the butt
 
 Every webhook is verified first — a missing or bad signature gets 403 and changes
 nothing — then recorded in one transaction and answered at once; replies to a text are
-sent after the answer (a background task).
+sent after the answer (a background task). A request body over :data:`MAX_BODY` (1 MiB)
+is refused with 413 before it is read whole: by its ``Content-Length``, or, without one,
+as soon as the bytes received pass the limit (:class:`BodyLimit`).
 """
 
 from __future__ import annotations
@@ -29,21 +31,71 @@ from urllib.parse import parse_qsl
 from fastapi import BackgroundTasks, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import clock
 from engine.channels.base import Channel
 from engine.definitions import Definitions
 from engine.health import LedgerCollector, health
 from engine.replies import Handled, record_inbound, send_outgoing
+from engine.retry import RetryPolicy
 from engine.settings import Settings
 from engine.store import ledger
 from engine.store.database import Database
 from engine.store.records import add_opt_out
 from engine.unsubscribe import read_token, secret_key
 from engine.webhooks import sendgrid, twilio
-from engine.webhooks.record import record_event
+from engine.webhooks.record import Redelivery, record_event
 
 log = logging.getLogger("touchpoint.webhooks")
+
+#: The largest request body a webhook takes (bytes).
+MAX_BODY = 1024 * 1024
+
+
+class BodyLimit:
+    """ASGI middleware: refuse (413) a request whose body is over ``limit`` bytes before
+    the app reads it — at once when ``Content-Length`` says so, else while it streams in
+    (at most ``limit`` bytes are held, then handed to the app as received)."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and (not declared.strip().isdigit()
+                                     or int(declared) > self.limit):
+            await self._refuse(scope, receive, send)
+            return
+        received: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return received.pop(0) if received else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        log.warning("refused a request to %s: body over %d bytes", scope.get("path"),
+                    self.limit)
+        response = Response(f"request body too large (limit {self.limit} bytes)",
+                            status_code=413, media_type="text/plain")
+        await response(scope, receive, send)
 
 
 @dataclass
@@ -70,8 +122,11 @@ async def _form(request: Request) -> dict[str, str]:
 
 def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="Touchpoint", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
     app.state.services = services
     settings = services.settings
+    redelivery = Redelivery(services.definitions, RetryPolicy(
+        settings.dispatch.max_attempts, settings.dispatch.retry_backoff))
 
     def twilio_ok(request: Request, params: Mapping[str, str]) -> bool:
         token = settings.twilio.auth_token or ""
@@ -100,7 +155,7 @@ def create_app(services: Services) -> FastAPI:
         event = twilio.status_event(params, int(tp) if tp.isdigit() else None, clock.now(),
                                     request.headers.get("I-Twilio-Idempotency-Token"))
         with services.db.transaction() as conn:
-            outcome = record_event(conn, event, clock.now())
+            outcome = record_event(conn, event, clock.now(), redelivery)
         log.info("twilio status %s for touch point %s: %s", event.status,
                  outcome.touch_point_id, outcome.outcome)
         return Response(status_code=204)
@@ -129,6 +184,10 @@ def create_app(services: Services) -> FastAPI:
                                request.headers.get(sendgrid.SIGNATURE_HEADER),
                                request.headers.get(sendgrid.TIMESTAMP_HEADER)):
             return Response("bad signature", status_code=403)
+        if not sendgrid.fresh(request.headers.get(sendgrid.TIMESTAMP_HEADER), clock.now()):
+            log.warning("refused a SendGrid event batch signed more than %s ago",
+                        sendgrid.MAX_SIGNATURE_AGE)
+            return Response("signature too old", status_code=403)
         try:
             payload = json.loads(body)
         except ValueError:
@@ -137,7 +196,7 @@ def create_app(services: Services) -> FastAPI:
         counts: dict[str, int] = {}
         with services.db.transaction() as conn:
             for event in sendgrid.events(payload, now):
-                outcome = record_event(conn, event, now).outcome
+                outcome = record_event(conn, event, now, redelivery).outcome
                 counts[outcome] = counts.get(outcome, 0) + 1
         log.info("sendgrid events: %s", counts)
         return Response(status_code=204)

@@ -11,6 +11,15 @@ nothing, and an ``unknown`` touch point (the sender died after calling the provi
 reconciled by whatever the provider reports. Every event is kept in
 ``provider_events`` (de-duplicated by the provider's event id) and in the touch point's
 history; unsubscribes, spam reports and Twilio's 21610 become opt-outs.
+
+One way back: a message the carrier or mailbox turned away — a Twilio ``undelivered`` /
+``failed`` callback (30003 unreachable, 30005 unknown number, 30006 landline, …) or a
+SendGrid blocked bounce — goes back to ``planned`` (reason ``fallback``) when its step
+has a channel after the one that failed and its deadline has not passed; the dispatcher
+then sends it through that next channel only. A blocked bounce with no channel left is
+retried on the same channel (reason ``retry``) as the retry policy allows. Twilio 21610
+fails it with reason ``opted_out``; 30006 also marks the number as not textable (an SMS
+opt-out with source ``landline``), so later steps go straight to email.
 """
 
 from __future__ import annotations
@@ -22,20 +31,51 @@ from datetime import datetime
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from engine.definitions import Definitions
+from engine.errors import TransientChannelError
 from engine.outcomes import Reason, Status
 from engine.privacy import redact
+from engine.retry import RetryAt, RetryPolicy
 from engine.store.ledger import TouchPoint, touch_point_from_row
 from engine.store.records import add_opt_out, remove_opt_outs
 from engine.store.schema import history, provider_events, touch_points
 from engine.webhooks import Kind, ProviderEvent
-from engine.webhooks.twilio import UNSUBSCRIBED_CODE
+from engine.webhooks.twilio import LANDLINE_CODE, UNSUBSCRIBED_CODE
 
 log = logging.getLogger("touchpoint.webhooks")
 
+#: The opt-out source that marks a number as not textable (Twilio 30006).
+LANDLINE_SOURCE = "landline"
+
 _RANK = {Status.PLANNED: 0, Status.SENDING: 1, Status.UNKNOWN: 2, Status.SENT: 3,
          Status.DELIVERED: 4, Status.FAILED: 4, Status.SKIPPED: 4, Status.CANCELLED: 4}
+#: Which channel a provider's events are about (a late SMS callback after the touch point
+#: fell back to email must not settle the email).
+_CHANNEL_OF = {"twilio": "sms", "sendgrid": "email"}
 _TARGET = {Kind.QUEUED: Status.SENT, Kind.SENT: Status.SENT, Kind.DELIVERED: Status.DELIVERED,
            Kind.FAILED: Status.FAILED, Kind.BOUNCED: Status.FAILED, Kind.DROPPED: Status.FAILED}
+
+
+@dataclass(frozen=True)
+class Redelivery:
+    """What may be done with a message a carrier or mailbox turned away: the step's next
+    channel (from the definitions), or a retry on the same one (the retry policy)."""
+
+    definitions: Definitions
+    retry: RetryPolicy
+
+    def next_channel(self, tp: TouchPoint) -> str | None:
+        journey = self.definitions.journey(tp.journey)
+        step = journey.step(tp.step) if journey else None
+        if step is None or tp.channel not in step.channels:
+            return None
+        later = step.channels[step.channels.index(tp.channel) + 1:]
+        return later[0] if later else None
+
+    def retry_at(self, tp: TouchPoint, event: ProviderEvent, now: datetime) -> datetime | None:
+        decision = self.retry.decide(max(tp.attempts, 1), TransientChannelError(
+            event.detail, provider=event.provider), now, tp.expires_at)
+        return decision.at if isinstance(decision, RetryAt) else None
 
 
 @dataclass(frozen=True)
@@ -45,7 +85,10 @@ class Recorded:
     status: str | None = None
 
 
-def record_event(conn: Connection, event: ProviderEvent, now: datetime) -> Recorded:
+def record_event(conn: Connection, event: ProviderEvent, now: datetime,
+                 redelivery: Redelivery | None = None) -> Recorded:
+    """Record ``event`` and apply it. With ``redelivery``, a message turned away by the
+    carrier or mailbox is tried again (next channel, or a retry) instead of failing."""
     detail = redact(event.detail)
     tp = _find(conn, event)
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
@@ -65,15 +108,24 @@ def record_event(conn: Connection, event: ProviderEvent, now: datetime) -> Recor
                     event.event_id)
         return Recorded("orphan")
     target = _TARGET.get(event.kind)
-    if target is not None and _RANK[target] > _RANK[Status(tp.status)] \
+    about_another_channel = tp.channel is not None \
+        and _CHANNEL_OF.get(event.provider, tp.channel) != tp.channel
+    if target is not None and not about_another_channel \
+            and _RANK[target] > _RANK[Status(tp.status)] \
             and tp.status in (Status.SENDING, Status.UNKNOWN, Status.SENT):
+        if target == Status.FAILED and redelivery is not None:
+            again = _again(conn, tp, event, redelivery, now, detail)
+            if again is not None:
+                return again
         changes = {"status": target, "updated_at": now,
                    "provider_message_id": tp.provider_message_id or event.provider_message_id,
                    "provider": tp.provider or event.provider,
                    "sent_at": tp.sent_at or event.occurred_at,
                    "claimed_by": None, "claim_expires_at": None}
         if target == Status.FAILED:
-            changes.update(reason=Reason.PROVIDER_ERROR, detail=detail, finished_at=now)
+            opted_out = event.provider == "twilio" and event.error_code == UNSUBSCRIBED_CODE
+            changes.update(reason=Reason.OPTED_OUT if opted_out else Reason.PROVIDER_ERROR,
+                           detail=detail, finished_at=now)
         elif target == Status.DELIVERED:
             changes.update(reason=None, finished_at=now)
         else:
@@ -88,6 +140,41 @@ def record_event(conn: Connection, event: ProviderEvent, now: datetime) -> Recor
         tp = _find(conn, event) or tp  # it moved under us: note the event against it
     _history(conn, tp.id, now, event, None, None, detail)
     return Recorded("noted", tp.id, tp.status)
+
+
+def _again(conn: Connection, tp: TouchPoint, event: ProviderEvent, redelivery: Redelivery,
+           now: datetime, detail: str) -> Recorded | None:
+    """Put a touch point the carrier or mailbox turned away back to ``planned`` — for the
+    step's next channel, or (a temporary refusal with no channel left) for a retry — if
+    its deadline allows; None if it fails for good."""
+    carrier = event.provider == "twilio" and event.status.lower() in ("undelivered", "failed") \
+        and event.error_code != UNSUBSCRIBED_CODE
+    if not (carrier or event.temporary):
+        return None
+    if tp.expires_at is not None and now >= tp.expires_at:
+        return None
+    following = redelivery.next_channel(tp)
+    reason: str
+    if following is not None:  # (the row keeps what the provider said; history the plan)
+        reason, due, kept = Reason.FALLBACK, now, detail
+        note = f"{detail}; trying {following} next"
+    else:
+        retry_at = redelivery.retry_at(tp, event, now) if event.temporary else None
+        if retry_at is None:
+            return None
+        reason, due = "retry", retry_at
+        kept = note = f"{detail}; retrying at {retry_at.isoformat()}"
+    moved = conn.execute(update(touch_points)
+                         .where(touch_points.c.id == tp.id, touch_points.c.status == tp.status)
+                         .values(status=Status.PLANNED, reason=reason, detail=kept,
+                                 due_at=max(due, now), claimed_by=None, claim_expires_at=None,
+                                 finished_at=None, updated_at=now)).rowcount
+    if moved != 1:
+        return None
+    _history(conn, tp.id, now, event, Status.PLANNED, tp.status, note)
+    log.info("touch point %s: %s reported %s; %s", tp.id, event.provider, event.status,
+             "trying " + following if following else "retrying")
+    return Recorded("applied", tp.id, Status.PLANNED)
 
 
 def _find(conn: Connection, event: ProviderEvent) -> TouchPoint | None:
@@ -125,3 +212,7 @@ def _opt_out(conn: Connection, event: ProviderEvent, tp: TouchPoint | None,
     elif event.kind == Kind.FAILED and event.error_code == UNSUBSCRIBED_CODE:
         add_opt_out(conn, "sms", address, "all", event.provider,
                     "the carrier reports the recipient unsubscribed (21610)", now)
+    elif event.kind == Kind.FAILED and event.error_code == LANDLINE_CODE:
+        add_opt_out(conn, "sms", address, "all", LANDLINE_SOURCE,
+                    f"not textable: {event.provider} reports a landline or a number that "
+                    f"cannot take texts ({LANDLINE_CODE})", now)

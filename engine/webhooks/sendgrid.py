@@ -1,15 +1,21 @@
 """SendGrid: the signed Event Webhook.
 
 SendGrid signs the raw body with ECDSA (P-256, SHA-256) over ``timestamp + body``; the
-public key is ``SENDGRID_WEBHOOK_PUBLIC_KEY``. Each event carries ``sg_event_id`` (used
-for de-duplication), ``sg_message_id`` and the custom arg ``touch_point_id`` Touchpoint
-put on the message.
+public key is ``SENDGRID_WEBHOOK_PUBLIC_KEY``. A signature whose timestamp is more than
+:data:`MAX_SIGNATURE_AGE` old is refused (a captured request cannot be replayed later).
+Each event carries ``sg_event_id`` (used for de-duplication), ``sg_message_id`` and the
+custom arg ``touch_point_id`` Touchpoint put on the message.
+
+Event names are matched case-insensitively. A ``bounce`` whose ``type`` is ``blocked``
+(and the older ``blocked`` event) is temporary: the receiving server refused it for now
+(reputation, rate, content), so it is retried or handed to the step's next channel rather
+than failed for good (``ProviderEvent.temporary``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sendgrid.helpers.eventwebhook import EventWebhook
@@ -19,6 +25,11 @@ from engine.webhooks import Kind, ProviderEvent
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
+
+#: How old a signed request may be (its signed timestamp against the clock).
+MAX_SIGNATURE_AGE = timedelta(minutes=10)
+#: ``type`` values of a ``bounce`` event that mean "not now" rather than "never".
+TEMPORARY_BOUNCE_TYPES = frozenset({"blocked"})
 
 EVENT_KINDS: dict[str, Kind] = {
     "processed": Kind.QUEUED,
@@ -46,6 +57,16 @@ def verify(public_key: str, body: bytes, signature: str | None, timestamp: str |
         return False
 
 
+def fresh(timestamp: str | None, now: datetime) -> bool:
+    """Whether a signature's timestamp (seconds since the epoch) is at most
+    :data:`MAX_SIGNATURE_AGE` old."""
+    try:
+        signed_at = datetime.fromtimestamp(int((timestamp or "").strip()), UTC)
+    except (ValueError, OverflowError, OSError):
+        return False
+    return now - signed_at <= MAX_SIGNATURE_AGE
+
+
 def events(payload: Any, received_at: datetime) -> Iterator[ProviderEvent]:
     """Normalise a decoded webhook body (a JSON array of events)."""
     if not isinstance(payload, list):
@@ -54,7 +75,10 @@ def events(payload: Any, received_at: datetime) -> Iterator[ProviderEvent]:
         if not isinstance(item, Mapping):
             continue
         name = str(item.get("event", ""))
-        kind = EVENT_KINDS.get(name, Kind.UNKNOWN)
+        kind = EVENT_KINDS.get(name.lower(), Kind.UNKNOWN)
+        temporary = name.lower() == "blocked" or (
+            name.lower() == "bounce"
+            and str(item.get("type") or "").lower() in TEMPORARY_BOUNCE_TYPES)
         try:
             occurred = datetime.fromtimestamp(int(item.get("timestamp") or 0), UTC)
         except (TypeError, ValueError, OverflowError):
@@ -70,6 +94,6 @@ def events(payload: Any, received_at: datetime) -> Iterator[ProviderEvent]:
             kind=kind, status=name, occurred_at=occurred, touch_point_id=touch_point_id,
             provider_message_id=message_id, address=item.get("email"),
             detail=redact(f"sendgrid {name}" + (f": {reason}" if reason else "")),
-            purpose="marketing" if name in ("group_unsubscribe", "group_resubscribe")
+            purpose="marketing" if kind == Kind.RESUBSCRIBED or name.lower() == "group_unsubscribe"
             else None,
-            raw=dict(item))
+            temporary=temporary, raw=dict(item))

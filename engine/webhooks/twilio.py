@@ -32,6 +32,8 @@ STATUS_KINDS: dict[str, Kind] = {
     "received": Kind.INBOUND,
 }
 UNSUBSCRIBED_CODE = "21610"
+#: Twilio error code: a landline or a number that cannot receive texts.
+LANDLINE_CODE = "30006"
 
 
 def verify(auth_token: str, url: str, params: Mapping[str, str], signature: str | None) -> bool:

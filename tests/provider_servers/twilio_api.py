@@ -15,7 +15,20 @@ bodies based on ``tests/payloads/twilio_*.json``:
   code 20404;
 * missing ``To`` / ``From``+``MessagingServiceSid`` / ``Body``+``MediaUrl``+
   ``ContentSid``: ``400`` codes 21604 / 21603 / 21602 (only on the success path);
-* scripted errors (see :class:`TwilioOutcome`).
+* scripted errors (see :class:`TwilioOutcome`); ``TwilioOutcome.created_then_error()``
+  creates the message and still answers ``500`` (a Twilio 5xx may follow a create);
+* ``GET /2010-04-01/Accounts/{AccountSid}/Messages.json``: the account's messages,
+  newest ``date_sent`` first, in Twilio's list envelope
+  (``tests/payloads/twilio_messages_list.json``: ``messages``, ``page``,
+  ``page_size``, ``start``, ``end``, ``uri``, ``first_page_uri``, ``next_page_uri``,
+  ``previous_page_uri``), filtered by ``To``, ``From``, ``DateSent`` (that day),
+  ``DateSent<`` / ``DateSent>`` (on or before / on or after; a date ``YYYY-MM-DD``
+  or, as twilio-python sends a ``datetime``, ``YYYY-MM-DDTHH:MM:SSZ``) and paged by
+  ``PageSize`` (default 50, at most 1000) and ``Page`` (+ the ``PageToken`` Twilio puts
+  in ``next_page_uri``). A message is listed as it is a moment after it was created:
+  ``status`` ``sent`` (if it was ``queued``/``accepted``) and ``date_sent`` =
+  ``date_created`` unless the script overrode them. An unknown query parameter gets
+  ``400`` (Twilio rejects what it does not accept). Listing consumes no scripted outcome.
 
 Error bodies have Twilio's legacy shape
 ``{"code", "message", "more_info", "status"}`` (+ ``"detail"`` for 20003), so
@@ -65,8 +78,9 @@ import email.utils
 import math
 import re
 import secrets
+import urllib.parse
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._base import (
@@ -183,6 +197,11 @@ class TwilioOutcome:
     def server_error(cls) -> Outcome:
         return cls.error(20500)
 
+    @staticmethod
+    def created_then_error(**overrides: Any) -> Outcome:
+        """The message is created (it is in the account's list) but the answer is a 500."""
+        return Outcome("success", label="created, then 500", overrides=overrides)
+
     @classmethod
     def service_unavailable(cls, retry_after: int | None = None) -> Outcome:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
@@ -269,6 +288,8 @@ class TwilioAPIServer(ProviderServer):
             assert reply is not None
             return reply
         match = _MESSAGES_PATH.match(request.path)
+        if request.method == "GET" and match and match["account"] == self.account_sid:
+            return self._list_messages(request)
         if request.method != "POST" or not match or match["account"] != self.account_sid:
             request.outcome = "404 20404"
             message = f"The requested resource {request.path} was not found"
@@ -279,7 +300,71 @@ class TwilioAPIServer(ProviderServer):
         if outcome.kind != "success":
             request.outcome = outcome.label or outcome.kind
             return outcome.reply if outcome.reply is not None else outcome
-        return self._create_message(request, outcome.overrides)
+        created = self._create_message(request, outcome.overrides)
+        if outcome.label == "created, then 500" and created.status == 201:
+            request.outcome = outcome.label
+            reply = TwilioOutcome.server_error().reply
+            assert reply is not None
+            return reply
+        return created
+
+    _LIST_FILTERS = frozenset({"To", "From", "DateSent", "DateSent<", "DateSent>", "PageSize",
+                               "Page", "PageToken"})
+
+    def _list_messages(self, request: RecordedRequest) -> Reply:
+        query = {name: values[0] for name, values in request.query.items() if values}
+        unknown = sorted(set(query) - self._LIST_FILTERS)
+        try:
+            if unknown:
+                raise ValueError(f"unknown parameter {unknown[0]}")
+            page_size = int(query.get("PageSize", "50"))
+            page = int(query.get("Page", "0"))
+            if not 1 <= page_size <= 1000 or page < 0:
+                raise ValueError("PageSize must be 1-1000 and Page 0 or more")
+            on = _date_filter(query.get("DateSent"))
+            before = _date_filter(query.get("DateSent<"))
+            after = _date_filter(query.get("DateSent>"))
+        except ValueError as exc:
+            request.outcome = "400 (list)"
+            return Reply.json(400, {"code": 20001, "message": f"Invalid request: {exc}",
+                                    "more_info": "https://www.twilio.com/docs/errors/20001",
+                                    "status": 400}, _response_headers())
+        listed = []
+        for message in self.messages:
+            view = dict(message)
+            if view["status"] in ("queued", "accepted"):
+                view["status"] = "sent"
+            view["date_sent"] = view["date_sent"] or view["date_created"]
+            sent = email.utils.parsedate_to_datetime(view["date_sent"])
+            if query.get("To") not in (None, view["to"]) \
+                    or query.get("From") not in (None, view["from"]) \
+                    or (on is not None and sent.date() != _day(on)) \
+                    or (before is not None and not _compare(sent, before) <= 0) \
+                    or (after is not None and not _compare(sent, after) >= 0):
+                continue
+            listed.append((sent, view))
+        listed.sort(key=lambda item: item[0], reverse=True)
+        chosen = [view for _, view in listed[page * page_size:(page + 1) * page_size]]
+        kept = [(name, value) for name, value in query.items()
+                if name not in ("Page", "PageSize", "PageToken")]
+
+        def uri(number: int, token: str | None = None) -> str:
+            params = [*kept, ("PageSize", str(page_size)), ("Page", str(number))]
+            if token:
+                params.append(("PageToken", token))
+            return f"{self.messages_path}?{urllib.parse.urlencode(params)}"
+
+        more = len(listed) > (page + 1) * page_size
+        envelope: dict[str, Any] = load_payload("twilio_messages_list.json")
+        envelope.update({
+            "messages": chosen, "page": page, "page_size": page_size,
+            "start": page * page_size, "end": page * page_size + max(len(chosen) - 1, 0),
+            "uri": uri(page, query.get("PageToken")), "first_page_uri": uri(0),
+            "next_page_uri": uri(page + 1, "PA" + secrets.token_hex(16)) if more else None,
+            "previous_page_uri": uri(page - 1, "PB" + secrets.token_hex(16)) if page else None,
+        })
+        request.outcome = "200 (list)"
+        return Reply.json(200, envelope, _response_headers())
 
     def _create_message(self, request: RecordedRequest, overrides: Mapping[str, Any]) -> Reply:
         form = request.form or {}
@@ -341,6 +426,28 @@ class TwilioAPIServer(ProviderServer):
             self._messages.append(message)
         request.outcome = "201"
         return Reply.json(201, message, _response_headers())
+
+
+def _date_filter(value: str | None) -> date | datetime | None:
+    """A ``DateSent`` filter value: ``YYYY-MM-DD`` or ``YYYY-MM-DDTHH:MM:SSZ``."""
+    if value is None:
+        return None
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        return date.fromisoformat(value)
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", value):
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    raise ValueError(f"DateSent must be YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ, not {value!r}")
+
+
+def _day(value: date | datetime) -> date:
+    return value.date() if isinstance(value, datetime) else value
+
+
+def _compare(sent: datetime, bound: date | datetime) -> int:
+    """-1, 0 or 1 as ``sent`` is before, at or after ``bound`` (a date: that whole day)."""
+    if isinstance(bound, datetime):
+        return (sent > bound) - (sent < bound)
+    return (sent.date() > bound) - (sent.date() < bound)
 
 
 def make_client(
