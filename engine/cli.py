@@ -49,8 +49,8 @@ from engine.importer import (
 from engine.outcomes import Status
 from engine.preview import Preview, RenderedPreview, preview, send_test
 from engine.privacy import mask_address, redact
-from engine.replies import opt_out_by_staff, send_outgoing
 from engine.reconcile import settle, unknown_touch_points
+from engine.replies import opt_out_by_staff, send_outgoing
 from engine.report import build_report, sparkline
 from engine.reports import (
     LOG_FIELDS,
