@@ -1030,3 +1030,67 @@ def test_forecast_diff_says_a_removed_step_will_no_longer_be_sent(
         "  - Thu 05 Nov 08:00  P1       pre-visit/two-hours-before: no longer sent by sms",
         "  - Thu 05 Nov 09:00  P2       pre-visit/two-hours-before: no longer skipped "
         "(no_consent)"]
+
+
+def test_forecast_diff_compares_with_the_last_full_forecast_not_a_filtered_one(
+        sqlite_url: str, tmp_path: Path, library: tuple[Path, Path]) -> None:
+    write_config(tmp_path)
+    _import(tmp_path, sqlite_url)
+    schedules, templates = library
+
+    def forecast(*extra: str) -> Result:
+        result = run_cli("forecast", *extra, db=sqlite_url, schedules=schedules,
+                         templates=templates)
+        assert result.exit_code == 0, result.output
+        return result
+
+    assert forecast("--diff", "--patient", "P1").stdout.startswith(
+        "No earlier forecast to compare with, and one limited to a journey or a patient is "
+        "not kept as the baseline")
+    assert forecast("--diff", "--patient", "P1").stdout.startswith("No earlier forecast")
+    forecast()  # the baseline
+    edit(schedules / "pre-visit.yaml", 'at: "10:00"', 'at: "09:00"')
+    # Runs limited to a journey or a patient show the edit, but do not become the baseline
+    assert len(as_json(forecast("--diff", "--json", "--journey", "pre-visit"))["diff"][
+        "changes"]) == 3
+    assert forecast("--diff", "--patient", "P2").stdout.splitlines() == [
+        "Compared with the forecast of 2026-11-02T14:00:00Z: 1 change(s).",
+        "  ~ Tue 03 Nov 09:00  P2       pre-visit/two-days-before: moved from Tue 03 Nov 10:00"]
+    forecast("--journey", "welcome")
+    assert forecast("--diff").stdout.splitlines()[0] == (
+        "Compared with the forecast of 2026-11-02T14:00:00Z: 3 change(s).")
+    # ...the full one does.
+    assert forecast("--diff").stdout == ("Compared with the forecast of 2026-11-02T14:00:00Z: "
+                                         "0 change(s).\n")
+
+
+def test_forecast_diff_does_not_list_messages_sent_since_as_changes(
+        database_url: str, tmp_path: Path, library: tuple[Path, Path]) -> None:
+    write_config(tmp_path)
+    _import(tmp_path, database_url)
+    schedules, templates = library
+    assert run_cli("run", "--once", db=database_url, schedules=schedules,
+                   templates=templates).exit_code == 0
+    assert run_cli("forecast", db=database_url, schedules=schedules,
+                   templates=templates).exit_code == 0  # foresees the reminders at 10:00 CST
+    # The manager moves them to 09:00; the daemon applies the edit and sends them at 09:00.
+    edit(schedules / "pre-visit.yaml", 'at: "10:00"', 'at: "09:00"')
+    later = "2026-11-03T15:00:00Z"  # Tue 09:00 CST, before the 10:00 the baseline foresaw
+    sent = as_json(run_cli("run", "--once", "--json", db=database_url, schedules=schedules,
+                           templates=templates, now=later))
+    assert sent["edits"]["retimed"] == 3
+    statuses = {(row.patient_id, row.step): row.status for row in _ledger(database_url)}
+    assert sorted(s for (_, step), s in statuses.items() if step == "two-days-before") == [
+        Status.SENT, Status.SENT, Status.SENT]
+
+    result = run_cli("forecast", "--diff", db=database_url, schedules=schedules,
+                     templates=templates, now=later)
+    assert result.stdout == "Compared with the forecast of 2026-11-02T14:00:00Z: 0 change(s).\n"
+    # What was foreseen and has not gone yet is still compared: remove the 2-hour reminder.
+    journey = schedules / "pre-visit.yaml"
+    text = journey.read_text(encoding="utf-8")
+    journey.write_text(text[:text.index("  - id: two-hours-before")], encoding="utf-8")
+    data = as_json(run_cli("forecast", "--diff", "--json", db=database_url,
+                           schedules=schedules, templates=templates, now=later))
+    assert [(c["change"], c["patient_id"], c["step"]) for c in data["diff"]["changes"]] == [
+        ("removed", "P1", "two-hours-before"), ("removed", "P2", "two-hours-before")]
