@@ -240,6 +240,75 @@ def test_a_language_variant_that_leaves_out_a_variable_of_its_default_is_an_erro
         "information"]
 
 
+def test_a_language_variant_must_show_the_appointment_time_and_date_its_default_shows(
+        tmp_path: Path) -> None:
+    english = ("{{ practice.name }}: see you {{ appointment.start | short_date }} at\n"
+               "{{ appointment.start | time }}, {{ patient.first_name }}. {{ practice.phone }}. "
+               "STOP to opt out\n")
+    no_time = ("{{ practice.name }}: {{ patient.first_name }}, le esperamos el\n"
+               "{{ appointment.start | short_date }}. {{ practice.phone }}. STOP para salir\n")
+    no_date = ("{{ practice.name }}: {{ patient.first_name }}, le esperamos a las\n"
+               "{{ appointment.start | time }}. {{ practice.phone }}. STOP para salir\n")
+    both = no_time.replace("short_date }}", "datetime }}")
+
+    def findings(spanish: str) -> tuple[int, list[dict[str, Any]], Path]:
+        return validate(tmp_path, {"reminders.yaml": REMINDERS}, {
+            "reminders/two-hours-before.sms.j2": english,
+            "reminders/two-hours-before.es.sms.j2": spanish})
+
+    code, found, templates = findings(no_time)
+    variant = templates / "reminders/two-hours-before.es.sms.j2"
+    assert code == 1
+    assert found == [finding(
+        variant, 2, "error", "variant-missing-moment",
+        "the es variant does not show the time of {{ appointment.start }}, which "
+        "reminders/two-hours-before.sms.j2:2 shows",
+        "add {{ appointment.start | time }}, so every language says when")]
+    code, found, _ = findings(no_date)
+    assert (code, [(d["code"], d["line"], d["message"]) for d in found]) == (1, [(
+        "variant-missing-moment", 2, "the es variant does not show the date of "
+        "{{ appointment.start }}, which reminders/two-hours-before.sms.j2:1 shows")])
+    assert findings(both)[:2] == (0, [])  # `| datetime` shows both
+
+
+def test_a_language_variant_using_a_field_its_default_does_not_is_a_warning(
+        tmp_path: Path) -> None:
+    therapist = GOOD_ES_SMS.replace("le esperamos", "\n{{ appointment.therapist }} le espera")
+
+    code, found, templates = validate(tmp_path, {"reminders.yaml": REMINDERS}, {
+        "reminders/two-hours-before.sms.j2": GOOD_SMS,
+        "reminders/two-hours-before.es.sms.j2": therapist})
+
+    assert code == 0
+    assert found == [finding(
+        templates / "reminders/two-hours-before.es.sms.j2", 2, "warning",
+        "variant-extra-variable", "the es variant uses {{ appointment.therapist }}, which "
+        "reminders/two-hours-before.sms.j2 does not",
+        "use the same fields in both: add it to reminders/two-hours-before.sms.j2 too, or "
+        "take it out here")]
+
+
+def test_sms_segments_are_counted_for_an_accented_sample_patient_too(tmp_path: Path) -> None:
+    """Lucía Fernández: her accented name costs no segments (an SMS that would go UCS-2
+    for it is sent with Lucia, Fernandez); her longer last name can."""
+    # "Riverside Physical Therapy: see you at 10:30 AM, Ms Rivera. (312) 555-0199. Please
+    # bring your exercise log and comfortable shoes. Free parking. STOP to opt out", 159
+    fits = GOOD_SMS.replace("STOP to opt out", "Please bring your exercise log and "
+                            "comfortable shoes. STOP to opt out")
+    with_last_name = fits.replace("{{ patient.first_name }}", "Ms {{ patient.last_name }}") \
+        .replace("shoes.", "shoes. Free parking.")
+
+    code, found, templates = validate(tmp_path, {"reminders.yaml": REMINDERS},
+                                      {"reminders/two-hours-before.sms.j2": fits})
+    assert (code, found) == (0, [])  # Lucía's would be 2 segments in UCS-2
+    code, found, templates = validate(tmp_path, {"reminders.yaml": REMINDERS},
+                                      {"reminders/two-hours-before.sms.j2": with_last_name})
+    assert (code, found) == (0, [finding(
+        templates / "reminders/two-hours-before.sms.j2", 1, "warning", "segments",
+        "with the sample patient Lucía Fernández this SMS is 2 segments (162 characters, "
+        "GSM-7)", "shorten it to 160 characters to send one segment")])
+
+
 def test_a_template_of_a_journey_not_about_an_appointment_must_render_without_one(
         tmp_path: Path) -> None:
     """A welcome goes to patients who have booked nothing yet: `appointment` is empty."""
@@ -493,8 +562,10 @@ def test_preview_for_a_patient_uses_their_language_appointment_and_timezone(
         ("sms", "es", "not usable: sms: no sms consent"),
         ("email", "es", "to p•••@example.com")]
     sms, email = data["messages"]
-    # their appointment, in their time: Thursday 10:00 Pacific
-    assert sms["body"] == ("Riverside Physical Therapy: Hola Lucía, le esperamos el jue, 5 nov "
+    # their appointment, in their time: Thursday 10:00 Pacific; one GSM-7 segment, not
+    # three in UCS-2 for the í of her name
+    assert (sms["segments"]["encoding"], sms["segments"]["segments"]) == ("GSM-7", 1)
+    assert sms["body"] == ("Riverside Physical Therapy: Hola Lucia, le esperamos el jue, 5 nov "
                            "a las 10:00. Responda C para confirmar, R para cambiar. "
                            "(312) 555-0199. STOP para salir")
     assert email["subject"] == "Le esperamos el jueves, 5 de noviembre a las 10:00"
