@@ -17,11 +17,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import update
 
 from engine import clock
 from engine.cli import cli
+from engine.outcomes import Status
+from engine.preview import send_test
 from engine.replies import record_inbound
 from engine.report import sparkline
+from engine.store.schema import inbound_messages
 from tests.support import LIBRARY_TEMPLATES, Clinic, appointment, patient, referrer
 
 SCHEDULES = {
@@ -267,3 +271,46 @@ def test_a_booking_soon_after_a_later_win_back_message_is_a_conversion(
             "conversion": 1.0}
     finally:
         clinic.close()
+
+
+def test_test_sends_and_replies_to_them_are_left_out_of_the_report(week: Clinic) -> None:
+    """The manager tries the win-back email on a real patient, and the 0-10 question on
+    their own phone (as a patient, then with the sample patient), and answers it."""
+    before = json.loads(report(week, "--since", "2026-11-01", "--json").stdout)
+    channels = {"sms": week.sms, "email": week.email}
+    sunday = at("2026-11-08T10:00:00-06:00")
+    with clock.travel_to(sunday):
+        sent = [send_test(week.db, week.definitions, week.settings, channels, journey, step,
+                          to, sunday, patient_id=patient_id)
+                for journey, step, to, patient_id in (
+                    ("winback", "day-30", "me@riversidept.example", "P2"),
+                    ("ask", "score", "(312) 555-0142", "P6"),
+                    ("remind", "day-before", "(312) 555-0142", "P3"),
+                    ("ask", "score", "(312) 555-0143", None))]
+    assert {tp.status for tp in sent} == {Status.SENT}
+    assert text_in(week, "2026-11-08T10:05:00-06:00", "+13125550142", "3", "SM8") == "other"
+    assert text_in(week, "2026-11-08T10:06:00-06:00", "+13125550142", "C", "SM9") == "other"
+    assert text_in(week, "2026-11-08T10:07:00-06:00", "+13125550143", "10", "SM10") == "other"
+
+    after = json.loads(report(week, "--since", "2026-11-01", "--json").stdout)
+    assert after == before
+    assert after["win_back"]["messaged"] == 2 and after["satisfaction"]["answers"] == 2
+    assert after["cases"]["opened"] == {"low_score": 1}  # Fay's 3 to a test opened none
+
+
+def test_a_reply_already_recorded_against_a_test_send_is_not_counted(week: Clinic) -> None:
+    """Before test sends were told apart, a 0-10 reply to one was kept as an answer."""
+    before = json.loads(report(week, "--since", "2026-11-01", "--json").stdout)
+    sunday = at("2026-11-08T10:00:00-06:00")
+    with clock.travel_to(sunday):
+        tp = send_test(week.db, week.definitions, week.settings, {"sms": week.sms}, "ask",
+                       "score", "(312) 555-0142", sunday)
+    text_in(week, "2026-11-08T10:05:00-06:00", "+13125550142", "2", "SM8")
+    with week.db.transaction() as conn:
+        conn.execute(update(inbound_messages).where(inbound_messages.c.provider_message_id
+                                                    == "SM8")
+                     .values(touch_point_id=tp.id, intent="score", score=2))
+
+    after = json.loads(report(week, "--since", "2026-11-01", "--json").stdout)
+    assert after["satisfaction"] == before["satisfaction"]
+    assert after["journeys"] == before["journeys"]
