@@ -9,7 +9,9 @@ sources. The report must say exactly that, as JSON and in the terminal.
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 from sqlalchemy import update
 
 from engine import clock
@@ -314,3 +317,70 @@ def test_a_reply_already_recorded_against_a_test_send_is_not_counted(week: Clini
     after = json.loads(report(week, "--since", "2026-11-01", "--json").stdout)
     assert after["satisfaction"] == before["satisfaction"]
     assert after["journeys"] == before["journeys"]
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+@pytest.mark.slow
+def test_the_demo_opens_with_the_practices_story_and_explains_every_reason(
+        database_url: str, tmp_path: Path) -> None:
+    from engine.cases import list_cases
+    from engine.definitions.journeys import SYSTEM_JOURNEYS
+    from engine.demo import print_report, run_demo
+    from engine.outcomes import EXPLANATIONS
+
+    clinic = Clinic(database_url, tmp_path)
+    try:
+        run_demo(clinic.db, clinic.settings, clinic.definitions, days=7)
+        out = io.StringIO()
+        print_report(Console(file=out, width=400), clinic.db, clinic.settings, days=7)
+        text = out.getvalue()
+        points = [tp for tp in clinic.touch_points() if not tp.test]
+        with clinic.db.transaction() as conn:
+            cases = list_cases(conn)
+    finally:
+        clinic.close()
+
+    story = text[:text.index("Timeline")]
+    labels = [line.split()[0] for line in story.splitlines()
+              if line.startswith("  ") and not line.startswith("   ")]
+    assert labels == ["Reached", "Sent", "Visits", "Listened", "Caught"]
+    assert story.index("What Touchpoint did for Riverside Physical Therapy in 7 days") \
+        < story.index("Reached") < story.index("Not sent, and why")
+
+    sent = [tp for tp in points if tp.status in (Status.SENT, Status.DELIVERED)
+            and tp.journey not in SYSTEM_JOURNEYS]
+    texts = sum(1 for tp in sent if tp.channel == "sms")
+    reached = {tp.patient_id for tp in sent if not tp.recipient.startswith("referrer:")}
+    assert f"Reached    {len(reached)} of " in story
+    assert f"Sent       {len(sent)} messages: {texts} texts and {len(sent) - texts} emails" \
+        in story
+    assert f"Caught     {len(cases)} recovery cases: " in story and len(cases) > 0
+
+    # every reason the report shows anywhere is explained in words on the first screen
+    shown = set(re.findall(r"\b(skipped|cancelled|failed|unknown): ([a-z_]+)", text))
+    assert {("skipped", "too_late"), ("cancelled", "appointment_cancelled")} <= shown
+    for status, reason in shown:
+        [line] = [line for line in story.splitlines() if f"{status}: {reason} " in line]
+        count = sum(1 for tp in points if (tp.status, tp.reason) == (status, reason)
+                    and tp.journey not in SYSTEM_JOURNEYS)
+        assert line.split()[0] == str(count)
+        assert line.endswith(EXPLANATIONS[reason])
+
+
+def test_the_story_counts_visits_reminded_and_confirmed(week: Clinic) -> None:
+    """A1 (reminded, confirmed with C), A2 (no consent: not reminded) and A4 (reminded)
+    were due in the week; A3 was cancelled, A5 is next week."""
+    from engine.demo import practice_story, print_story
+
+    start, end = at("2026-11-02T00:00:00-06:00"), at("2026-11-08T12:00:00-06:00")
+    story = practice_story(week.db, start, end)
+    out = io.StringIO()
+    print_story(Console(file=out, width=300), story, "Riverside Physical Therapy", start, end)
+
+    assert (story.visits, story.reminded, story.confirmed) == (3, 2, 1)
+    assert "Visits     2 of 3 visits were reminded beforehand; 1 confirmed by replying C" \
+        in out.getvalue()
+    assert (story.cases, story.with_case) == ({"low_score": 1}, 1)  # Dev's 4
+    assert "Caught     1 recovery case: 1 low satisfaction score" in out.getvalue()
