@@ -11,7 +11,8 @@ The forecast replays the engine's own rules in memory, on a virtual clock:
 
 It assumes nothing else happens: no new bookings, visits, cancellations or replies, and
 providers accept every message. ``--diff`` compares it with the last full forecast (stored
-in the database; a run limited by ``--journey`` or ``--patient`` does not replace it), so
+in the database; a run limited by ``--journey`` or ``--patient``, or looking fewer days
+ahead than that one did, does not replace it), so
 a practice manager sees what an edit changes before it goes out; a message sent since that
 forecast is not a change.
 """
@@ -327,9 +328,10 @@ _DISPATCHED = (Status.SENDING, Status.SENT, Status.DELIVERED, Status.FAILED, Sta
 
 def diff(db: Database, entries: list[Entry], now: datetime, until: datetime,
          save: bool = True) -> tuple[list[Change], str | None]:
-    """Compare with the baseline (the last forecast saved); with ``save``, this one
-    becomes the next baseline. Only a full forecast should be saved: one limited to a
-    journey or a patient would leave the others out of the next comparison.
+    """Compare with the baseline (the last full forecast); with ``save``, this one
+    becomes the next baseline if it looks at least as far ahead. Only a full forecast
+    should be saved: one limited to a journey or a patient, or to fewer days, would leave
+    the others out of the next comparison.
 
     The comparison covers what both forecasts looked at: from now to the earlier of their
     horizons. A touch point sent since the baseline (and one the baseline foresaw for a
@@ -340,14 +342,15 @@ def diff(db: Database, entries: list[Entry], now: datetime, until: datetime,
     current = {e.key: e.baseline() for e in entries}
     with db.transaction() as conn:
         previous = get_state(conn, STATE_KEY)
-        if save:
+        old_horizon = _instant(previous["until"]) if previous and previous.get("until") \
+            else until
+        if save and until >= old_horizon:  # (a shorter look ahead is not a full forecast)
             put_state(conn, STATE_KEY, {"made_at": _iso(now), "until": _iso(until),
                                         "entries": current}, now)
         if previous is None:
             return [], None
         before: dict[str, dict[str, Any]] = previous.get("entries", {})
         start = now.astimezone(UTC)
-        old_horizon = _instant(previous["until"]) if previous.get("until") else until
         horizon = min(until, old_horizon)
         gone = [key for key, old in before.items()
                 if key not in current and start < _instant(old["at"]) <= horizon]

@@ -1135,6 +1135,27 @@ def test_forecast_diff_compares_with_the_last_full_forecast_not_a_filtered_one(
                                          "0 change(s).\n")
 
 
+def test_forecast_diff_compares_only_the_days_both_forecasts_looked_at(
+        sqlite_url: str, tmp_path: Path, library: tuple[Path, Path]) -> None:
+    write_config(tmp_path)
+    _import(tmp_path, sqlite_url)
+    schedules, templates = library
+    assert run_cli("run", "--once", db=sqlite_url, schedules=schedules,
+                   templates=templates).exit_code == 0
+
+    def forecast(*extra: str) -> Any:
+        return as_json(run_cli("forecast", "--json", *extra, db=sqlite_url,
+                               schedules=schedules, templates=templates))
+
+    assert forecast("--days", "1")["entries"] == []  # the reminders are Tuesday and later
+    week = forecast("--diff")  # looks 7 days ahead: what it sees past a day is not new
+    assert len(week["entries"]) == 5 and week["diff"]["changes"] == []
+    edit(schedules / "pre-visit.yaml", 'at: "10:00"', 'at: "09:00"')
+    day = forecast("--diff", "--days", "1")  # Tuesday 09:00 is past its horizon; not kept
+    assert day["diff"]["changes"] == []
+    assert [c["change"] for c in forecast("--diff")["diff"]["changes"]] == ["changed"] * 3
+
+
 def test_forecast_diff_does_not_list_messages_sent_since_as_changes(
         database_url: str, tmp_path: Path, library: tuple[Path, Path]) -> None:
     write_config(tmp_path)
