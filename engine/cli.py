@@ -880,7 +880,7 @@ def _write_html(result: Preview, target: Path) -> list[Path]:
 @click.option("--days", type=click.FloatRange(min=0, min_open=True), default=7,
               show_default=True, help="How far ahead to look.")
 @click.option("--diff", "show_diff", is_flag=True,
-              help="Show what changed since the previous forecast (e.g. after an edit).")
+              help="Show what changed since the last full forecast (e.g. after an edit).")
 @click.option("--journey", metavar="NAME", help="Only this journey.")
 @click.option("--patient", "patient_id", metavar="ID", help="Only this patient.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
@@ -888,13 +888,15 @@ def _write_html(result: Preview, target: Path) -> list[Path]:
 def forecast_cmd(ctx: click.Context, days: float, show_diff: bool, journey: str | None,
                  patient_id: str | None, as_json: bool) -> None:
     """What the next days hold: what would be sent to whom and when, what would be
-    skipped and why. Changes nothing in the ledger; the result is kept to diff against."""
+    skipped and why. Changes nothing in the ledger; a full forecast (no --journey or
+    --patient) is kept to diff against."""
     app = _app(ctx)
     settings, database, definitions = app.settings(), app.db(), app.definitions()
     now = clock.now()
     until = now + timedelta(days=days)
     entries, limits = forecast_limits(database, settings, definitions, now, days)
-    changes, previous = diff(database, entries, now, until)
+    full = journey is None and patient_id is None
+    changes, previous = diff(database, entries, now, until, save=full)
     shown = [e for e in entries if (journey is None or e.journey == journey)
              and (patient_id is None or e.patient_id == patient_id)]
     if as_json:
@@ -910,7 +912,7 @@ def forecast_cmd(ctx: click.Context, days: float, show_diff: bool, journey: str 
         return
     tz = zone(settings.require("practice.timezone"))
     if show_diff:
-        _print_diff(changes, previous, tz, journey, patient_id)
+        _print_diff(changes, previous, tz, journey, patient_id, full)
         return
     day = None
     for entry in shown:
@@ -933,10 +935,14 @@ def forecast_cmd(ctx: click.Context, days: float, show_diff: bool, journey: str 
 
 
 def _print_diff(changes: list[Change], previous: str | None, tz: ZoneInfo,
-                journey: str | None, patient_id: str | None) -> None:
-    if previous is None:
+                journey: str | None, patient_id: str | None, kept: bool) -> None:
+    if previous is None and kept:
         click.echo("No earlier forecast to compare with; this one is kept as the baseline. "
                    "Edit schedules/ or message_templates/, then run `forecast --diff` again.")
+        return
+    if previous is None:
+        click.echo("No earlier forecast to compare with, and one limited to a journey or a "
+                   "patient is not kept as the baseline: run `touchpoint forecast` first.")
         return
     shown = [c for c in changes if (journey is None or c.journey == journey)
              and (patient_id is None or c.patient_id == patient_id)]

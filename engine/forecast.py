@@ -12,8 +12,10 @@ The forecast replays the engine's own rules in memory, on a virtual clock:
 It assumes nothing else happens: no new bookings, visits, cancellations or replies, and
 providers accept every message. :func:`forecast_limits` also counts, by journey and step,
 the messages a limit (``caps``) would defer or skip in the next :data:`LIMITS_DAYS` days.
-``--diff`` compares it with the previous forecast (stored in the database), so a practice
-manager sees what an edit changes before it goes out.
+``--diff`` compares it with the last full forecast (stored in the database; a run limited
+by ``--journey`` or ``--patient``, or looking fewer days ahead than that one did, does not
+replace it), so a practice manager sees what an edit changes before it goes out; a
+message sent since that forecast is not a change.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import heapq
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, false, select
@@ -185,6 +187,7 @@ class _Forecaster:
         self.held: dict[str, tuple[str, str, datetime]] = {}
         self.counter = itertools.count(1)
         self.people: dict[int, Patient | None] = {}
+        self.ledger_keys: dict[int, set[str]] = {}
 
     def _person(self, patient_id: int) -> Patient | None:
         if patient_id not in self.people:
@@ -254,9 +257,24 @@ class _Forecaster:
                 if (planned.step, planned.anchor, planned.recipient) not in existing:
                     yield from self._new(planned, self.now)
 
+    def _in_ledger(self, tp: TouchPoint) -> bool:
+        """Whether the ledger already has this touch point's key, in any status (sent,
+        say): planning it again would insert nothing (the unique key)."""
+        assert tp.patient_id is not None
+        keys = self.ledger_keys.get(tp.patient_id)
+        if keys is None:
+            keys = self.ledger_keys[tp.patient_id] = {_key(*row) for row in self.conn.execute(
+                select(touch_points.c.patient_id, touch_points.c.recipient,
+                       touch_points.c.journey, touch_points.c.step, touch_points.c.anchor)
+                .where(touch_points.c.patient_id == tp.patient_id))}
+        return _key_of(tp) in keys
+
     def _new(self, planned: Planned, at: datetime) -> Iterator[TouchPoint]:
-        """A touch point planned at ``at``; one planned as skipped is recorded then."""
+        """A touch point planned at ``at``; one planned as skipped is recorded then. One
+        the ledger already has (sent, skipped, …) is not planned again, as in the engine."""
         tp = _virtual(planned, next(self.counter), self.now)
+        if self._in_ledger(tp):
+            return
         if planned.status == Status.PLANNED:
             yield tp
         elif at <= self.until:
@@ -344,7 +362,12 @@ class _Forecaster:
 
 
 def _key_of(tp: TouchPoint) -> str:
-    return f"{tp.patient_id}|{tp.recipient}|{tp.journey}|{tp.step}|{tp.anchor}"
+    return _key(tp.patient_id, tp.recipient, tp.journey, tp.step, tp.anchor)
+
+
+def _key(patient_id: int | None, recipient: str, journey: str, step: str, anchor: str) -> str:
+    """The ledger's unique key as one text (the baseline stores entries under it)."""
+    return f"{patient_id}|{recipient}|{journey}|{step}|{anchor}"
 
 
 def forecast(db: Database, settings: Settings, definitions: Definitions, now: datetime,
@@ -375,38 +398,77 @@ def forecast_limits(db: Database, settings: Settings, definitions: Definitions,
     return [e for e in entries if e.at <= until], limits
 
 
+# A touch point in one of these has gone to a provider (or was being handed to one): it is
+# no longer part of what is coming, and its leaving the forecast is not a change.
+_DISPATCHED = (Status.SENDING, Status.SENT, Status.DELIVERED, Status.FAILED, Status.UNKNOWN)
+
+
 def diff(db: Database, entries: list[Entry], now: datetime, until: datetime,
          save: bool = True) -> tuple[list[Change], str | None]:
-    """Compare with the previous forecast; store this one as the next baseline.
+    """Compare with the baseline (the last full forecast); with ``save``, this one
+    becomes the next baseline if it looks at least as far ahead. Only a full forecast
+    should be saved: one limited to a journey or a patient, or to fewer days, would leave
+    the others out of the next comparison.
 
-    Returns the changes and when the previous forecast was made (None if there was none).
+    The comparison covers what both forecasts looked at: from now to the earlier of their
+    horizons. A touch point sent since the baseline (and one the baseline foresaw for a
+    moment that has passed) is what was expected to happen, not a change.
+
+    Returns the changes and when the baseline was made (None if there is none).
     """
     current = {e.key: e.baseline() for e in entries}
     with db.transaction() as conn:
         previous = get_state(conn, STATE_KEY)
-        if save:
+        old_horizon = _instant(previous["until"]) if previous and previous.get("until") \
+            else until
+        if save and until >= old_horizon:  # (a shorter look ahead is not a full forecast)
             put_state(conn, STATE_KEY, {"made_at": _iso(now), "until": _iso(until),
                                         "entries": current}, now)
-    if previous is None:
-        return [], None
-    before: dict[str, dict[str, Any]] = previous.get("entries", {})
+        if previous is None:
+            return [], None
+        before: dict[str, dict[str, Any]] = previous.get("entries", {})
+        start = now.astimezone(UTC)
+        horizon = min(until, old_horizon)
+        gone = [key for key, old in before.items()
+                if key not in current and start < _instant(old["at"]) <= horizon]
+        sent = _dispatched(conn, gone)
     changes = []
     for key, after in current.items():
         old = before.get(key)
         if old is None:
-            changes.append(Change("added", key, after["patient_id"], after["journey"],
-                                  after["step"], None, after))
+            if _instant(after["at"]) <= horizon:  # (past the old horizon nothing was foreseen)
+                changes.append(Change("added", key, after["patient_id"], after["journey"],
+                                      after["step"], None, after))
             continue
         what = tuple(field for field in ("at", "outcome", "channel", "reason", "digest")
                      if old.get(field) != after.get(field))
         if what:
             changes.append(Change("changed", key, after["patient_id"], after["journey"],
                                   after["step"], old, after, what))
-    horizon = _iso(until)
-    for key, old in before.items():
-        if key not in current and _iso(now) < old["at"] <= horizon:
+    for key in gone:
+        if key not in sent:
+            old = before[key]
             changes.append(Change("removed", key, old["patient_id"], old["journey"],
                                   old["step"], old, None))
     return sorted(changes, key=lambda c: ((c.after or c.before or {}).get("at", ""), c.key)), \
         previous.get("made_at")
 
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _dispatched(conn: Connection, keys: list[str]) -> set[str]:
+    """Which of these forecast keys are touch points that have gone to a provider."""
+    patient_ids = sorted({int(key.split("|", 1)[0]) for key in keys})
+    wanted = set(keys)
+    found: set[str] = set()
+    for start in range(0, len(patient_ids), 500):
+        rows = conn.execute(
+            select(touch_points.c.patient_id, touch_points.c.recipient,
+                   touch_points.c.journey, touch_points.c.step, touch_points.c.anchor)
+            .where(touch_points.c.patient_id.in_(patient_ids[start:start + 500]),
+                   touch_points.c.status.in_(_DISPATCHED), touch_points.c.test == false()))
+        found.update(key for row in rows
+                     if (key := _key(*row)) in wanted)
+    return found

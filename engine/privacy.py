@@ -3,11 +3,16 @@
 ``+15035550142`` → ``+1•••••••42``; ``maria.garcia@example.com`` → ``m•••@example.com``.
 :func:`redact` masks every phone number and email address found in free text (provider
 error excerpts, exception messages) — use it on anything that leaves the process.
+:func:`mask_database_url` hides the password of a database URL
+(``postgresql://tp:***@db/touchpoint``).
 """
 
 from __future__ import annotations
 
 import re
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 # International numbers (+ and 8–15 digits, maybe grouped), North American groupings
@@ -42,3 +47,12 @@ def mask_address(address: str | None) -> str:
 def redact(text: str) -> str:
     text = _EMAIL.sub(lambda m: f"{m.group(1)}•••@{m.group(2)}", text)
     return _PHONE.sub(lambda m: mask_phone(m.group(0)), text)
+
+
+def mask_database_url(url: str) -> str:
+    """The URL with its password as ``***``; a text SQLAlchemy cannot read as a URL (it
+    may still hold a password) is not shown at all."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"

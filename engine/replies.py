@@ -48,7 +48,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, or_, select, update
+from sqlalchemy import Connection, Select, and_, false, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine import cases, clock, notify
@@ -435,10 +435,12 @@ def _latest_sent(conn: Connection, number: str, patient_ids: list[int],
 
 
 def _texts_to(number: str) -> Select[Any]:
-    """Texts that went to ``number``, the latest first (what a reply may be answering)."""
+    """Texts that went to ``number``, the latest first (what a reply may be answering).
+    Test sends are not among them: a reply to one confirms nothing and is no one's score."""
     return (select(touch_points)
             .where(touch_points.c.address == number, touch_points.c.channel == "sms",
-                   touch_points.c.status.in_((Status.SENT, Status.DELIVERED)))
+                   touch_points.c.status.in_((Status.SENT, Status.DELIVERED)),
+                   touch_points.c.test == false())
             .order_by(touch_points.c.sent_at.desc()))
 
 

@@ -8,7 +8,8 @@
 * recovery — cases opened by cause, resolved, and every open case with its age;
 * referrals — per referral source: patients referred, seen, discharged, messages sent.
 
-Everything is read from the ledger, events and cases; nothing is kept twice.
+Everything is read from the ledger, events and cases; nothing is kept twice. Test sends
+(``touchpoint test-send``) and replies to them are never counted.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, false, func, select
+from sqlalchemy import Connection, false, func, or_, select
 
 from engine.cases import CAUSES, list_cases
 from engine.definitions import Definitions
@@ -106,7 +107,8 @@ def step_lines(conn: Connection, since: datetime) -> list[StepLine]:
     replies = conn.execute(
         select(tp.c.journey, tp.c.step, inbound_messages.c.intent, func.count())
         .join(tp, tp.c.id == inbound_messages.c.touch_point_id)
-        .where(inbound_messages.c.received_at >= since, tp.c.journey.not_in(SYSTEM_JOURNEYS))
+        .where(inbound_messages.c.received_at >= since, tp.c.journey.not_in(SYSTEM_JOURNEYS),
+               tp.c.test == false())
         .group_by(tp.c.journey, tp.c.step, inbound_messages.c.intent))
     for journey, step, intent, count in replies:
         entry = line(journey, step)
@@ -126,7 +128,7 @@ def win_back(conn: Connection, definitions: Definitions, since: datetime) -> dic
     for patient_id, sent_at in conn.execute(
             select(touch_points.c.patient_id, touch_points.c.sent_at)
             .where(touch_points.c.journey.in_(names), touch_points.c.status.in_(_SENT),
-                   touch_points.c.sent_at >= since)):
+                   touch_points.c.sent_at >= since, touch_points.c.test == false())):
         messages[patient_id].append(as_utc(sent_at))
     booked = 0
     if messages:
@@ -147,8 +149,10 @@ def win_back(conn: Connection, definitions: Definitions, since: datetime) -> dic
 def satisfaction(conn: Connection, since: datetime, now: datetime) -> dict[str, Any]:
     answers = conn.execute(
         select(inbound_messages.c.received_at, inbound_messages.c.score)
+        .outerjoin(touch_points, touch_points.c.id == inbound_messages.c.touch_point_id)
         .where(inbound_messages.c.score.is_not(None),
-               inbound_messages.c.received_at >= since)
+               inbound_messages.c.received_at >= since,
+               or_(touch_points.c.id.is_(None), touch_points.c.test == false()))
         .order_by(inbound_messages.c.received_at)).all()
     weeks: list[dict[str, Any]] = []
     start = since

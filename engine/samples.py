@@ -1,12 +1,15 @@
-"""A built-in sample patient and appointment, for previews and template checks.
+"""Built-in sample patients and an appointment, for previews and template checks.
 
 Values are chosen to be realistic *and* on the long side (a nine-letter first name, an
 appointment at 10:30 AM on a Wednesday), so a template that fits one SMS segment with the
-sample fits for most real patients.
+sample fits for most real patients. The second sample patient has an accented name, as
+many real patients do: "í" is not in the GSM-7 alphabet, so `touchpoint validate` counts
+segments as such a patient's text would be sent.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime, time, timedelta
 from typing import Any
 
@@ -30,10 +33,17 @@ class _AnyField(Fields):
         return f"[{name}]"
 
 
-def sample_patient(language: str | None = None) -> Patient:
+# (first name, last name) of each sample patient; the first is the one previews show.
+SAMPLE_NAMES: tuple[tuple[str, str], ...] = (("Alexandra", "Rivera"), ("Lucía", "Fernández"))
+
+
+def sample_patient(language: str | None = None,
+                   name: tuple[str, str] = SAMPLE_NAMES[0]) -> Patient:
+    first, last = name
+    mailbox = unicodedata.normalize("NFKD", f"{first}.{last}".lower()).encode("ascii", "ignore")
     return Patient(
-        id=0, external_id="SAMPLE", first_name="Alexandra", last_name="Rivera",
-        phone="+13125550123", email="alexandra.rivera@example.com", language=language,
+        id=0, external_id="SAMPLE", first_name=first, last_name=last,
+        phone="+13125550123", email=f"{mailbox.decode()}@example.com", language=language,
         timezone=None, sms_consent=True, email_consent=True, marketing_consent=True)
 
 
@@ -69,11 +79,11 @@ def sample_case(now: datetime, settings: Settings, cause: str = "low_score") -> 
 
 def sample_context(settings: Settings, now: datetime, language: str | None = None,
                    journey: str = "", step: str = "", recipient: str | None = None,
-                   ) -> dict[str, Any]:
-    """Template variables for the sample patient; ``recipient`` is the step's (a referrer
-    or a contact gets their own ``recipient``)."""
+                   name: tuple[str, str] = SAMPLE_NAMES[0]) -> dict[str, Any]:
+    """Template variables for a sample patient (``name``, one of :data:`SAMPLE_NAMES`);
+    ``recipient`` is the step's (a referrer or a contact gets their own ``recipient``)."""
     timezone = settings.require("practice.timezone")
-    patient = sample_patient(language)
+    patient = sample_patient(language, name)
     referrer = sample_referrer()
     addressed = Recipient.of_referrer(referrer) if recipient == "referrer" else \
         Recipient.of_contact(sample_guardian(language), patient) if recipient == "contacts" \

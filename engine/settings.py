@@ -29,6 +29,7 @@ import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.errors import ConfigError
+from engine.privacy import mask_database_url
 from engine.timing import QuietHours, format_duration, parse_clock, parse_duration, zone
 
 DEFAULT_CONFIG = "touchpoint.toml"
@@ -479,6 +480,8 @@ class Settings(BaseModel):
                 value = ",".join(_DAYS[d] for d in sorted(value))
             elif isinstance(value, tuple):
                 value = ",".join(value)
+            elif setting.key == "database.url":
+                value = mask_database_url(str(value))
             shown[setting.key] = "•••" if setting.secret and value else str(value)
         return shown
 

@@ -301,7 +301,9 @@ def to_gsm7(text: str) -> str:
     """``text`` with every character that has a GSM-7 stand-in replaced by it.
 
     ``"sáb, 10 oct"`` → ``"sab, 10 oct"``; characters without one (emoji) are kept. For
-    text the engine writes itself (formatted dates) — never for what a person wrote.
+    text the engine writes itself (formatted dates) and values it inserts into an SMS
+    when that saves segments (a name such as Lucía) — never for a template's own words
+    or what a patient wrote to us.
     """
     if _GSM_ALL.issuperset(text):
         return text

@@ -10,16 +10,20 @@ Errors (the engine refuses to run with them):
   keys, unknown events, missing templates, duplicate steps, Jinja syntax, unknown
   variables;
 * a ``practice.links.NAME`` used by a template but not set in the settings;
-* a language variant that leaves out a variable its default file uses (a Spanish
-  reader would miss the appointment time the English one shows).
+* a language variant that leaves out a variable its default file uses, or the time or
+  date of the appointment the default shows (a Spanish reader would miss the appointment
+  time the English one shows).
 
-Warnings (exit 0), checked on each SMS a step sends, rendered for the sample patient:
+Warnings (exit 0), checked on each SMS a step sends, rendered for the sample patients
+(Alexandra Rivera, and Lucía Fernández: an accented name, as real patients have):
 
-* longer than one segment; characters that force UCS-2 (with line and column);
+* longer than one segment (for the sample it is longest for); characters that force
+  UCS-2 (with line and column);
 * a transactional SMS without the practice's name or phone number (FCC healthcare
   exemption); a marketing SMS without STOP wording;
 * in exemption mode (``caps.mode``), a marketing SMS, or one over 160 characters: the
   dispatcher would not send it;
+* a language variant that uses a variable its default file does not;
 * fields marked sensitive (``templates.sensitive_fields``: diagnosis, body part,
   insurance, clinical notes, visit type by default) used in an SMS (HIPAA minimum
   necessary).
@@ -32,7 +36,7 @@ defer or skip, by journey and step, from the database's patients and appointment
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 from engine.definitions import Definitions, load_definitions
@@ -42,7 +46,7 @@ from engine.definitions.templates import Fields, TemplateSet, format_phone
 from engine.errors import TemplateRenderError
 from engine.guards import EXEMPT_SMS_LENGTH
 from engine.replies import REPLY_TEMPLATES, STAFF_TEMPLATES
-from engine.samples import sample_context, sample_digest
+from engine.samples import SAMPLE_NAMES, sample_context, sample_digest
 from engine.settings import Settings
 from engine.sms_segments import analyse
 from engine.timing import zone
@@ -135,19 +139,38 @@ def _check_referrer_fields(definitions: Definitions, settings: Settings,
 
 
 def _check_variants(templates: TemplateSet) -> Iterator[Diagnostic]:
+    """A language variant (``x.es.sms.j2``) says what its default file says: the same
+    ``{{ }}`` fields, and the time and date of the appointment wherever the default shows
+    them (``| time``, ``| date`` …)."""
     for name, channel, language, file in templates.files():
         if language is None or not templates.has(name, channel):
             continue
         default_file = templates.resolve(name, channel, None)
         assert default_file is not None
-        missing = templates.variables_used(default_file[0]) - templates.variables_used(file)
-        missing = {m for m in missing if "." in m}  # `appointment` alone is a guard, not data
-        for variable in sorted(missing):
-            yield Diagnostic(str(templates.path(file)), 1,
+        default = default_file[0]
+        where = str(templates.path(file))
+        theirs, ours = templates.references(default), templates.references(file)
+        # (`appointment` alone is a guard, not data)
+        for variable in sorted(v for v in theirs.keys() - ours.keys() if "." in v):
+            yield Diagnostic(where, 1,
                              f"the {language} variant leaves out {{{{ {variable} }}}}, which "
-                             f"{default_file[0]} uses",
+                             f"{default} uses",
                              "add it, so every language gets the same information",
                              code="variant-missing-variable")
+        for variable in sorted(v for v in ours.keys() - theirs.keys() if "." in v):
+            yield Diagnostic(where, ours[variable],
+                             f"the {language} variant uses {{{{ {variable} }}}}, which "
+                             f"{default} does not", f"use the same fields in both: add it "
+                             f"to {default} too, or take it out here", severity="warning",
+                             code="variant-extra-variable")
+        shown = templates.moments_shown(file)
+        for (variable, part), line in sorted(templates.moments_shown(default).items()):
+            if variable in ours and (variable, part) not in shown:
+                yield Diagnostic(where, ours[variable],
+                                 f"the {language} variant does not show the {part} of "
+                                 f"{{{{ {variable} }}}}, which {default}:{line} shows",
+                                 f"add {{{{ {variable} | {part} }}}}, so every language "
+                                 f"says when", code="variant-missing-moment")
 
 
 def _check_renders(definitions: Definitions, settings: Settings, now: datetime,
@@ -200,7 +223,13 @@ def _check_renders(definitions: Definitions, settings: Settings, now: datetime,
                         yield from _check_characters(templates, file, where)
                         yield from _check_sensitive(templates, file, where,
                                                     settings.templates.sensitive_fields)
-                        yield from _check_rendered(journey, body, where, settings)
+                        sample, body = _longest(body, (
+                            (f"the sample patient {' '.join(name)}", templates.render(
+                                step.template, channel, language, sample_context(
+                                    settings, now, language, journey.name, step.id,
+                                    recipient, name), tz).body)
+                            for name in SAMPLE_NAMES[1:]))
+                        yield from _check_rendered(journey, body, where, settings, sample)
                         yield from _check_exemption(journey, body, where, settings)
 
 
@@ -304,13 +333,23 @@ def _check_sms_length(body: str, where: str) -> Iterator[Diagnostic]:
                          "shorten it, or move the detail to the email", code="sms-length")
 
 
+def _longest(body: str, others: Iterable[tuple[str, str]]) -> tuple[str, str]:
+    """(which sample, text) of the SMS that takes the most segments: the default sample's
+    unless another sample patient's name (Lucía Fernández) makes theirs longer."""
+    worst = ("the sample patient", body)
+    for sample, text in others:
+        if analyse(text).segments > analyse(worst[1]).segments:
+            worst = (sample, text)
+    return worst
+
+
 def _check_rendered(journey: Journey, body: str, where: str, settings: Settings,
-                    ) -> Iterator[Diagnostic]:
+                    sample: str = "the sample patient") -> Iterator[Diagnostic]:
     yield from _check_sms_length(body, where)
     info = analyse(body)
     if info.segments > 1:
         limit = 160 if info.encoding == "GSM-7" else 70
-        yield Diagnostic(where, 1, f"with the sample patient this SMS is {info.segments} "
+        yield Diagnostic(where, 1, f"with {sample} this SMS is {info.segments} "
                          f"segments ({info.characters} characters, {info.encoding})",
                          f"shorten it to {limit} characters to send one segment",
                          severity="warning", code="segments")

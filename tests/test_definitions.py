@@ -497,6 +497,38 @@ def test_weekday_names_are_folded_to_gsm7_in_sms_but_not_in_email(
                              "sábado, 7 de noviembre, 10:00")
 
 
+REMINDER = ("{{ practice.name }}: Hola {{ patient.first_name }}, le esperamos manana a las "
+            "10:00. Responda C para confirmar, R para cambiar. {{ practice.phone }}. STOP "
+            "para salir")
+
+
+@pytest.mark.parametrize(("template", "first_name", "expected"), [
+    # 3 segments in UCS-2 with the accent, 1 in GSM-7 without: the name is folded
+    (REMINDER, "Lucía", "Hola Lucia, le esperamos"),
+    # fits one UCS-2 segment anyway: the name keeps its accent
+    ("Hola {{ patient.first_name }}, hasta manana. STOP para salir", "Lucía", "Hola Lucía,"),
+    # the template's own words force UCS-2 whatever the name: nothing is changed
+    (REMINDER.replace("manana", "en su revisión"), "Lucía",
+     "Hola Lucía, le esperamos en su revisión"),
+    # no GSM-7 stand-in for it: kept
+    (REMINDER, "李娜", "Hola 李娜, le"),
+])
+def test_an_sms_value_that_would_force_ucs2_is_folded_only_when_it_saves_segments(
+        tmp_path: Path, template: str, first_name: str, expected: str) -> None:
+    folder = write_files(tmp_path / "templates", {"t/r.sms.j2": template,
+                                                  "t/r.email.j2": (
+        "{% block subject %}Hola {{ patient.first_name }}{% endblock %}"
+        "{% block text %}" + template + "{% endblock %}")})
+    templates = TemplateSet(folder)
+
+    sms = templates.render("t/r", "sms", "es", variables(first_name=first_name), CHICAGO)
+    email = templates.render("t/r", "email", "es", variables(first_name=first_name), CHICAGO)
+
+    assert expected in sms.body
+    assert email.subject == f"Hola {first_name}"  # email is never folded
+    assert first_name in email.body
+
+
 @pytest.mark.parametrize(("name", "channel", "context", "expected"), [
     ("t/strict", "sms", variables(), "t/strict.sms.j2:2: "),
     ("t/strict", "email", variables(), "t/strict.email.j2:1: "),  # appointment is None

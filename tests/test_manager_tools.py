@@ -245,6 +245,75 @@ def test_a_language_variant_that_leaves_out_a_variable_of_its_default_is_an_erro
         "information"]
 
 
+def test_a_language_variant_must_show_the_appointment_time_and_date_its_default_shows(
+        tmp_path: Path) -> None:
+    english = ("{{ practice.name }}: see you {{ appointment.start | short_date }} at\n"
+               "{{ appointment.start | time }}, {{ patient.first_name }}. {{ practice.phone }}. "
+               "STOP to opt out\n")
+    no_time = ("{{ practice.name }}: {{ patient.first_name }}, le esperamos el\n"
+               "{{ appointment.start | short_date }}. {{ practice.phone }}. STOP para salir\n")
+    no_date = ("{{ practice.name }}: {{ patient.first_name }}, le esperamos a las\n"
+               "{{ appointment.start | time }}. {{ practice.phone }}. STOP para salir\n")
+    both = no_time.replace("short_date }}", "datetime }}")
+
+    def findings(spanish: str) -> tuple[int, list[dict[str, Any]], Path]:
+        return validate(tmp_path, {"reminders.yaml": REMINDERS}, {
+            "reminders/two-hours-before.sms.j2": english,
+            "reminders/two-hours-before.es.sms.j2": spanish})
+
+    code, found, templates = findings(no_time)
+    variant = templates / "reminders/two-hours-before.es.sms.j2"
+    assert code == 1
+    assert found == [finding(
+        variant, 2, "error", "variant-missing-moment",
+        "the es variant does not show the time of {{ appointment.start }}, which "
+        "reminders/two-hours-before.sms.j2:2 shows",
+        "add {{ appointment.start | time }}, so every language says when")]
+    code, found, _ = findings(no_date)
+    assert (code, [(d["code"], d["line"], d["message"]) for d in found]) == (1, [(
+        "variant-missing-moment", 2, "the es variant does not show the date of "
+        "{{ appointment.start }}, which reminders/two-hours-before.sms.j2:1 shows")])
+    assert findings(both)[:2] == (0, [])  # `| datetime` shows both
+
+
+def test_a_language_variant_using_a_field_its_default_does_not_is_a_warning(
+        tmp_path: Path) -> None:
+    therapist = GOOD_ES_SMS.replace("le esperamos", "\n{{ appointment.therapist }} le espera")
+
+    code, found, templates = validate(tmp_path, {"reminders.yaml": REMINDERS}, {
+        "reminders/two-hours-before.sms.j2": GOOD_SMS,
+        "reminders/two-hours-before.es.sms.j2": therapist})
+
+    assert code == 0
+    assert found == [finding(
+        templates / "reminders/two-hours-before.es.sms.j2", 2, "warning",
+        "variant-extra-variable", "the es variant uses {{ appointment.therapist }}, which "
+        "reminders/two-hours-before.sms.j2 does not",
+        "use the same fields in both: add it to reminders/two-hours-before.sms.j2 too, or "
+        "take it out here")]
+
+
+def test_sms_segments_are_counted_for_an_accented_sample_patient_too(tmp_path: Path) -> None:
+    """Lucía Fernández: her accented name costs no segments (an SMS that would go UCS-2
+    for it is sent with Lucia, Fernandez); her longer last name can."""
+    # "Riverside Physical Therapy: see you at 10:30 AM, Ms Rivera. (312) 555-0199. Please
+    # bring your exercise log and comfortable shoes. Free parking. STOP to opt out", 159
+    fits = GOOD_SMS.replace("STOP to opt out", "Please bring your exercise log and "
+                            "comfortable shoes. STOP to opt out")
+    with_last_name = fits.replace("{{ patient.first_name }}", "Ms {{ patient.last_name }}") \
+        .replace("shoes.", "shoes. Free parking.")
+
+    code, found, templates = validate(tmp_path, {"reminders.yaml": REMINDERS},
+                                      {"reminders/two-hours-before.sms.j2": fits})
+    assert (code, found) == (0, [])  # Lucía's would be 2 segments in UCS-2
+    code, found, templates = validate(tmp_path, {"reminders.yaml": REMINDERS},
+                                      {"reminders/two-hours-before.sms.j2": with_last_name})
+    assert (code, found) == (0, [finding(
+        templates / "reminders/two-hours-before.sms.j2", 1, "warning", "segments",
+        "with the sample patient Lucía Fernández this SMS is 2 segments (162 characters, "
+        "GSM-7)", "shorten it to 160 characters to send one segment")])
+
+
 def test_a_template_of_a_journey_not_about_an_appointment_must_render_without_one(
         tmp_path: Path) -> None:
     """A welcome goes to patients who have booked nothing yet: `appointment` is empty."""
@@ -523,8 +592,10 @@ def test_preview_for_a_patient_uses_their_language_appointment_and_timezone(
         ("sms", "es", "not usable: sms: no sms consent"),
         ("email", "es", "to p•••@example.com")]
     sms, email = data["messages"]
-    # their appointment, in their time: Thursday 10:00 Pacific
-    assert sms["body"] == ("Riverside Physical Therapy: Hola Lucía, le esperamos el jue, 5 nov "
+    # their appointment, in their time: Thursday 10:00 Pacific; one GSM-7 segment, not
+    # three in UCS-2 for the í of her name
+    assert (sms["segments"]["encoding"], sms["segments"]["segments"]) == ("GSM-7", 1)
+    assert sms["body"] == ("Riverside Physical Therapy: Hola Lucia, le esperamos el jue, 5 nov "
                            "a las 10:00. Responda C para confirmar, R para cambiar. "
                            "(312) 555-0199. STOP para salir")
     assert email["subject"] == "Le esperamos el jueves, 5 de noviembre a las 10:00"
@@ -1104,3 +1175,88 @@ def test_forecast_diff_says_a_removed_step_will_no_longer_be_sent(
         "  - Thu 05 Nov 08:00  P1       pre-visit/two-hours-before: no longer sent by sms",
         "  - Thu 05 Nov 09:00  P2       pre-visit/two-hours-before: no longer skipped "
         "(no_consent)"]
+
+
+def test_forecast_diff_compares_with_the_last_full_forecast_not_a_filtered_one(
+        sqlite_url: str, tmp_path: Path, library: tuple[Path, Path]) -> None:
+    write_config(tmp_path)
+    _import(tmp_path, sqlite_url)
+    schedules, templates = library
+
+    def forecast(*extra: str) -> Result:
+        result = run_cli("forecast", *extra, db=sqlite_url, schedules=schedules,
+                         templates=templates)
+        assert result.exit_code == 0, result.output
+        return result
+
+    assert forecast("--diff", "--patient", "P1").stdout.startswith(
+        "No earlier forecast to compare with, and one limited to a journey or a patient is "
+        "not kept as the baseline")
+    assert forecast("--diff", "--patient", "P1").stdout.startswith("No earlier forecast")
+    forecast()  # the baseline
+    edit(schedules / "pre-visit.yaml", 'at: "10:00"', 'at: "09:00"')
+    # Runs limited to a journey or a patient show the edit, but do not become the baseline
+    assert len(as_json(forecast("--diff", "--json", "--journey", "pre-visit"))["diff"][
+        "changes"]) == 3
+    assert forecast("--diff", "--patient", "P2").stdout.splitlines() == [
+        "Compared with the forecast of 2026-11-02T14:00:00Z: 1 change(s).",
+        "  ~ Tue 03 Nov 09:00  P2       pre-visit/two-days-before: moved from Tue 03 Nov 10:00"]
+    forecast("--journey", "welcome")
+    assert forecast("--diff").stdout.splitlines()[0] == (
+        "Compared with the forecast of 2026-11-02T14:00:00Z: 3 change(s).")
+    # ...the full one does.
+    assert forecast("--diff").stdout == ("Compared with the forecast of 2026-11-02T14:00:00Z: "
+                                         "0 change(s).\n")
+
+
+def test_forecast_diff_compares_only_the_days_both_forecasts_looked_at(
+        sqlite_url: str, tmp_path: Path, library: tuple[Path, Path]) -> None:
+    write_config(tmp_path)
+    _import(tmp_path, sqlite_url)
+    schedules, templates = library
+    assert run_cli("run", "--once", db=sqlite_url, schedules=schedules,
+                   templates=templates).exit_code == 0
+
+    def forecast(*extra: str) -> Any:
+        return as_json(run_cli("forecast", "--json", *extra, db=sqlite_url,
+                               schedules=schedules, templates=templates))
+
+    assert forecast("--days", "1")["entries"] == []  # the reminders are Tuesday and later
+    week = forecast("--diff")  # looks 7 days ahead: what it sees past a day is not new
+    assert len(week["entries"]) == 5 and week["diff"]["changes"] == []
+    edit(schedules / "pre-visit.yaml", 'at: "10:00"', 'at: "09:00"')
+    day = forecast("--diff", "--days", "1")  # Tuesday 09:00 is past its horizon; not kept
+    assert day["diff"]["changes"] == []
+    assert [c["change"] for c in forecast("--diff")["diff"]["changes"]] == ["changed"] * 3
+
+
+def test_forecast_diff_does_not_list_messages_sent_since_as_changes(
+        database_url: str, tmp_path: Path, library: tuple[Path, Path]) -> None:
+    write_config(tmp_path)
+    _import(tmp_path, database_url)
+    schedules, templates = library
+    assert run_cli("run", "--once", db=database_url, schedules=schedules,
+                   templates=templates).exit_code == 0
+    assert run_cli("forecast", db=database_url, schedules=schedules,
+                   templates=templates).exit_code == 0  # foresees the reminders at 10:00 CST
+    # The manager moves them to 09:00; the daemon applies the edit and sends them at 09:00.
+    edit(schedules / "pre-visit.yaml", 'at: "10:00"', 'at: "09:00"')
+    later = "2026-11-03T15:00:00Z"  # Tue 09:00 CST, before the 10:00 the baseline foresaw
+    sent = as_json(run_cli("run", "--once", "--json", db=database_url, schedules=schedules,
+                           templates=templates, now=later))
+    assert sent["edits"]["retimed"] == 3
+    statuses = {(row.patient_id, row.step): row.status for row in _ledger(database_url)}
+    assert sorted(s for (_, step), s in statuses.items() if step == "two-days-before") == [
+        Status.SENT, Status.SENT, Status.SENT]
+
+    result = run_cli("forecast", "--diff", db=database_url, schedules=schedules,
+                     templates=templates, now=later)
+    assert result.stdout == "Compared with the forecast of 2026-11-02T14:00:00Z: 0 change(s).\n"
+    # What was foreseen and has not gone yet is still compared: remove the 2-hour reminder.
+    journey = schedules / "pre-visit.yaml"
+    text = journey.read_text(encoding="utf-8")
+    journey.write_text(text[:text.index("  - id: two-hours-before")], encoding="utf-8")
+    data = as_json(run_cli("forecast", "--diff", "--json", db=database_url,
+                           schedules=schedules, templates=templates, now=later))
+    assert [(c["change"], c["patient_id"], c["step"]) for c in data["diff"]["changes"]] == [
+        ("removed", "P1", "two-hours-before"), ("removed", "P2", "two-hours-before")]

@@ -9,7 +9,9 @@ sources. The report must say exactly that, as JSON and in the terminal.
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,11 +19,16 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
+from sqlalchemy import update
 
 from engine import clock
 from engine.cli import cli
+from engine.outcomes import Status
+from engine.preview import send_test
 from engine.replies import record_inbound
 from engine.report import sparkline
+from engine.store.schema import inbound_messages
 from tests.support import LIBRARY_TEMPLATES, Clinic, appointment, patient, referrer
 
 SCHEDULES = {
@@ -267,3 +274,113 @@ def test_a_booking_soon_after_a_later_win_back_message_is_a_conversion(
             "conversion": 1.0}
     finally:
         clinic.close()
+
+
+def test_test_sends_and_replies_to_them_are_left_out_of_the_report(week: Clinic) -> None:
+    """The manager tries the win-back email on a real patient, and the 0-10 question on
+    their own phone (as a patient, then with the sample patient), and answers it."""
+    before = json.loads(report(week, "--since", "2026-11-01", "--json").stdout)
+    channels = {"sms": week.sms, "email": week.email}
+    sunday = at("2026-11-08T10:00:00-06:00")
+    with clock.travel_to(sunday):
+        sent = [send_test(week.db, week.definitions, week.settings, channels, journey, step,
+                          to, sunday, patient_id=patient_id)
+                for journey, step, to, patient_id in (
+                    ("winback", "day-30", "me@riversidept.example", "P2"),
+                    ("ask", "score", "(312) 555-0142", "P6"),
+                    ("remind", "day-before", "(312) 555-0142", "P3"),
+                    ("ask", "score", "(312) 555-0143", None))]
+    assert {tp.status for tp in sent} == {Status.SENT}
+    assert text_in(week, "2026-11-08T10:05:00-06:00", "+13125550142", "3", "SM8") == "other"
+    assert text_in(week, "2026-11-08T10:06:00-06:00", "+13125550142", "C", "SM9") == "other"
+    assert text_in(week, "2026-11-08T10:07:00-06:00", "+13125550143", "10", "SM10") == "other"
+
+    after = json.loads(report(week, "--since", "2026-11-01", "--json").stdout)
+    assert after == before
+    assert after["win_back"]["messaged"] == 2 and after["satisfaction"]["answers"] == 2
+    assert after["cases"]["opened"] == {"low_score": 1}  # Fay's 3 to a test opened none
+
+
+def test_a_reply_already_recorded_against_a_test_send_is_not_counted(week: Clinic) -> None:
+    """Before test sends were told apart, a 0-10 reply to one was kept as an answer."""
+    before = json.loads(report(week, "--since", "2026-11-01", "--json").stdout)
+    sunday = at("2026-11-08T10:00:00-06:00")
+    with clock.travel_to(sunday):
+        tp = send_test(week.db, week.definitions, week.settings, {"sms": week.sms}, "ask",
+                       "score", "(312) 555-0142", sunday)
+    text_in(week, "2026-11-08T10:05:00-06:00", "+13125550142", "2", "SM8")
+    with week.db.transaction() as conn:
+        conn.execute(update(inbound_messages).where(inbound_messages.c.provider_message_id
+                                                    == "SM8")
+                     .values(touch_point_id=tp.id, intent="score", score=2))
+
+    after = json.loads(report(week, "--since", "2026-11-01", "--json").stdout)
+    assert after["satisfaction"] == before["satisfaction"]
+    assert after["journeys"] == before["journeys"]
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+@pytest.mark.slow
+def test_the_demo_opens_with_the_practices_story_and_explains_every_reason(
+        database_url: str, tmp_path: Path) -> None:
+    from engine.cases import list_cases
+    from engine.definitions.journeys import SYSTEM_JOURNEYS
+    from engine.demo import print_report, run_demo
+    from engine.outcomes import EXPLANATIONS
+
+    clinic = Clinic(database_url, tmp_path)
+    try:
+        run_demo(clinic.db, clinic.settings, clinic.definitions, days=7)
+        out = io.StringIO()
+        print_report(Console(file=out, width=400), clinic.db, clinic.settings, days=7)
+        text = out.getvalue()
+        points = [tp for tp in clinic.touch_points() if not tp.test]
+        with clinic.db.transaction() as conn:
+            cases = list_cases(conn)
+    finally:
+        clinic.close()
+
+    story = text[:text.index("Timeline")]
+    labels = [line.split()[0] for line in story.splitlines()
+              if line.startswith("  ") and not line.startswith("   ")]
+    assert labels == ["Reached", "Sent", "Visits", "Listened", "Caught"]
+    assert story.index("What Touchpoint did for Riverside Physical Therapy in 7 days") \
+        < story.index("Reached") < story.index("Not sent, and why")
+
+    sent = [tp for tp in points if tp.status in (Status.SENT, Status.DELIVERED)
+            and tp.journey not in SYSTEM_JOURNEYS]
+    texts = sum(1 for tp in sent if tp.channel == "sms")
+    reached = {tp.patient_id for tp in sent if not tp.recipient.startswith("referrer:")}
+    assert f"Reached    {len(reached)} of " in story
+    assert f"Sent       {len(sent)} messages: {texts} texts and {len(sent) - texts} emails" \
+        in story
+    assert f"Caught     {len(cases)} recovery cases: " in story and len(cases) > 0
+
+    # every reason the report shows anywhere is explained in words on the first screen
+    shown = set(re.findall(r"\b(skipped|cancelled|failed|unknown): ([a-z_]+)", text))
+    assert {("skipped", "too_late"), ("cancelled", "appointment_cancelled")} <= shown
+    for status, reason in shown:
+        [line] = [line for line in story.splitlines() if f"{status}: {reason} " in line]
+        count = sum(1 for tp in points if (tp.status, tp.reason) == (status, reason)
+                    and tp.journey not in SYSTEM_JOURNEYS)
+        assert line.split()[0] == str(count)
+        assert line.endswith(EXPLANATIONS[reason])
+
+
+def test_the_story_counts_visits_reminded_and_confirmed(week: Clinic) -> None:
+    """A1 (reminded, confirmed with C), A2 (no consent: not reminded) and A4 (reminded)
+    were due in the week; A3 was cancelled, A5 is next week."""
+    from engine.demo import practice_story, print_story
+
+    start, end = at("2026-11-02T00:00:00-06:00"), at("2026-11-08T12:00:00-06:00")
+    story = practice_story(week.db, start, end)
+    out = io.StringIO()
+    print_story(Console(file=out, width=300), story, "Riverside Physical Therapy", start, end)
+
+    assert (story.visits, story.reminded, story.confirmed) == (3, 2, 1)
+    assert "Visits     2 of 3 visits were reminded beforehand; 1 confirmed by replying C" \
+        in out.getvalue()
+    assert (story.cases, story.with_case) == ({"low_score": 1}, 1)  # Dev's 4
+    assert "Caught     1 recovery case: 1 low satisfaction score" in out.getvalue()

@@ -393,3 +393,26 @@ def test_a_bad_set_flag_says_what_to_write(assignment: str, message: str) -> Non
     with pytest.raises(ConfigError) as caught:
         parse_flag(assignment)
     assert caught.value.message == message
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_config_masks_the_password_in_the_database_url(tmp_path: Path, as_json: bool) -> None:
+    url = "postgresql+psycopg://touchpoint:s3cr%40t-pw@db.example:5432/touchpoint"
+    result = CliRunner(env={"TOUCHPOINT_DATABASE_URL": url}).invoke(
+        cli, ["config", *(["--json"] if as_json else [])])
+
+    assert result.exit_code == 0, result.output
+    assert "s3cr" not in result.output
+    masked = "postgresql+psycopg://touchpoint:***@db.example:5432/touchpoint"
+    if as_json:
+        assert json.loads(result.stdout)["settings"]["database.url"] == masked
+    else:
+        assert f"  database.url = {masked}\n" in result.stdout
+
+
+def test_config_does_not_show_a_database_url_it_cannot_read(tmp_path: Path) -> None:
+    settings = load_settings(environ={"TOUCHPOINT_DATABASE_URL": "tp:secret@db/touchpoint"})
+    assert settings.describe()["database.url"] == "<invalid database URL>"

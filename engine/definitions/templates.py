@@ -6,7 +6,10 @@
   gets the default file (``es-MX`` tries ``es-MX``, then ``es``, then the default).
 
 Templates run in Jinja's sandbox with ``StrictUndefined``: a misspelt variable is an
-error, never an empty string in a patient's message. Dates and times format in the
+error, never an empty string in a patient's message. In an SMS, a value that would force
+the whole text into UCS-2 — "Lucía" — is written with its GSM-7 stand-in ("Lucia") when
+that makes the text fewer segments; the template's own words are never changed
+(`touchpoint validate` points at those). Dates and times format in the
 recipient's timezone and language: ``{{ appointment.start | date }}`` → "Tuesday,
 November 24" or "martes, 24 de noviembre"; ``| time`` → "3:00 PM" or "15:00".
 """
@@ -215,6 +218,12 @@ def format_phone(value: object) -> str:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL))
 
 
+# What each date filter shows of a date or time: its day, its time of day, or both.
+MOMENT_FILTERS: dict[str, tuple[str, ...]] = {
+    "date": ("date",), "short_date": ("date",), "weekday": ("date",), "time": ("time",),
+    "datetime": ("date", "time"),
+}
+
 FILTERS: dict[str, Callable[..., Any]] = {
     "date": _date,
     "short_date": _short_date,
@@ -225,10 +234,17 @@ FILTERS: dict[str, Callable[..., Any]] = {
 }
 
 
-def _environment(directory: Path, autoescape: bool) -> LimitedSandbox:
+def _folded(value: Any) -> Any:
+    """A ``{{ }}`` value folded to GSM-7 (the SMS environment that saves segments)."""
+    return to_gsm7(value) if isinstance(value, str) else value
+
+
+def _environment(directory: Path, autoescape: bool,
+                 finalize: Callable[[Any], Any] | None = None) -> LimitedSandbox:
     env = _Sandbox(
         loader=FileSystemLoader(str(directory), encoding=ENCODING),
         undefined=_Undefined,
+        finalize=finalize,
         autoescape=autoescape,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -288,6 +304,8 @@ class TemplateSet:
         self.default_language = default_language
         self._text = _environment(directory, autoescape=False)
         self._html = _environment(directory, autoescape=True)
+        # SMS texts a name such as Lucía would force into UCS-2, rendered again (rare)
+        self._gsm7 = _environment(directory, autoescape=False, finalize=_folded)
         self._files = self._scan()
         self._resolved: dict[tuple[str, str, str | None], tuple[str, str] | None] = {}
         self._expressions: dict[str, Callable[..., Any]] = {}
@@ -362,8 +380,12 @@ class TemplateSet:
 
     def _render(self, file: str, channel: str, used: str, context: dict[str, Any]) -> Rendered:
         if channel == "sms":
-            body = stream(self._text.get_template(file).generate(context))
-            return Rendered("sms", _tidy(body), template_file=file, language=used)
+            body = _tidy(stream(self._text.get_template(file).generate(context)))
+            if not is_gsm7(body):  # a name such as Lucía: is the text shorter without?
+                folded = _tidy(stream(self._gsm7.get_template(file).generate(context)))
+                if analyse(folded).segments < analyse(body).segments:
+                    body = folded
+            return Rendered("sms", body, template_file=file, language=used)
         text_template = self._text.get_template(file)
         subject = " ".join(_block(text_template, "subject", context).split())
         text = _tidy(_block(text_template, "text", context))
@@ -427,6 +449,24 @@ class TemplateSet:
                 found[dotted] = min(found.get(dotted, line), line)
         except (OSError, UnicodeDecodeError, TemplateSyntaxError):
             return {}  # (check_file reports why)
+        return found
+
+    def moments_shown(self, file: str) -> dict[tuple[str, str], int]:
+        """``{("appointment.start", "time"): line, ("appointment.start", "date"): line}``:
+        which parts of each date or time one file shows through the date filters, with
+        the first line it does so on (``| datetime`` shows both)."""
+        try:
+            tree = self._text.parse(self.path(file).read_text(encoding=ENCODING), file)
+        except (OSError, UnicodeDecodeError, TemplateSyntaxError):
+            return {}
+        found: dict[tuple[str, str], int] = {}
+        for node in tree.find_all(nodes.Filter):
+            parts = MOMENT_FILTERS.get(node.name, ())
+            path = _dotted(node.node) if parts else None
+            if path is None:
+                continue
+            for part in parts:
+                found[(path, part)] = min(found.get((path, part), node.lineno), node.lineno)
         return found
 
     def variables_used(self, file: str) -> set[str]:
@@ -506,6 +546,17 @@ def _tidy(text: str) -> str:
 
 
 _BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def _dotted(node: nodes.Node | None) -> str | None:
+    """``appointment.start`` for the expression that reads it; None for anything else."""
+    path: list[str] = []
+    while isinstance(node, nodes.Getattr):
+        path.append(node.attr)
+        node = node.node
+    if not isinstance(node, nodes.Name):
+        return None
+    return ".".join([node.name, *reversed(path)])
 
 
 def _references(tree: nodes.Template) -> Iterator[tuple[tuple[str, ...], int]]:

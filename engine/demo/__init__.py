@@ -3,12 +3,15 @@
 It builds a fresh SQLite database from the bundled data (see ``generate.py``), imports
 the referral sources, patients, a minor's parent and the appointments on file, replays
 the EMR feed and patients' text replies over 60 days on the virtual clock through the
-fake channels, and prints a timeline, a summary per journey, and the safety net: the
-recovery cases the replies and no-shows opened, and the feedback and referral figures.
+fake channels, and prints the practice's story first — who was reached, which visits
+were reminded and confirmed, what the safety net caught and who came back — with every
+reason a message was not sent explained in words; then the details: a timeline, three
+patients' stories, the recovery cases and a summary per journey.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,12 +22,13 @@ from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import select
+from sqlalchemy import false, func, select
 
 from engine import clock
 from engine.cases import CAUSES, list_cases
 from engine.channels.fake import FakeChannel
 from engine.definitions import Definitions
+from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.demo.generate import DAYS, START
 from engine.importer import (
     ImportSummary,
@@ -33,14 +37,15 @@ from engine.importer import (
     import_patients,
     import_referrers,
 )
-from engine.outcomes import Status
+from engine.outcomes import EXPLANATIONS, Status
 from engine.report import satisfaction, sparkline
 from engine.reports import JourneySummary, summary
 from engine.runner import Runner
 from engine.settings import Settings
 from engine.simulate import Feed, SimulationResult, simulate
 from engine.store.database import Database
-from engine.store.schema import contacts, patients, touch_points
+from engine.store.records import as_utc
+from engine.store.schema import appointments, contacts, inbound_messages, patients, touch_points
 from engine.timing import zone
 
 DATA = Path(__file__).parent / "data"
@@ -130,15 +135,161 @@ def _entries(db: Database) -> list[Entry]:
     return sorted(entries, key=lambda e: (e.at, e.id))
 
 
+@dataclass(frozen=True)
+class Story:
+    """What the practice got out of the simulated days, in its own terms."""
+
+    patients: int  # on file at the end
+    reached: int  # patients who got at least one message (themselves or via a contact)
+    contacts_reached: int  # parents, guardians, caregivers
+    referrers_reached: int  # referring offices
+    texts: int
+    emails: int
+    failed: int
+    alerted: int  # cases whose owner was alerted
+    slowest_alert: timedelta | None  # the longest a case waited for its owner's alert
+    visits: int  # appointments due in the period (not cancelled)
+    reminded: int  # ...with a message sent before they began
+    confirmed: int  # ...confirmed by a text reply
+    answers: int  # to the 0-10 question
+    average: float | None
+    for_staff: int  # replies staff had to read (inbox)
+    cases: Counter[str]  # recovery cases by cause
+    notes: int  # personal notes sent to those patients
+    came_back: int  # patients with a case who had a visit after it opened
+    with_case: int  # patients with a case
+    not_sent: Counter[tuple[str, str]]  # (status, reason) of what was not sent
+
+
+def practice_story(db: Database, start: datetime, end: datetime) -> Story:
+    """The demo's first screen, from the ledger, appointments, replies and cases."""
+    tp = touch_points
+    sent = (tp.c.status.in_((Status.SENT, Status.DELIVERED)), tp.c.test == false())
+    journeys = tp.c.journey.not_in(SYSTEM_JOURNEYS)
+    with db.transaction() as conn:
+        reached = conn.execute(
+            select(func.count(func.distinct(tp.c.patient_id)))
+            .where(*sent, journeys, tp.c.recipient.not_like("referrer:%"))).scalar() or 0
+        recipients = [r for (r,) in conn.execute(
+            select(tp.c.recipient).where(*sent).distinct())]
+        by_channel: dict[str, int] = {channel: n for channel, n in conn.execute(
+            select(tp.c.channel, func.count()).where(*sent, journeys)
+            .group_by(tp.c.channel))}
+        failed = conn.execute(select(func.count()).where(
+            tp.c.status == Status.FAILED, tp.c.test == false(), journeys)).scalar() or 0
+        due = [row for row in conn.execute(
+            select(appointments.c.id, appointments.c.start_at, appointments.c.confirmed_at)
+            .where(appointments.c.status != "cancelled", appointments.c.start_at >= start,
+                   appointments.c.start_at < end))]
+        reminded = {row.appointment_id for row in conn.execute(
+            select(tp.c.appointment_id, tp.c.sent_at, appointments.c.start_at)
+            .join(appointments, appointments.c.id == tp.c.appointment_id)
+            .where(*sent, journeys))
+            if as_utc(row.sent_at) < as_utc(row.start_at)}
+        scores = satisfaction(conn, start, end)
+        for_staff = conn.execute(select(func.count()).select_from(inbound_messages).where(
+            inbound_messages.c.staff_status != "")).scalar() or 0
+        cases = list_cases(conn)
+        notes = conn.execute(select(func.count()).where(
+            *sent, journeys, tp.c.anchor.like("case:%"))).scalar() or 0
+        later_visits = conn.execute(
+            select(appointments.c.patient_id, appointments.c.start_at)
+            .where(appointments.c.status == "completed")).all()
+        not_sent = Counter((status, reason or "—") for status, reason, in conn.execute(
+            select(tp.c.status, tp.c.reason).where(
+                tp.c.status.in_((Status.SKIPPED, Status.CANCELLED, Status.FAILED,
+                                 Status.UNKNOWN)), tp.c.test == false(), journeys)))
+        patients_on_file = conn.execute(
+            select(func.count()).select_from(patients)).scalar() or 0
+    first_case: dict[int, datetime] = {}
+    for case in cases:
+        first_case.setdefault(case.patient_id, as_utc(case.opened_at))
+    came_back = {patient_id for patient_id, at in later_visits
+                 if patient_id in first_case and as_utc(at) > first_case[patient_id]}
+    return Story(
+        patients=patients_on_file, reached=reached,
+        contacts_reached=sum(1 for r in recipients if r.startswith("contact:")),
+        referrers_reached=sum(1 for r in recipients if r.startswith("referrer:")),
+        texts=by_channel.get("sms", 0), emails=by_channel.get("email", 0), failed=failed,
+        alerted=sum(1 for case in cases if case.alerted_at is not None),
+        slowest_alert=max((as_utc(case.alerted_at) - as_utc(case.opened_at) for case in cases
+                           if case.alerted_at is not None), default=None),
+        visits=len(due),
+        reminded=sum(1 for row in due if row.id in reminded),
+        confirmed=sum(1 for row in due if row.confirmed_at is not None),
+        answers=scores["answers"], average=scores["average"], for_staff=for_staff,
+        cases=Counter(case.cause for case in cases), notes=notes, came_back=len(came_back),
+        with_case=len(first_case), not_sent=not_sent)
+
+
+def print_story(console: Console, story: Story, practice: str, start: datetime,
+                end: datetime) -> None:
+    """The first screen: what the practice got, then why anything was not sent."""
+    def row(label: str, text: str) -> None:
+        console.print(f"  [bold]{label:<10}[/] {text}", highlight=False)
+
+    days = (end - start).days
+    console.print(f"\n[bold]What Touchpoint did for {practice} in {days} days[/] "
+                  f"({start:%a %d %b} – {end - timedelta(minutes=1):%a %d %b})\n")
+    others = [part for part in (_plural(story.contacts_reached, "parent or caregiver",
+                                        "parents and caregivers"),
+                                _plural(story.referrers_reached, "referring office"))
+              if part]
+    row("Reached", ", ".join([f"{story.reached} of {story.patients} patients", *others]))
+    row("Sent", f"{_plural(story.texts + story.emails, 'message')}: "
+        f"{_plural(story.texts, 'text')} and {_plural(story.emails, 'email')}; "
+        + (f"{story.failed} failed" if story.failed else "none failed"))
+    row("Visits", f"{story.reminded} of {story.visits} visits were reminded beforehand"
+        + (f"; {story.confirmed} confirmed by replying C" if story.confirmed else ""))
+    average = f" (average {story.average}/10)" if story.average is not None else ""
+    row("Listened", f"{_plural(story.answers, 'answer')} to the 0-10 question{average}; "
+        f"{_plural(story.for_staff, 'reply', 'replies')} for staff to read")
+    causes = ", ".join(_plural(n, CAUSES.get(cause, cause).removeprefix("a ").removeprefix(
+        "an "), CAUSES_PLURAL.get(cause)) for cause, n in story.cases.most_common())
+    row("Caught", f"{_plural(sum(story.cases.values()), 'recovery case')}"
+        + (f": {causes}" if causes else ""))
+    if story.cases:
+        alerted = f"its owner alerted for {story.alerted} of {sum(story.cases.values())}"
+        if story.slowest_alert is not None:
+            minutes = math.ceil(story.slowest_alert.total_seconds() / 60)
+            alerted += f" ({'each within ' + _plural(minutes, 'minute') if minutes else 'at once'})"
+        row("", f"{alerted}; {_plural(story.notes, 'personal note')} to the patients; "
+            f"{story.came_back} of the {story.with_case} patients came back for another visit")
+    if story.not_sent:
+        console.print("\n[bold]Not sent, and why[/] — each touch point ends with one of "
+                      "these reasons (`touchpoint why ID` tells one's story)")
+        for (status, reason), n in sorted(story.not_sent.items(),
+                                          key=lambda item: (-item[1], item[0])):
+            console.print(f"  {n:>4} {status + ': ' + reason:<34} "
+                          f"{EXPLANATIONS.get(reason, '(no explanation recorded)')}",
+                          highlight=False)
+    console.print("\nThe details follow: a timeline, three patients' stories, the recovery "
+                  "cases and a summary per journey.")
+
+
+# plural forms of the case causes, as the story counts them
+CAUSES_PLURAL = {"low_score": "low satisfaction scores",
+                 "complaint": "replies that read as complaints",
+                 "failed_delivery": "messages about their care that could not be delivered",
+                 "no_show": "missed visits", "late_cancellation": "late cancellations"}
+
+
+def _plural(count: int, singular: str, plural: str | None = None) -> str:
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
+
+
 def print_report(console: Console, db: Database, settings: Settings, days: int = DAYS,
                  detailed_days: int = 2) -> None:
-    """The timeline (message by message for the first days, then a line a day), the
-    spotlight patients, and the per-journey summary."""
+    """The practice's story, then the timeline (message by message for the first days,
+    then a line a day), the spotlight patients, and the per-journey summary."""
     practice_tz = zone(settings.require("practice.timezone"))
+    start = START.astimezone(practice_tz)
+    end = start + timedelta(days=days)
+    print_story(console, practice_story(db, start, end),
+                settings.practice.name or "the practice", start, end)
     entries = _entries(db)
     with db.transaction() as conn:
         journeys = summary(conn)
-    start = START.astimezone(practice_tz)
     console.print(f"\n[bold]Timeline[/] — times in {practice_tz.key}; daylight saving ends "
                   "Sun 01 Nov\n")
     by_day: dict[str, list[Entry]] = defaultdict(list)

@@ -30,6 +30,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from engine.errors import ConfigError, DatabaseNotReady, UserError
+from engine.privacy import mask_database_url
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 log = logging.getLogger("touchpoint.database")
@@ -44,10 +45,7 @@ def normalise_url(url: str) -> str:
 
 def safe_url(url: str) -> str:
     """The URL with its password masked, for messages and logs."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<invalid database URL>"
+    return mask_database_url(url)
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
