@@ -279,8 +279,11 @@ class LimitedSandbox(SandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, finalize=_count_written, **kwargs)
+    def __init__(self, *args: Any, finalize: Callable[[Any], Any] | None = None,
+                 **kwargs: Any) -> None:
+        # ``finalize``: the caller's, then the count of what is written
+        super().__init__(*args, finalize=_count_written if finalize is None else
+                         lambda value: _count_written(finalize(value)), **kwargs)
         self.globals["range"] = _range
         self.filters = {name: _guard_filter(name, function)
                         for name, function in self.filters.items()}
