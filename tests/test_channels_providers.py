@@ -719,6 +719,30 @@ def test_twilio_finds_a_sent_message_by_number_time_and_body(
     channel.close()
 
 
+def test_twilio_finds_a_message_still_in_its_queue_which_no_date_sent_filter_sees(
+        twilio_server: TwilioAPIServer) -> None:
+    """A message Twilio took but has not sent yet has no date_sent: ``DateSent>`` cannot
+    see it, and sending it again would send it twice."""
+    channel = twilio(twilio_server)
+    twilio_server.enqueue(TwilioOutcome.success(date_created="Mon, 10 Mar 2025 13:00:00 +0000",
+                                                still_queued=True))
+    channel.send(sms())  # queued an hour before the attempt: not the attempt's
+    assert channel.find_sent(PATIENT_PHONE, NOW, sms().body) is None
+    twilio_server.enqueue(TwilioOutcome.success(date_created="Mon, 10 Mar 2025 14:00:05 +0000",
+                                                still_queued=True))
+    taken = channel.send(sms())
+    assert channel.find_sent(PATIENT_PHONE, NOW, sms().body) == taken.provider_message_id
+    assert channel.find_sent(PATIENT_PHONE, NOW, "Never sent") is None
+    lists = [r for r in twilio_server.requests if r.method == "GET"]
+    assert "DateSent>" in lists[-2].query and "DateSent>" not in lists[-1].query
+    assert all(r.query["To"] == [PATIENT_PHONE] for r in lists)
+    # the fake lists it as Twilio would: queued, no date_sent, and the create's answer
+    # carries nothing Twilio's does not
+    listed = twilio_server.messages[-1]
+    assert listed["date_sent"] is None
+    channel.close()
+
+
 def test_a_twilio_list_that_fails_is_transient_and_masks_the_number(
         twilio_server: TwilioAPIServer) -> None:
     refused = twilio(twilio_server, auth_token="wrong-token")

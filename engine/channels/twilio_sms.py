@@ -40,7 +40,12 @@ Reconciliation (:meth:`TwilioSMS.find_sent`): ``client.messages.stream(to=…,
 date_sent_after=…)`` pages through the account's messages to that number since the
 attempt (less :data:`LOOKUP_SLACK` for clock skew), newest first, and returns the SID of
 the first outbound one whose body is the same; at most :data:`LOOKUP_LIMIT` are read. A
-failure to list raises :class:`TransientChannelError` (ask again on the next tick).
+message still waiting in Twilio's queue has no ``date_sent`` yet, so that filter cannot
+see it: when it finds nothing, the newest :data:`QUEUE_LOOKUP_LIMIT` messages to the
+number are read without it, and one still queued (``queued``, ``accepted``,
+``scheduled``, ``sending``) that was created since the attempt and has the same body is
+found too — it was taken, and sending it again would send it twice. A failure to list
+raises :class:`TransientChannelError` (ask again on the next tick).
 
 Secrets and patient data: the auth token lives only inside the SDK client (never on this
 object, in a message or in ``repr``); phone numbers in Twilio's messages are masked; the
@@ -82,6 +87,10 @@ EXCERPT_LENGTH = 200
 LOOKUP_SLACK = timedelta(minutes=2)
 #: The most messages to one number reconciliation reads before it says "not found".
 LOOKUP_LIMIT = 1000
+#: The newest messages to one number read for one still in Twilio's queue (no date_sent).
+QUEUE_LOOKUP_LIMIT = 100
+#: Statuses of a message Twilio has taken but not yet handed to the carrier.
+_WAITING = frozenset({"queued", "accepted", "scheduled", "sending"})
 
 _CREATE_PREFIX = re.compile(r"^Unable to create record:?\s*")
 
@@ -171,11 +180,21 @@ class TwilioSMS(Channel):
 
     def find_sent(self, to: str, since: datetime, body: str) -> str | None:
         after = since.astimezone(UTC) - LOOKUP_SLACK
+        def taken(found: Any) -> bool:
+            direction = str(getattr(found, "direction", "") or "")
+            return bool(found.body == body and direction.startswith("outbound") and found.sid)
+
         try:
             for found in self._client.messages.stream(to=to, date_sent_after=after,
                                                       limit=LOOKUP_LIMIT, page_size=100):
-                direction = str(getattr(found, "direction", "") or "")
-                if found.body == body and direction.startswith("outbound") and found.sid:
+                if taken(found):
+                    return str(found.sid)
+            # still in Twilio's queue: no date_sent yet, so the filter above missed it
+            for found in self._client.messages.stream(to=to, limit=QUEUE_LOOKUP_LIMIT,
+                                                      page_size=QUEUE_LOOKUP_LIMIT):
+                created = getattr(found, "date_created", None)
+                if taken(found) and str(found.status or "") in _WAITING \
+                        and isinstance(created, datetime) and created >= after:
                     return str(found.sid)
         except TwilioException as exc:
             response = exc.args[1] if len(exc.args) > 1 else None

@@ -27,7 +27,10 @@ bodies based on ``tests/payloads/twilio_*.json``:
   ``PageSize`` (default 50, at most 1000) and ``Page`` (+ the ``PageToken`` Twilio puts
   in ``next_page_uri``). A message is listed as it is a moment after it was created:
   ``status`` ``sent`` (if it was ``queued``/``accepted``) and ``date_sent`` =
-  ``date_created`` unless the script overrode them. An unknown query parameter gets
+  ``date_created`` unless the script overrode them — or unless it was created with
+  ``TwilioOutcome.success(still_queued=True)``: it is still waiting in Twilio's queue,
+  listed ``queued`` with no ``date_sent``, so no ``DateSent`` filter matches it (Twilio
+  filters on the date it was sent). An unknown query parameter gets
   ``400`` (Twilio rejects what it does not accept). Listing consumes no scripted outcome.
 
 Error bodies have Twilio's legacy shape
@@ -332,15 +335,20 @@ class TwilioAPIServer(ProviderServer):
         listed = []
         for message in self.messages:
             view = dict(message)
-            if view["status"] in ("queued", "accepted"):
+            queued = bool(view.pop("still_queued", False))
+            if view["status"] in ("queued", "accepted") and not queued:
                 view["status"] = "sent"
-            view["date_sent"] = view["date_sent"] or view["date_created"]
-            sent = email.utils.parsedate_to_datetime(view["date_sent"])
+            if not queued:
+                view["date_sent"] = view["date_sent"] or view["date_created"]
+            # (a message still queued sorts as of its creation, and no DateSent filter
+            # matches its missing date_sent)
+            sent = email.utils.parsedate_to_datetime(view["date_sent"] or view["date_created"])
+            dated = view["date_sent"] is not None
             if query.get("To") not in (None, view["to"]) \
                     or query.get("From") not in (None, view["from"]) \
-                    or (on is not None and sent.date() != _day(on)) \
-                    or (before is not None and not _compare(sent, before) <= 0) \
-                    or (after is not None and not _compare(sent, after) >= 0):
+                    or (on is not None and (not dated or sent.date() != _day(on))) \
+                    or (before is not None and (not dated or not _compare(sent, before) <= 0)) \
+                    or (after is not None and (not dated or not _compare(sent, after) >= 0)):
                 continue
             listed.append((sent, view))
         listed.sort(key=lambda item: item[0], reverse=True)
@@ -425,7 +433,8 @@ class TwilioAPIServer(ProviderServer):
         with self._lock:
             self._messages.append(message)
         request.outcome = "201"
-        return Reply.json(201, message, _response_headers())
+        return Reply.json(201, {k: v for k, v in message.items() if k != "still_queued"},
+                          _response_headers())
 
 
 def _date_filter(value: str | None) -> date | datetime | None:
