@@ -41,6 +41,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from engine import clock, unsubscribe
 from engine.cases import Case, case_fields, get_case
@@ -51,6 +52,7 @@ from engine.definitions.templates import Fields
 from engine.errors import (
     AmbiguousChannelError,
     ChannelError,
+    ConfigError,
     PermanentChannelError,
     TemplateRenderError,
     TransientChannelError,
@@ -277,7 +279,7 @@ class Dispatcher:
                                 ledger.release(conn, [t.id for t in batch[index:]],
                                                self.worker)
                             break
-                        self.handle(tp, snapshot)
+                        self._handle_apart(tp, snapshot)
                 with self._tx():
                     pass  # records what the last provider said
             finally:
@@ -359,6 +361,36 @@ class Dispatcher:
             assert step is not None
             assert recipient is not None
             self._send(tp, journey, step, patient, recipient, appointment, snapshot, decision)
+
+    def _handle_apart(self, tp: TouchPoint, snapshot: Snapshot) -> None:
+        """:meth:`handle`, but one touch point the engine cannot work with (a value that
+        breaks the code — a date outside the calendar) is set aside with its error, and
+        the batch goes on: one bad row never stops everyone. Database and configuration
+        errors still stop the run (they are no one row's fault)."""
+        try:
+            self.handle(tp, snapshot)
+        except (SQLAlchemyError, ConfigError):
+            raise
+        except Exception as exc:
+            error = engine_error(exc)
+            log.error("touch point %s could not be prepared and is set aside: %s — see "
+                      "`touchpoint why %s`", tp.id, error, tp.id,
+                      extra={"event": "set_aside", "touch_point_id": tp.id})
+            with self._tx() as conn:
+                # not sent if it never reached ``sending``; else the provider may have it
+                if ledger.transition(conn, tp.id, expect=Status.PLANNED, to=Status.FAILED,
+                                     now=clock.now(), source="dispatcher",
+                                     reason=Reason.ENGINE_ERROR, detail=error,
+                                     worker=self.worker,
+                                     values={"claimed_by": None, "claim_expires_at": None}):
+                    self.stats.failed += 1
+                elif ledger.transition(conn, tp.id, expect=Status.SENDING, to=Status.UNKNOWN,
+                                       now=clock.now(), source="dispatcher",
+                                       reason=Reason.AMBIGUOUS,
+                                       detail=f"{error}; after the provider was called — not "
+                                              "re-sent", worker=self.worker,
+                                       values={"claimed_by": None, "claim_expires_at": None}):
+                    self.stats.unknown += 1
 
     def _send(self, tp: TouchPoint, journey: Journey, step: Step, patient: Patient,
               recipient: Recipient, appointment: Appointment | None, snapshot: Snapshot,
@@ -600,6 +632,12 @@ def caps_from(settings: Settings) -> FrequencyCaps:
     caps = settings.caps
     return FrequencyCaps(caps.mode, caps.sms_per_day, caps.transactional_sms_per_day,
                          caps.transactional_sms_per_week, caps.marketing_per_week)
+
+
+def engine_error(exc: BaseException) -> str:
+    """What broke, in one line, without patient data."""
+    lines = str(exc).strip().splitlines()
+    return redact(f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": "))[:300]
 
 
 def _content(message: OutboundMessage) -> str:

@@ -23,15 +23,17 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, false, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from engine.definitions import Definitions
-from engine.dispatcher import Snapshot, caps_from
+from engine.dispatcher import Snapshot, caps_from, engine_error
 from engine.errors import TemplateRenderError
 from engine.guards import Defer, Send, Verdict, address_for, exemption_length_refusal
 from engine.message_context import practice_fields
@@ -39,7 +41,7 @@ from engine.outcomes import Reason, Status
 from engine.planner import PendingStep, Planned, Retime, follow_edits, plan
 from engine.privacy import mask_address
 from engine.records import Event, Patient, Recipient
-from engine.runner import Runner
+from engine.runner import Runner, planning_error
 from engine.settings import Settings
 from engine.store.database import Database
 from engine.store.ledger import TouchPoint, touch_point_from_row
@@ -55,6 +57,8 @@ from engine.timing import zone
 
 STATE_KEY = "forecast"
 LIMITS_DAYS = 14  # how far ahead validate and forecast count what the limits hold
+
+log = logging.getLogger("touchpoint.forecast")
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,8 @@ class _Forecaster:
         self.counter = itertools.count(1)
         self.people: dict[int, Patient | None] = {}
         self.ledger_keys: dict[int, set[str]] = {}
+        # events that cannot be planned (the next tick sets them aside): id → error
+        self.set_aside: dict[int, str] = {}
 
     def _person(self, patient_id: int) -> Patient | None:
         if patient_id not in self.people:
@@ -219,7 +225,14 @@ class _Forecaster:
             at, _, tp = heapq.heappop(queue)
             if at > self.until:
                 break
-            later = self._decide(tp, max(at, self.now))
+            try:
+                later = self._decide(tp, max(at, self.now))
+            except SQLAlchemyError:
+                raise
+            except Exception as exc:  # as the dispatcher would: set aside, the rest goes on
+                self._record(tp, max(at, self.now), "skip", reason=Reason.ENGINE_ERROR,
+                             detail=engine_error(exc))
+                continue
             if later is not None:
                 heapq.heappush(queue, (later.due_at, next(self.counter), later))
         return sorted(self.entries, key=lambda e: (e.at, e.key))
@@ -285,8 +298,13 @@ class _Forecaster:
         patient = self._person(event.patient_id)
         if patient is None:
             return
-        result = plan(event, patient, self.definitions.journeys.values(), self.runner.rules,
-                      contacts=load_contacts(self.conn, [patient.id]).get(patient.id, ()))
+        try:
+            result = plan(event, patient, self.definitions.journeys.values(),
+                          self.runner.rules,
+                          contacts=load_contacts(self.conn, [patient.id]).get(patient.id, ()))
+        except Exception as exc:  # what the next tick sets aside (Runner.plan_pending)
+            self.set_aside[event.id] = planning_error(exc)
+            return
         for exit_ in result.exits:
             for key, tp in list(live.items()):
                 if (tp.patient_id == exit_.patient_id and tp.journey == exit_.journey
@@ -385,6 +403,10 @@ def forecast_limits(db: Database, settings: Settings, definitions: Definitions,
     with db.transaction() as conn:
         forecaster = _Forecaster(conn, runner, now, max(until, horizon))
         entries = forecaster.run()
+    for event_id, error in sorted(forecaster.set_aside.items()):
+        log.warning("event %d cannot be planned, so the forecast leaves it out (the next tick "
+                    "sets it aside): %s — see `touchpoint why --event %d` then", event_id,
+                    error, event_id)
     counts: dict[tuple[str, str], list[int]] = {}
     for journey, step, at in forecaster.held.values():
         if at <= horizon:

@@ -51,6 +51,7 @@ class Reason(StrEnum):
     JOURNEY_EXITED = "journey_exited"
     PROVIDER_ERROR = "provider_error"
     TEMPLATE_ERROR = "template_error"
+    ENGINE_ERROR = "engine_error"
     JOURNEY_REMOVED = "journey_removed"
     STEP_REMOVED = "step_removed"
     INTERRUPTED = "interrupted"
@@ -77,6 +78,9 @@ EXPLANATIONS: dict[str, str] = {
     Reason.JOURNEY_EXITED: "an event ended the journey (e.g. a visit was booked)",
     Reason.PROVIDER_ERROR: "the provider refused it or kept failing",
     Reason.TEMPLATE_ERROR: "its message template failed to render",
+    Reason.ENGINE_ERROR: "the engine could not prepare it from what is on file (e.g. a date "
+                         "outside the calendar); it was set aside with the error so that "
+                         "everyone else's messages went on",
     Reason.JOURNEY_REMOVED: "the journey was removed from schedules/",
     Reason.STEP_REMOVED: "the step was removed from its journey",
     Reason.INTERRUPTED: "the sender stopped after calling the provider and before recording the "

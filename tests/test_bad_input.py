@@ -379,3 +379,57 @@ def test_the_longest_allowed_timing_and_names_validate(tmp_path: Path) -> None:
     journey, found = parse_journey(text, "reminders.yaml")
     assert found == [] and journey is not None
     assert (journey.name, journey.steps[0].id) == (LONG_NAME[:64], LONG_NAME[:64])
+
+
+def test_forecast_leaves_out_an_event_it_cannot_plan_and_says_so(
+        database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Until the next tick sets it aside, an unplannable event is still pending: the
+    forecast (and validate's limits report) must not fail on it."""
+    clinic = Clinic(database_url, tmp_path)
+    with freeze_time(NOW):
+        clinic.patients(patient("P1"), patient("P2", phone="(312) 555-0102"))
+        bad = book_directly(clinic, "P1", "9999-12-31T23:00:00+00:00")
+        clinic.appointments(appointment("A2", "P2", "2026-11-05T10:00:00-06:00"))
+        options = ["--db", database_url, "--schedules", str(LIBRARY_SCHEDULES),
+                   "--templates", str(LIBRARY_TEMPLATES)]
+        with caplog.at_level("WARNING", logger="touchpoint.forecast"):
+            shown = invoke(*options, "forecast", "--json")
+    assert shown.exit_code == 0, shown.output
+    entries = json.loads(shown.stdout)["entries"]
+    assert {(e["patient_id"], e["journey"]) for e in entries} >= {("P2", "pre-visit")}
+    assert not [e for e in entries if e["patient_id"] == "P1" and e["journey"] == "pre-visit"]
+    assert f"event {bad} cannot be planned" in caplog.text
+    assert "OverflowError" in caplog.text
+    # P1's welcome would show that visit (its end overflows): set aside, as the dispatcher
+    # would, and P2's still forecast
+    welcome = {e["patient_id"]: e for e in entries if e["journey"] == "welcome"}
+    assert (welcome["P1"]["outcome"], welcome["P1"]["reason"]) == ("skip", "engine_error")
+    assert welcome["P2"]["outcome"] == "send"
+    clinic.close()
+
+
+def test_a_touch_point_the_dispatcher_cannot_prepare_is_set_aside_and_the_rest_go(
+        database_url: str, tmp_path: Path) -> None:
+    """A row written around the import (a hand edit, an older version) that breaks the
+    message's preparation fails alone, with its error; every other message goes."""
+    clinic = Clinic(database_url, tmp_path)
+    with freeze_time(NOW):
+        clinic.patients(patient("P1"), patient("P2", phone="(312) 555-0102"),
+                        patient("P3", phone="(312) 555-0103"))
+        book_directly(clinic, "P2", "9999-12-31T23:00:00+00:00")  # the welcome shows it
+        report = clinic.tick()
+    assert report.dispatch.sent == 2 and report.dispatch.failed == 1
+    statuses = {tp.patient_id: (tp.status, tp.reason, tp.detail)
+                for tp in clinic.touch_points(journey="welcome", step="welcome")}
+    assert sorted(s for s, _, _ in statuses.values()) == ["failed", "sent", "sent"]
+    failed = next(v for v in statuses.values() if v[0] == "failed")
+    assert failed[1] == "engine_error"
+    assert failed[2] == "OverflowError: date value out of range"
+    options = ["--db", database_url, "--schedules", str(LIBRARY_SCHEDULES),
+               "--templates", str(LIBRARY_TEMPLATES)]
+    failed_id = next(tp.id for tp in clinic.touch_points(journey="welcome", step="welcome")
+                     if tp.status == "failed")
+    shown = invoke(*options, "why", str(failed_id))
+    assert shown.exit_code == 0, shown.output
+    assert "engine_error" in shown.output and "set aside" in shown.output
+    clinic.close()
