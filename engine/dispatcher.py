@@ -10,7 +10,12 @@ For each due touch point, in order of due time:
 5. the first of the step's channels with a contact, consent and no opt-out is chosen
    (else ``skipped`` with the first channel's reason, every channel's in the detail);
 6. the message is rendered and the row marked ``sending`` — **committed before the
-   provider is called**, so a crash can never lead to a blind re-send;
+   provider is called**, so a crash can never lead to a blind re-send. The mark itself
+   re-checks what steps 3 and 5 read from the batch's snapshot (the appointment's status
+   and version, exit events, the recovery case, the address's opt-outs): a cancellation,
+   a move or an opt-out committed while the batch is being sent stops the message, and
+   the guards, run again on fresh data, say how it ends (``cancelled``:
+   appointment_cancelled / anchor_changed / journey_exited, ``skipped``: opted_out);
 7. the provider's answer is recorded: ``sent``; a transient error is retried by the
    retry policy (back to ``planned`` at a later time) or ``failed``; a permanent error
    falls through to the next channel or ``failed``; an ambiguous one becomes ``unknown``.
@@ -83,6 +88,10 @@ from engine.store.records import (
 from engine.timing import QuietHours, zone
 
 log = logging.getLogger("touchpoint.dispatch")
+
+# How many times one touch point's guards are run again on fresh data in one run, when
+# what they read keeps changing under its ``sending`` mark; then it waits for the next run.
+RECHECKS = 3
 
 
 def new_worker_id() -> str:
@@ -179,6 +188,21 @@ class Snapshot:
                       practice_timezone, self.sends.get(tp.patient_id, []), caps,
                       recipient=recipient,
                       case_open=case.is_open if case is not None else None), recipient
+
+    def recheck(self, tp: TouchPoint, journey: Journey, step: Step) -> ledger.Recheck:
+        """What the guards read here for ``tp`` that must be unchanged when it is marked
+        ``sending`` (see :class:`~engine.store.ledger.Recheck`)."""
+        assert tp.patient_id is not None, "test sends are never dispatched"
+        appointment = self.appointments.get(tp.appointment_id) if tp.appointment_id else None
+        rules = journey.exits_for(step)
+        case = self.case(tp) if any(r.event == "case.resolved" for r in rules) else None
+        return ledger.Recheck(
+            tp.purpose, tp.patient_id, tp.planned_at,
+            appointment=(appointment.id, appointment.status, appointment.version)
+            if appointment else None,
+            exits=tuple(sorted({r.event for r in rules
+                                if r.scope == "patient" and r.event != "case.resolved"})),
+            case_id=case.id if case is not None and case.is_open else None)
 
     def case(self, tp: TouchPoint) -> Case | None:
         _, _, ident = tp.anchor.partition(":")
@@ -319,19 +343,24 @@ class Dispatcher:
         now = clock.now()
         decision, recipient = snapshot.decide(tp, journey, step, now, self.quiet_hours,
                                               self.practice_timezone, self.caps)
-        if isinstance(decision, Verdict):
-            self._settle(tp, decision)
-        elif isinstance(decision, Defer):
-            with self._tx() as conn:
-                ledger.reschedule(conn, tp.id, worker=self.worker, expect=Status.PLANNED,
-                                  due_at=decision.until, now=now, reason="quiet_hours",
-                                  detail=decision.detail)
-            self.stats.deferred += 1
+        if isinstance(decision, Verdict | Defer):
+            self._act(tp, decision)
         else:
             assert journey is not None
             assert step is not None
             assert recipient is not None
             self._send(tp, journey, step, patient, recipient, appointment, snapshot, decision)
+
+    def _act(self, tp: TouchPoint, decision: Verdict | Defer) -> None:
+        """Record a guard's no (settled) or not yet (deferred past quiet hours)."""
+        if isinstance(decision, Verdict):
+            self._settle(tp, decision)
+            return
+        with self._tx() as conn:
+            ledger.reschedule(conn, tp.id, worker=self.worker, expect=Status.PLANNED,
+                              due_at=decision.until, now=clock.now(), reason="quiet_hours",
+                              detail=decision.detail)
+        self.stats.deferred += 1
 
     def _send(self, tp: TouchPoint, journey: Journey, step: Step, patient: Patient,
               recipient: Recipient, appointment: Appointment | None, snapshot: Snapshot,
@@ -344,9 +373,12 @@ class Dispatcher:
         email_headers = self._unsubscribe(tp, context) if "email" in candidates else {}
         # Why an earlier channel was passed over stays with the touch point ("why email?").
         failures: list[tuple[str, str]] = [("refused", d) for d in decision.refused]
-        attempts = 0
-        for position, kind in enumerate(candidates):
-            last = position == len(candidates) - 1
+        recheck = snapshot.recheck(tp, journey, step)
+        tried: list[str] = []  # channels that failed for good (template or provider)
+        attempts = rechecks = 0
+        while candidates:
+            kind = candidates.pop(0)
+            last = not candidates
             try:
                 rendered = self.definitions.templates.render(
                     step.template, kind, recipient.language or patient.language, context,
@@ -354,6 +386,7 @@ class Dispatcher:
             except TemplateRenderError as exc:
                 failures.append((Reason.TEMPLATE_ERROR, f"{kind}: {exc.message}"))
                 log.error("template error for touch point %s: %s", tp.id, exc.message)
+                tried.append(kind)
                 continue
             address = address_for(recipient, kind)
             assert address is not None
@@ -365,12 +398,47 @@ class Dispatcher:
             attempts += 1
             outcome = self._attempt(tp, kind, message, attempt=tp.attempts + attempts,
                                     template_file=rendered.template_file, last=last,
-                                    failures=failures, shared=shared)
+                                    failures=failures, shared=shared, recheck=recheck)
+            if outcome == "stale":
+                # What the guards read changed since the batch's snapshot: run them again
+                # on fresh data, and go on with what they allow now.
+                attempts -= 1  # (nothing was attempted)
+                rechecks += 1
+                fresh = self._snapshot([tp])
+                again, who = fresh.decide(tp, journey, step, clock.now(), self.quiet_hours,
+                                          self.practice_timezone, self.caps)
+                if isinstance(again, Verdict | Defer):
+                    if isinstance(again, Verdict) and tried:
+                        again = Verdict(again.status, again.reason, "; ".join(
+                            [again.detail] + [d for r, d in failures if r != "refused"]))
+                    self._act(tp, again)
+                    return
+                if rechecks >= RECHECKS:
+                    log.warning("touch point %s: what its guards read kept changing as it "
+                                "was about to be sent; leaving it to the next run", tp.id)
+                    with self._tx() as conn:
+                        ledger.release(conn, [tp.id], self.worker)
+                    return
+                assert who is not None
+                candidates = [c for c in again.channels if c not in tried]
+                timezone, recipient, recheck = again.timezone, who, fresh.recheck(tp, journey,
+                                                                                 step)
+                patient = fresh.patients[patient.id]
+                appointment = fresh.appointments.get(tp.appointment_id) \
+                    if tp.appointment_id else None
+                context = fresh.context(tp, patient, appointment, self.practice,
+                                        self.practice_timezone, recipient, self.settings)
+                email_headers = self._unsubscribe(tp, context) if "email" in candidates else {}
+                failures = [("refused", d) for d in again.refused] + \
+                    [f for f in failures if f[0] != "refused"]
+                continue
             if outcome != "next":
                 if outcome == "sent":
                     snapshot.sent(patient.id, tp.purpose, kind, clock.now(), tp.recipient)
                 return
-        # Every candidate failed before reaching a provider (template errors).
+            tried.append(kind)
+        # Every candidate failed before reaching a provider (template errors), or those
+        # that had not were refused when the guards ran again.
         reason = next(r for r, _ in failures if r != "refused")
         self._settle(tp, Verdict(Status.FAILED, reason, "; ".join(d for _, d in failures)))
 
@@ -382,10 +450,12 @@ class Dispatcher:
 
     def _attempt(self, tp: TouchPoint, kind: str, message: OutboundMessage, *, attempt: int,
                  template_file: str, last: bool, failures: list[tuple[str, str]],
-                 retry: bool = True, shared: bool = False) -> str:
-        """Send through one channel: "sent", "done" (settled otherwise), or "next" (try the
-        next channel). ``shared``: another recipient of the same message may have the same
-        address; if it already went there, this one is skipped."""
+                 retry: bool = True, shared: bool = False,
+                 recheck: ledger.Recheck | None = None) -> str:
+        """Send through one channel: "sent", "done" (settled otherwise), "next" (try the
+        next channel), or "stale" (``recheck`` no longer holds: nothing was done).
+        ``shared``: another recipient of the same message may have the same address; if it
+        already went there, this one is skipped."""
         channel = self.channels[kind]
         passed_over = [d for r, d in failures if r == "refused"]
         with self._tx(on_driver=not shared) as conn:
@@ -405,7 +475,14 @@ class Dispatcher:
                 detail=f"{kind} via {channel.provider} to {mask_address(message.to)}"
                 + (f" (passed over {'; '.join(passed_over)})" if passed_over else ""),
                 channel=kind, address=message.to, provider=channel.provider,
-                attempts=attempt, template_file=template_file, content=_content(message))
+                attempts=attempt, template_file=template_file, content=_content(message),
+                recheck=recheck)
+            stale = not started and recheck is not None \
+                and self._path.held(conn, tp.id, self.worker)
+        if stale:
+            log.info("touch point %s: its anchor or an opt-out changed since its batch was "
+                     "read; checking again", tp.id)
+            return "stale"
         if not started:
             log.warning("touch point %s was taken by another worker; leaving it", tp.id)
             return "done"

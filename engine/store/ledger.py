@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -415,6 +416,27 @@ def next_due(conn: Connection) -> datetime | None:
     return row.due_at if row else None
 
 
+@dataclass(frozen=True)
+class Recheck:
+    """What the send-time guards read from a batch's snapshot that must still be true
+    when one touch point is marked ``sending`` (:meth:`SendPath.mark_sending`).
+
+    The mark re-checks it in its own statement, so a cancellation, a move or an opt-out
+    committed while the batch is being sent stops every message not yet handed to the
+    provider: the address has no opt-out covering ``purpose`` on the channel; the
+    appointment is still in the (status, version) the guards saw; none of the
+    patient-scoped ``exits`` events happened after ``planned_at``; the recovery case is
+    still open.
+    """
+
+    purpose: str
+    patient_id: int
+    planned_at: datetime
+    appointment: tuple[int, str, int] | None = None  # (id, status, version)
+    exits: tuple[str, ...] = ()
+    case_id: int | None = None
+
+
 class SendPath:
     """The two writes every message makes — ``planned → sending`` before the provider is
     called, ``sending → sent`` after — as precompiled driver-level SQL.
@@ -424,6 +446,12 @@ class SendPath:
     transaction. Their history rows are buffered and written with the next statement
     batch of the same transaction (:meth:`flush_history`), so the history stays complete
     and in order. Semantics are those of :func:`transition`.
+
+    With a :class:`Recheck`, the ``sending`` mark is conditional on it: on PostgreSQL
+    (READ COMMITTED) the statement sees everything committed before it started; on SQLite
+    it runs in a ``BEGIN IMMEDIATE`` transaction, after every other writer's commit. A
+    mark that matches no row while the row is still this worker's (:meth:`held`) means
+    something the guards read has changed: the caller re-reads it and decides again.
     """
 
     _SENDING = (
@@ -431,6 +459,16 @@ class SendPath:
         "updated_at = {p}, channel = {p}, address = {p}, provider = {p}, attempts = {p}, "
         "sending_at = {p}, template_file = {p}, content = {p} "
         "WHERE id = {p} AND status = 'planned' AND claimed_by = {p}")
+    # The conditions a Recheck adds to _SENDING, in this order (SQLite and PostgreSQL)
+    _NOT_OPTED_OUT = (" AND NOT EXISTS (SELECT 1 FROM opt_outs WHERE channel = {p} "
+                      "AND address = {p} AND purpose IN ('all', {p}))")
+    _SAME_APPOINTMENT = (" AND EXISTS (SELECT 1 FROM appointments WHERE id = {p} "
+                         "AND status = {p} AND version = {p})")
+    _NO_EXIT = (" AND NOT EXISTS (SELECT 1 FROM events WHERE patient_id = {p} "
+                "AND occurred_at > {p} AND kind {kinds})")
+    _CASE_OPEN = (" AND EXISTS (SELECT 1 FROM recovery_cases WHERE id = {p} "
+                  "AND status = 'open')")
+    _HELD = "SELECT 1 FROM touch_points WHERE id = {p} AND status = 'planned' AND claimed_by = {p}"
     _SENT = (
         "UPDATE touch_points SET status = 'sent', reason = NULL, detail = {p}, "
         "updated_at = {p}, finished_at = {p}, provider_message_id = {p}, provider = {p}, "
@@ -447,6 +485,11 @@ class SendPath:
         self.sending_sql = self._SENDING.format(p=mark)
         self.sent_sql = self._SENT.format(p=mark)
         self.history_sql = self._HISTORY.format(p=mark)
+        self.held_sql = self._HELD.format(p=mark)
+        self._mark = mark
+        # exit event kinds as one parameter: a JSON array on SQLite, an array on PostgreSQL
+        self._kinds = "IN (SELECT value FROM json_each(?))" if self.sqlite else "= ANY(%s)"
+        self._rechecked: dict[tuple[bool, bool, bool], str] = {}
         self.history: list[tuple[Any, ...]] = []
         self._raw: Any = None
         self._raw_cursor: Any = None
@@ -456,17 +499,53 @@ class SendPath:
 
     def mark_sending(self, conn: Connection, tp_id: int, *, worker: str, now: datetime,
                      detail: str, channel: str, address: str, provider: str, attempts: int,
-                     template_file: str, content: str) -> bool:
+                     template_file: str, content: str, recheck: Recheck | None = None,
+                     ) -> bool:
+        """``planned → sending``, if the row is still ``worker``'s and, with ``recheck``,
+        what it says still holds; False otherwise."""
         cursor = self._cursor(conn)
         self._flush(cursor)
         at = self._time(now)
-        cursor.execute(self.sending_sql, (
-            detail, at, channel, address, provider, attempts, at, template_file, content,
-            tp_id, worker))
+        params: tuple[Any, ...] = (detail, at, channel, address, provider, attempts, at,
+                                   template_file, content, tp_id, worker)
+        sql = self.sending_sql
+        if recheck is not None:
+            sql = self._recheck_sql(recheck)
+            params += (channel, address, recheck.purpose)
+            if recheck.appointment is not None:
+                params += recheck.appointment
+            if recheck.exits:
+                kinds = json.dumps(recheck.exits) if self.sqlite else list(recheck.exits)
+                params += (recheck.patient_id, self._time(recheck.planned_at), kinds)
+            if recheck.case_id is not None:
+                params += (recheck.case_id,)
+        cursor.execute(sql, params)
         if cursor.rowcount != 1:
             return False
         self.history.append((tp_id, at, Status.SENDING.value, Status.PLANNED.value, detail))
         return True
+
+    def held(self, conn: Connection, tp_id: int, worker: str) -> bool:
+        """Whether ``tp_id`` is still planned and claimed by ``worker`` (after a
+        conditional mark matched nothing: its recheck failed, it was not taken)."""
+        cursor = self._cursor(conn)
+        cursor.execute(self.held_sql, (tp_id, worker))
+        return cursor.fetchone() is not None
+
+    def _recheck_sql(self, recheck: Recheck) -> str:
+        shape = (recheck.appointment is not None, bool(recheck.exits),
+                 recheck.case_id is not None)
+        sql = self._rechecked.get(shape)
+        if sql is None:
+            sql = self.sending_sql + self._NOT_OPTED_OUT.format(p=self._mark)
+            if shape[0]:
+                sql += self._SAME_APPOINTMENT.format(p=self._mark)
+            if shape[1]:
+                sql += self._NO_EXIT.format(p=self._mark, kinds=self._kinds)
+            if shape[2]:
+                sql += self._CASE_OPEN.format(p=self._mark)
+            self._rechecked[shape] = sql
+        return sql
 
     def mark_sent(self, conn: Connection, tp_id: int, *, expect: str, now: datetime,
                   detail: str | None, provider: str, message_id: str | None) -> bool:
