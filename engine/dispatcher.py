@@ -90,7 +90,8 @@ from engine.timing import QuietHours, zone
 log = logging.getLogger("touchpoint.dispatch")
 
 # How many times one touch point's guards are run again on fresh data in one run, when
-# what they read keeps changing under its ``sending`` mark; then it waits for the next run.
+# what they read keeps changing under its ``sending`` mark; then it waits for its claim to
+# expire and is claimed again.
 RECHECKS = 3
 
 
@@ -129,6 +130,8 @@ class Snapshot:
     contacts: Mapping[int, list[Contact]] = field(default_factory=dict)
     referrers: Mapping[int, Referrer] = field(default_factory=dict)
     cases: Mapping[int, Case] = field(default_factory=dict)
+    # (journey, step) → its patient-scoped exit events, and whether resolving a case ends it
+    exits: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, conn: Connection, batch: Iterable[TouchPoint], definitions: Definitions,
@@ -194,15 +197,19 @@ class Snapshot:
         ``sending`` (see :class:`~engine.store.ledger.Recheck`)."""
         assert tp.patient_id is not None, "test sends are never dispatched"
         appointment = self.appointments.get(tp.appointment_id) if tp.appointment_id else None
-        rules = journey.exits_for(step)
-        case = self.case(tp) if any(r.event == "case.resolved" for r in rules) else None
+        exits = self.exits.get((tp.journey, tp.step))
+        if exits is None:
+            rules = journey.exits_for(step)
+            exits = self.exits[tp.journey, tp.step] = (
+                tuple(sorted({r.event for r in rules
+                              if r.scope == "patient" and r.event != "case.resolved"})),
+                any(r.event == "case.resolved" for r in rules))
+        case = self.case(tp) if exits[1] else None
         return ledger.Recheck(
             tp.purpose, tp.patient_id, tp.planned_at,
             appointment=(appointment.id, appointment.status, appointment.version)
             if appointment else None,
-            exits=tuple(sorted({r.event for r in rules
-                                if r.scope == "patient" and r.event != "case.resolved"})),
-            case_id=case.id if case is not None and case.is_open else None)
+            exits=exits[0], case_id=case.id if case is not None and case.is_open else None)
 
     def case(self, tp: TouchPoint) -> Case | None:
         _, _, ident = tp.anchor.partition(":")
@@ -340,9 +347,7 @@ class Dispatcher:
         patient = snapshot.patients[tp.patient_id]
         appointment = snapshot.appointments.get(tp.appointment_id) if tp.appointment_id \
             else None
-        now = clock.now()
-        decision, recipient = snapshot.decide(tp, journey, step, now, self.quiet_hours,
-                                              self.practice_timezone, self.caps)
+        decision, recipient = self._decide(tp, journey, step, snapshot)
         if isinstance(decision, Verdict | Defer):
             self._act(tp, decision)
         else:
@@ -350,6 +355,12 @@ class Dispatcher:
             assert step is not None
             assert recipient is not None
             self._send(tp, journey, step, patient, recipient, appointment, snapshot, decision)
+
+    def _decide(self, tp: TouchPoint, journey: Journey | None, step: Step | None,
+                snapshot: Snapshot) -> tuple[Decision, Recipient | None]:
+        """Every send-time guard for ``tp``, now, on what ``snapshot`` read."""
+        return snapshot.decide(tp, journey, step, clock.now(), self.quiet_hours,
+                               self.practice_timezone, self.caps)
 
     def _act(self, tp: TouchPoint, decision: Verdict | Defer) -> None:
         """Record a guard's no (settled) or not yet (deferred past quiet hours)."""
@@ -405,8 +416,7 @@ class Dispatcher:
                 attempts -= 1  # (nothing was attempted)
                 rechecks += 1
                 fresh = self._snapshot([tp])
-                again, who = fresh.decide(tp, journey, step, clock.now(), self.quiet_hours,
-                                          self.practice_timezone, self.caps)
+                again, who = self._decide(tp, journey, step, fresh)
                 if isinstance(again, Verdict | Defer):
                     if isinstance(again, Verdict) and tried:
                         again = Verdict(again.status, again.reason, "; ".join(
@@ -414,10 +424,10 @@ class Dispatcher:
                     self._act(tp, again)
                     return
                 if rechecks >= RECHECKS:
+                    # (its claim stays: claimed again at once, it would loop in this run)
                     log.warning("touch point %s: what its guards read kept changing as it "
-                                "was about to be sent; leaving it to the next run", tp.id)
-                    with self._tx() as conn:
-                        ledger.release(conn, [tp.id], self.worker)
+                                "was about to be sent; it is tried again when its claim "
+                                "expires (dispatch.send_timeout)", tp.id)
                     return
                 assert who is not None
                 candidates = [c for c in again.channels if c not in tried]

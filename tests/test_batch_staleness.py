@@ -20,15 +20,21 @@ from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
+from sqlalchemy import Connection, update
 
 from engine import clock
+from engine.cases import open_case, resolve
 from engine.channels.base import OutboundMessage
+from engine.definitions.journeys import Journey, Step
+from engine.dispatcher import RECHECKS, Snapshot
 from engine.errors import ChannelError
 from engine.importer import APPOINTMENT_COLUMNS, import_appointments
 from engine.outcomes import Status
 from engine.replies import record_inbound
 from engine.store.database import Database, open_database
-from engine.store.records import add_opt_out
+from engine.store.ledger import Recheck, TouchPoint
+from engine.store.records import add_opt_out, patient_by_external_id
+from engine.store.schema import appointments
 from engine.webhooks import Kind, ProviderEvent
 from engine.webhooks.record import record_event
 from tests.support import Clinic, appointment, patient, write_csv
@@ -80,6 +86,9 @@ class Provider:
             commit()
             self.committed_at[name] = len(self.handed)
         return None
+
+    def next_batch(self, changes: dict[int, tuple[str, Callable[[], None]]]) -> None:
+        self.handed, self.committed_at, self.changes = [], {}, changes
 
     def after(self, name: str) -> list[OutboundMessage]:
         """What the provider was handed after the change ``name`` was committed."""
@@ -231,3 +240,113 @@ def test_changes_committed_mid_batch_stop_every_message_not_yet_handed_over(
                                          "anchor_changed": len(MOVED)}
     assert report.dispatch.skipped == {"opted_out": len(STOPPED) + len(CARRIER_21610)
                                        + len(UNSUBSCRIBED)}
+
+
+def test_an_exit_event_or_a_resolved_case_committed_mid_batch_ends_the_journey(
+        clinic: Clinic, elsewhere: Database, tmp_path: Path) -> None:
+    """The re-check covers the patient's exit events (booking the next visit ends the
+    follow-up nudges) and the recovery case a note is anchored on (resolving it)."""
+    count, booking, resolved = 40, range(20, 30), range(30, 40)
+    with freeze_time("2026-11-02T18:00:00Z"):  # Mon 12:00 CST, after each one's visit
+        clinic.patients(*(patient(f"Q{i:02d}", phone=number(i), email=email(i))
+                          for i in range(count)), baseline=True)
+        clinic.appointments(*(appointment(f"V{i:02d}", f"Q{i:02d}", "2026-11-02T10:00-06:00",
+                                          status="completed") for i in range(count)))
+        clinic.tick()
+    with freeze_time("2026-11-03T15:00:00Z"):  # staff hear of two dozen complaints
+        with clinic.db.transaction() as conn:
+            case_of = {i: open_case(
+                conn, clinic.settings, key=f"complaint:{i}", cause="complaint",
+                patient_id=patient_id(conn, f"Q{i:02d}"), now=clock.now(),
+                detail="texted that nobody called back") for i in range(20, count)}
+        clinic.tick()
+    nudges = {i: clinic.one("follow-up", "home-exercise-nudge", patient=f"Q{i:02d}").id
+              for i in range(count)}
+    notes = {i: clinic.one("recovery", "personal-note", patient=f"Q{i:02d}").id
+             for i in range(20, count)}
+
+    provider = Provider()
+    clinic.sms.fail_when(provider.rule)
+    clinic.email.fail_when(provider.rule)
+
+    def resolve_cases() -> None:
+        with elsewhere.transaction() as conn:
+            for i in resolved:
+                case_id = case_of[i]
+                assert case_id is not None
+                resolve(conn, case_id, "called her, all sorted", "Dana", clock.now())
+
+    provider.changes = {5: ("resolve", resolve_cases)}
+    with freeze_time("2026-11-04T16:30:00Z"):  # Wed 10:30 CST: the personal notes
+        report = clinic.tick()
+    assert report.dispatch.claimed == len(notes)
+    assert [m for m in provider.after("resolve")
+            if m.touch_point_id in {notes[i] for i in resolved}] == []
+    assert {(tp.status, tp.reason) for tp in clinic.touch_points(journey="recovery")
+            if tp.id in {notes[i] for i in resolved}} == {(Status.CANCELLED, "journey_exited")}
+    assert len(provider.handed) == len(notes) - len(resolved)
+
+    def book_next_visits() -> None:
+        import_appointments_elsewhere(elsewhere, tmp_path, "next-visits", [
+            appointment(f"W{i:02d}", f"Q{i:02d}", "2026-11-10T10:00:00-06:00")
+            for i in booking])
+
+    provider.next_batch({5: ("book", book_next_visits)})
+    with freeze_time("2026-11-04T23:00:00Z"):  # Wed 17:00 CST: the home-exercise nudges
+        report = clinic.tick()
+    assert report.dispatch.claimed == count
+    assert [m for m in provider.after("book")
+            if m.touch_point_id in {nudges[i] for i in booking}] == []
+    outcomes = {tp.id: (tp.status, tp.reason)
+                for tp in clinic.touch_points(journey="follow-up", step="home-exercise-nudge")}
+    assert {outcomes[nudges[i]] for i in booking} == {(Status.CANCELLED, "journey_exited")}
+    assert {outcomes[nudges[i]] for i in range(count) if i not in booking} == {
+        (Status.SENT, None)}
+    assert len(provider.handed) == count - len(booking)
+
+
+def patient_id(conn: Connection, external_id: str) -> int:
+    found = patient_by_external_id(conn, external_id)
+    assert found is not None
+    return found.id
+
+
+def test_a_touch_point_whose_anchor_keeps_changing_is_left_to_the_next_run(
+        clinic: Clinic, elsewhere: Database, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A change the guards do not mind (a completed visit's version, for its follow-up)
+    still fails the conditional mark; the guards run again, at most RECHECKS times, then
+    the touch point keeps its claim (claimed again at once, it would loop) and is sent once
+    the claim has expired."""
+    with freeze_time("2026-11-02T18:00:00Z"):
+        clinic.patients(patient("Q00", phone=number(0), email=email(0)), baseline=True)
+        clinic.appointments(appointment("V00", "Q00", "2026-11-02T10:00-06:00",
+                                        status="completed"))
+        clinic.tick()
+    nudge = clinic.one("follow-up", "home-exercise-nudge")
+    rechecks: list[int] = []
+    recheck = Snapshot.recheck
+
+    def recheck_then_change(snapshot: Snapshot, tp: TouchPoint, journey: Journey,
+                            step: Step) -> Recheck:
+        found = recheck(snapshot, tp, journey, step)
+        rechecks.append(tp.id)
+        with elsewhere.transaction() as other:  # right after the guards read it
+            other.execute(update(appointments).values(version=appointments.c.version + 1))
+        return found
+
+    monkeypatch.setattr(Snapshot, "recheck", recheck_then_change)
+    with freeze_time("2026-11-04T23:00:00Z"):
+        report = clinic.tick()
+    assert rechecks == [nudge.id] * RECHECKS
+    assert report.dispatch.sent == 0 and clinic.sms.sent == []
+    left = clinic.one("follow-up", "home-exercise-nudge")
+    assert (left.status, left.attempts) == (Status.PLANNED, 0)
+    assert left.claimed_by is not None
+    assert f"touch point {nudge.id}: what its guards read kept changing" in caplog.text
+    monkeypatch.undo()
+    with freeze_time("2026-11-04T23:04:00Z"):  # still claimed (dispatch.send_timeout: 5m)
+        assert clinic.tick().dispatch.claimed == 0
+    with freeze_time("2026-11-04T23:05:01Z"):
+        assert clinic.tick().dispatch.sent == 1
+    assert [m.touch_point_id for m in clinic.sms.sent] == [nudge.id]

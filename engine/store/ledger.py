@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -487,9 +486,7 @@ class SendPath:
         self.history_sql = self._HISTORY.format(p=mark)
         self.held_sql = self._HELD.format(p=mark)
         self._mark = mark
-        # exit event kinds as one parameter: a JSON array on SQLite, an array on PostgreSQL
-        self._kinds = "IN (SELECT value FROM json_each(?))" if self.sqlite else "= ANY(%s)"
-        self._rechecked: dict[tuple[bool, bool, bool], str] = {}
+        self._rechecked: dict[tuple[bool, int, bool], str] = {}
         self.history: list[tuple[Any, ...]] = []
         self._raw: Any = None
         self._raw_cursor: Any = None
@@ -515,8 +512,7 @@ class SendPath:
             if recheck.appointment is not None:
                 params += recheck.appointment
             if recheck.exits:
-                kinds = json.dumps(recheck.exits) if self.sqlite else list(recheck.exits)
-                params += (recheck.patient_id, self._time(recheck.planned_at), kinds)
+                params += (recheck.patient_id, self._time(recheck.planned_at), *recheck.exits)
             if recheck.case_id is not None:
                 params += (recheck.case_id,)
         cursor.execute(sql, params)
@@ -533,7 +529,9 @@ class SendPath:
         return cursor.fetchone() is not None
 
     def _recheck_sql(self, recheck: Recheck) -> str:
-        shape = (recheck.appointment is not None, bool(recheck.exits),
+        # (one statement per shape, each kept prepared by the driver; a step has an exit
+        # event or two, bound one by one: cheaper than an array parameter on SQLite)
+        shape = (recheck.appointment is not None, len(recheck.exits),
                  recheck.case_id is not None)
         sql = self._rechecked.get(shape)
         if sql is None:
@@ -541,7 +539,8 @@ class SendPath:
             if shape[0]:
                 sql += self._SAME_APPOINTMENT.format(p=self._mark)
             if shape[1]:
-                sql += self._NO_EXIT.format(p=self._mark, kinds=self._kinds)
+                kinds = f"IN ({', '.join([self._mark] * shape[1])})"
+                sql += self._NO_EXIT.format(p=self._mark, kinds=kinds)
             if shape[2]:
                 sql += self._CASE_OPEN.format(p=self._mark)
             self._rechecked[shape] = sql
