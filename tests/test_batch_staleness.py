@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -32,9 +32,14 @@ from engine.importer import APPOINTMENT_COLUMNS, import_appointments
 from engine.outcomes import Status
 from engine.replies import record_inbound
 from engine.store.database import Database, open_database
-from engine.store.ledger import Recheck, TouchPoint
-from engine.store.records import add_opt_out, patient_by_external_id
-from engine.store.schema import appointments
+from engine.store.ledger import Recheck, SendPath, TouchPoint, claim_due
+from engine.store.records import (
+    add_opt_out,
+    append_events,
+    load_appointments,
+    patient_by_external_id,
+)
+from engine.store.schema import appointments, touch_points
 from engine.webhooks import Kind, ProviderEvent
 from engine.webhooks.record import record_event
 from tests.support import Clinic, appointment, patient, write_csv
@@ -350,3 +355,49 @@ def test_a_touch_point_whose_anchor_keeps_changing_is_left_to_the_next_run(
     with freeze_time("2026-11-04T23:05:01Z"):
         assert clinic.tick().dispatch.sent == 1
     assert [m.touch_point_id for m in clinic.sms.sent] == [nudge.id]
+
+
+@pytest.mark.parametrize("change", ["none", "cancelled", "moved", "opted_out",
+                                    "opted_out_of_marketing", "exit_event", "taken"])
+def test_the_conditional_sending_mark(clinic: Clinic, elsewhere: Database,
+                                      change: str) -> None:
+    """SendPath.mark_sending with a Recheck matches only while what the guards read holds;
+    ``held`` tells a failed recheck (still this worker's) from a row taken by another."""
+    with freeze_time(PLANNING):
+        clinic.patients(patient("P000", phone=number(0), email=email(0)), baseline=True)
+        clinic.appointments(appointment("A000", "P000", VISIT))
+        clinic.runner.plan_pending()
+    with freeze_time(REMINDERS_DUE), clinic.db.transaction() as conn:
+        [tp] = [t for t in claim_due(conn, "me", clock.now(), 10, timedelta(minutes=5))
+                if t.step == "two-days-before"]
+        [booked] = load_appointments(conn, [tp.appointment_id or 0]).values()
+    assert tp.patient_id is not None
+    recheck = Recheck(tp.purpose, tp.patient_id, tp.planned_at,
+                      appointment=(booked.id, booked.status, booked.version),
+                      exits=("appointment.cancelled", "patient.discharged"))
+    with freeze_time(REMINDERS_DUE), elsewhere.transaction() as conn:
+        if change == "cancelled":
+            conn.execute(update(appointments).values(status="cancelled"))
+        elif change == "moved":
+            conn.execute(update(appointments).values(version=booked.version + 1))
+        elif change.startswith("opted_out"):
+            add_opt_out(conn, "sms", number(0), "marketing" if "marketing" in change else "all",
+                        "sms reply", "replied 'STOP'", clock.now())
+        elif change == "exit_event":
+            append_events(conn, [{"kind": "patient.discharged", "patient_id": tp.patient_id,
+                                  "appointment_id": None, "occurred_at": clock.now(),
+                                  "data": {}, "source": "test", "dedupe_key": None,
+                                  "processed_at": None}])
+        elif change == "taken":
+            conn.execute(update(touch_points).where(touch_points.c.id == tp.id)
+                         .values(claimed_by="another worker"))
+    path = SendPath(clinic.db.dialect)
+    with freeze_time(REMINDERS_DUE), clinic.db.transaction() as conn:
+        marked = path.mark_sending(
+            conn, tp.id, worker="me", now=clock.now(), detail="sms via fake", channel="sms",
+            address=number(0), provider="fake", attempts=1, template_file="t", content="Hi",
+            recheck=recheck)
+        held = path.held(conn, tp.id, "me")
+    # a marketing opt-out does not cover a reminder
+    assert marked == (change in ("none", "opted_out_of_marketing"))
+    assert held == (change not in ("none", "opted_out_of_marketing", "taken"))
