@@ -86,9 +86,10 @@ def engine_run(url: str, folder: Path, count: int, workers: int, start: int = 0,
     """The dispatcher draining ``count`` due texts with ``workers`` processes, timed from
     when every worker is ready (settings and definitions loaded, as a running daemon has
     them) to when the last one is done; and how long getting ready took. ``start``: the
-    number of the first text (a later round adds to the same ledger)."""
+    number of the first text (a later round adds to the same ledger, for new patients:
+    earlier rounds' messages would count as each patient's recent sends)."""
     db = open_database(url)
-    load_due(db, count, start=start)
+    load_due(db, count, start=start, patients_count=start + count)
     db.dispose()
     context = multiprocessing.get_context("fork")
     queue = context.Queue()

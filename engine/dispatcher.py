@@ -418,9 +418,10 @@ class Dispatcher:
                 fresh = self._snapshot([tp])
                 again, who = self._decide(tp, journey, step, fresh)
                 if isinstance(again, Verdict | Defer):
-                    if isinstance(again, Verdict) and tried:
+                    if isinstance(again, Verdict):  # ("why was it not sent?")
                         again = Verdict(again.status, again.reason, "; ".join(
-                            [again.detail] + [d for r, d in failures if r != "refused"]))
+                            [f"{again.detail} (found as it was about to be sent)"]
+                            + [d for r, d in failures if r != "refused"]))
                     self._act(tp, again)
                     return
                 if rechecks >= RECHECKS:

@@ -130,9 +130,8 @@ def book_500(clinic: Clinic) -> dict[int, int]:
         clinic.appointments(*(appointment(f"A{i:03d}", external(i), VISIT)
                               for i in range(COUNT)))
         clinic.tick()
-    reminders = {int(p.removeprefix("P")): tp.id for p, tp in (
-        (external(i), clinic.one("pre-visit", "two-days-before", patient=external(i)))
-        for i in range(COUNT))}
+    reminders = {i: clinic.one("pre-visit", "two-days-before", patient=external(i)).id
+                 for i in range(COUNT)}
     due = [tp.id for tp in clinic.touch_points(status=Status.PLANNED)
            if tp.due_at <= datetime.fromisoformat(REMINDERS_DUE)]
     assert due == [reminders[i] for i in range(COUNT)], \
