@@ -12,7 +12,12 @@ For each due touch point, in order of due time:
    channel's in the detail; held by a limit alone, deferred to when it has room, or
    ``skipped``: frequency_cap if that is past the deadline);
 6. the message is rendered and the row marked ``sending`` — **committed before the
-   provider is called**, so a crash can never lead to a blind re-send;
+   provider is called**, so a crash can never lead to a blind re-send. The mark itself
+   re-checks what steps 3 and 5 read from the batch's snapshot (the appointment's status
+   and version, exit events, the recovery case, the address's opt-outs): a cancellation,
+   a move or an opt-out committed while the batch is being sent stops the message, and
+   the guards, run again on fresh data, say how it ends (``cancelled``:
+   appointment_cancelled / anchor_changed / journey_exited, ``skipped``: opted_out);
 7. the provider's answer is recorded: ``sent``; a transient error is retried by the
    retry policy (back to ``planned`` at a later time) and, when the retries run out,
    falls through to the next channel (before the deadline) or ``failed``; a permanent
@@ -95,6 +100,11 @@ from engine.timing import QuietHours, zone
 
 log = logging.getLogger("touchpoint.dispatch")
 
+# How many times one touch point's guards are run again on fresh data in one run, when
+# what they read keeps changing under its ``sending`` mark; then it waits for its claim to
+# expire and is claimed again.
+RECHECKS = 3
+
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -131,6 +141,8 @@ class Snapshot:
     contacts: Mapping[int, list[Contact]] = field(default_factory=dict)
     referrers: Mapping[int, Referrer] = field(default_factory=dict)
     cases: Mapping[int, Case] = field(default_factory=dict)
+    # (journey, step) → its patient-scoped exit events, and whether resolving a case ends it
+    exits: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, conn: Connection, batch: Iterable[TouchPoint], definitions: Definitions,
@@ -204,6 +216,25 @@ class Snapshot:
                       practice_timezone, self.sends.get(tp.patient_id, []), caps,
                       recipient=recipient,
                       case_open=case.is_open if case is not None else None), recipient
+
+    def recheck(self, tp: TouchPoint, journey: Journey, step: Step) -> ledger.Recheck:
+        """What the guards read here for ``tp`` that must be unchanged when it is marked
+        ``sending`` (see :class:`~engine.store.ledger.Recheck`)."""
+        assert tp.patient_id is not None, "test sends are never dispatched"
+        appointment = self.appointments.get(tp.appointment_id) if tp.appointment_id else None
+        exits = self.exits.get((tp.journey, tp.step))
+        if exits is None:
+            rules = journey.exits_for(step)
+            exits = self.exits[tp.journey, tp.step] = (
+                tuple(sorted({r.event for r in rules
+                              if r.scope == "patient" and r.event != "case.resolved"})),
+                any(r.event == "case.resolved" for r in rules))
+        case = self.case(tp) if exits[1] else None
+        return ledger.Recheck(
+            tp.purpose, tp.patient_id, tp.planned_at,
+            appointment=(appointment.id, appointment.status, appointment.version)
+            if appointment else None,
+            exits=exits[0], case_id=case.id if case is not None and case.is_open else None)
 
     def case(self, tp: TouchPoint) -> Case | None:
         _, _, ident = tp.anchor.partition(":")
@@ -341,21 +372,9 @@ class Dispatcher:
         patient = snapshot.patients[tp.patient_id]
         appointment = snapshot.appointments.get(tp.appointment_id) if tp.appointment_id \
             else None
-        now = clock.now()
-        decision, recipient = snapshot.decide(tp, journey, step, now, self.quiet_hours,
-                                              self.practice_timezone, self.caps)
-        if isinstance(decision, Verdict):
-            if tp.reason == Reason.FALLBACK and decision.status == Status.SKIPPED:
-                # it went out and was turned away; no channel after that one may be used
-                decision = Verdict(Status.FAILED, Reason.PROVIDER_ERROR,
-                                   f"{tp.detail}; no channel left to try ({decision.detail})")
-            self._settle(tp, decision)
-        elif isinstance(decision, Defer):
-            with self._tx() as conn:
-                ledger.reschedule(conn, tp.id, worker=self.worker, expect=Status.PLANNED,
-                                  due_at=decision.until, now=now, reason=decision.reason,
-                                  detail=decision.detail)
-            self.stats.deferred += 1
+        decision, recipient = self._decide(tp, journey, step, snapshot)
+        if isinstance(decision, Verdict | Defer):
+            self._act(tp, decision)
         else:
             assert journey is not None
             assert step is not None
@@ -392,13 +411,36 @@ class Dispatcher:
                                        values={"claimed_by": None, "claim_expires_at": None}):
                     self.stats.unknown += 1
 
+    def _decide(self, tp: TouchPoint, journey: Journey | None, step: Step | None,
+                snapshot: Snapshot) -> tuple[Decision, Recipient | None]:
+        """Every send-time guard for ``tp``, now, on what ``snapshot`` read."""
+        return snapshot.decide(tp, journey, step, clock.now(), self.quiet_hours,
+                               self.practice_timezone, self.caps)
+
+    def _act(self, tp: TouchPoint, decision: Verdict | Defer) -> None:
+        """Record a guard's no (settled) or not yet (deferred: quiet hours, a limit)."""
+        if isinstance(decision, Verdict):
+            if tp.reason == Reason.FALLBACK and decision.status == Status.SKIPPED:
+                # it went out and was turned away; no channel after that one may be used
+                decision = Verdict(Status.FAILED, Reason.PROVIDER_ERROR,
+                                   f"{tp.detail}; no channel left to try ({decision.detail})")
+            self._settle(tp, decision)
+            return
+        with self._tx() as conn:
+            ledger.reschedule(conn, tp.id, worker=self.worker, expect=Status.PLANNED,
+                              due_at=decision.until, now=clock.now(), reason=decision.reason,
+                              detail=decision.detail)
+        self.stats.deferred += 1
+
     def _send(self, tp: TouchPoint, journey: Journey, step: Step, patient: Patient,
               recipient: Recipient, appointment: Appointment | None, snapshot: Snapshot,
               decision: Send) -> None:
         candidates, timezone = list(decision.channels), decision.timezone
+        # channels that failed for good (template or provider), or turned it away
+        tried: list[str] = []
         if tp.reason == Reason.FALLBACK and tp.channel in step.channels:
             # the carrier or mailbox turned it away on tp.channel: the channels after it
-            tried = step.channels[:step.channels.index(tp.channel) + 1]
+            tried = list(step.channels[:step.channels.index(tp.channel) + 1])
             candidates = [kind for kind in candidates if kind not in tried]
             if not candidates:
                 passed = "; ".join(decision.refused)
@@ -413,9 +455,11 @@ class Dispatcher:
         email_headers = self._unsubscribe(tp, context) if "email" in candidates else {}
         # Why an earlier channel was passed over stays with the touch point ("why email?").
         failures: list[tuple[str, str]] = [("refused", d) for d in decision.refused]
-        attempts = 0
-        for position, kind in enumerate(candidates):
-            last = position == len(candidates) - 1
+        recheck = snapshot.recheck(tp, journey, step)
+        attempts = rechecks = 0
+        while candidates:
+            kind = candidates.pop(0)
+            last = not candidates
             try:
                 rendered = self.definitions.templates.render(
                     step.template, kind, recipient.language or patient.language, context,
@@ -423,10 +467,12 @@ class Dispatcher:
             except TemplateRenderError as exc:
                 failures.append((Reason.TEMPLATE_ERROR, f"{kind}: {exc.message}"))
                 log.error("template error for touch point %s: %s", tp.id, exc.message)
+                tried.append(kind)
                 continue
             too_long = exemption_length_refusal(kind, rendered.body, self.caps)
             if too_long is not None:  # not sent as exempt: the next channel, if any
                 failures.append((Reason.FREQUENCY_CAP, too_long))
+                tried.append(kind)
                 continue
             address = address_for(recipient, kind)
             assert address is not None
@@ -438,14 +484,49 @@ class Dispatcher:
             attempts += 1
             outcome = self._attempt(tp, kind, message, attempt=tp.attempts + attempts,
                                     template_file=rendered.template_file, last=last,
-                                    failures=failures, shared=shared)
+                                    failures=failures, shared=shared, recheck=recheck)
+            if outcome == "stale":
+                # What the guards read changed since the batch's snapshot: run them again
+                # on fresh data, and go on with what they allow now.
+                attempts -= 1  # (nothing was attempted)
+                rechecks += 1
+                fresh = self._snapshot([tp])
+                again, who = self._decide(tp, journey, step, fresh)
+                if isinstance(again, Verdict | Defer):
+                    if isinstance(again, Verdict):  # ("why was it not sent?")
+                        again = Verdict(again.status, again.reason, "; ".join(
+                            [f"{again.detail} (found as it was about to be sent)"]
+                            + [d for r, d in failures if r != "refused"]))
+                    self._act(tp, again)
+                    return
+                if rechecks >= RECHECKS:
+                    # (its claim stays: claimed again at once, it would loop in this run)
+                    log.warning("touch point %s: what its guards read kept changing as it "
+                                "was about to be sent; it is tried again when its claim "
+                                "expires (dispatch.send_timeout)", tp.id)
+                    return
+                assert who is not None
+                candidates = [c for c in again.channels if c not in tried]
+                timezone, recipient, recheck = again.timezone, who, fresh.recheck(tp, journey,
+                                                                                 step)
+                patient = fresh.patients[patient.id]
+                appointment = fresh.appointments.get(tp.appointment_id) \
+                    if tp.appointment_id else None
+                context = fresh.context(tp, patient, appointment, self.practice,
+                                        self.practice_timezone, recipient, self.settings)
+                email_headers = self._unsubscribe(tp, context) if "email" in candidates else {}
+                failures = [("refused", d) for d in again.refused] + \
+                    [f for f in failures if f[0] != "refused"]
+                continue
             if outcome != "next":
                 if outcome == "sent":
                     snapshot.sent(patient.id, tp.purpose, kind, clock.now(), tp.recipient,
                                   journey.priority_of(step))
                 return
-        # Every candidate failed before reaching a provider (template errors), or was too
-        # long to go under the healthcare exemption.
+            tried.append(kind)
+        # Every candidate failed before reaching a provider (template errors, or too long
+        # to go under the healthcare exemption), or those that had not were refused when
+        # the guards ran again.
         reason = next(r for r, _ in failures if r != "refused")
         status = Status.SKIPPED if reason == Reason.FREQUENCY_CAP else Status.FAILED
         self._settle(tp, Verdict(status, reason, "; ".join(d for _, d in failures)))
@@ -458,10 +539,12 @@ class Dispatcher:
 
     def _attempt(self, tp: TouchPoint, kind: str, message: OutboundMessage, *, attempt: int,
                  template_file: str, last: bool, failures: list[tuple[str, str]],
-                 retry: bool = True, shared: bool = False) -> str:
-        """Send through one channel: "sent", "done" (settled otherwise), or "next" (try the
-        next channel). ``shared``: another recipient of the same message may have the same
-        address; if it already went there, this one is skipped."""
+                 retry: bool = True, shared: bool = False,
+                 recheck: ledger.Recheck | None = None) -> str:
+        """Send through one channel: "sent", "done" (settled otherwise), "next" (try the
+        next channel), or "stale" (``recheck`` no longer holds: nothing was done).
+        ``shared``: another recipient of the same message may have the same address; if it
+        already went there, this one is skipped."""
         channel = self.channels[kind]
         passed_over = [d for r, d in failures if r == "refused"]
         with self._tx(on_driver=not shared) as conn:
@@ -481,7 +564,14 @@ class Dispatcher:
                 detail=f"{kind} via {channel.provider} to {mask_address(message.to)}"
                 + (f" (passed over {'; '.join(passed_over)})" if passed_over else ""),
                 channel=kind, address=message.to, provider=channel.provider,
-                attempts=attempt, template_file=template_file, content=_content(message))
+                attempts=attempt, template_file=template_file, content=_content(message),
+                recheck=recheck)
+            stale = not started and recheck is not None \
+                and self._path.held(conn, tp.id, self.worker)
+        if stale:
+            log.info("touch point %s: its anchor or an opt-out changed since its batch was "
+                     "read; checking again", tp.id)
+            return "stale"
         if not started:
             log.warning("touch point %s was taken by another worker; leaving it", tp.id)
             return "done"

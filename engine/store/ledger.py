@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.outcomes import Status
 from engine.planner import Exit, Planned
-from engine.store.records import chunks, time_binder
+from engine.store.records import chunks, opt_out_address, time_binder
 from engine.store.schema import (
     IN_FLIGHT,
     PENDING,
@@ -415,6 +415,27 @@ def next_due(conn: Connection) -> datetime | None:
     return row.due_at if row else None
 
 
+@dataclass(frozen=True)
+class Recheck:
+    """What the send-time guards read from a batch's snapshot that must still be true
+    when one touch point is marked ``sending`` (:meth:`SendPath.mark_sending`).
+
+    The mark re-checks it in its own statement, so a cancellation, a move or an opt-out
+    committed while the batch is being sent stops every message not yet handed to the
+    provider: the address has no opt-out covering ``purpose`` on the channel; the
+    appointment is still in the (status, version) the guards saw; none of the
+    patient-scoped ``exits`` events happened after ``planned_at``; the recovery case is
+    still open.
+    """
+
+    purpose: str
+    patient_id: int
+    planned_at: datetime
+    appointment: tuple[int, str, int] | None = None  # (id, status, version)
+    exits: tuple[str, ...] = ()
+    case_id: int | None = None
+
+
 class SendPath:
     """The two writes every message makes — ``planned → sending`` before the provider is
     called, ``sending → sent`` after — as precompiled driver-level SQL.
@@ -424,6 +445,12 @@ class SendPath:
     transaction. Their history rows are buffered and written with the next statement
     batch of the same transaction (:meth:`flush_history`), so the history stays complete
     and in order. Semantics are those of :func:`transition`.
+
+    With a :class:`Recheck`, the ``sending`` mark is conditional on it: on PostgreSQL
+    (READ COMMITTED) the statement sees everything committed before it started; on SQLite
+    it runs in a ``BEGIN IMMEDIATE`` transaction, after every other writer's commit. A
+    mark that matches no row while the row is still this worker's (:meth:`held`) means
+    something the guards read has changed: the caller re-reads it and decides again.
     """
 
     _SENDING = (
@@ -431,6 +458,16 @@ class SendPath:
         "updated_at = {p}, channel = {p}, address = {p}, provider = {p}, attempts = {p}, "
         "sending_at = {p}, template_file = {p}, content = {p} "
         "WHERE id = {p} AND status = 'planned' AND claimed_by = {p}")
+    # The conditions a Recheck adds to _SENDING, in this order (SQLite and PostgreSQL)
+    _NOT_OPTED_OUT = (" AND NOT EXISTS (SELECT 1 FROM opt_outs WHERE channel = {p} "
+                      "AND address = {p} AND purpose IN ('all', {p}))")
+    _SAME_APPOINTMENT = (" AND EXISTS (SELECT 1 FROM appointments WHERE id = {p} "
+                         "AND status = {p} AND version = {p})")
+    _NO_EXIT = (" AND NOT EXISTS (SELECT 1 FROM events WHERE patient_id = {p} "
+                "AND occurred_at > {p} AND kind {kinds})")
+    _CASE_OPEN = (" AND EXISTS (SELECT 1 FROM recovery_cases WHERE id = {p} "
+                  "AND status = 'open')")
+    _HELD = "SELECT 1 FROM touch_points WHERE id = {p} AND status = 'planned' AND claimed_by = {p}"
     _SENT = (
         "UPDATE touch_points SET status = 'sent', reason = NULL, detail = {p}, "
         "updated_at = {p}, finished_at = {p}, provider_message_id = {p}, provider = {p}, "
@@ -447,6 +484,9 @@ class SendPath:
         self.sending_sql = self._SENDING.format(p=mark)
         self.sent_sql = self._SENT.format(p=mark)
         self.history_sql = self._HISTORY.format(p=mark)
+        self.held_sql = self._HELD.format(p=mark)
+        self._mark = mark
+        self._rechecked: dict[tuple[bool, int, bool], str] = {}
         self.history: list[tuple[Any, ...]] = []
         self._raw: Any = None
         self._raw_cursor: Any = None
@@ -456,17 +496,55 @@ class SendPath:
 
     def mark_sending(self, conn: Connection, tp_id: int, *, worker: str, now: datetime,
                      detail: str, channel: str, address: str, provider: str, attempts: int,
-                     template_file: str, content: str) -> bool:
+                     template_file: str, content: str, recheck: Recheck | None = None,
+                     ) -> bool:
+        """``planned → sending``, if the row is still ``worker``'s and, with ``recheck``,
+        what it says still holds; False otherwise."""
         cursor = self._cursor(conn)
         self._flush(cursor)
         at = self._time(now)
-        cursor.execute(self.sending_sql, (
-            detail, at, channel, address, provider, attempts, at, template_file, content,
-            tp_id, worker))
+        params: tuple[Any, ...] = (detail, at, channel, address, provider, attempts, at,
+                                   template_file, content, tp_id, worker)
+        sql = self.sending_sql
+        if recheck is not None:
+            sql = self._recheck_sql(recheck)
+            params += (channel, opt_out_address(channel, address), recheck.purpose)
+            if recheck.appointment is not None:
+                params += recheck.appointment
+            if recheck.exits:
+                params += (recheck.patient_id, self._time(recheck.planned_at), *recheck.exits)
+            if recheck.case_id is not None:
+                params += (recheck.case_id,)
+        cursor.execute(sql, params)
         if cursor.rowcount != 1:
             return False
         self.history.append((tp_id, at, Status.SENDING.value, Status.PLANNED.value, detail))
         return True
+
+    def held(self, conn: Connection, tp_id: int, worker: str) -> bool:
+        """Whether ``tp_id`` is still planned and claimed by ``worker`` (after a
+        conditional mark matched nothing: its recheck failed, it was not taken)."""
+        cursor = self._cursor(conn)
+        cursor.execute(self.held_sql, (tp_id, worker))
+        return cursor.fetchone() is not None
+
+    def _recheck_sql(self, recheck: Recheck) -> str:
+        # (one statement per shape, each kept prepared by the driver; a step has an exit
+        # event or two, bound one by one: cheaper than an array parameter on SQLite)
+        shape = (recheck.appointment is not None, len(recheck.exits),
+                 recheck.case_id is not None)
+        sql = self._rechecked.get(shape)
+        if sql is None:
+            sql = self.sending_sql + self._NOT_OPTED_OUT.format(p=self._mark)
+            if shape[0]:
+                sql += self._SAME_APPOINTMENT.format(p=self._mark)
+            if shape[1]:
+                kinds = f"IN ({', '.join([self._mark] * shape[1])})"
+                sql += self._NO_EXIT.format(p=self._mark, kinds=kinds)
+            if shape[2]:
+                sql += self._CASE_OPEN.format(p=self._mark)
+            self._rechecked[shape] = sql
+        return sql
 
     def mark_sent(self, conn: Connection, tp_id: int, *, expect: str, now: datetime,
                   detail: str | None, provider: str, message_id: str | None) -> bool:
