@@ -218,3 +218,18 @@ def daemon_config(folder: Path) -> Path:
     path = folder / "touchpoint.toml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+# One valid journey about an appointment, with one text: definition tests break or edit it.
+ONE_REMINDER_JOURNEY = """\
+version: 1
+journey: reminders
+trigger: appointment.booked
+steps:
+  - id: two-hours-before
+    when: {before: 2h}
+    channels: [sms]
+    template: reminders/two-hours-before
+"""
+ONE_REMINDER_SMS = ("{{ practice.name }}: see you at {{ appointment.start | time }}, "
+                    "{{ patient.first_name }}. {{ practice.phone }}. STOP to opt out\n")

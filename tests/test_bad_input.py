@@ -30,6 +30,8 @@ from engine.webhooks.app import Services, create_app
 from tests.support import (
     LIBRARY_SCHEDULES,
     LIBRARY_TEMPLATES,
+    ONE_REMINDER_JOURNEY,
+    ONE_REMINDER_SMS,
     Clinic,
     appointment,
     contact,
@@ -322,18 +324,7 @@ def test_a_nul_byte_in_the_header_refuses_the_file(sqlite_url: str, tmp_path: Pa
 # --------------------------------------------------------------------------- definitions
 
 
-JOURNEY = """\
-version: 1
-journey: reminders
-trigger: appointment.booked
-steps:
-  - id: two-hours-before
-    when: {before: 2h}
-    channels: [sms]
-    template: reminders/two-hours-before
-"""
-SMS = ("{{ practice.name }}: see you at {{ appointment.start | time }}, "
-       "{{ patient.first_name }}. {{ practice.phone }}. STOP to opt out\n")
+JOURNEY, SMS = ONE_REMINDER_JOURNEY, ONE_REMINDER_SMS
 LONG_NAME = "r" * 65
 
 

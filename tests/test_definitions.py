@@ -25,24 +25,19 @@ from engine.errors import DefinitionError, TemplateRenderError
 from engine.message_context import practice_fields
 from engine.settings import load_settings
 from engine.sms_segments import is_gsm7
-from tests.support import LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, write_config
+from tests.support import (
+    LIBRARY_SCHEDULES,
+    LIBRARY_TEMPLATES,
+    ONE_REMINDER_JOURNEY,
+    ONE_REMINDER_SMS,
+    write_config,
+)
 
 CHICAGO = ZoneInfo("America/Chicago")
 NO_PLAIN_SPACES = ("\u00a0", "\u202f", "\u2009")  # no-break, narrow no-break, thin
 
 # One valid journey; the diagnostics tests break it one line at a time.
-JOURNEY = """\
-version: 1
-journey: reminders
-trigger: appointment.booked
-steps:
-  - id: two-hours-before
-    when: {before: 2h}
-    channels: [sms]
-    template: reminders/two-hours-before
-"""
-SMS_TEMPLATE = ("{{ practice.name }}: see you at {{ appointment.start | time }}, "
-                "{{ patient.first_name }}. {{ practice.phone }}. STOP to opt out\n")
+JOURNEY, SMS_TEMPLATE = ONE_REMINDER_JOURNEY, ONE_REMINDER_SMS
 
 
 def edit(text: str, old: str, new: str) -> str:

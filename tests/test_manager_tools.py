@@ -35,6 +35,7 @@ from engine.store.schema import events, history, touch_points
 from tests.support import (
     LIBRARY_SCHEDULES,
     LIBRARY_TEMPLATES,
+    ONE_REMINDER_JOURNEY,
     Clinic,
     appointment,
     contact,
@@ -94,16 +95,7 @@ def as_json(result: Result) -> Any:
 # --------------------------------------------------------------------------- validate
 
 # A one-step journey about an appointment, and one that starts when a patient is added.
-REMINDERS = """\
-version: 1
-journey: reminders
-trigger: appointment.booked
-steps:
-  - id: two-hours-before
-    when: {before: 2h}
-    channels: [sms]
-    template: reminders/two-hours-before
-"""
+REMINDERS = ONE_REMINDER_JOURNEY
 HELLO = """\
 version: 1
 journey: hello
@@ -837,6 +829,16 @@ def _import(tmp_path: Path, db: str, now: str = NOW, *, baseline: bool = True) -
     assert run_cli("import", "appointments", "appointments.csv", db=db, now=now).exit_code == 0
 
 
+def _imported_and_run(tmp_path: Path, db: str, library: tuple[Path, Path]) -> tuple[Path, Path]:
+    """The practice imported and one tick run with the copied library; its folders."""
+    write_config(tmp_path)
+    _import(tmp_path, db)
+    schedules, templates = library
+    assert run_cli("run", "--once", db=db, schedules=schedules,
+                   templates=templates).exit_code == 0
+    return schedules, templates
+
+
 def test_forecast_lists_sends_and_skips_with_reasons_and_changes_nothing(
         database_url: str, tmp_path: Path) -> None:
     write_config(tmp_path)
@@ -1084,11 +1086,7 @@ def test_a_step_moved_to_a_moment_already_past_is_skipped_unless_it_catches_up(
 @pytest.mark.slow
 def test_forecast_diff_shows_what_an_edit_changes(
         database_url: str, tmp_path: Path, library: tuple[Path, Path]) -> None:
-    write_config(tmp_path)
-    _import(tmp_path, database_url)
-    schedules, templates = library
-    assert run_cli("run", "--once", db=database_url, schedules=schedules,
-                   templates=templates).exit_code == 0
+    schedules, templates = _imported_and_run(tmp_path, database_url, library)
 
     def forecast_diff(*extra: str) -> Result:
         result = run_cli("forecast", "--diff", *extra, db=database_url, schedules=schedules,
@@ -1145,11 +1143,7 @@ def _ledger_due(database_url: str) -> dict[str, set[datetime]]:
 def test_forecast_diff_says_a_removed_step_will_no_longer_be_sent(
         sqlite_url: str, tmp_path: Path, library: tuple[Path, Path]) -> None:
     database_url = sqlite_url
-    write_config(tmp_path)
-    _import(tmp_path, database_url)
-    schedules, templates = library
-    assert run_cli("run", "--once", db=database_url, schedules=schedules,
-                   templates=templates).exit_code == 0
+    schedules, templates = _imported_and_run(tmp_path, database_url, library)
     assert run_cli("forecast", db=database_url, schedules=schedules,
                    templates=templates).exit_code == 0
     journey = schedules / "pre-visit.yaml"
@@ -1211,11 +1205,7 @@ def test_forecast_diff_compares_with_the_last_full_forecast_not_a_filtered_one(
 
 def test_forecast_diff_compares_only_the_days_both_forecasts_looked_at(
         sqlite_url: str, tmp_path: Path, library: tuple[Path, Path]) -> None:
-    write_config(tmp_path)
-    _import(tmp_path, sqlite_url)
-    schedules, templates = library
-    assert run_cli("run", "--once", db=sqlite_url, schedules=schedules,
-                   templates=templates).exit_code == 0
+    schedules, templates = _imported_and_run(tmp_path, sqlite_url, library)
 
     def forecast(*extra: str) -> Any:
         return as_json(run_cli("forecast", "--json", *extra, db=sqlite_url,
@@ -1232,11 +1222,7 @@ def test_forecast_diff_compares_only_the_days_both_forecasts_looked_at(
 
 def test_forecast_diff_does_not_list_messages_sent_since_as_changes(
         database_url: str, tmp_path: Path, library: tuple[Path, Path]) -> None:
-    write_config(tmp_path)
-    _import(tmp_path, database_url)
-    schedules, templates = library
-    assert run_cli("run", "--once", db=database_url, schedules=schedules,
-                   templates=templates).exit_code == 0
+    schedules, templates = _imported_and_run(tmp_path, database_url, library)
     assert run_cli("forecast", db=database_url, schedules=schedules,
                    templates=templates).exit_code == 0  # foresees the reminders at 10:00 CST
     # The manager moves them to 09:00; the daemon applies the edit and sends them at 09:00.
