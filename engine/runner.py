@@ -246,8 +246,23 @@ class Runner:
                 continue
             planned_steps = {step for j, step, _ in groups if j == name}
             if name in stale_journeys or {s.id for s in journey.steps} - planned_steps:
-                self._replan_journey(conn, journey, now, impact)
+                self._replan_apart(conn, journey, now, impact)
         return impact
+
+    def _replan_apart(self, conn: Connection, journey: Journey, now: datetime,
+                      impact: EditImpact) -> None:
+        """Re-plan one journey after an edit in a savepoint: if one of its rows breaks the
+        re-planning, that journey's pending touch points keep their earlier timing (said
+        in the log), and every other journey and the tick go on."""
+        try:
+            with conn.begin_nested():
+                self._replan_journey(conn, journey, now, impact)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as exc:
+            log.error("schedules changed, but the pending touch points of journey %s could "
+                      "not be re-planned (%s); they keep their earlier timing",
+                      journey.name, planning_error(exc))
 
     def _replan_journey(self, conn: Connection, journey: Journey, now: datetime,
                         impact: EditImpact) -> None:

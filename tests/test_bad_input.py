@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,13 @@ from freezegun import freeze_time
 from sqlalchemy import func, insert, select
 
 from engine import clock
+from engine import runner as runner_module
 from engine.cli import cli
+from engine.definitions import load_definitions
 from engine.definitions.journeys import parse_journey
 from engine.errors import ImportFileError
 from engine.importer import import_patients
+from engine.runner import Runner
 from engine.store.records import append_events
 from engine.store.schema import appointments, events, patients
 from engine.webhooks.app import Services, create_app
@@ -423,4 +427,44 @@ def test_a_touch_point_the_dispatcher_cannot_prepare_is_set_aside_and_the_rest_g
     shown = invoke(*options, "why", str(failed_id))
     assert shown.exit_code == 0, shown.output
     assert "engine_error" in shown.output and "set aside" in shown.output
+    clinic.close()
+
+
+def test_a_journey_whose_pending_rows_cannot_be_replanned_after_an_edit_stops_nothing(
+        database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An edit re-plans pending touch points; if one journey's re-planning breaks, its
+    rows keep their earlier timing, said in the log, and the tick still sends."""
+    schedules, templates = tmp_path / "schedules", tmp_path / "message_templates"
+    shutil.copytree(LIBRARY_SCHEDULES, schedules)
+    shutil.copytree(LIBRARY_TEMPLATES, templates)
+    clinic = Clinic(database_url, tmp_path, schedules=schedules, templates=templates)
+    with freeze_time(NOW):
+        clinic.patients(patient("P1"), baseline=True)
+        clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
+        clinic.tick()
+    before = {tp.step: tp.due_at for tp in clinic.touch_points(journey="pre-visit")}
+    edited = schedules / "pre-visit.yaml"
+    edited.write_text(edited.read_text(encoding="utf-8").replace('at: "10:00"', 'at: "09:00"'),
+                      encoding="utf-8")
+    definitions = load_definitions(schedules, templates, "en").raise_for_errors()
+    real = runner_module.follow_edits
+
+    def breaks_on_pre_visit(journey: Any, *args: Any) -> Any:
+        if journey.name == "pre-visit":
+            raise OverflowError("date value out of range")
+        return real(journey, *args)
+
+    monkeypatch.setattr(runner_module, "follow_edits", breaks_on_pre_visit)
+    runner = Runner(clinic.db, clinic.settings, definitions,
+                    {"sms": clinic.sms, "email": clinic.email})
+    with freeze_time(NOW), caplog.at_level("ERROR", logger="touchpoint.runner"):
+        clinic.patients(patient("P2", phone="(312) 555-0102"))
+        report = runner.tick()
+    assert report.dispatch.sent == 1  # P2's welcome
+    assert [m.to for m in clinic.sms.sent][-1] == "+13125550102"
+    assert {tp.step: tp.due_at for tp in clinic.touch_points(journey="pre-visit")} == before
+    assert "pending touch points of journey pre-visit could not be re-planned " \
+           "(OverflowError: date value out of range); they keep their earlier timing" \
+        in caplog.text
     clinic.close()
