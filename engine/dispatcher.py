@@ -71,6 +71,7 @@ from engine.store.database import Database
 from engine.store.ledger import TouchPoint
 from engine.store.locks import serialise
 from engine.store.records import (
+    PlannedSend,
     RecentSend,
     add_opt_out,
     latest_events,
@@ -80,12 +81,17 @@ from engine.store.records import (
     load_referrers,
     next_booked,
     opted_out,
+    planned_sends,
     recent_sends,
     visit_numbers,
 )
 from engine.timing import QuietHours, zone
 
 log = logging.getLogger("touchpoint.dispatch")
+
+# How far ahead exemption mode looks for planned texts a limit must keep room for: the
+# week a text falls in, and a day more for the recipient's local day.
+LOOK_AHEAD = timedelta(days=8)
 
 
 def new_worker_id() -> str:
@@ -123,10 +129,14 @@ class Snapshot:
     contacts: Mapping[int, list[Contact]] = field(default_factory=dict)
     referrers: Mapping[int, Referrer] = field(default_factory=dict)
     cases: Mapping[int, Case] = field(default_factory=dict)
+    # exemption mode: each patient's texts still planned, by touch point id (look-ahead)
+    planned: dict[int, dict[int, PlannedSend]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, conn: Connection, batch: Iterable[TouchPoint], definitions: Definitions,
-             now: datetime) -> Snapshot:
+             now: datetime, caps: FrequencyCaps | None = None) -> Snapshot:
+        """``caps`` in exemption mode: also the batch's patients' texts planned in the
+        next :data:`LOOK_AHEAD` (one query), for the look-ahead."""
         batch = list(batch)
         patient_ids = {tp.patient_id for tp in batch if tp.patient_id is not None}
         exit_kinds = {rule.event for journey in definitions.journeys.values()
@@ -157,9 +167,37 @@ class Snapshot:
                               for s in found]
                  for patient_id, found in recent_sends(conn, patient_ids,
                                                        now - timedelta(days=8)).items()}
-        return cls(patients, appointments, upcoming, numbers, opted_out(conn, addresses),
-                   latest_events(conn, patient_ids, exit_kinds), sends, contacts,
-                   referrers, _load_cases(conn, case_ids))
+        snapshot = cls(patients, appointments, upcoming, numbers, opted_out(conn, addresses),
+                       latest_events(conn, patient_ids, exit_kinds), sends, contacts,
+                       referrers, _load_cases(conn, case_ids))
+        if caps is not None and caps.mode == "exemption":
+            snapshot.expect((p for found in planned_sends(
+                conn, patient_ids, now + LOOK_AHEAD).values() for p in found), definitions)
+        return snapshot
+
+    def expect(self, planned: Iterable[PlannedSend], definitions: Definitions) -> None:
+        """Keep, ranked by priority, the planned touch points that would go by text (the
+        step's first channel, or the one a retry goes back to)."""
+        for item in planned:
+            journey = definitions.journey(item.journey)
+            step = journey.step(item.step) if journey is not None else None
+            if journey is None or step is None:
+                continue  # cancelled when it comes due
+            channel = item.channel if item.channel in step.channels else step.channels[0]
+            if channel == "sms":
+                self.planned.setdefault(item.patient_id, {})[item.id] = replace(
+                    item, priority=journey.priority_of(step))
+
+    def moved(self, tp: TouchPoint, due_at: datetime | None) -> None:
+        """``tp`` was deferred to ``due_at``, or settled (None): it no longer holds its
+        planned slot (a sent one counts among ``sends``)."""
+        if tp.patient_id is None or tp.id not in self.planned.get(tp.patient_id, {}):
+            return
+        found = self.planned[tp.patient_id]
+        if due_at is None:
+            del found[tp.id]
+        else:
+            found[tp.id] = replace(found[tp.id], due_at=due_at)
 
     def sent(self, patient_id: int, purpose: str, channel: str, at: datetime,
              recipient: str = PATIENT, priority: int = PRIORITIES["nudge"]) -> None:
@@ -195,7 +233,8 @@ class Snapshot:
                       self.latest_events.get(tp.patient_id, {}), self.opt_outs, now, quiet,
                       practice_timezone, self.sends.get(tp.patient_id, []), caps,
                       recipient=recipient,
-                      case_open=case.is_open if case is not None else None), recipient
+                      case_open=case.is_open if case is not None else None,
+                      planned=list(self.planned.get(tp.patient_id, {}).values())), recipient
 
     def case(self, tp: TouchPoint) -> Case | None:
         _, _, ident = tp.anchor.partition(":")
@@ -322,7 +361,7 @@ class Dispatcher:
 
     def _snapshot(self, batch: list[TouchPoint]) -> Snapshot:
         with self._tx() as conn:
-            return Snapshot.load(conn, batch, self.definitions, clock.now())
+            return Snapshot.load(conn, batch, self.definitions, clock.now(), self.caps)
 
     # ------------------------------------------------------------------ one touch point
 
@@ -349,6 +388,7 @@ class Dispatcher:
             assert step is not None
             assert recipient is not None
             self._send(tp, journey, step, patient, recipient, appointment, snapshot, decision)
+        snapshot.moved(tp, decision.until if isinstance(decision, Defer) else None)
 
     def _send(self, tp: TouchPoint, journey: Journey, step: Step, patient: Patient,
               recipient: Recipient, appointment: Appointment | None, snapshot: Snapshot,
