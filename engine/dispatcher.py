@@ -10,7 +10,8 @@ For each due touch point, in order of due time:
 5. the first of the step's channels with a contact, consent and no opt-out, within the
    limits (``caps``), is chosen (else ``skipped`` with the first channel's reason, every
    channel's in the detail; held by a limit alone, deferred to when it has room, or
-   ``skipped``: frequency_cap if that is past the deadline);
+   ``skipped``: frequency_cap if that is past the deadline; in exemption mode the limits
+   keep room for the higher-priority texts planned, read with the batch's snapshot);
 6. the message is rendered and the row marked ``sending`` — **committed before the
    provider is called**, so a crash can never lead to a blind re-send;
 7. the provider's answer is recorded: ``sent``; a transient error is retried by the

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from engine import clock
 from engine.cli import cli
 from engine.definitions.journeys import PRIORITIES, Journey, Step, parse_journey
+from engine.dispatcher import Snapshot
 from engine.guards import (
     Defer,
     FrequencyCaps,
@@ -599,5 +600,38 @@ def test_exemption_mode_a_reminder_due_later_that_day_goes_and_the_nudge_waits(
         assert [(h.reason, h.detail) for h in clinic.history(nudge) if h.kind == "deferred"] \
             == [("frequency_cap", "sms: 0 text(s) today and 1 of a higher priority planned "
                                   "that day (cap 1 a day); deferred")]
+    finally:
+        clinic.close()
+
+
+def test_the_snapshot_reads_the_planned_texts_only_in_exemption_mode(
+        database_url: str, tmp_path: Path) -> None:
+    """The batch's patients' planned texts, ranked; not a step that emails first, not
+    another patient's; a touch point deferred or settled in the batch moves or leaves."""
+    email_first = ONE_NUDGE.replace("journey: check-in", "journey: email-first") \
+        .replace("channels: [sms]", "channels: [email, sms]")
+    schedules = write_schedules(tmp_path, ONE_REMINDER, ONE_NUDGE, email_first)
+    clinic = Clinic(database_url, tmp_path, schedules=schedules)
+    try:
+        clock.set_now(utc("2026-11-02T06:00:00-06:00"))
+        clinic.patients(patient("P1"), patient("P2", phone="(312) 555-0102"))
+        clinic.appointments(appointment("A1", "P1", "2026-11-02T17:00:00-06:00"))
+        clinic.tick()  # plans them; nothing is due yet
+        nudge = clinic.one("check-in", "nudge", patient_id=1)
+        with clinic.db.transaction() as conn:
+            consent = Snapshot.load(conn, [nudge], clinic.definitions, clock.now(),
+                                    FrequencyCaps())
+            exemption = Snapshot.load(conn, [nudge], clinic.definitions, clock.now(),
+                                      FrequencyCaps(mode="exemption"))
+        assert consent.planned == {}
+        assert set(exemption.planned) == {1}
+        assert sorted((p.journey, p.step, p.due_at, p.priority)
+                      for p in exemption.planned[1].values()) == [
+            ("check-in", "nudge", utc("2026-11-02T09:00:00-06:00"), PRIORITIES["nudge"]),
+            ("visit", "two-hours", utc("2026-11-02T15:00:00-06:00"), PRIORITIES["reminder"])]
+        exemption.moved(nudge, utc("2026-11-03T08:00:00-06:00"))
+        assert exemption.planned[1][nudge.id].due_at == utc("2026-11-03T08:00:00-06:00")
+        exemption.moved(nudge, None)
+        assert [p.step for p in exemption.planned[1].values()] == ["two-hours"]
     finally:
         clinic.close()
