@@ -220,21 +220,22 @@ _WEEK = timedelta(days=7)
 
 def _exemption_full(at: datetime, sent: Sequence[datetime], ahead: Sequence[datetime],
                     caps: FrequencyCaps, timezone: str) -> str | None:
-    """Why one more text at ``at`` would break an exemption limit, or None: ``sent`` are
-    the recipient's texts so far, ``ahead`` the higher-priority ones planned (those before
-    ``at`` taken as sent by then). The text must fit in its local day and in every 7-day
-    window it falls in — the one ending at ``at`` and each ending at a planned one."""
+    """Why one more text at ``at`` would break the exemption limits (each one it would
+    break), or None: ``sent`` are the recipient's texts so far, ``ahead`` the
+    higher-priority ones planned (those before ``at`` taken as sent by then). The text
+    must fit in its local day and in every 7-day window it falls in — the one ending at
+    ``at`` and each ending at a planned one."""
     tz = zone(timezone)
     day = at.astimezone(tz).date()
+    broken = []
     cap = caps.transactional_sms_per_day
     if cap:
         sent_today = sum(1 for t in sent if t.astimezone(tz).date() == day)
         planned_today = sum(1 for t in ahead if t.astimezone(tz).date() == day)
         if sent_today + planned_today >= cap:
-            counted = f"{sent_today} text(s) today" + (
+            broken.append(f"{sent_today} text(s) today" + (
                 f" and {planned_today} of a higher priority planned that day"
-                if planned_today else "")
-            return f"sms: {counted} (cap {cap} a day)"
+                if planned_today else "") + f" (cap {cap} a day)")
     cap = caps.transactional_sms_per_week
     if cap:
         for end in [at, *sorted(t for t in ahead if at < t < at + _WEEK)]:
@@ -242,12 +243,12 @@ def _exemption_full(at: datetime, sent: Sequence[datetime], ahead: Sequence[date
             planned_in = sum(1 for t in ahead if end - _WEEK < t <= end)
             if sent_in + planned_in < cap:
                 continue
-            if not planned_in:
-                return f"sms: {sent_in} texts in the last 7 days (cap {cap} a week)"
-            return (f"sms: {sent_in} text(s) sent and {planned_in} of a higher priority "
-                    f"planned in the 7 days to {end.astimezone(tz):%Y-%m-%d %H:%M} "
-                    f"(cap {cap} a week)")
-    return None
+            broken.append(
+                f"{sent_in} texts in the last 7 days (cap {cap} a week)" if not planned_in
+                else f"{sent_in} text(s) sent and {planned_in} of a higher priority planned "
+                     f"in the 7 days to {end.astimezone(tz):%Y-%m-%d %H:%M} (cap {cap} a week)")
+            break
+    return "sms: " + "; ".join(broken) if broken else None
 
 
 def _exemption_room(now: datetime, sent: Sequence[datetime], ahead: Sequence[datetime],
