@@ -635,3 +635,30 @@ def test_the_snapshot_reads_the_planned_texts_only_in_exemption_mode(
         assert [p.step for p in exemption.planned[1].values()] == ["two-hours"]
     finally:
         clinic.close()
+
+
+def test_exemption_mode_a_nudge_waits_for_a_week_with_room_for_three_planned_reminders(
+        database_url: str, tmp_path: Path) -> None:
+    """Visits Mon, Wed and Fri at 12:00 (reminders at 10:00) fill the 3-a-week limit: the
+    nudge due Sunday 09:00 waits until Monday's reminder is a week old, and every
+    reminder goes."""
+    nudge = ONE_NUDGE.replace("expires_after: 2d", "expires_after: 14d")
+    clinic = Clinic(database_url, tmp_path, schedules=write_schedules(
+        tmp_path, ONE_REMINDER, nudge), config_extra='\n[caps]\nmode = "exemption"\n')
+    try:
+        clock.set_now(utc("2026-11-01T06:00:00-06:00"))
+        clinic.patients(patient("P1", email=""))
+        clinic.appointments(*(appointment(f"A{day}", "P1", f"2026-11-0{day}T12:00:00-06:00")
+                              for day in (2, 4, 6)))
+        clinic.run_until(utc("2026-11-09T11:00:00-06:00"), timedelta(hours=1))
+        sent = [(tp.sending_at, tp.step) for tp in clinic.touch_points()
+                if tp.status == Status.SENT]
+        assert sent == [
+            *((utc(f"2026-11-0{day}T10:00:00-06:00"), "two-hours") for day in (2, 4, 6)),
+            (utc("2026-11-09T10:00:00-06:00"), "nudge")]
+        held = clinic.one("check-in", "nudge")
+        assert [h.detail for h in clinic.history(held) if h.kind == "deferred"] == [
+            "sms: 0 text(s) sent and 3 of a higher priority planned in the 7 days to "
+            "2026-11-06 10:00 (cap 3 a week); deferred"]
+    finally:
+        clinic.close()
