@@ -10,7 +10,8 @@ For each due touch point, in order of due time:
 5. the first of the step's channels with a contact, consent and no opt-out, within the
    limits (``caps``), is chosen (else ``skipped`` with the first channel's reason, every
    channel's in the detail; held by a limit alone, deferred to when it has room, or
-   ``skipped``: frequency_cap if that is past the deadline);
+   ``skipped``: frequency_cap if that is past the deadline; in exemption mode the limits
+   keep room for the higher-priority texts planned, read with the batch's snapshot);
 6. the message is rendered and the row marked ``sending`` — **committed before the
    provider is called**, so a crash can never lead to a blind re-send. The mark itself
    re-checks what steps 3 and 5 read from the batch's snapshot (the appointment's status
@@ -84,6 +85,7 @@ from engine.store.database import Database
 from engine.store.ledger import TouchPoint
 from engine.store.locks import serialise
 from engine.store.records import (
+    PlannedSend,
     RecentSend,
     add_opt_out,
     latest_events,
@@ -93,6 +95,7 @@ from engine.store.records import (
     load_referrers,
     next_booked,
     opted_out,
+    planned_sends,
     recent_sends,
     visit_numbers,
 )
@@ -104,6 +107,9 @@ log = logging.getLogger("touchpoint.dispatch")
 # what they read keeps changing under its ``sending`` mark; then it waits for its claim to
 # expire and is claimed again.
 RECHECKS = 3
+# How far ahead exemption mode looks for planned texts a limit must keep room for: the
+# week a text falls in, and a day more for the recipient's local day.
+LOOK_AHEAD = timedelta(days=8)
 
 
 def new_worker_id() -> str:
@@ -143,10 +149,14 @@ class Snapshot:
     cases: Mapping[int, Case] = field(default_factory=dict)
     # (journey, step) → its patient-scoped exit events, and whether resolving a case ends it
     exits: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = field(default_factory=dict)
+    # exemption mode: each patient's texts still planned, by touch point id (look-ahead)
+    planned: dict[int, dict[int, PlannedSend]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, conn: Connection, batch: Iterable[TouchPoint], definitions: Definitions,
-             now: datetime) -> Snapshot:
+             now: datetime, caps: FrequencyCaps | None = None) -> Snapshot:
+        """``caps`` in exemption mode: also the batch's patients' texts planned in the
+        next :data:`LOOK_AHEAD` (one query), for the look-ahead."""
         batch = list(batch)
         patient_ids = {tp.patient_id for tp in batch if tp.patient_id is not None}
         exit_kinds = {rule.event for journey in definitions.journeys.values()
@@ -177,9 +187,37 @@ class Snapshot:
                               for s in found]
                  for patient_id, found in recent_sends(conn, patient_ids,
                                                        now - timedelta(days=8)).items()}
-        return cls(patients, appointments, upcoming, numbers, opted_out(conn, addresses),
-                   latest_events(conn, patient_ids, exit_kinds), sends, contacts,
-                   referrers, _load_cases(conn, case_ids))
+        snapshot = cls(patients, appointments, upcoming, numbers, opted_out(conn, addresses),
+                       latest_events(conn, patient_ids, exit_kinds), sends, contacts,
+                       referrers, _load_cases(conn, case_ids))
+        if caps is not None and caps.mode == "exemption":
+            snapshot.expect((p for found in planned_sends(
+                conn, patient_ids, now + LOOK_AHEAD).values() for p in found), definitions)
+        return snapshot
+
+    def expect(self, planned: Iterable[PlannedSend], definitions: Definitions) -> None:
+        """Keep, ranked by priority, the planned touch points that would go by text (the
+        step's first channel, or the one a retry goes back to)."""
+        for item in planned:
+            journey = definitions.journey(item.journey)
+            step = journey.step(item.step) if journey is not None else None
+            if journey is None or step is None:
+                continue  # cancelled when it comes due
+            channel = item.channel if item.channel in step.channels else step.channels[0]
+            if channel == "sms":
+                self.planned.setdefault(item.patient_id, {})[item.id] = replace(
+                    item, priority=journey.priority_of(step))
+
+    def moved(self, tp: TouchPoint, due_at: datetime | None) -> None:
+        """``tp`` was deferred to ``due_at``, or settled (None): it no longer holds its
+        planned slot (a sent one counts among ``sends``)."""
+        if tp.patient_id is None or tp.id not in self.planned.get(tp.patient_id, {}):
+            return
+        found = self.planned[tp.patient_id]
+        if due_at is None:
+            del found[tp.id]
+        else:
+            found[tp.id] = replace(found[tp.id], due_at=due_at)
 
     def sent(self, patient_id: int, purpose: str, channel: str, at: datetime,
              recipient: str = PATIENT, priority: int = PRIORITIES["nudge"]) -> None:
@@ -215,7 +253,8 @@ class Snapshot:
                       self.latest_events.get(tp.patient_id, {}), self.opt_outs, now, quiet,
                       practice_timezone, self.sends.get(tp.patient_id, []), caps,
                       recipient=recipient,
-                      case_open=case.is_open if case is not None else None), recipient
+                      case_open=case.is_open if case is not None else None,
+                      planned=list(self.planned.get(tp.patient_id, {}).values())), recipient
 
     def recheck(self, tp: TouchPoint, journey: Journey, step: Step) -> ledger.Recheck:
         """What the guards read here for ``tp`` that must be unchanged when it is marked
@@ -361,7 +400,7 @@ class Dispatcher:
 
     def _snapshot(self, batch: list[TouchPoint]) -> Snapshot:
         with self._tx() as conn:
-            return Snapshot.load(conn, batch, self.definitions, clock.now())
+            return Snapshot.load(conn, batch, self.definitions, clock.now(), self.caps)
 
     # ------------------------------------------------------------------ one touch point
 
@@ -380,6 +419,7 @@ class Dispatcher:
             assert step is not None
             assert recipient is not None
             self._send(tp, journey, step, patient, recipient, appointment, snapshot, decision)
+        snapshot.moved(tp, decision.until if isinstance(decision, Defer) else None)
 
     def _handle_apart(self, tp: TouchPoint, snapshot: Snapshot) -> None:
         """:meth:`handle`, but one touch point the engine cannot work with (a value that

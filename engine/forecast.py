@@ -46,6 +46,7 @@ from engine.settings import Settings
 from engine.store.database import Database
 from engine.store.ledger import TouchPoint, touch_point_from_row
 from engine.store.records import (
+    PlannedSend,
     get_state,
     load_contacts,
     load_patients,
@@ -176,6 +177,12 @@ def _virtual(planned: Planned, number: int, now: datetime) -> TouchPoint:
         finished_at=None, planned_at=now, updated_at=now)
 
 
+def _planned_send(tp: TouchPoint) -> PlannedSend:
+    assert tp.patient_id is not None
+    return PlannedSend(tp.id, tp.patient_id, tp.recipient, tp.journey, tp.step, tp.purpose,
+                       tp.channel, tp.due_at)
+
+
 class _Forecaster:
     def __init__(self, conn: Connection, runner: Runner, now: datetime, until: datetime) -> None:
         self.conn = conn
@@ -219,6 +226,10 @@ class _Forecaster:
         for event in sorted(events, key=lambda e: (e.occurred_at, e.id)):
             self._plan(event, live)
         self.snapshot = Snapshot.load(self.conn, live.values(), self.definitions, self.now)
+        if self.caps.mode == "exemption":  # the look-ahead sees the forecast's own plan
+            self.snapshot.expect((_planned_send(tp) for tp in live.values()
+                                  if tp.patient_id is not None
+                                  and tp.purpose == "transactional"), self.definitions)
         queue = [(tp.due_at, next(self.counter), tp) for tp in live.values()]
         heapq.heapify(queue)
         while queue:
@@ -327,6 +338,7 @@ class _Forecaster:
         decision, recipient = self.snapshot.decide(tp, journey, step, at,
                                                    self.runner.rules.quiet_hours,
                                                    self.practice_tz, self.caps)
+        self.snapshot.moved(tp, decision.until if isinstance(decision, Defer) else None)
         if isinstance(decision, Defer):
             if decision.reason == Reason.FREQUENCY_CAP:
                 self.held.setdefault(_key_of(tp), (tp.journey, tp.step, at))

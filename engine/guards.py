@@ -20,9 +20,13 @@ The limits (per recipient; 0 means none):
   step priority — a nudge never takes the place of a question or a reminder — and a
   reminder (priority ``reminder`` or higher) is never held;
 * ``exemption`` mode (a practice texting without consent, under the FCC healthcare
-  exemption): transactional texts only, at most 160 characters
-  (:func:`exemption_length_refusal`), ``caps.transactional_sms_per_day`` a local day and
-  ``caps.transactional_sms_per_week`` in 7 days, whatever their priority;
+  exemption): transactional texts only — no SMS consent needed, marketing refused — at
+  most 160 characters (:func:`exemption_length_refusal`),
+  ``caps.transactional_sms_per_day`` a local day and ``caps.transactional_sms_per_week``
+  in 7 days. A text counts against them besides what was sent, the texts of a higher
+  priority already planned for the same recipient (*look-ahead*): a nudge that would
+  leave too few slots for a reminder due later that day, or that week, waits for a day
+  and a week with room — a visit's reminder is never the one dropped for a nudge;
 * both: ``caps.marketing_per_week`` marketing messages (any channel) in 7 days.
 """
 
@@ -37,7 +41,7 @@ from engine.definitions.journeys import PRIORITIES, Journey, Step
 from engine.outcomes import Reason, Status
 from engine.records import Appointment, Patient, Recipient
 from engine.store.ledger import TouchPoint
-from engine.store.records import RecentSend
+from engine.store.records import PlannedSend, RecentSend
 from engine.timing import QuietHours, at_local, zone
 
 # What state the anchor appointment must still be in, by the journey's trigger.
@@ -211,12 +215,69 @@ def _room_in_week(times: Sequence[datetime], cap: int) -> datetime:
     return ordered[len(ordered) - cap] + timedelta(days=7)
 
 
+_WEEK = timedelta(days=7)
+
+
+def _exemption_full(at: datetime, sent: Sequence[datetime], ahead: Sequence[datetime],
+                    caps: FrequencyCaps, timezone: str) -> str | None:
+    """Why one more text at ``at`` would break the exemption limits (each one it would
+    break), or None: ``sent`` are the recipient's texts so far, ``ahead`` the
+    higher-priority ones planned (those before ``at`` taken as sent by then). The text
+    must fit in its local day and in every 7-day window it falls in — the one ending at
+    ``at`` and each ending at a planned one."""
+    tz = zone(timezone)
+    day = at.astimezone(tz).date()
+    broken = []
+    cap = caps.transactional_sms_per_day
+    if cap:
+        sent_today = sum(1 for t in sent if t.astimezone(tz).date() == day)
+        planned_today = sum(1 for t in ahead if t.astimezone(tz).date() == day)
+        if sent_today + planned_today >= cap:
+            broken.append(f"{sent_today} text(s) today" + (
+                f" and {planned_today} of a higher priority planned that day"
+                if planned_today else "") + f" (cap {cap} a day)")
+    cap = caps.transactional_sms_per_week
+    if cap:
+        for end in [at, *sorted(t for t in ahead if at < t < at + _WEEK)]:
+            sent_in = sum(1 for t in sent if end - _WEEK < t <= end)
+            planned_in = sum(1 for t in ahead if end - _WEEK < t <= end)
+            if sent_in + planned_in < cap:
+                continue
+            broken.append(
+                f"{sent_in} texts in the last 7 days (cap {cap} a week)" if not planned_in
+                else f"{sent_in} text(s) sent and {planned_in} of a higher priority planned "
+                     f"in the 7 days to {end.astimezone(tz):%Y-%m-%d %H:%M} (cap {cap} a week)")
+            break
+    return "sms: " + "; ".join(broken) if broken else None
+
+
+def _exemption_room(now: datetime, sent: Sequence[datetime], ahead: Sequence[datetime],
+                    caps: FrequencyCaps, timezone: str) -> datetime:
+    """The first moment after ``now`` a text fits the exemption limits, the planned texts
+    going as planned. Only a new local day or a text leaving a 7-day window makes room;
+    a local day over 7 days after the last text, sent or planned, always has it."""
+    others = [*sent, *ahead]
+    last = max([now, *others]) + _WEEK
+    candidates = {t + _WEEK for t in others if t + _WEEK > now}
+    day = _next_local_day(now, timezone)
+    while True:
+        candidates.add(day)
+        if day > last:
+            break
+        day = _next_local_day(day, timezone)
+    ordered = sorted(candidates)
+    return next((t for t in ordered if _exemption_full(t, sent, ahead, caps, timezone) is None),
+                ordered[-1])
+
+
 def cap_refusal(channel: str, purpose: str, sends: Sequence[RecentSend], now: datetime,
                 caps: FrequencyCaps, timezone: str,
-                priority: int = PRIORITIES["nudge"]) -> Held | None:
+                priority: int = PRIORITIES["nudge"],
+                ahead: Sequence[datetime] = ()) -> Held | None:
     """Whether another ``purpose`` message of ``priority`` by ``channel`` would exceed a
-    limit, given what the recipient was sent (``sends``); the local day is
-    ``timezone``'s."""
+    limit, given what the recipient was sent (``sends``) and, in exemption mode, when the
+    texts of a higher priority planned for them are due (``ahead``, none before ``now``);
+    the local day is ``timezone``'s."""
     week = [s for s in sends if s.at > now - timedelta(days=7)]
     if purpose == "marketing":
         marketing = [s.at for s in week if s.purpose == "marketing"]
@@ -241,15 +302,10 @@ def cap_refusal(channel: str, purpose: str, sends: Sequence[RecentSend], now: da
     if purpose == "marketing":
         return None  # (refused outright in exemption mode: channel_refusal)
     texts = [s.at for s in week if s.purpose == "transactional" and s.channel == "sms"]
-    sent_today = sum(1 for at in texts if at.astimezone(tz).date() == today)
-    if caps.transactional_sms_per_day and sent_today >= caps.transactional_sms_per_day:
-        return Held(f"sms: {sent_today} text(s) today (cap "
-                    f"{caps.transactional_sms_per_day} a day)", _next_local_day(now, timezone))
-    if caps.transactional_sms_per_week and len(texts) >= caps.transactional_sms_per_week:
-        return Held(f"sms: {len(texts)} texts in the last 7 days "
-                    f"(cap {caps.transactional_sms_per_week} a week)",
-                    _room_in_week(texts, caps.transactional_sms_per_week))
-    return None
+    why = _exemption_full(now, texts, ahead, caps, timezone)
+    if why is None:
+        return None
+    return Held(why, _exemption_room(now, texts, ahead, caps, timezone))
 
 
 def exemption_length_refusal(channel: str, body: str, caps: FrequencyCaps | None) -> str | None:
@@ -272,7 +328,10 @@ def channel_refusal(channel: str, patient: Patient | Recipient, purpose: str,
     if "all" in opted or purpose in opted:
         return Reason.OPTED_OUT, f"{channel}: the address opted out ({', '.join(sorted(opted))})"
     consent = patient.sms_consent if channel == "sms" else patient.email_consent
-    if not consent:
+    # the healthcare exemption is for texting without prior express consent
+    exempt = channel == "sms" and purpose != "marketing" and caps is not None \
+        and caps.mode == "exemption"
+    if not consent and not exempt:
         return Reason.NO_CONSENT, f"{channel}: no {channel} consent"
     if purpose == "marketing" and not patient.marketing_consent:
         return Reason.NO_CONSENT, f"{channel}: no marketing consent"
@@ -288,12 +347,13 @@ def decide(tp: TouchPoint, journey: Journey | None, step: Step | None, patient: 
            opt_outs: Mapping[tuple[str, str], set[str]], now: datetime, quiet: QuietHours,
            practice_timezone: str, sends: Sequence[RecentSend] = (),
            caps: FrequencyCaps | None = None, *, recipient: Recipient | None = None,
-           case_open: bool | None = None) -> Decision:
+           case_open: bool | None = None, planned: Sequence[PlannedSend] = ()) -> Decision:
     """Every send-time guard, in order. The dispatcher acts on it; forecast reports it.
 
     ``recipient`` is who the touch point addresses (default: the patient): their
     timezone, contacts, consents and opt-outs are the ones checked, and ``sends`` are
-    counted for them alone.
+    counted for them alone. ``planned``: the patient's texts still planned (exemption
+    mode); those of a higher priority for the same recipient keep their slots.
     """
     if journey is None or step is None:
         reason = Reason.JOURNEY_REMOVED if journey is None else Reason.STEP_REMOVED
@@ -317,10 +377,13 @@ def decide(tp: TouchPoint, journey: Journey | None, step: Step | None, patient: 
         channels = channels[channels.index(tp.channel):]
     own = [s for s in sends if s.recipient == tp.recipient]
     priority = journey.priority_of(step)
+    ahead = [max(p.due_at, now) for p in planned
+             if p.recipient == tp.recipient and p.id != tp.id and p.priority > priority]
     for channel in channels:
         refusal = channel_refusal(channel, person, tp.purpose, opt_outs, caps)
         if refusal is None and caps is not None:
-            held = cap_refusal(channel, tp.purpose, own, now, caps, timezone, priority)
+            held = cap_refusal(channel, tp.purpose, own, now, caps, timezone, priority,
+                               ahead)
             if held is not None:
                 holds.append(held)
                 refusal = Reason.FREQUENCY_CAP, held.detail

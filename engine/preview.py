@@ -23,9 +23,9 @@ from engine.channels.base import Channel, OutboundMessage
 from engine.definitions import Definitions
 from engine.definitions.diagnostics import did_you_mean
 from engine.definitions.journeys import Journey, Step
-from engine.dispatcher import Dispatcher
+from engine.dispatcher import Dispatcher, caps_from
 from engine.errors import NotFound, TemplateRenderError, UserError
-from engine.guards import address_for, channel_refusal
+from engine.guards import FrequencyCaps, address_for, channel_refusal
 from engine.importer import normalise_email, normalise_phone
 from engine.message_context import message_context, practice_fields
 from engine.planner import Anchor, PlanningRules, appointment_anchor, deadline, due_time
@@ -230,7 +230,7 @@ def preview(definitions: Definitions, settings: Settings, journey_name: str, ste
             custom_fields=settings.referrals.allowed_fields if to_referrer else None)
         for channel in step.channels:
             entry.messages.append(_render(definitions, step, channel, person.language, context,
-                                          tz, person, journey.purpose))
+                                          tz, person, journey.purpose, caps_from(settings)))
     return result
 
 
@@ -290,13 +290,13 @@ def _local(instant: datetime, tz: Any) -> str:
 
 def _render(definitions: Definitions, step: Step, channel: str, language: str | None,
             context: dict[str, Any], tz: Any, person: Recipient | None,
-            purpose: str) -> RenderedPreview:
+            purpose: str, caps: FrequencyCaps | None = None) -> RenderedPreview:
     templates = definitions.templates
     resolved = templates.resolve(step.template, channel, language)
     file, used = resolved if resolved else ("(missing)", language or "")
     note = None
     if person is not None:
-        refusal = channel_refusal(channel, person, purpose, {})
+        refusal = channel_refusal(channel, person, purpose, {}, caps)
         address = address_for(person, channel)
         note = f"not usable: {refusal[1]}" if refusal else f"to {mask_address(address)}"
     try:

@@ -122,8 +122,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("caps.mode", "TOUCHPOINT_CAP_MODE",
             "consent: texts go with the patient's consent on file, within the courtesy limit "
             "caps.sms_per_day; exemption: the practice texts without consent, under the FCC "
-            "healthcare exemption (transactional texts only, at most 160 characters, "
-            "caps.transactional_sms_per_day and _per_week).", "consent"),
+            "healthcare exemption (transactional texts only, no SMS consent needed, at most "
+            "160 characters, caps.transactional_sms_per_day and _per_week, counting the "
+            "higher-priority texts planned so a nudge never takes a reminder's slot).",
+            "consent"),
     Setting("caps.sms_per_day", "TOUCHPOINT_CAP_SMS_PER_DAY",
             "Consent mode: courtesy limit on texts per recipient per local day; a text "
             "waits for the next day when as many of the same or a higher step priority went "

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -18,11 +20,21 @@ from click.testing import CliRunner
 from engine import clock
 from engine.cli import cli
 from engine.definitions.journeys import PRIORITIES, Journey, Step, parse_journey
-from engine.guards import Defer, FrequencyCaps, Held, Verdict, cap_refusal, decide
+from engine.dispatcher import Snapshot
+from engine.guards import (
+    Defer,
+    FrequencyCaps,
+    Held,
+    Send,
+    Verdict,
+    cap_refusal,
+    channel_refusal,
+    decide,
+)
 from engine.outcomes import Status
 from engine.records import Patient
 from engine.store.ledger import TouchPoint
-from engine.store.records import RecentSend
+from engine.store.records import PlannedSend, RecentSend
 from engine.timing import QuietHours
 from tests.support import (
     LIBRARY_SCHEDULES,
@@ -419,3 +431,234 @@ def test_validate_warns_of_texts_exemption_mode_would_not_send(tmp_path: Path,
                         "or it is skipped)"),
         ("welcome.es.sms.j2", "in exemption mode marketing texts are never sent"),
         ("welcome.sms.j2", "in exemption mode marketing texts are never sent")]
+
+
+# --------------------------------------------------------------------------- exemption mode
+
+
+def planned_text(tp_id: int, due: str, priority: int = PRIORITIES["reminder"],
+                 recipient: str = "patient") -> PlannedSend:
+    return PlannedSend(tp_id, 1, recipient, "pre-visit", "two-hours-before", "transactional",
+                       None, utc(due), priority)
+
+
+def patient_in(timezone: str, **fields: bool) -> Patient:
+    return replace(chicago_patient(), timezone=timezone, **fields)
+
+
+def test_exemption_look_ahead_a_nudge_leaves_the_days_one_text_to_a_later_reminder() -> None:
+    caps = FrequencyCaps(mode="exemption")
+    now = utc("2026-11-02T09:00:00-06:00")
+    tp = planned_touch_point(due=now, expires=now + timedelta(days=2))
+    reminder = planned_text(7, "2026-11-02T15:00:00-06:00")
+    decision = decide(tp, *nudge_journey(), chicago_patient(), None, {}, {}, now,
+                      QuietHours(), "America/Chicago", (), caps, planned=[reminder])
+    assert decision == Defer(utc("2026-11-03T08:00:00-06:00"),
+                             "sms: 0 text(s) today and 1 of a higher priority planned that "
+                             "day (cap 1 a day); deferred", "frequency_cap")
+    # the same nudge with a deadline before then is skipped, never the reminder
+    short = planned_touch_point(due=now, expires=now + timedelta(hours=12))
+    skipped = decide(short, *nudge_journey(), chicago_patient(), None, {}, {}, now,
+                     QuietHours(), "America/Chicago", (), caps, planned=[reminder])
+    assert isinstance(skipped, Verdict) and skipped.reason == "frequency_cap"
+    # what ranks the same or lower, is planned for someone else or another day, or the
+    # touch point itself, keeps no slot
+    for other in (planned_text(7, "2026-11-02T15:00:00-06:00", PRIORITIES["nudge"]),
+                  planned_text(7, "2026-11-02T15:00:00-06:00", recipient="contact:3"),
+                  planned_text(7, "2026-11-03T09:00:00-06:00"),
+                  planned_text(1, "2026-11-02T15:00:00-06:00")):
+        assert decide(tp, *nudge_journey(), chicago_patient(), None, {}, {}, now,
+                      QuietHours(), "America/Chicago", (), caps,
+                      planned=[other]) == Send(("sms",), "America/Chicago")
+    # consent mode has no look-ahead (and loads nothing for it)
+    assert decide(tp, *nudge_journey(), chicago_patient(), None, {}, {}, now, QuietHours(),
+                  "America/Chicago", (), FrequencyCaps(),
+                  planned=[reminder]) == Send(("sms",), "America/Chicago")
+
+
+def test_exemption_look_ahead_counts_the_recipients_local_day_across_a_dst_change() -> None:
+    """Chicago leaves daylight saving time on Sunday 1 November 2026. A reminder at 20:00
+    on Saturday (01:00 UTC Sunday) is on Saturday there, and one at 10:00 on Sunday
+    takes Sunday: the nudge waits for Monday 08:00 CST (14:00 UTC)."""
+    caps = FrequencyCaps(mode="exemption")
+    now = utc("2026-10-31T09:00:00-05:00")
+    tp = planned_touch_point(due=now, expires=now + timedelta(days=5))
+    reminders = [planned_text(7, "2026-10-31T20:00:00-05:00"),
+                 planned_text(8, "2026-11-01T10:00:00-06:00")]
+    decision = decide(tp, *nudge_journey(), chicago_patient(), None, {}, {}, now,
+                      QuietHours(), "America/Chicago", (), caps, planned=reminders)
+    assert isinstance(decision, Defer)
+    assert decision.until == utc("2026-11-02T14:00:00Z")
+    # in Honolulu (the recipient's zone, not the practice's) 06:00 UTC Sunday is 20:00
+    # on Saturday: the same local day as the nudge at 09:00 HST
+    honolulu = patient_in("Pacific/Honolulu")
+    now = utc("2026-10-31T09:00:00-10:00")
+    tp = planned_touch_point(due=now, expires=now + timedelta(days=5))
+    reminder = planned_text(7, "2026-11-01T06:00:00Z")
+    decision = decide(tp, *nudge_journey(), honolulu, None, {}, {}, now, QuietHours(),
+                      "America/Chicago", (), caps, planned=[reminder])
+    assert isinstance(decision, Defer)
+    assert decision.until == utc("2026-11-01T08:00:00-10:00")
+    # in Chicago that reminder is at 01:00 on Sunday, the next local day: no conflict
+    assert isinstance(decide(tp, *nudge_journey(), chicago_patient(), None, {}, {}, now,
+                             QuietHours(), "America/Chicago", (), caps,
+                             planned=[reminder]), Send)
+
+
+def test_exemption_look_ahead_a_nudge_waits_for_a_week_with_room_for_three_reminders() -> None:
+    """Reminders Mon, Wed and Fri at 10:00 fill the 3-a-week limit: a nudge on Sunday
+    would make four in the 7 days to Friday. It waits until Monday's reminder is a week
+    old — not Sunday again (Monday's is still in the week), nor Tuesday."""
+    caps = FrequencyCaps(mode="exemption")
+    now = utc("2026-11-01T09:00:00-06:00")
+    reminders = [planned_text(n, f"2026-11-0{day}T10:00:00-06:00")
+                 for n, day in ((7, 2), (8, 4), (9, 6))]
+    tp = planned_touch_point(due=now, expires=now + timedelta(days=14))
+    decision = decide(tp, *nudge_journey(), chicago_patient(), None, {}, {}, now,
+                      QuietHours(), "America/Chicago", (), caps, planned=reminders)
+    assert decision == Defer(utc("2026-11-09T10:00:00-06:00"),
+                             "sms: 0 text(s) sent and 3 of a higher priority planned in the "
+                             "7 days to 2026-11-06 10:00 (cap 3 a week); deferred",
+                             "frequency_cap")
+    # once they went (sent now, none planned), the week's room is the same
+    sent = [text_at(f"2026-11-0{day}T10:00:00-06:00", PRIORITIES["reminder"])
+            for day in (2, 4, 6)]
+    later = utc("2026-11-07T09:00:00-06:00")
+    held = cap_refusal("sms", "transactional", sent, later, caps, "America/Chicago")
+    assert held == Held("sms: 3 texts in the last 7 days (cap 3 a week)",
+                        utc("2026-11-09T10:00:00-06:00"))
+
+
+@pytest.mark.parametrize("mode", ["exemption", "consent"])
+def test_exemption_mode_texts_transactional_messages_without_sms_consent(mode: str) -> None:
+    caps = FrequencyCaps(mode=mode)  # type: ignore[arg-type]
+    unconsented = patient_in("America/Chicago", sms_consent=False)
+    refusal = channel_refusal("sms", unconsented, "transactional", {}, caps)
+    assert refusal == (None if mode == "exemption" else ("no_consent", "sms: no sms consent"))
+    # opt-outs still stop everything
+    assert channel_refusal("sms", unconsented, "transactional",
+                           {("sms", "+13125550100"): {"all"}}, caps) == (
+        "opted_out", "sms: the address opted out (all)")
+    # marketing still needs SMS and marketing consent (and is not exempt)
+    assert channel_refusal("sms", unconsented, "marketing", {}, caps) == (
+        "no_consent", "sms: no sms consent")
+    # email consent is untouched
+    assert channel_refusal("email", replace(unconsented, email="ana@example.com"),
+                           "transactional", {}, caps) == ("no_consent", "email: no email consent")
+
+
+ONE_REMINDER = journey_text(step_text("two-hours", when="{before: 2h}"),
+                            trigger="appointment.booked").replace("journey: j", "journey: visit")
+ONE_NUDGE = """version: 1
+journey: check-in
+purpose: transactional
+trigger: patient.created
+steps:
+""" + step_text("nudge", "expires_after: 2d", when="{after: 3h}")
+
+
+def test_exemption_mode_a_reminder_due_later_that_day_goes_and_the_nudge_waits(
+        database_url: str, tmp_path: Path) -> None:
+    """Without the look-ahead the 09:00 nudge would take Monday's one text and the 15:00
+    reminder would be skipped; with it the reminder goes and the nudge goes on Tuesday.
+    Neither patient gave SMS consent: exemption mode texts without it."""
+    schedules = write_schedules(tmp_path, ONE_REMINDER, ONE_NUDGE)
+    clinic = Clinic(database_url, tmp_path, schedules=schedules,
+                    config_extra='\n[caps]\nmode = "exemption"\n')
+    try:
+        clock.set_now(utc("2026-11-02T06:00:00-06:00"))
+        clinic.patients(patient("P1", email="", sms_consent="no"),
+                        patient("P2", phone="(312) 555-0102", email="", sms_consent="no"))
+        clinic.appointments(appointment("A1", "P1", "2026-11-02T17:00:00-06:00"))
+
+        def forecast(*args: str) -> dict[str, Any]:
+            result = CliRunner().invoke(cli, [
+                "--config", str(clinic.config), "--db", database_url, "--schedules",
+                str(schedules), "--templates", str(LIBRARY_TEMPLATES),
+                "--now", "2026-11-02T06:00:00-06:00", *args, "--json"])
+            assert result.exit_code == 0, result.output
+            data: dict[str, Any] = json.loads(result.stdout)
+            return data
+
+        expected = [("P1", "2026-11-02T21:00:00Z", "two-hours"),   # 15:00 CST
+                    ("P1", "2026-11-03T14:00:00Z", "nudge"),       # Tuesday 08:00 CST
+                    ("P2", "2026-11-02T15:00:00Z", "nudge")]       # P2: Monday 09:00
+        # the forecast (before anything is planned) and validate's 14-day limits say so
+        planned = forecast("forecast", "--days", "2")
+        assert sorted((e["patient_id"], e["at"], e["step"]) for e in planned["entries"]
+                      if e["outcome"] == "send") == expected
+        limits = {"mode": "exemption", "days": 14, "deferred": 1, "skipped": 0, "by_step": [
+            {"journey": "check-in", "step": "nudge", "deferred": 1, "skipped": 0}]}
+        assert planned["limits"] == limits
+        assert forecast("validate")["limits"] == limits
+        clock.set_now(utc("2026-11-02T06:00:00-06:00"))  # (the command set it back)
+        clinic.run_until(utc("2026-11-03T12:00:00-06:00"), timedelta(minutes=30))
+        sent = sorted((f"P{tp.patient_id}", tp.sending_at, tp.step)
+                      for tp in clinic.touch_points() if tp.status == Status.SENT)
+        assert sent == [(p, utc(at), step) for p, at, step in expected]
+        nudge = clinic.one("check-in", "nudge", patient_id=1)
+        assert [(h.reason, h.detail) for h in clinic.history(nudge) if h.kind == "deferred"] \
+            == [("frequency_cap", "sms: 0 text(s) today and 1 of a higher priority planned "
+                                  "that day (cap 1 a day); deferred")]
+    finally:
+        clinic.close()
+
+
+def test_the_snapshot_reads_the_planned_texts_only_in_exemption_mode(
+        database_url: str, tmp_path: Path) -> None:
+    """The batch's patients' planned texts, ranked; not a step that emails first, not
+    another patient's; a touch point deferred or settled in the batch moves or leaves."""
+    email_first = ONE_NUDGE.replace("journey: check-in", "journey: email-first") \
+        .replace("channels: [sms]", "channels: [email, sms]")
+    schedules = write_schedules(tmp_path, ONE_REMINDER, ONE_NUDGE, email_first)
+    clinic = Clinic(database_url, tmp_path, schedules=schedules)
+    try:
+        clock.set_now(utc("2026-11-02T06:00:00-06:00"))
+        clinic.patients(patient("P1"), patient("P2", phone="(312) 555-0102"))
+        clinic.appointments(appointment("A1", "P1", "2026-11-02T17:00:00-06:00"))
+        clinic.tick()  # plans them; nothing is due yet
+        nudge = clinic.one("check-in", "nudge", patient_id=1)
+        with clinic.db.transaction() as conn:
+            consent = Snapshot.load(conn, [nudge], clinic.definitions, clock.now(),
+                                    FrequencyCaps())
+            exemption = Snapshot.load(conn, [nudge], clinic.definitions, clock.now(),
+                                      FrequencyCaps(mode="exemption"))
+        assert consent.planned == {}
+        assert set(exemption.planned) == {1}
+        assert sorted((p.journey, p.step, p.due_at, p.priority)
+                      for p in exemption.planned[1].values()) == [
+            ("check-in", "nudge", utc("2026-11-02T09:00:00-06:00"), PRIORITIES["nudge"]),
+            ("visit", "two-hours", utc("2026-11-02T15:00:00-06:00"), PRIORITIES["reminder"])]
+        exemption.moved(nudge, utc("2026-11-03T08:00:00-06:00"))
+        assert exemption.planned[1][nudge.id].due_at == utc("2026-11-03T08:00:00-06:00")
+        exemption.moved(nudge, None)
+        assert [p.step for p in exemption.planned[1].values()] == ["two-hours"]
+    finally:
+        clinic.close()
+
+
+def test_exemption_mode_a_nudge_waits_for_a_week_with_room_for_three_planned_reminders(
+        database_url: str, tmp_path: Path) -> None:
+    """Visits Mon, Wed and Fri at 12:00 (reminders at 10:00) fill the 3-a-week limit: the
+    nudge due Sunday 09:00 waits until Monday's reminder is a week old, and every
+    reminder goes."""
+    nudge = ONE_NUDGE.replace("expires_after: 2d", "expires_after: 14d")
+    clinic = Clinic(database_url, tmp_path, schedules=write_schedules(
+        tmp_path, ONE_REMINDER, nudge), config_extra='\n[caps]\nmode = "exemption"\n')
+    try:
+        clock.set_now(utc("2026-11-01T06:00:00-06:00"))
+        clinic.patients(patient("P1", email=""))
+        clinic.appointments(*(appointment(f"A{day}", "P1", f"2026-11-0{day}T12:00:00-06:00")
+                              for day in (2, 4, 6)))
+        clinic.run_until(utc("2026-11-09T11:00:00-06:00"), timedelta(hours=1))
+        sent = [(tp.sending_at, tp.step) for tp in clinic.touch_points()
+                if tp.status == Status.SENT]
+        assert sent == [
+            *((utc(f"2026-11-0{day}T10:00:00-06:00"), "two-hours") for day in (2, 4, 6)),
+            (utc("2026-11-09T10:00:00-06:00"), "nudge")]
+        held = clinic.one("check-in", "nudge")
+        assert [h.detail for h in clinic.history(held) if h.kind == "deferred"] == [
+            "sms: 0 text(s) sent and 3 of a higher priority planned in the 7 days to "
+            "2026-11-06 10:00 (cap 3 a week); deferred"]
+    finally:
+        clinic.close()

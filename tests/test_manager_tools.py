@@ -591,6 +591,12 @@ def test_preview_for_a_patient_uses_their_language_appointment_and_timezone(
                            "a las 10:00. Responda C para confirmar, R para cambiar. "
                            "(312) 555-0199. STOP para salir")
     assert email["subject"] == "Le esperamos el jueves, 5 de noviembre a las 10:00"
+    # a practice texting under the healthcare exemption needs no SMS consent for it
+    write_config(tmp_path, '\n[caps]\nmode = "exemption"\n')
+    data = as_json(run_cli("preview", "pre-visit", "two-days-before", "--patient", "P1",
+                           "--json", db=sqlite_url))
+    assert [(m["channel"], m["note"]) for m in data["messages"]] == [
+        ("sms", "to +1••••••••00"), ("email", "to p•••@example.com")]
 
 
 def test_preview_for_a_minor_shows_their_parent_and_the_words_they_get(

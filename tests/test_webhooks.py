@@ -1424,9 +1424,14 @@ def test_exemption_mode_allows_one_text_a_day_and_three_a_week_deferring_what_it
         assert [(h.reason, h.detail) for h in practice.clinic.history(rows["same-evening"])
                 if h.kind == "deferred"] == [
             ("frequency_cap", "sms: 1 text(s) today (cap 1 a day); deferred")]
+        # (on Wednesday at 10:00 both limits are reached, and the week has room again
+        # only after its deadline: skipped then, not deferred to Thursday first)
         assert rows["day-2"].detail == (
-            "sms: 3 texts in the last 7 days (cap 3 a week); the next allowed time "
-            "2026-11-09T15:00:00+00:00 is past its deadline 2026-11-05T16:00:00+00:00")
+            "sms: 1 text(s) today (cap 1 a day); 3 texts in the last 7 days (cap 3 a week); "
+            "the next allowed time 2026-11-09T15:00:00+00:00 is past its deadline "
+            "2026-11-05T16:00:00+00:00")
+        assert rows["day-2"].finished_at == datetime.fromisoformat(
+            "2026-11-04T10:00:00-06:00")
         same_day = practice.clinic.one("check-in", "same-day")
         assert [h.detail for h in practice.clinic.history(same_day)
                 if h.status == Status.SENDING] == [

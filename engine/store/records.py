@@ -402,6 +402,43 @@ class RecentSend:
     priority: int = PRIORITIES["nudge"]
 
 
+@dataclass(frozen=True)
+class PlannedSend:
+    """A touch point planned for a patient (not sent yet): what a limit keeps room for."""
+
+    id: int
+    patient_id: int
+    recipient: str
+    journey: str
+    step: str
+    purpose: str
+    channel: str | None  # the channel a retry goes back to; None: the step's first
+    due_at: datetime
+    # ranks it against the message a limit would hold (Definitions.priority)
+    priority: int = PRIORITIES["nudge"]
+
+
+def planned_sends(conn: Connection, patient_ids: Iterable[int], until: datetime,
+                  purpose: str = "transactional") -> dict[int, list[PlannedSend]]:
+    """Each patient's ``purpose`` touch points still planned, due by ``until`` (overdue
+    ones too). Test sends and system journeys are left out, as in :func:`recent_sends`."""
+    found: dict[int, list[PlannedSend]] = {}
+    for part in chunks(sorted(set(patient_ids))):
+        rows = conn.execute(
+            select(touch_points.c.id, touch_points.c.patient_id, touch_points.c.recipient,
+                   touch_points.c.journey, touch_points.c.step, touch_points.c.purpose,
+                   touch_points.c.channel, touch_points.c.due_at)
+            .where(among(conn, touch_points.c.patient_id, part),
+                   touch_points.c.status == "planned", touch_points.c.due_at <= until,
+                   touch_points.c.purpose == purpose, touch_points.c.test == false(),
+                   touch_points.c.journey.not_in(SYSTEM_JOURNEYS)))
+        for row in rows:
+            found.setdefault(row.patient_id, []).append(PlannedSend(
+                row.id, row.patient_id, row.recipient, row.journey, row.step, row.purpose,
+                row.channel, row.due_at))
+    return found
+
+
 def recent_sends(conn: Connection, patient_ids: Iterable[int], since: datetime,
                  ) -> dict[int, list[RecentSend]]:
     """What each patient was sent (or may have been: sending/unknown) since ``since``.
