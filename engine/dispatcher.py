@@ -342,7 +342,7 @@ class Dispatcher:
                     if len(batch) == batch_size and self.stats.claimed == 0:
                         background.enter_context(self.db.checkpointing())  # a backlog
                     self.stats.claimed += len(batch)
-                    snapshot = self._snapshot(batch)
+                    snapshot = self._batch_snapshot(batch)
                     for index, tp in enumerate(batch):
                         if stop():
                             with self._tx() as conn:
@@ -421,13 +421,26 @@ class Dispatcher:
             self._send(tp, journey, step, patient, recipient, appointment, snapshot, decision)
         snapshot.moved(tp, decision.until if isinstance(decision, Defer) else None)
 
-    def _handle_apart(self, tp: TouchPoint, snapshot: Snapshot) -> None:
+    def _batch_snapshot(self, batch: list[TouchPoint]) -> Snapshot | None:
+        """The batch's snapshot; None if one of its rows breaks reading it (each touch
+        point then reads its own, and the one that breaks is set aside)."""
+        try:
+            return self._snapshot(batch)
+        except (SQLAlchemyError, ConfigError):
+            raise
+        except Exception as exc:
+            log.warning("the batch's records could not all be read (%s); reading them one "
+                        "touch point at a time", engine_error(exc))
+            return None
+
+    def _handle_apart(self, tp: TouchPoint, snapshot: Snapshot | None) -> None:
         """:meth:`handle`, but one touch point the engine cannot work with (a value that
         breaks the code — a date outside the calendar) is set aside with its error, and
         the batch goes on: one bad row never stops everyone. Database and configuration
-        errors still stop the run (they are no one row's fault)."""
+        errors still stop the run (they are no one row's fault). Without ``snapshot``,
+        it reads its own."""
         try:
-            self.handle(tp, snapshot)
+            self.handle(tp, snapshot if snapshot is not None else self._snapshot([tp]))
         except (SQLAlchemyError, ConfigError):
             raise
         except Exception as exc:
@@ -457,19 +470,29 @@ class Dispatcher:
         return snapshot.decide(tp, journey, step, clock.now(), self.quiet_hours,
                                self.practice_timezone, self.caps)
 
-    def _act(self, tp: TouchPoint, decision: Verdict | Defer) -> None:
-        """Record a guard's no (settled) or not yet (deferred: quiet hours, a limit)."""
+    def _act(self, tp: TouchPoint, decision: Verdict | Defer, *,
+             fallback: bool = False) -> None:
+        """Record a guard's no (settled) or not yet (deferred: quiet hours, a limit).
+
+        ``fallback`` (or ``tp``'s reason): a channel of the step already failed for good
+        (turned away by the carrier, retries run out), so only the channels after it may
+        be used; a deferral keeps that reason, or the deferred message would be sent again
+        through the channel that failed."""
+        fallback = fallback or tp.reason == Reason.FALLBACK
         if isinstance(decision, Verdict):
-            if tp.reason == Reason.FALLBACK and decision.status == Status.SKIPPED:
+            if fallback and decision.status == Status.SKIPPED:
                 # it went out and was turned away; no channel after that one may be used
                 decision = Verdict(Status.FAILED, Reason.PROVIDER_ERROR,
                                    f"{tp.detail}; no channel left to try ({decision.detail})")
             self._settle(tp, decision)
             return
+        reason, detail = decision.reason, decision.detail
+        if fallback:
+            reason, detail = Reason.FALLBACK, f"{detail}; then the step's next channel"
         with self._tx() as conn:
             ledger.reschedule(conn, tp.id, worker=self.worker, expect=Status.PLANNED,
-                              due_at=decision.until, now=clock.now(), reason=decision.reason,
-                              detail=decision.detail)
+                              due_at=decision.until, now=clock.now(), reason=reason,
+                              detail=detail)
         self.stats.deferred += 1
 
     def _send(self, tp: TouchPoint, journey: Journey, step: Step, patient: Patient,
@@ -537,7 +560,7 @@ class Dispatcher:
                         again = Verdict(again.status, again.reason, "; ".join(
                             [f"{again.detail} (found as it was about to be sent)"]
                             + [d for r, d in failures if r != "refused"]))
-                    self._act(tp, again)
+                    self._act(tp, again, fallback=bool(tried))
                     return
                 if rechecks >= RECHECKS:
                     # (its claim stays: claimed again at once, it would loop in this run)

@@ -25,6 +25,7 @@ from engine import runner as runner_module
 from engine.cli import cli
 from engine.definitions import load_definitions
 from engine.definitions.journeys import parse_journey
+from engine.dispatcher import Snapshot
 from engine.errors import ImportFileError
 from engine.importer import import_patients
 from engine.runner import Runner
@@ -467,4 +468,32 @@ def test_a_journey_whose_pending_rows_cannot_be_replanned_after_an_edit_stops_no
     assert "pending touch points of journey pre-visit could not be re-planned " \
            "(OverflowError: date value out of range); they keep their earlier timing" \
         in caplog.text
+    clinic.close()
+
+
+def test_a_row_that_breaks_reading_the_batch_is_set_aside_and_the_rest_go(
+        database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the batch's records cannot all be read (one row breaks the lookups), each touch
+    point reads its own: the one that breaks is set aside, the others are sent."""
+    clinic = Clinic(database_url, tmp_path)
+    with freeze_time(NOW):
+        clinic.patients(patient("P1"), patient("P2", phone="(312) 555-0102"),
+                        patient("P3", phone="(312) 555-0103"))
+        clinic.runner.plan_pending()
+        bad = {tp.id for tp in clinic.touch_points(patient="P2")}
+        real = Snapshot.load.__func__  # type: ignore[attr-defined]
+
+        def breaks_on_p2(cls: type[Snapshot], conn: Any, batch: Any, *args: Any) -> Snapshot:
+            batch = list(batch)
+            if any(tp.id in bad for tp in batch):
+                raise OverflowError("date value out of range")
+            return real(cls, conn, batch, *args)  # type: ignore[no-any-return]
+
+        monkeypatch.setattr(Snapshot, "load", classmethod(breaks_on_p2))
+        report = clinic.tick()
+    assert report.dispatch.sent == 2 and report.dispatch.failed == 1
+    outcomes = {(tp.patient_id in {t.patient_id for t in clinic.touch_points(patient="P2")},
+                 tp.status, tp.reason) for tp in clinic.touch_points(journey="welcome",
+                                                                     step="welcome")}
+    assert outcomes == {(False, "sent", None), (True, "failed", "engine_error")}
     clinic.close()

@@ -709,6 +709,12 @@ def test_twilio_finds_a_sent_message_by_number_time_and_body(
     taken = channel.send(sms())
     channel.send(sms("Another text to the same number"))
     assert channel.find_sent(PATIENT_PHONE, NOW, sms().body) == taken.provider_message_id
+    # one Twilio could not hand over never reached the number: it does not count
+    twilio_server.enqueue(TwilioOutcome.success(date_sent="Mon, 10 Mar 2025 14:30:00 +0000",
+                                                date_created="Mon, 10 Mar 2025 14:30:00 +0000",
+                                                status="undelivered", error_code=30003))
+    channel.send(sms("Sent, then undelivered"))
+    assert channel.find_sent(PATIENT_PHONE, NOW, "Sent, then undelivered") is None
     assert channel.find_sent(PATIENT_PHONE, NOW, "Never sent") is None
     assert channel.find_sent("+15035550199", NOW, sms().body) is None
     # an hour later, the one sent at 14:00:05 is before the window

@@ -408,6 +408,29 @@ def test_a_carrier_failure_falls_back_to_the_steps_next_channel_once(
     assert "trying email next" in why.output
 
 
+def test_a_fallback_deferred_by_quiet_hours_still_goes_by_the_next_channel(
+        practice: Practice) -> None:
+    """The carrier turns the welcome text away just before 21:00: the email waits for the
+    morning, and the morning sends the email — not the text again."""
+    [welcome] = practice.welcomed()  # welcome: channels [sms, email]
+    sid = welcome.provider_message_id
+    assert sid is not None
+    practice.at(utc("2026-11-02T20:59:30-06:00"))
+    assert practice.status(welcome.id, "undelivered", sid, error="30003").status_code == 204
+    practice.at(utc("2026-11-02T21:01:00-06:00"))
+    practice.clinic.tick()
+    waiting = practice.tp(welcome.id)
+    assert (waiting.status, waiting.reason) == (Status.PLANNED, "fallback")
+    assert waiting.due_at == utc("2026-11-03T08:00:00-06:00")
+    assert "quiet hours" in (waiting.detail or "")
+    practice.at(utc("2026-11-03T08:01:00-06:00"))
+    practice.clinic.tick()
+    emailed = practice.tp(welcome.id)
+    assert (emailed.status, emailed.channel) == (Status.SENT, "email")
+    assert [m.to for m in practice.texts()] == [NUMBER]  # the text was not sent again
+    assert [m.touch_point_id for m in practice.emails()].count(welcome.id) == 1
+
+
 def test_a_fallback_with_no_usable_channel_left_fails_with_both_reasons(
         practice: Practice) -> None:
     [welcome] = practice.welcomed(patient("P1", email=""))  # [sms, email]; no email on file
@@ -791,9 +814,13 @@ def test_a_sendgrid_signature_older_than_ten_minutes_is_refused(
     practice.at(MONDAY_9AM + timedelta(minutes=10, seconds=1))
     before = practice.snapshot()
     stale = practice.sendgrid(batch, timestamp=signed_at)
-    assert (stale.status_code, stale.text) == (403, "signature too old")
+    assert (stale.status_code, stale.text) == (403, "signature too old (or dated in the future)")
     assert practice.snapshot() == before
-    practice.at(MONDAY_9AM + timedelta(minutes=10))
+    # nor one dated further ahead than that (a replay kept for later)
+    practice.at(MONDAY_9AM - timedelta(minutes=10, seconds=1))
+    assert practice.sendgrid(batch, timestamp=signed_at).status_code == 403
+    assert practice.snapshot() == before
+    practice.at(MONDAY_9AM - timedelta(minutes=10))  # a clock a little behind is fine
     assert practice.sendgrid(batch, timestamp=signed_at).status_code == 204
     assert practice.tp(welcome.id).status == Status.DELIVERED
 

@@ -44,7 +44,9 @@ message still waiting in Twilio's queue has no ``date_sent`` yet, so that filter
 see it: when it finds nothing, the newest :data:`QUEUE_LOOKUP_LIMIT` messages to the
 number are read without it, and one still queued (``queued``, ``accepted``,
 ``scheduled``, ``sending``) that was created since the attempt and has the same body is
-found too — it was taken, and sending it again would send it twice. A failure to list
+found too — it was taken, and sending it again would send it twice. One Twilio lists as
+``failed``, ``undelivered`` or ``canceled`` never reached the number: it does not count
+(the text is sent again once, and that message's own callback tells). A failure to list
 raises :class:`TransientChannelError` (ask again on the next tick).
 
 Secrets and patient data: the auth token lives only inside the SDK client (never on this
@@ -91,6 +93,8 @@ LOOKUP_LIMIT = 1000
 QUEUE_LOOKUP_LIMIT = 100
 #: Statuses of a message Twilio has taken but not yet handed to the carrier.
 _WAITING = frozenset({"queued", "accepted", "scheduled", "sending"})
+#: Statuses of a message Twilio took but could not hand over: it never reached the number.
+_NOT_DELIVERED = frozenset({"failed", "undelivered", "canceled"})
 
 _CREATE_PREFIX = re.compile(r"^Unable to create record:?\s*")
 
@@ -181,8 +185,11 @@ class TwilioSMS(Channel):
     def find_sent(self, to: str, since: datetime, body: str) -> str | None:
         after = since.astimezone(UTC) - LOOKUP_SLACK
         def taken(found: Any) -> bool:
+            # (one Twilio lists as failed or undelivered never reached the number: not
+            # taken — it is sent again once, and that message's callback tells)
             direction = str(getattr(found, "direction", "") or "")
-            return bool(found.body == body and direction.startswith("outbound") and found.sid)
+            return bool(found.body == body and direction.startswith("outbound") and found.sid
+                        and str(found.status or "") not in _NOT_DELIVERED)
 
         try:
             for found in self._client.messages.stream(to=to, date_sent_after=after,

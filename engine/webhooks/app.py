@@ -185,9 +185,9 @@ def create_app(services: Services) -> FastAPI:
                                request.headers.get(sendgrid.TIMESTAMP_HEADER)):
             return Response("bad signature", status_code=403)
         if not sendgrid.fresh(request.headers.get(sendgrid.TIMESTAMP_HEADER), clock.now()):
-            log.warning("refused a SendGrid event batch signed more than %s ago",
+            log.warning("refused a SendGrid event batch signed more than %s ago (or ahead)",
                         sendgrid.MAX_SIGNATURE_AGE)
-            return Response("signature too old", status_code=403)
+            return Response("signature too old (or dated in the future)", status_code=403)
         try:
             payload = json.loads(body)
         except ValueError:

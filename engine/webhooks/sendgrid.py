@@ -59,12 +59,13 @@ def verify(public_key: str, body: bytes, signature: str | None, timestamp: str |
 
 def fresh(timestamp: str | None, now: datetime) -> bool:
     """Whether a signature's timestamp (seconds since the epoch) is at most
-    :data:`MAX_SIGNATURE_AGE` old."""
+    :data:`MAX_SIGNATURE_AGE` old — and not further ahead than that (clocks differ a
+    little; a timestamp far in the future is a replay waiting to happen)."""
     try:
         signed_at = datetime.fromtimestamp(int((timestamp or "").strip()), UTC)
     except (ValueError, OverflowError, OSError):
         return False
-    return now - signed_at <= MAX_SIGNATURE_AGE
+    return abs(now - signed_at) <= MAX_SIGNATURE_AGE
 
 
 def events(payload: Any, received_at: datetime) -> Iterator[ProviderEvent]:
