@@ -107,8 +107,8 @@ log = logging.getLogger("touchpoint.dispatch")
 # what they read keeps changing under its ``sending`` mark; then it waits for its claim to
 # expire and is claimed again.
 RECHECKS = 3
-# How far ahead exemption mode looks for planned texts a limit must keep room for: the
-# week a text falls in, and a day more for the recipient's local day.
+# How far ahead the limits look for planned texts they must keep room for: the week a text
+# falls in (exemption mode), and a day more for the recipient's local day.
 LOOK_AHEAD = timedelta(days=8)
 
 
@@ -149,13 +149,13 @@ class Snapshot:
     cases: Mapping[int, Case] = field(default_factory=dict)
     # (journey, step) → its patient-scoped exit events, and whether resolving a case ends it
     exits: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = field(default_factory=dict)
-    # exemption mode: each patient's texts still planned, by touch point id (look-ahead)
+    # each patient's texts still planned, by touch point id (the limits' look-ahead)
     planned: dict[int, dict[int, PlannedSend]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, conn: Connection, batch: Iterable[TouchPoint], definitions: Definitions,
              now: datetime, caps: FrequencyCaps | None = None) -> Snapshot:
-        """``caps`` in exemption mode: also the batch's patients' texts planned in the
+        """With ``caps`` that limit texts: also the batch's patients' texts planned in the
         next :data:`LOOK_AHEAD` (one query), for the look-ahead."""
         batch = list(batch)
         patient_ids = {tp.patient_id for tp in batch if tp.patient_id is not None}
@@ -190,7 +190,7 @@ class Snapshot:
         snapshot = cls(patients, appointments, upcoming, numbers, opted_out(conn, addresses),
                        latest_events(conn, patient_ids, exit_kinds), sends, contacts,
                        referrers, _load_cases(conn, case_ids))
-        if caps is not None and caps.mode == "exemption":
+        if caps is not None and (caps.mode == "exemption" or caps.sms_per_day):
             snapshot.expect((p for found in planned_sends(
                 conn, patient_ids, now + LOOK_AHEAD).values() for p in found), definitions)
         return snapshot

@@ -226,7 +226,8 @@ class _Forecaster:
         for event in sorted(events, key=lambda e: (e.occurred_at, e.id)):
             self._plan(event, live)
         self.snapshot = Snapshot.load(self.conn, live.values(), self.definitions, self.now)
-        if self.caps.mode == "exemption":  # the look-ahead sees the forecast's own plan
+        if self.caps.mode == "exemption" or self.caps.sms_per_day:
+            # the limits' look-ahead sees the forecast's own plan
             self.snapshot.expect((_planned_send(tp) for tp in live.values()
                                   if tp.patient_id is not None
                                   and tp.purpose == "transactional"), self.definitions)

@@ -17,8 +17,9 @@ The limits (per recipient; 0 means none):
 
 * ``consent`` mode (the default: texts go with the patient's consent on file): at most
   ``caps.sms_per_day`` texts a local day, counting only texts of the same or a higher
-  step priority — a nudge never takes the place of a question or a reminder — and a
-  reminder (priority ``reminder`` or higher) is never held;
+  step priority, sent or planned later that day (*look-ahead*) — a nudge never takes
+  the place of a question or a reminder — and a reminder (priority ``reminder`` or
+  higher) is never held;
 * ``exemption`` mode (a practice texting without consent, under the FCC healthcare
   exemption): transactional texts only — no SMS consent needed, marketing refused — at
   most 160 characters (:func:`exemption_length_refusal`),
@@ -294,9 +295,12 @@ def cap_refusal(channel: str, purpose: str, sends: Sequence[RecentSend], now: da
             return None  # a visit's reminder is never the one held
         counted = sum(1 for s in week if s.channel == "sms" and s.priority >= priority
                       and s.at.astimezone(tz).date() == today)
-        if counted >= caps.sms_per_day:
-            return Held(f"sms: {counted} text(s) of the same or a higher priority today "
-                        f"(courtesy limit {caps.sms_per_day} a day)",
+        planned = sum(1 for t in ahead if t.astimezone(tz).date() == today)
+        if counted + planned >= caps.sms_per_day:
+            return Held(f"sms: {counted} text(s) of the same or a higher priority today"
+                        + (f" and {planned} of a higher priority planned later today"
+                           if planned else "")
+                        + f" (courtesy limit {caps.sms_per_day} a day)",
                         _next_local_day(now, timezone))
         return None
     if purpose == "marketing":

@@ -264,22 +264,28 @@ def test_a_nudge_waits_for_the_next_day_when_reminders_filled_it_and_a_question_
                         patient("P2", phone="(312) 555-0102", email=""))
         clinic.appointments(appointment("A1", "P1", "2026-11-02T13:00:00-06:00"),
                             appointment("A2", "P1", "2026-11-03T13:00:00-06:00"))
-        clinic.run_until(utc("2026-11-03T12:00:00-06:00"), timedelta(minutes=30))
+        clinic.run_until(utc("2026-11-04T12:00:00-06:00"), timedelta(minutes=30))
         sent = sorted((tp.patient_id, tp.sending_at, tp.step) for tp in clinic.touch_points()
                       if tp.status == Status.SENT)
         assert sent == [
             (1, utc("2026-11-02T09:00:00-06:00"), "day-before"),  # (of Tuesday's visit)
             (1, utc("2026-11-02T11:00:00-06:00"), "two-hours"),
-            # two reminders filled Monday: the nudges and the question wait for Tuesday
-            (1, utc("2026-11-03T08:00:00-06:00"), "nudge"),
-            (1, utc("2026-11-03T08:00:00-06:00"), "nudge-2"),
+            # two reminders filled Monday; on Tuesday the question and the reminder planned
+            # at 11:00 take the day's two texts (look-ahead), so the first nudge waits
+            # for Wednesday...
             (1, utc("2026-11-03T08:00:00-06:00"), "question"),
             (1, utc("2026-11-03T11:00:00-06:00"), "two-hours"),  # a reminder is never held
-            # P2 had no reminders: two nudges went, and the question still goes that day
+            (1, utc("2026-11-04T08:00:00-06:00"), "nudge"),
+            # P2 had no reminders: a nudge, then the question planned that afternoon keeps
+            # the day's second text; the second nudge goes the next morning
             (2, utc("2026-11-02T12:00:00-06:00"), "nudge"),
-            (2, utc("2026-11-02T13:00:00-06:00"), "nudge-2"),
             (2, utc("2026-11-02T14:00:00-06:00"), "question"),
+            (2, utc("2026-11-03T08:00:00-06:00"), "nudge-2"),
         ]
+        # ...and the second, whose deadline is Tuesday 13:00, is the one dropped
+        dropped = clinic.one("check-in", "nudge-2", patient_id=1)
+        assert (dropped.status, dropped.reason) == (Status.SKIPPED, "frequency_cap")
+        assert "2 of a higher priority planned later today" in (dropped.detail or "")
         question = clinic.one("check-in", "question", patient_id=1)
         assert [(h.reason, h.detail) for h in clinic.history(question)
                 if h.kind == "deferred"] == [
@@ -470,10 +476,17 @@ def test_exemption_look_ahead_a_nudge_leaves_the_days_one_text_to_a_later_remind
         assert decide(tp, *nudge_journey(), chicago_patient(), None, {}, {}, now,
                       QuietHours(), "America/Chicago", (), caps,
                       planned=[other]) == Send(("sms",), "America/Chicago")
-    # consent mode has no look-ahead (and loads nothing for it)
+    # consent mode looks ahead too, at its own limit (2 a day): one reminder later today
+    # leaves the nudge room, two do not
     assert decide(tp, *nudge_journey(), chicago_patient(), None, {}, {}, now, QuietHours(),
                   "America/Chicago", (), FrequencyCaps(),
                   planned=[reminder]) == Send(("sms",), "America/Chicago")
+    two = [reminder, planned_text(8, "2026-11-02T17:00:00-06:00", PRIORITIES["question"])]
+    assert decide(tp, *nudge_journey(), chicago_patient(), None, {}, {}, now, QuietHours(),
+                  "America/Chicago", (), FrequencyCaps(), planned=two) == Defer(
+        utc("2026-11-03T08:00:00-06:00"),
+        "sms: 0 text(s) of the same or a higher priority today and 2 of a higher priority "
+        "planned later today (courtesy limit 2 a day); deferred", "frequency_cap")
 
 
 def test_exemption_look_ahead_counts_the_recipients_local_day_across_a_dst_change() -> None:
@@ -604,7 +617,7 @@ def test_exemption_mode_a_reminder_due_later_that_day_goes_and_the_nudge_waits(
         clinic.close()
 
 
-def test_the_snapshot_reads_the_planned_texts_only_in_exemption_mode(
+def test_the_snapshot_reads_the_planned_texts_only_when_a_limit_looks_ahead(
         database_url: str, tmp_path: Path) -> None:
     """The batch's patients' planned texts, ranked; not a step that emails first, not
     another patient's; a touch point deferred or settled in the batch moves or leaves."""
@@ -619,11 +632,14 @@ def test_the_snapshot_reads_the_planned_texts_only_in_exemption_mode(
         clinic.tick()  # plans them; nothing is due yet
         nudge = clinic.one("check-in", "nudge", patient_id=1)
         with clinic.db.transaction() as conn:
+            unlimited = Snapshot.load(conn, [nudge], clinic.definitions, clock.now(),
+                                      FrequencyCaps(sms_per_day=0))
             consent = Snapshot.load(conn, [nudge], clinic.definitions, clock.now(),
                                     FrequencyCaps())
             exemption = Snapshot.load(conn, [nudge], clinic.definitions, clock.now(),
                                       FrequencyCaps(mode="exemption"))
-        assert consent.planned == {}
+        assert unlimited.planned == {}  # no courtesy limit: nothing to look ahead for
+        assert consent.planned == exemption.planned
         assert set(exemption.planned) == {1}
         assert sorted((p.journey, p.step, p.due_at, p.priority)
                       for p in exemption.planned[1].values()) == [

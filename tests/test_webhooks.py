@@ -154,10 +154,13 @@ class Practice:
 
     # ------------------------------------------------------------------ SendGrid
 
-    def sendgrid(self, events: Sequence[Mapping[str, Any]], *, timestamp: str = "1793718000",
+    def sendgrid(self, events: Sequence[Mapping[str, Any]], *, timestamp: str | None = None,
                  body: bytes | None = None, key: ec.EllipticCurvePrivateKey = SENDGRID_KEY,
                  headers: Mapping[str, str] | None = None) -> Reply:
-        """POST a signed event batch; ``body`` replaces what is sent after signing."""
+        """POST a signed event batch, signed now (``timestamp``: another time); ``body``
+        replaces what is sent after signing."""
+        if timestamp is None:
+            timestamp = str(int(clock.now().timestamp()))
         signed = json.dumps(list(events)).encode()
         signature = base64.b64encode(key.sign(timestamp.encode() + signed,
                                               ec.ECDSA(hashes.SHA256()))).decode()
