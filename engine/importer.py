@@ -641,7 +641,14 @@ def _event(kind: str, appointment_id: int, row: Mapping[str, Any], now: datetime
 def import_referrers(conn: Connection, path: Path, *, region: str, now: datetime,
                      progress: Progress | None = None) -> ImportSummary:
     """Sync referral sources (physicians, clinics) from ``path``."""
-    summary = ImportSummary(path.name, "referrers")
+    return sync_referrers(conn, _rows(path, REFERRER_COLUMNS), path.name, region=region,
+                          now=now, progress=progress)
+
+
+def sync_referrers(conn: Connection, rows: Rows, source: str, *, region: str, now: datetime,
+                   progress: Progress | None = None) -> ImportSummary:
+    """Sync referrer rows (line number, row) that came from ``source``."""
+    summary = ImportSummary(source, "referrers")
 
     def parse(row: Mapping[str, str]) -> dict[str, Any]:
         if not row.get("name"):
@@ -653,10 +660,9 @@ def import_referrers(conn: Connection, path: Path, *, region: str, now: datetime
         return {"name": row["name"], "contact_name": row.get("contact_name", ""),
                 "email": normalise_email(row.get("email", "")), "fax": fax}
 
-    parsed = _parse_rows(path, REFERRER_COLUMNS, "referrer_id", referrers, parse, summary,
-                         progress)
+    parsed = _parse_rows(rows, "referrer_id", referrers, parse, summary, progress)
     _plan_for_growing_tables(conn)
-    _upsert(conn, referrers, parsed, path.name, now, summary)
+    _upsert(conn, referrers, parsed, source, now, summary)
     return summary
 
 
@@ -666,7 +672,14 @@ def import_referrers(conn: Connection, path: Path, *, region: str, now: datetime
 def import_contacts(conn: Connection, path: Path, *, region: str, now: datetime,
                     progress: Progress | None = None) -> ImportSummary:
     """Sync patients' contacts (parents, guardians, spouses, caregivers) from ``path``."""
-    summary = ImportSummary(path.name, "contacts")
+    return sync_contacts(conn, _rows(path, CONTACT_COLUMNS), path.name, region=region,
+                         now=now, progress=progress)
+
+
+def sync_contacts(conn: Connection, rows: Rows, source: str, *, region: str, now: datetime,
+                  progress: Progress | None = None) -> ImportSummary:
+    """Sync contact rows (line number, row) that came from ``source``."""
+    summary = ImportSummary(source, "contacts")
 
     def parse(row: Mapping[str, str]) -> dict[str, Any]:
         if not row.get("patient_id"):
@@ -685,8 +698,7 @@ def import_contacts(conn: Connection, path: Path, *, region: str, now: datetime,
                 "first_name": row.get("first_name", ""), **_reachable(row, region),
                 "receives": receives}
 
-    parsed = _parse_rows(path, CONTACT_COLUMNS, "contact_id", contacts, parse, summary,
-                         progress)
+    parsed = _parse_rows(rows, "contact_id", contacts, parse, summary, progress)
     _plan_for_growing_tables(conn)
     owners = _ids(conn, patients, sorted({v["patient_external_id"] for _, v in parsed.values()}))
     for external_id, (line, values) in list(parsed.items()):
@@ -697,17 +709,17 @@ def import_contacts(conn: Connection, path: Path, *, region: str, now: datetime,
             del parsed[external_id]
             continue
         values["patient_id"] = owner
-    _upsert(conn, contacts, parsed, path.name, now, summary)
+    _upsert(conn, contacts, parsed, source, now, summary)
     return summary
 
 
-def _parse_rows(path: Path, columns: Sequence[str], id_column: str, table: Table,
+def _parse_rows(rows: Rows, id_column: str, table: Table,
                 parse: Callable[[Mapping[str, str]], dict[str, Any]], summary: ImportSummary,
                 progress: Progress | None) -> dict[str, tuple[int, dict[str, Any]]]:
-    """``{external id: (line, values)}`` of the good rows of ``path``; each bad row (and a
+    """``{external id: (line, values)}`` of the good ``rows``; each bad row (and a
     repeated id) is a problem with its line number."""
     parsed: dict[str, tuple[int, dict[str, Any]]] = {}
-    for line, row in _rows(path, columns):
+    for line, row in rows:
         summary.rows += 1
         if progress:
             progress(1)

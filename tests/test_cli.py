@@ -1,4 +1,4 @@
-"""The `touchpoint` command (engine/cli.py), through click's CliRunner on ``engine.cli.cli``
+"""The `touchpoint` command (engine/cli/), through click's CliRunner on ``engine.cli.cli``
 and, for the real console entry point, ``python -m engine`` in a subprocess.
 
 Each test runs in its own folder (conftest's ``_isolated_cwd``) holding the practice's

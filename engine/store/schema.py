@@ -11,6 +11,7 @@
     provider_events                     (status callbacks and event webhooks, once each)
     inbound_messages                    (replies: STOP, HELP, C, R, free text)
     engine_state                        (small key/value facts: last tick, last forecast)
+    audit_log                           (append-only: who did what, when, from where)
 
 Every instant is stored in UTC and read back timezone-aware, on SQLite too.
 """
@@ -422,6 +423,21 @@ class EngineState(Base):
     updated_at: Mapped[datetime]
 
 
+class AuditEntry(Base):
+    """One action by a person or an integration: a staff member's command, an API key's
+    request. Append-only; ``detail`` never holds a full phone number or email."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(200))  # "staff:a@b.c", "api-key:emr", "cli:al"
+    action: Mapped[str] = mapped_column(String(64))  # "api.patient.put", "patient.export", …
+    target: Mapped[str] = mapped_column(String(200), default="")  # "patient:P1004"
+    address: Mapped[str] = mapped_column(String(64), default="")  # where from: an IP, "cli"
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
 # The tables, for Core queries (the hot paths use Core, not ORM sessions).
 patients = cast(Table, Patient.__table__)
 appointments = cast(Table, Appointment.__table__)
@@ -440,3 +456,4 @@ referrers = cast(Table, Referrer.__table__)
 contacts = cast(Table, Contact.__table__)
 recovery_cases = cast(Table, RecoveryCase.__table__)
 case_events = cast(Table, CaseEvent.__table__)
+audit_log = cast(Table, AuditEntry.__table__)

@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from engine import __version__, clock
+from engine.audit import os_user
 from engine.cases import CAUSES, Case, get_case, list_cases
 from engine.cases import history as case_history
 from engine.cases import note as note_case
@@ -1241,10 +1242,7 @@ def case_cmd(ctx: click.Context, case_id: int, action: str, text: str | None, by
 
 
 def _user() -> str:
-    try:
-        return os.getlogin()
-    except OSError:
-        return os.environ.get("USER", "staff")
+    return os_user()
 
 
 # --------------------------------------------------------------------------- report
@@ -1393,3 +1391,8 @@ def main() -> None:
         # Output was piped into a program that stopped reading: not an error worth a word.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+
+
+# Command groups that live in their own module register themselves on `cli` when imported
+# (engine/cli/<group>.py: `from engine.cli import cli` at its top).
+from engine.cli import audit  # noqa: E402, F401

@@ -1,0 +1,43 @@
+"""`touchpoint audit`: the audit log, for owners and auditors."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from datetime import time as dtime
+
+import click
+
+from engine import audit
+from engine.cli import _app, _echo_json
+from engine.cli import cli as _cli
+from engine.timing import at_local, zone
+
+
+@_cli.command("audit")
+@click.option("--since", metavar="DATE", help="From this day (YYYY-MM-DD, the practice's "
+              "timezone) [default: everything].")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON (one list).")
+@click.pass_context
+def audit_cmd(ctx: click.Context, since: str | None, as_json: bool) -> None:
+    """Who did what, when and from where: staff commands, API requests, console actions."""
+    app = _app(ctx)
+    start: datetime | None = None
+    if since is not None:
+        try:
+            day = date.fromisoformat(since)
+        except ValueError:
+            raise click.BadParameter("write a day as YYYY-MM-DD, e.g. 2026-11-01",
+                                     param_hint="'--since'") from None
+        start = at_local(day, dtime(0, 0), zone(app.settings().practice.timezone or "UTC"))
+    with app.db().transaction() as conn:
+        found = [entry.as_dict() for entry in audit.entries(conn, since=start)]
+    if as_json:
+        _echo_json(found)
+        return
+    if not found:
+        click.echo("The audit log is empty" + (f" since {since}." if since else "."))
+        return
+    for entry in found:
+        target = f" {entry['target']}" if entry["target"] else ""
+        where = f" from {entry['address']}" if entry["address"] else ""
+        click.echo(f"{entry['at']}  {entry['actor']}  {entry['action']}{target}{where}")
