@@ -223,6 +223,11 @@ def erase(conn: Connection, external_id: str, now: datetime) -> Erasure:
     person = find(conn, external_id, lock=True)
     if person.erased_at is not None:
         return Erasure(person.external_id, person.erased_at, already=True)
+    done = Erasure(person.external_id, now)
+    # Cancelling first takes the write locks (SQLite's database lock, PostgreSQL's row
+    # locks), so no pending message can start sending until this commits; one that
+    # started before is seen below, and the erasure is refused until it has settled.
+    done.cancelled = _cancel_pending(conn, person.id, now)
     sending = conn.execute(select(touch_points.c.id).where(
         touch_points.c.patient_id == person.id, touch_points.c.status == Status.SENDING)
         .limit(1)).scalar()
@@ -230,7 +235,6 @@ def erase(conn: Connection, external_id: str, now: datetime) -> Erasure:
         raise UserError(f"a message to patient {external_id} is being sent right now (touch "
                         f"point {sending}) — try again in a few minutes")
     scopes = _scopes(conn, person)
-    done = Erasure(person.external_id, now)
 
     def change(name: str, values: Mapping[str, Any], *extra: Any) -> None:
         table = _table(name)
@@ -260,7 +264,6 @@ def erase(conn: Connection, external_id: str, now: datetime) -> Erasure:
     change("recovery_cases", {"detail": ""})
     change("recovery_cases", {"resolution": ""}, recovery_cases.c.resolution.is_not(None))
     change("case_events", {"detail": ""})
-    done.cancelled = _cancel_pending(conn, person.id, now)
     return done
 
 
@@ -275,7 +278,7 @@ def _cancel_pending(conn: Connection, patient_id: int, now: datetime) -> int:
         conn.execute(history.insert(), [
             {"touch_point_id": tp_id, "at": now, "kind": "transition",
              "status": Status.CANCELLED, "previous_status": Status.PLANNED,
-             "reason": Reason.PATIENT_ERASED, "detail": ERASED_DETAIL, "source": "staff",
+             "reason": Reason.PATIENT_ERASED, "detail": ERASED_DETAIL, "source": "erasure",
              "provider_event_id": None} for tp_id in cancelled])
     return len(cancelled)
 
@@ -367,7 +370,6 @@ def _in_batches(db: Database, table: Table, size: int, values: Mapping[str, Any]
         after = ids[-1]
         if len(ids) < size:
             return total
-
 
 
 def purge_old_message_text(db: Database, settings: Settings, now: datetime) -> Purged:

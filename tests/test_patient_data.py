@@ -31,7 +31,14 @@ from engine.replies import record_inbound
 from engine.report import build_report
 from engine.settings import load_settings
 from engine.store.records import add_opt_out
-from engine.store.schema import Base, inbound_messages, patients, provider_events, touch_points
+from engine.store.schema import (
+    Base,
+    history,
+    inbound_messages,
+    patients,
+    provider_events,
+    touch_points,
+)
 from engine.webhooks import Kind, ProviderEvent
 from engine.webhooks.record import record_event
 from tests.support import Clinic, appointment, contact, patient
@@ -104,6 +111,11 @@ def fortnight(database_url: str, tmp_path: Path,
             "twilio", "SM-Z0:delivered", Kind.DELIVERED, "delivered", now, welcome.id,
             welcome.provider_message_id, "+13125550142",
             raw={"To": "+13125550142", "MessageStatus": "delivered"}), now)
+        # a staff note in a message's history, as `touchpoint settle --note` writes one
+        conn.execute(history.insert().values(
+            touch_point_id=welcome.id, at=now, kind="note", status=None,
+            previous_status=None, reason="note", detail="Zelda says the number is right",
+            source="staff", provider_event_id=None))
         add_opt_out(conn, "email", "Zelda.Q@example.com", "marketing", "unsubscribe",
                     "unsubscribed from the link in an email", now)
         [case] = cases.list_cases(conn, open_only=True)
@@ -229,8 +241,8 @@ def test_erase_removes_every_trace_keeps_the_counts_and_is_audited(fortnight: Cl
     before_dump, before_report = dump(fortnight), report(fortnight)
     # her data was everywhere: the test below would catch a table erase forgot
     assert {table for table, text in before_dump.items() if traces(text, ZELDA_TRACES)} == {
-        "patients", "contacts", "touch_points", "provider_events", "inbound_messages",
-        "opt_outs", "recovery_cases", "case_events"}
+        "patients", "contacts", "touch_points", "touch_point_history", "provider_events",
+        "inbound_messages", "opt_outs", "recovery_cases", "case_events"}
     bart_before = export(fortnight, "P2")
     assert len(traces("\n".join(before_dump.values()), ZELDA_TRACES)) == len(ZELDA_TRACES)
     pending = [tp for tp in fortnight.touch_points(patient="P1")
