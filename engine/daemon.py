@@ -12,8 +12,9 @@ job                when                       does
                    misfire
 ``lapse-sweep``    ``daemon.sweep_cron``      ``patient.lapsed`` events (under an advisory
                    (hourly)                   lock on PostgreSQL)
-``housekeeping``   ``daemon.housekeeping_     forgets workers that stopped ticking
-                   cron`` (daily, 03:30)
+``housekeeping``   ``daemon.housekeeping_     forgets workers that stopped ticking;
+                   cron`` (daily, 03:30)      removes message text older than
+                                              ``retention.message_bodies``
 =================  =========================  ============================================
 
 Signals: SIGTERM or SIGINT finishes the touch point in flight, records it, gives back
@@ -47,6 +48,7 @@ from engine.channels.base import Channel
 from engine.definitions import Definitions
 from engine.errors import DefinitionError
 from engine.health import HEARTBEAT_PREFIX
+from engine.patient_data import purge_old_message_text
 from engine.privacy import redact
 from engine.runner import Runner, TickReport
 from engine.settings import Settings
@@ -143,7 +145,8 @@ class Daemon:
                      extra={"event": "lapse_sweep", "lapses": found})
 
     def housekeeping(self) -> None:
-        """Forget heartbeats of workers silent for a day (their claims expire by themselves)."""
+        """Forget heartbeats of workers silent for a day (their claims expire by themselves);
+        remove message text older than ``retention.message_bodies``."""
         cutoff = clock.now() - timedelta(days=1)
         with self.db.transaction() as conn:
             rows = conn.execute(engine_state.select().where(
@@ -152,6 +155,7 @@ class Daemon:
             for row in rows:
                 conn.execute(engine_state.delete().where(engine_state.c.key == row.key))
         log.info("housekeeping: forgot %d silent worker(s)", len(rows))
+        purge_old_message_text(self.db, self.settings, clock.now())
 
     def _heartbeat(self, report: TickReport, took: float) -> None:
         if self.dry_run:

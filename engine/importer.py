@@ -15,6 +15,8 @@
   point, where one row ends and the next begins cannot be known.
 * A naive start time in the repeated hour of an autumn DST change is taken as its first
   occurrence; one in the skipped spring hour is rejected. Give offsets to be exact.
+* A row of a patient erased by ``touchpoint patient erase`` (patient, appointment or
+  contact) is refused with the date of the erasure: their data must not come back.
 * Whatever one cell holds, only its row is refused, alike on SQLite and PostgreSQL: a
   value longer than its column (the lengths of engine/store/schema.py), a NUL byte, a
   date outside the years Touchpoint plans for (:data:`YEARS`), an unknown timezone.
@@ -43,6 +45,7 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, valida
 from sqlalchemy import Column, Connection, String, Table, insert, select, text, update
 
 from engine.errors import ImportFileError
+from engine.patient_data import erased_on, refusal
 from engine.records import APPOINTMENT_STATUSES
 from engine.store.records import among, append_events, chunks
 from engine.store.schema import appointments, contacts, patients, referrers
@@ -383,6 +386,10 @@ def sync_patients(conn: Connection, rows: Rows, source: str, *, region: str, now
     changes: list[_Change] = []
     discharged: list[tuple[str, date, str]] = []
     for external_id, (line, values) in list(parsed.items()):
+        current = existing.get(external_id)
+        if current is not None and current["erased_at"] is not None:  # patient erase
+            summary.problems.append(RowProblem(line, refusal(external_id, current["erased_at"])))
+            continue
         source_id = values.pop("referral_source")
         if source_id is not None and source_id not in referrer_ids:
             summary.problems.append(RowProblem(
@@ -391,7 +398,6 @@ def sync_patients(conn: Connection, rows: Rows, source: str, *, region: str, now
         digest = _hash({**values, "referral_source": source_id})
         values["referrer_id"] = referrer_ids.get(source_id) if source_id else None
         where = f"{source}:{line}"
-        current = existing.get(external_id)
         if values["discharged_on"] is not None and (
                 current is None or current["discharged_on"] != values["discharged_on"]) and \
                 values["discharged_on"] >= (now - RECENT).date():
@@ -544,14 +550,19 @@ def sync_appointments(conn: Connection, rows: Rows, source: str, *, practice_tz:
     patient_ids = _ids(conn, patients,
                        sorted({v["patient_external_id"] for _, v in parsed.values()}))
     existing = _existing(conn, appointments, list(parsed))
+    erased = erased_on(conn, patient_ids)
     new_rows: list[tuple[dict[str, Any], str | None]] = []
     events: list[dict[str, Any]] = []
     for external_id, (line, values) in parsed.items():
         where = f"{source}:{line}"
-        patient_id = patient_ids.get(values.pop("patient_external_id"))
+        owner = values.pop("patient_external_id")
+        patient_id = patient_ids.get(owner)
         if patient_id is None:
             summary.problems.append(RowProblem(
                 line, "patient_id is not a known patient — import patients first"))
+            continue
+        if owner in erased:
+            summary.problems.append(RowProblem(line, refusal(owner, erased[owner])))
             continue
         values["patient_id"] = patient_id
         digest = _hash(values)
@@ -701,11 +712,17 @@ def sync_contacts(conn: Connection, rows: Rows, source: str, *, region: str, now
     parsed = _parse_rows(rows, "contact_id", contacts, parse, summary, progress)
     _plan_for_growing_tables(conn)
     owners = _ids(conn, patients, sorted({v["patient_external_id"] for _, v in parsed.values()}))
+    erased = erased_on(conn, owners)
     for external_id, (line, values) in list(parsed.items()):
-        owner = owners.get(str(values.pop("patient_external_id")))
+        patient_id = str(values.pop("patient_external_id"))
+        owner = owners.get(patient_id)
         if owner is None:
             summary.problems.append(RowProblem(
                 line, "patient_id is not a known patient — import patients first"))
+            del parsed[external_id]
+            continue
+        if patient_id in erased:
+            summary.problems.append(RowProblem(line, refusal(patient_id, erased[patient_id])))
             del parsed[external_id]
             continue
         values["patient_id"] = owner

@@ -183,9 +183,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("referrals.allowed_fields", "TOUCHPOINT_REFERRALS_ALLOWED_FIELDS",
             "Patient custom fields referrer messages may show (e.g. diagnosis); none by "
             "default: minimum necessary (env: comma-separated).", []),
+    Setting("retention.message_bodies", "TOUCHPOINT_RETENTION_MESSAGE_BODIES",
+            "How long the text of messages is kept: the daemon's housekeeping removes what "
+            "was sent, received or reported by a provider longer ago (rows, statuses and "
+            "reasons stay); 0 or off keeps it forever.", "365d"),
 )
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_OFF = {"0", "off", "never", "forever"}  # a retention that keeps forever
 
 _BY_KEY = {s.key: s for s in SETTINGS}
 _TABLE_SETTINGS = {"practice.links"}  # free-form tables: their sub-keys are not checked
@@ -415,6 +420,30 @@ class Referrals(BaseModel):
         return value
 
 
+class Retention(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    message_bodies: timedelta | None = timedelta(days=365)  # None: kept forever
+
+    @field_validator("message_bodies", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in _OFF:
+            return None
+        if isinstance(value, str):
+            return parse_duration(value)
+        if value == 0 and not isinstance(value, bool):  # `message_bodies = 0` in the file
+            return None
+        return value
+
+    @field_validator("message_bodies")
+    @classmethod
+    def _positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            return None
+        return value
+
+
 class Settings(BaseModel):
     """Validated settings. Build with :func:`load_settings`."""
 
@@ -438,6 +467,7 @@ class Settings(BaseModel):
     recovery: Recovery = Recovery()
     referrals: Referrals = Referrals()
     templates: Templates = Templates()
+    retention: Retention = Retention()
     config_file: Path | None = None
 
     @field_validator("send_from", "send_until", mode="before")
@@ -476,6 +506,8 @@ class Settings(BaseModel):
                 value = getattr(value, part)
             if isinstance(value, timedelta):
                 value = format_duration(value)
+            elif value is None and setting.key == "retention.message_bodies":
+                value = "off"
             elif isinstance(value, time):
                 value = f"{value:%H:%M}"
             elif isinstance(value, frozenset):
@@ -499,7 +531,7 @@ _FIELD_PATH: dict[str, tuple[str, ...]] = {
     **{s.key: tuple(s.key.split(".")) for s in SETTINGS
        if s.key.split(".")[0] in {"practice", "channels", "dispatch", "twilio", "sendgrid",
                                   "email", "webhooks", "caps", "daemon", "recovery",
-                                  "referrals", "templates"}},
+                                  "referrals", "templates", "retention"}},
 }
 
 

@@ -150,6 +150,9 @@ class Patient(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Set by `touchpoint patient erase`: the personal data is gone, the row stays (reports
+    # count it) and a later import of this patient_id is refused (engine/patient_data.py).
+    erased_at: Mapped[datetime | None]
 
 
 class Referrer(Base):
