@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -301,9 +301,17 @@ def test_only_subscribed_types_are_written_and_sent(practice: Practice,
 
 def test_opt_outs_from_every_source_go_through_one_hook(practice: Practice,
                                                         receiver: Receiver) -> None:
-    add(practice, receiver, "patient.opted_out")
+    add(practice, receiver, "patient.opted_out,touch_point.failed")
     [welcome] = practice.welcomed()
     practice.status(welcome.id, "undelivered", "SM21610", error="21610")  # Twilio 21610
+    deliver(practice)
+    opted, failed = receiver.received
+    assert opted.payload["type"] == "patient.opted_out"  # (the opt-out is recorded first)
+    assert failed.payload["data"] == {
+        "patient_id": "P1", "appointment_id": None, "touch_point_id": welcome.id,
+        "journey": "welcome", "step": "welcome", "channel": "sms", "recipient": "patient",
+        "reason": "opted_out", "error_code": "21610"}
+    receiver.received.remove(failed)
     with practice.clinic.db.transaction() as conn:  # an unsubscribe link, an unknown number
         add_opt_out(conn, "email", "P1@Example.com", "marketing", "unsubscribe link",
                     "clicked", clock.now())
@@ -585,3 +593,26 @@ def test_a_hanging_endpoint_never_delays_the_texts_the_daemon_sends(
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- the docs
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "webhooks-out.md"
+
+
+def test_the_worked_example_in_the_docs_verifies_and_every_type_is_documented() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    request = text.split("```http\n", 1)[1].split("```", 1)[0]
+    head, body = request.split("\n\n", 1)
+    headers = dict(line.split(": ", 1) for line in head.splitlines()[1:])
+    secret = text.split('SECRET = "', 1)[1].split('"', 1)[0]
+    stamp = int(headers["webhook-timestamp"])
+    with freeze_time(datetime.fromtimestamp(stamp, UTC)):
+        event = Webhook(secret).verify(body.strip().encode(), headers)
+    assert event["type"] == "appointment.confirmed"
+    assert body.strip() == json.dumps(event, separators=(",", ":"))  # as Touchpoint writes it
+    for event_type in (*EVENT_TYPES, "webhook.test"):
+        assert f"| `{event_type}` |" in text
+    schedule = DeliveryRetryPolicy().schedule()
+    assert f"| {len(schedule)} | 24 h — the last attempt |" in text
