@@ -338,9 +338,14 @@ def claim_due(conn: Connection, worker: str, now: datetime, limit: int, lease: t
                .with_for_update(skip_locked=True))
     if skip_endpoints:
         due_ids = due_ids.where(d.c.endpoint_id.not_in(list(skip_endpoints)))
-    claimed = conn.execute(update(d).where(d.c.id.in_(due_ids.scalar_subquery()))
-                           .values(claimed_by=worker, claim_expires_at=now + lease)
-                           .returning(d.c.id)).scalars().all()
+    found = conn.execute(due_ids).scalars().all()  # (idle: one read, no write lock)
+    if not found:
+        return []
+    claimed = conn.execute(update(d).where(  # (SQLite: still claimable when we write)
+        d.c.id.in_(found), _PENDING,
+        or_(d.c.claim_expires_at.is_(None), d.c.claim_expires_at < now))
+        .values(claimed_by=worker, claim_expires_at=now + lease)
+        .returning(d.c.id)).scalars().all()
     if not claimed:
         return []
     rows = conn.execute(
