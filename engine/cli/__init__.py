@@ -210,8 +210,10 @@ def cli(ctx: click.Context, db_url: str | None, config: str | None, now: str | N
     """Touchpoint: patient journeys, a touch-point ledger, SMS and email."""
     instant = _parse_now(now)
     if instant is not None:
+        # (run in-process, as tests and scripts do, the caller's clock comes back after)
+        previous = clock.pinned()
         clock.set_now(instant)
-        ctx.call_on_close(lambda: clock.set_now(None))
+        ctx.call_on_close(lambda: clock.set_now(previous))
     flags: dict[str, object] = {}
     for assignment in assignments:
         key, value = parse_flag(assignment)
@@ -1357,7 +1359,7 @@ def demo_cmd(ctx: click.Context, days: int) -> None:
         app.flags["database.url"] = "sqlite:///touchpoint-demo.db"
     if app.config is None and not os.environ.get("TOUCHPOINT_CONFIG") \
             and not Path("touchpoint.toml").is_file():
-        app.config = str(Path(__file__).parent / "demo" / "practice.toml")
+        app.config = str(Path(__file__).parent.parent / "demo" / "practice.toml")
     settings = app.settings()
     database, definitions = app.db(), app.definitions()
     began = time.monotonic()
