@@ -302,11 +302,5 @@ def emit_opt_out(conn: Connection, channel: str, address: str, purpose: str, sou
     return len(found)
 
 
-def unsent(conn: Connection) -> int:
-    """Deliveries still pending (for health and the CLI)."""
-    return int(conn.execute(select(func.count()).select_from(webhook_deliveries).where(
-        webhook_deliveries.c.status == "pending")).scalar() or 0)
-
-
 __all__ = ["EVENT_TYPES", "TEST_EVENT", "Endpoint", "add_endpoint", "check_url", "emit",
            "emit_about", "emit_opt_out", "emit_touch_point"]
