@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from engine import clock, notify
+from engine import clock, notify, outbound_webhooks
 from engine.definitions import Definitions
 from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.definitions.templates import Fields
@@ -177,6 +177,10 @@ def open_case(conn: Connection, settings: Settings, *, patient_id: int, cause: s
         "occurred_at": now, "data": {"case": row.id, "cause": cause, "anchor": f"case:{row.id}"},
         "source": f"case {row.id}", "dedupe_key": f"case.opened:{row.id}",
         "processed_at": None}])
+    outbound_webhooks.emit_about(conn, "case.opened", now, patient_id=patient_id,
+                                 appointment_id=appointment_id, case_id=row.id, cause=cause,
+                                 touch_point_id=touch_point_id, due_at=due_time(now, settings)
+                                 .isoformat().replace("+00:00", "Z"))
     log.info("recovery case %s opened for patient %s: %s", row.id, patient_id, cause)
     return int(row.id)
 
@@ -310,6 +314,9 @@ def resolve(conn: Connection, case_id: int, note: str, by: str, now: datetime) -
         "appointment_id": case.appointment_id, "occurred_at": now,
         "data": {"case": case_id, "anchor": f"case:{case_id}"}, "source": f"case {case_id}",
         "dedupe_key": f"case.resolved:{case_id}", "processed_at": None}])
+    outbound_webhooks.emit_about(conn, "case.resolved", now, patient_id=case.patient_id,
+                                 appointment_id=case.appointment_id, case_id=case_id,
+                                 cause=case.cause)
     resolved = get_case(conn, case_id)
     assert resolved is not None
     return resolved

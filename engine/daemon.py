@@ -15,6 +15,8 @@ job                when                       does
 ``housekeeping``   ``daemon.housekeeping_     forgets workers that stopped ticking;
                    cron`` (daily, 03:30)      removes message text older than
                                               ``retention.message_bodies``
+``webhooks-out``   every 5 s, in its own      outbound webhooks due (a slow or dead
+                   thread (executor)          endpoint never holds up ``dispatch``)
 =================  =========================  ============================================
 
 Signals: SIGTERM or SIGINT finishes the touch point in flight, records it, gives back
@@ -39,6 +41,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from types import FrameType
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -48,6 +51,7 @@ from engine.channels.base import Channel
 from engine.definitions import Definitions
 from engine.errors import DefinitionError
 from engine.health import HEARTBEAT_PREFIX
+from engine.outbound_webhooks.delivery import Deliverer
 from engine.patient_data import purge_old_message_text
 from engine.privacy import redact
 from engine.runner import Runner, TickReport
@@ -59,6 +63,7 @@ from engine.timing import zone
 
 log = logging.getLogger("touchpoint.daemon")
 WATCH_RETRY_SECONDS = 5.0
+WEBHOOKS_EVERY_SECONDS = 5.0
 
 
 def definitions_to_run(settings: Settings, db: Database,
@@ -109,6 +114,7 @@ class Daemon:
         self.scheduler = BlockingScheduler(timezone=tz, job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         self.ticks = 0
+        self.webhooks: Deliverer | None = None
 
     # ------------------------------------------------------------------ jobs
 
@@ -156,6 +162,18 @@ class Daemon:
                 conn.execute(engine_state.delete().where(engine_state.c.key == row.key))
         log.info("housekeeping: forgot %d silent worker(s)", len(rows))
         purge_old_message_text(self.db, self.settings, clock.now())
+
+    def deliver_webhooks(self) -> None:
+        """Outbound webhooks due (engine.outbound_webhooks), in the job's own thread."""
+        if self.stopping.is_set() or self.dry_run:
+            return
+        if self.webhooks is None:
+            self.webhooks = Deliverer(self.db, worker=self.worker)
+        try:
+            self.webhooks.run(stop=self.stopping.is_set)
+        except Exception as exc:  # the next run tries again; messages are never affected
+            log.error("delivering outbound webhooks failed (%s: %s)", type(exc).__name__,
+                      redact(str(exc))[:300], extra={"event": "webhooks_failed"})
 
     def _heartbeat(self, report: TickReport, took: float) -> None:
         if self.dry_run:
@@ -261,6 +279,10 @@ class Daemon:
         self.scheduler.add_job(self.housekeeping, CronTrigger.from_crontab(
             self.settings.daemon.housekeeping_cron, timezone=self.scheduler.timezone),
             id="housekeeping")
+        self.scheduler.add_executor(ThreadPoolExecutor(1), "webhooks-out")
+        self.scheduler.add_job(self.deliver_webhooks, IntervalTrigger(
+            seconds=WEBHOOKS_EVERY_SECONDS), id="webhooks-out", executor="webhooks-out",
+            next_run_time=clock.now())
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         self.keep_definitions()
@@ -276,6 +298,8 @@ class Daemon:
             if self.restored is not None:
                 self.restored.remove()
         self._release()
+        if self.webhooks is not None:
+            self.webhooks.close()
         log.info("daemon stopped after %d tick(s)", self.ticks, extra={"event": "stopped"})
         return 0
 

@@ -49,7 +49,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine import clock, unsubscribe
+from engine import clock, outbound_webhooks, unsubscribe
 from engine.cases import Case, case_fields, get_case
 from engine.channels.base import Channel, OutboundMessage
 from engine.definitions import Definitions
@@ -455,6 +455,8 @@ class Dispatcher:
                                      reason=Reason.ENGINE_ERROR, detail=error,
                                      worker=self.worker,
                                      values={"claimed_by": None, "claim_expires_at": None}):
+                    outbound_webhooks.emit_touch_point(conn, "touch_point.failed",
+                                                       clock.now(), tp.id)
                     self.stats.failed += 1
                 elif ledger.transition(conn, tp.id, expect=Status.SENDING, to=Status.UNKNOWN,
                                        now=clock.now(), source="dispatcher",
@@ -742,9 +744,12 @@ class Dispatcher:
         if not keep_claim:
             changes.update(claimed_by=None, claim_expires_at=None)
         with self._tx() as conn:
-            ledger.transition(conn, tp.id, expect=expect, to=to, now=clock.now(),
-                              source="dispatcher", reason=reason, detail=detail,
-                              values=changes)
+            moved = ledger.transition(conn, tp.id, expect=expect, to=to, now=clock.now(),
+                                      source="dispatcher", reason=reason, detail=detail,
+                                      values=changes)
+            if moved and to == Status.FAILED:
+                outbound_webhooks.emit_touch_point(conn, "touch_point.failed", clock.now(),
+                                                   tp.id)
 
     def _settle(self, tp: TouchPoint, verdict: Verdict) -> None:
         self._finish(tp, Status.PLANNED, verdict.status, verdict.reason, verdict.detail)

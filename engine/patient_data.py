@@ -88,6 +88,12 @@ TABLES: dict[str, str] = {
     "referrers": "export: the referral source that sent the patient, if any. erase: kept "
                  "(a physician's office, not the patient).",
     "engine_state": "neither: the engine's own facts (heartbeats, definitions, keys).",
+    "webhook_endpoints": "neither: the practice's own systems that receive events.",
+    "webhook_messages": "neither: events sent to the practice's own systems carry ids and "
+                        "codes only (no names, numbers, emails or text), copies of what "
+                        "events and touch_points already export.",
+    "webhook_deliveries": "neither: delivery state of those events (ids, times, status).",
+    "webhook_attempts": "neither: each delivery attempt (status codes, redacted errors).",
 }
 
 

@@ -51,7 +51,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, false, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from engine import cases, clock, notify
+from engine import cases, clock, notify, outbound_webhooks
 from engine.channels.base import Channel
 from engine.definitions import Definitions
 from engine.definitions.journeys import SYSTEM_JOURNEYS
@@ -322,12 +322,20 @@ def record_inbound(conn: Connection, settings: Settings, *, provider: str, messa
         conn.execute(update(appointments).where(appointments.c.id == appointment.id)
                      .values(confirmed_at=now))
         _note(conn, reminder.id, now, "confirmed", "the patient confirmed by text")
+        outbound_webhooks.emit_about(
+            conn, "appointment.confirmed", now, patient_id=appointment.patient_id,
+            appointment_id=appointment.id, touch_point_id=reminder.id, channel="sms",
+            inbound_message_id=row.id)
         if not blocked:
             handled.outgoing.append(Outgoing("replies", "confirmed", "sms", from_number,
                                              "replies/confirmed"))
     elif intent == "reschedule" and reminder is not None:
         _note(conn, reminder.id, now, "reschedule_requested",
               "the patient asked to reschedule by text")
+        outbound_webhooks.emit_about(
+            conn, "reschedule.requested", now, patient_id=reminder.patient_id,
+            appointment_id=reminder.appointment_id, touch_point_id=reminder.id,
+            channel="sms", inbound_message_id=row.id)
         if not blocked:
             handled.outgoing.append(Outgoing("replies", "reschedule", "sms", from_number,
                                              "replies/reschedule"))

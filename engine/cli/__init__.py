@@ -47,6 +47,7 @@ from engine.importer import (
     import_patients,
     import_referrers,
 )
+from engine.outbound_webhooks.delivery import deliver_due
 from engine.outcomes import Status
 from engine.preview import Preview, RenderedPreview, preview, send_test
 from engine.privacy import mask_address, redact
@@ -450,11 +451,15 @@ def run(ctx: click.Context, once: bool, dry_run: bool, as_json: bool) -> None:
             report = runner.tick()
     else:
         report = runner.tick()
+    hooks = None if dry_run else deliver_due(database)  # after the messages: never before
     if as_json:
-        _echo_json({**report.as_dict(), "dry_run": dry_run})
+        _echo_json({**report.as_dict(), "dry_run": dry_run,
+                    **({"webhooks": hooks.as_dict()} if hooks else {})})
     else:
         prefix = "dry run (nothing recorded): " if dry_run else ""
-        click.echo(prefix + _describe_tick(report))
+        click.echo(prefix + _describe_tick(report) + (
+            f" Webhooks: {hooks.delivered} delivered, {hooks.retried} to retry, "
+            f"{hooks.failed} failed." if hooks and hooks.attempts else ""))
 
 
 @cli.command("simulate")
@@ -1397,5 +1402,8 @@ def main() -> None:
 
 # Command groups that live in their own module register themselves on `cli` when imported
 # (engine/cli/<group>.py: `from engine.cli import cli` at its top).
-from engine.cli import audit  # noqa: E402, F401
+from engine.cli import (  # noqa: E402
+    audit,  # noqa: F401
+    webhooks,  # noqa: F401
+)
 from engine.cli import patient as patient_commands  # noqa: E402, F401

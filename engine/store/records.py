@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from engine import outbound_webhooks
 from engine.definitions.journeys import CHANNELS, PRIORITIES, SYSTEM_JOURNEYS
 from engine.records import Appointment, Contact, Event, Patient, Referrer
 from engine.store.schema import (
@@ -377,7 +378,10 @@ def add_opt_out(conn: Connection, channel: str, address: str, purpose: str, sour
     result = conn.execute(dialect.insert(opt_outs).values(
         channel=channel, address=address, purpose=purpose, source=source, detail=detail,
         created_at=now).on_conflict_do_nothing(index_elements=["channel", "address", "purpose"]))
-    return bool(result.rowcount)
+    if not result.rowcount:
+        return False
+    outbound_webhooks.emit_opt_out(conn, channel, address, purpose, source, now)
+    return True
 
 
 def remove_opt_outs(conn: Connection, channel: str, address: str,

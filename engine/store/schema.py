@@ -12,6 +12,8 @@
     inbound_messages                    (replies: STOP, HELP, C, R, free text)
     engine_state                        (small key/value facts: last tick, last forecast)
     audit_log                           (append-only: who did what, when, from where)
+    webhook_endpoints ─< webhook_deliveries ─< webhook_attempts   (outbound webhooks:
+    webhook_messages  ─<                        what happened, sent to the practice's systems)
 
 Every instant is stored in UTC and read back timezone-aware, on SQLite too.
 """
@@ -441,6 +443,78 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+
+class WebhookEndpoint(Base):
+    """A URL of the practice's systems that receives outbound webhooks (signed per the
+    Standard Webhooks specification with its own secret), for the event types listed."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    secret: Mapped[str] = mapped_column(String(100))  # whsec_…
+    event_types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    removed_at: Mapped[datetime | None]  # kept for the delivery log
+
+
+class WebhookMessage(Base):
+    """One event to tell the practice's systems about (written in the transaction of the
+    change it reports: the outbox). ``payload`` is the body sent, minimum necessary."""
+
+    __tablename__ = "webhook_messages"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # msg_…, the webhook-id
+    type: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime]
+
+
+class WebhookDelivery(Base):
+    """One message to one endpoint: its state and when it is tried next."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "message_id"),
+        # What the delivery job claims: only pending rows are indexed.
+        Index("ix_webhook_deliveries_due", "next_attempt_at",
+              sqlite_where=text("status = 'pending'"),
+              postgresql_where=text("status = 'pending'")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id"), index=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("webhook_messages.id"))
+    status: Mapped[str] = mapped_column(String(12))  # pending, delivered, failed, cancelled
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    first_attempt_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(80))
+    claim_expires_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class WebhookAttempt(Base):
+    """The delivery log: every attempt, with what the endpoint answered (append-only)."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_deliveries.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(index=True)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(300))  # redacted
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    outcome: Mapped[str] = mapped_column(String(12))  # delivered, retry, failed
+    next_attempt_at: Mapped[datetime | None]
+
 # The tables, for Core queries (the hot paths use Core, not ORM sessions).
 patients = cast(Table, Patient.__table__)
 appointments = cast(Table, Appointment.__table__)
@@ -460,3 +534,7 @@ contacts = cast(Table, Contact.__table__)
 recovery_cases = cast(Table, RecoveryCase.__table__)
 case_events = cast(Table, CaseEvent.__table__)
 audit_log = cast(Table, AuditEntry.__table__)
+webhook_endpoints = cast(Table, WebhookEndpoint.__table__)
+webhook_messages = cast(Table, WebhookMessage.__table__)
+webhook_deliveries = cast(Table, WebhookDelivery.__table__)
+webhook_attempts = cast(Table, WebhookAttempt.__table__)

@@ -31,6 +31,7 @@ from datetime import datetime
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from engine import outbound_webhooks
 from engine.definitions import Definitions
 from engine.errors import TransientChannelError
 from engine.outcomes import Reason, Status
@@ -136,6 +137,9 @@ def record_event(conn: Connection, event: ProviderEvent, now: datetime,
                              .values(**changes)).rowcount
         if moved == 1:
             _history(conn, tp.id, now, event, target, tp.status, detail)
+            if target in (Status.DELIVERED, Status.FAILED):
+                outbound_webhooks.emit_touch_point(conn, f"touch_point.{target}", now, tp.id,
+                                                   error_code=event.error_code)
             return Recorded("applied", tp.id, target)
         tp = _find(conn, event) or tp  # it moved under us: note the event against it
     _history(conn, tp.id, now, event, None, None, detail)

@@ -4,7 +4,7 @@
 later import of that patient_id is refused (engine/patient_data.py).
 
 Revision ID: 0017
-Revises: 0012
+Revises: 0016
 Create Date: 2026-12-05 05:45:00
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017"
-down_revision = "0012"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
