@@ -12,6 +12,7 @@
     inbound_messages                    (replies: STOP, HELP, C, R, free text)
     engine_state                        (small key/value facts: last tick, last forecast)
     audit_log                           (append-only: who did what, when, from where)
+    api_keys                            (keys of the REST API: name, scopes, a hash, never the key)
 
 Every instant is stored in UTC and read back timezone-aware, on SQLite too.
 """
@@ -150,6 +151,8 @@ class Patient(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # The EMR's own last-change time (the API's `updated_at`): an older update is refused.
+    source_updated_at: Mapped[datetime | None]
 
 
 class Referrer(Base):
@@ -167,6 +170,8 @@ class Referrer(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # The EMR's own last-change time (the API's `updated_at`): an older update is refused.
+    source_updated_at: Mapped[datetime | None]
 
 
 class Contact(Base):
@@ -191,6 +196,8 @@ class Contact(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # The EMR's own last-change time (the API's `updated_at`): an older update is refused.
+    source_updated_at: Mapped[datetime | None]
 
 
 class Appointment(Base):
@@ -214,6 +221,8 @@ class Appointment(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # The EMR's own last-change time (the API's `updated_at`): an older update is refused.
+    source_updated_at: Mapped[datetime | None]
 
 
 class Event(Base):
@@ -438,6 +447,22 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class ApiKey(Base):
+    """A key of the REST API (engine/api/keys.py). Only a SHA-256 hash of the key is kept;
+    ``prefix`` (a public part of the key) finds the row without comparing every hash."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[str] = mapped_column(String(200))  # comma-separated, e.g. "read:log"
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+
 # The tables, for Core queries (the hot paths use Core, not ORM sessions).
 patients = cast(Table, Patient.__table__)
 appointments = cast(Table, Appointment.__table__)
@@ -457,3 +482,4 @@ contacts = cast(Table, Contact.__table__)
 recovery_cases = cast(Table, RecoveryCase.__table__)
 case_events = cast(Table, CaseEvent.__table__)
 audit_log = cast(Table, AuditEntry.__table__)
+api_keys = cast(Table, ApiKey.__table__)
