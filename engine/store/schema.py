@@ -150,6 +150,8 @@ class Patient(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Left the practice's records (a full sync, an HL7 S17, an API DELETE): see engine.removal
+    removed_at: Mapped[datetime | None]
 
 
 class Referrer(Base):
@@ -191,6 +193,7 @@ class Contact(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    removed_at: Mapped[datetime | None]  # see engine.removal
 
 
 class Appointment(Base):
@@ -214,6 +217,7 @@ class Appointment(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    removed_at: Mapped[datetime | None]  # see engine.removal
 
 
 class Event(Base):
