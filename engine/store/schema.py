@@ -153,6 +153,8 @@ class Patient(Base):
     updated_at: Mapped[datetime]
     # The EMR's own last-change time (the API's `updated_at`): an older update is refused.
     source_updated_at: Mapped[datetime | None]
+    # Left the practice's records (a full sync, an HL7 S17, an API DELETE): see engine.removal
+    removed_at: Mapped[datetime | None]
 
 
 class Referrer(Base):
@@ -198,6 +200,7 @@ class Contact(Base):
     updated_at: Mapped[datetime]
     # The EMR's own last-change time (the API's `updated_at`): an older update is refused.
     source_updated_at: Mapped[datetime | None]
+    removed_at: Mapped[datetime | None]  # see engine.removal
 
 
 class Appointment(Base):
@@ -223,6 +226,7 @@ class Appointment(Base):
     updated_at: Mapped[datetime]
     # The EMR's own last-change time (the API's `updated_at`): an older update is refused.
     source_updated_at: Mapped[datetime | None]
+    removed_at: Mapped[datetime | None]  # see engine.removal
 
 
 class Event(Base):
