@@ -473,3 +473,79 @@ def test_a_body_over_the_limit_is_refused(api: Api) -> None:
     assert huge.status_code == 413
     with api.clinic.db.transaction() as conn:
         assert conn.execute(select(func.count()).select_from(patients)).scalar() == 0
+
+
+# --------------------------------------------------------------------------- DELETE
+
+
+def delete(api: Api, path: str, key: str | None = None) -> Any:
+    return api.client.delete(f"/api/v1{path}",
+                             headers={"Authorization": f"Bearer {key or api.write}"})
+
+
+def test_deleting_an_appointment_cancels_its_reminders_and_a_put_brings_it_back(
+        api: Api) -> None:
+    booked(api)
+    api.clinic.tick()
+    assert api.clinic.one("pre-visit", "two-days-before").status == Status.PLANNED
+
+    gone = delete(api, "/appointments/A1")
+    assert gone.status_code == 200, gone.text
+    assert gone.json() == {"kind": "appointment", "id": "A1", "result": "removed",
+                           "touch_points_cancelled": 2, "updated_at": None}
+    reminder = api.clinic.one("pre-visit", "two-days-before")
+    assert (reminder.status, reminder.reason) == (Status.CANCELLED, "patient_removed")
+    assert api.rows(appointments)[0].removed_at == MONDAY_9AM
+    again = delete(api, "/appointments/A1")
+    assert (again.json()["result"], again.json()["touch_points_cancelled"]) == ("unchanged", 0)
+
+    back = api.put("/appointments/A1", VISIT)
+    assert (back.json()["result"], back.json()["events"]) == ("reactivated",
+                                                              ["appointment.booked"])
+    assert api.rows(appointments)[0].removed_at is None
+    api.clinic.tick()
+    assert [tp.status for tp in api.clinic.touch_points(step="two-days-before")] == [
+        Status.CANCELLED, Status.PLANNED]
+    assert [(e.action, e.detail) for e in api.audit() if e.action.endswith(".delete")] == [
+        ("api.appointment.delete", {"result": "removed", "touch_points_cancelled": 2}),
+        ("api.appointment.delete", {"result": "unchanged", "touch_points_cancelled": 0})]
+
+
+def test_deleting_a_patient_or_a_contact(api: Api) -> None:
+    booked(api)
+    assert api.put("/contacts/C1", {"patient_id": "P1", "relationship": "parent",
+                                    "first_name": "Gabriela"}).status_code == 201
+    api.clinic.tick()
+    pending = [tp for tp in api.clinic.touch_points() if tp.status == Status.PLANNED]
+    assert pending
+    assert delete(api, "/contacts/C1").json()["result"] == "removed"
+    assert api.rows(contacts)[0].removed_at is not None
+
+    gone = delete(api, "/patients/P1")
+    assert gone.json()["result"] == "removed"
+    assert {tp.status for tp in api.clinic.touch_points()} <= {Status.CANCELLED, Status.SENT}
+    assert api.rows(patients)[0].removed_at is not None
+    assert api.rows(appointments)[0].removed_at is not None
+    back = api.put("/patients/P1", PATIENT)
+    assert back.json()["result"] == "reactivated"
+    assert api.rows(patients)[0].removed_at is None
+
+
+def test_delete_needs_the_scope_a_known_record_and_respects_updated_at(api: Api) -> None:
+    assert delete(api, "/patients/P1", key=api.read).status_code == 403
+    missing = delete(api, "/patients/P1")
+    assert (missing.status_code, missing.headers["content-type"]) == (404, PROBLEM)
+    api.put("/patients/P1", {**PATIENT, "updated_at": "2026-11-02T15:00:00Z"})
+    stale = api.client.delete("/api/v1/patients/P1",
+                              params={"updated_at": "2026-11-02T14:00:00Z"},
+                              headers={"Authorization": f"Bearer {api.write}"})
+    assert stale.status_code == 409
+    assert api.rows(patients)[0].removed_at is None
+    fresh = api.client.delete("/api/v1/patients/P1",
+                              params={"updated_at": "2026-11-02T16:00:00Z"},
+                              headers={"Authorization": f"Bearer {api.write}"})
+    assert fresh.json()["updated_at"] == "2026-11-02T16:00:00Z"
+    # a PUT from before the delete arrives late: refused
+    late = api.put("/patients/P1", {**PATIENT, "updated_at": "2026-11-02T15:30:00Z"})
+    assert late.status_code == 409
+    assert api.rows(patients)[0].removed_at is not None

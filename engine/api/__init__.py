@@ -5,6 +5,9 @@ PUT    /api/v1/patients/{patient_id}         write:records  create or update (CS
 PUT    /api/v1/appointments/{appointment_id} write:records  status changes record events
 PUT    /api/v1/contacts/{contact_id}         write:records  the body names patient_id
 PUT    /api/v1/referrers/{referrer_id}       write:records
+DELETE /api/v1/patients/{patient_id}         write:records  removal (engine/removal.py)
+DELETE /api/v1/appointments/{appointment_id} write:records  its touch points cancelled
+DELETE /api/v1/contacts/{contact_id}         write:records  no longer a recipient
 GET    /api/v1/patients/{patient_id}/touch-points  read:log  each with its why
 GET    /api/v1/touch-points/{id}             read:log       one, with its story
 =========================================  =============  =============================

@@ -19,18 +19,19 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.exc import IntegrityError
 
-from engine import audit, clock, importer
+from engine import audit, clock, importer, removal
 from engine.api import keys
 from engine.api.auth import Caller, requires
 from engine.api.problems import Problem, invalid
 from engine.importer import ImportSummary, RowProblem
 from engine.privacy import mask_address
 from engine.settings import Settings
+from engine.store.records import append_events
 from engine.store.schema import appointments, contacts, patients, referrers
 
 Text = Annotated[str | None, Field(default=None)]
@@ -121,11 +122,24 @@ class Applied(BaseModel):
 
     kind: str
     id: str
-    result: Literal["created", "updated", "unchanged"]
+    result: Literal["created", "updated", "unchanged", "reactivated"] = Field(
+        description="reactivated: the record had been DELETEd and is back.")
     events: list[str] = Field(description="Events recorded (each starts or ends journeys).")
     version: int | None = Field(None, description="Appointments: bumped by a booking or move.")
     updated_at: datetime | None = Field(None, description="The EMR's time stored.")
     stored_at: datetime = Field(description="When Touchpoint last changed the record.")
+
+
+class Removed(BaseModel):
+    """What a DELETE did."""
+
+    kind: str
+    id: str
+    result: Literal["removed", "unchanged"] = Field(
+        description="unchanged: it had been removed already.")
+    touch_points_cancelled: int = Field(description="Pending touch points cancelled "
+                                        "(reason patient_removed).")
+    updated_at: datetime | None = Field(None, description="The EMR's time stored.")
 
 
 Sync = Callable[[Connection, importer.Rows, str, Settings, datetime], ImportSummary]
@@ -305,6 +319,7 @@ def _apply(services: Any, kind: Kind, row: dict[str, str], body: RecordIn, calle
                 f"{_iso(stored_at)}); this update is older and was not applied",
                 title="A newer version is stored",
                 current={**_current(current, kind), "record": record_view(conn, kind, current)})
+        back = _reactivate(conn, kind, current, now)
         summary = kind.sync(conn, [(1, row)], f"api:{caller.name}", settings, now)
         if summary.problems:
             raise invalid(_every_problem(conn, kind, row, summary.problems[0], settings, now))
@@ -312,9 +327,10 @@ def _apply(services: Any, kind: Kind, row: dict[str, str], body: RecordIn, calle
             conn.execute(update(kind.table).where(kind.table.c.external_id == external_id)
                          .values(source_updated_at=body.updated_at))
         stored = _stored(conn, kind, external_id)
-        result: Literal["created", "updated", "unchanged"] = (
-            "created" if summary.created else "updated" if summary.updated else "unchanged")
-        events = sorted(summary.events.elements())
+        result: Literal["created", "updated", "unchanged", "reactivated"] = (
+            "created" if summary.created else "reactivated" if back is not None
+            else "updated" if summary.updated else "unchanged")
+        events = sorted([*summary.events.elements(), *(back or [])])
         audit.record(conn, actor=caller.actor, action=f"api.{kind.name}.put", now=now,
                      target=target, address=caller.address,
                      detail={"result": result, "events": events})
@@ -322,6 +338,71 @@ def _apply(services: Any, kind: Kind, row: dict[str, str], body: RecordIn, calle
     return Applied(kind=kind.name, id=external_id, result=result, events=events,
                    version=stored.version if kind.name == "appointment" else None,
                    updated_at=stored.source_updated_at, stored_at=stored.updated_at)
+
+
+def _reactivate(conn: Connection, kind: Kind, current: Any, now: datetime) -> list[str] | None:
+    """Bring back a record a DELETE removed (engine.removal); the kinds of the events
+    recorded, or None if it was not removed."""
+    if current is None or getattr(current, "removed_at", None) is None:
+        return None
+    if kind.name == "patient":
+        events = removal.reactivate_patient(conn, current.id, now=now)
+    elif kind.name == "appointment":
+        event = removal.reactivate_appointment(conn, current.id, now=now)
+        events = [event] if event is not None else []
+    else:
+        removal.reactivate_contact(conn, current.id, now=now)
+        events = []
+    append_events(conn, events)
+    return [e["kind"] for e in events]
+
+
+#: How a DELETE removes each kind (referrers have no removal: they are never deleted).
+REMOVE = {"patient": removal.remove_patient, "appointment": removal.remove_appointment,
+          "contact": removal.remove_contact}
+
+
+def delete(request: Request, kind: Kind, external_id: str, updated_at: datetime | None,
+           caller: Caller) -> Removed:
+    """Remove a record (engine.removal): it stays for the history, its pending touch
+    points are cancelled ``patient_removed``, and a later PUT brings it back."""
+    services = request.app.state.services
+    target = f"{kind.name}:{external_id}"
+    action = f"api.{kind.name}.delete"
+    now = clock.now()
+    try:
+        with services.db.transaction() as conn:
+            current = _stored(conn, kind, external_id, lock=True)
+            if current is None:
+                raise Problem(404, "not-found", f"no {kind.name} {external_id}")
+            stored_at = current.source_updated_at
+            if updated_at is not None and stored_at is not None and updated_at < stored_at:
+                raise Problem(
+                    409, "stale-update", f"a newer version of {target} is stored (updated_at "
+                    f"{_iso(stored_at)}); this delete is older and was not applied",
+                    title="A newer version is stored",
+                    current={**_current(current, kind),
+                             "record": record_view(conn, kind, current)})
+            removed_before = current.removed_at is not None
+            cancelled = REMOVE[kind.name](conn, current.id, now=now,
+                                          source=f"api:{caller.name}")
+            if updated_at is not None and updated_at != stored_at:
+                conn.execute(update(kind.table).where(kind.table.c.id == current.id)
+                             .values(source_updated_at=updated_at))
+            result: Literal["removed", "unchanged"] = (
+                "unchanged" if removed_before else "removed")
+            audit.record(conn, actor=caller.actor, action=action, now=now, target=target,
+                         address=caller.address,
+                         detail={"result": result, "touch_points_cancelled": cancelled})
+            keys.mark_used(conn, caller.key_id, now)
+    except Problem as problem:
+        _audit_refusal(services, caller, action, target, problem)
+        raise
+    _changed(services)
+    return Removed(kind=kind.name, id=external_id, result=result,
+                   touch_points_cancelled=cancelled,
+                   updated_at=updated_at if updated_at is not None and (
+                       stored_at is None or updated_at > stored_at) else stored_at)
 
 
 def _changed(services: Any) -> None:
@@ -380,3 +461,33 @@ def put_referrer(request: Request, response: Response, body: ReferrerIn,
                  referrer_id: ExternalId, caller: Caller = WRITE) -> Applied:
     """Create or update a referral source. Scope write:records."""
     return put(request, KINDS["referrer"], referrer_id, body, caller, response)
+
+
+UpdatedAt = Annotated[AwareDatetime | None, Query(
+    description="When the EMR deleted it (with a UTC offset); older than the stored "
+    "updated_at → 409.")]
+
+
+@router.delete("/patients/{patient_id}", response_model=Removed)
+def delete_patient(request: Request, patient_id: ExternalId, updated_at: UpdatedAt = None,
+                   caller: Caller = WRITE) -> Removed:
+    """Remove a patient who left the practice's records: their appointments with them,
+    every pending touch point cancelled (patient_removed). A PUT brings them back. Scope
+    write:records."""
+    return delete(request, KINDS["patient"], patient_id, updated_at, caller)
+
+
+@router.delete("/appointments/{appointment_id}", response_model=Removed)
+def delete_appointment(request: Request, appointment_id: ExternalId,
+                       updated_at: UpdatedAt = None, caller: Caller = WRITE) -> Removed:
+    """Remove an appointment (not a cancellation: it left the records); its pending touch
+    points are cancelled. Scope write:records."""
+    return delete(request, KINDS["appointment"], appointment_id, updated_at, caller)
+
+
+@router.delete("/contacts/{contact_id}", response_model=Removed)
+def delete_contact(request: Request, contact_id: ExternalId, updated_at: UpdatedAt = None,
+                   caller: Caller = WRITE) -> Removed:
+    """Remove a contact: no longer a recipient; their pending touch points are cancelled.
+    Scope write:records."""
+    return delete(request, KINDS["contact"], contact_id, updated_at, caller)
