@@ -60,7 +60,7 @@ def invalid(errors: Sequence[Mapping[str, str]], detail: str = "") -> Problem:
     """422: the request names bad fields (nothing was changed)."""
     fields = ", ".join(dict.fromkeys(e["field"] for e in errors))
     return Problem(422, "invalid-fields",
-                   detail or f"fix {fields} and send it again; nothing was changed",
+                   detail or f"nothing was changed — correct {fields} and send it again",
                    title="The request has invalid fields", errors=list(errors))
 
 
