@@ -549,3 +549,31 @@ def test_delete_needs_the_scope_a_known_record_and_respects_updated_at(api: Api)
     late = api.put("/patients/P1", {**PATIENT, "updated_at": "2026-11-02T15:30:00Z"})
     assert late.status_code == 409
     assert api.rows(patients)[0].removed_at is not None
+
+
+def test_each_committed_change_wakes_the_daemons(api: Api,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    woken: list[str] = []
+    monkeypatch.setattr("engine.wake.notify", lambda database: woken.append(database.url))
+    booked(api)
+    assert len(woken) == 2
+    api.put("/appointments/A1", VISIT)  # unchanged: nothing to plan
+    api.put("/appointments/A1", {**VISIT, "status": "bogus"})  # refused
+    assert len(woken) == 2
+    api.put("/appointments/A1", {**VISIT, "status": "cancelled"})
+    delete(api, "/patients/P1")
+    delete(api, "/patients/P1")  # removed already
+    assert woken == [api.clinic.db.url] * 4
+
+
+def test_on_sqlite_a_change_touches_the_wake_file(sqlite_url: str, tmp_path: Path) -> None:
+    from engine.wake import wake_file
+
+    rig = Api(sqlite_url, tmp_path)
+    try:
+        path = wake_file(rig.clinic.db)
+        assert path is not None and not path.exists()
+        assert rig.put("/patients/P1", PATIENT).status_code == 201
+        assert path.exists()
+    finally:
+        rig.close()

@@ -10,6 +10,9 @@ refuses it whole (422 naming every bad field), and nothing is half-applied.
 kept as ``source_updated_at``; a PUT older than the one stored is refused with 409 and the
 stored version, so an update that arrives late never undoes a newer one. An equal time
 takes the ordinary path (identical → unchanged); without it, the PUT applies as an import.
+
+After a change commits, :func:`engine.wake.notify` wakes the daemons, which plan its
+events at once rather than at their next tick.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.exc import IntegrityError
 
-from engine import audit, clock, importer, removal
+from engine import audit, clock, importer, removal, wake
 from engine.api import keys
 from engine.api.auth import Caller, requires
 from engine.api.problems import Problem, invalid
@@ -299,7 +302,8 @@ def put(request: Request, kind: Kind, external_id: str, body: RecordIn, caller: 
     except Problem as problem:
         _audit_refusal(services, caller, f"api.{kind.name}.put", target, problem)
         raise
-    _changed(services)
+    if applied.result != "unchanged":
+        wake.notify(services.db)
     if applied.result == "created":
         response.status_code = 201
     return applied
@@ -398,15 +402,12 @@ def delete(request: Request, kind: Kind, external_id: str, updated_at: datetime 
     except Problem as problem:
         _audit_refusal(services, caller, action, target, problem)
         raise
-    _changed(services)
+    if result == "removed":
+        wake.notify(services.db)
     return Removed(kind=kind.name, id=external_id, result=result,
                    touch_points_cancelled=cancelled,
                    updated_at=updated_at if updated_at is not None and (
                        stored_at is None or updated_at > stored_at) else stored_at)
-
-
-def _changed(services: Any) -> None:
-    """After a committed change: nothing yet (the daemon plans on its next tick)."""
 
 
 def _audit_refusal(services: Any, caller: Caller, action: str, target: str,
