@@ -234,6 +234,8 @@ def test_patient_409_masks_the_stored_contact_details(api: Api) -> None:
     assert late.status_code == 409
     record = late.json()["current"]["record"]
     assert record["phone"] == "+1••••••••00" and record["email"] == "a•••@example.com"
+    assert (record["first_name"], record["last_name"], record["sms_consent"]) == (
+        "A•••", "R•••", True)
     assert "5550100" not in late.text and "ana@" not in late.text
 
 
@@ -577,3 +579,14 @@ def test_on_sqlite_a_change_touches_the_wake_file(sqlite_url: str, tmp_path: Pat
         assert path.exists()
     finally:
         rig.close()
+
+
+def test_concurrent_puts_of_a_new_record_create_it_once(api: Api) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: api.put("/patients/P1", PATIENT), range(6)))
+    assert sorted(a.status_code for a in answers) == [200] * 5 + [201], [
+        a.text for a in answers]
+    assert api.event_kinds() == ["patient.created"]
+    assert len(api.rows(patients)) == 1

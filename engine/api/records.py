@@ -263,11 +263,15 @@ def _external(conn: Connection, table: Table, id_: int | None) -> str | None:
 
 
 def record_view(conn: Connection, kind: Kind, row: Any) -> dict[str, Any]:
-    """A stored record in the shape of its PUT body, phone numbers and emails masked."""
+    """A stored record in the shape of its PUT body, with patient data masked (phone,
+    email, names, birth date, custom values): errors never show it whole."""
     view: dict[str, Any] = {kind.id_column: row.external_id}
     for name in sorted(kind_columns(kind) - {kind.id_column}):
         if name in ("phone", "email", "fax"):
             view[name] = mask_address(getattr(row, name)) or None
+        elif name in _PERSONAL:  # (a patient's or a contact's name, birth date)
+            value = getattr(row, name)
+            view[name] = f"{str(value)[:1]}•••" if value else value
         elif name == "start":
             view[name] = _iso(row.start_at)
         elif name == "patient_id":
@@ -278,8 +282,11 @@ def record_view(conn: Connection, kind: Kind, row: Any) -> dict[str, Any]:
             value = getattr(row, name)
             view[name] = _iso(value) if isinstance(value, date) else value
     if kind.name == "patient":
-        view["custom"] = row.custom
+        view["custom"] = dict.fromkeys(row.custom or {}, "•••")
     return view
+
+
+_PERSONAL = {"first_name", "last_name", "date_of_birth"}
 
 
 def _current(row: Any, kind: Kind) -> dict[str, Any]:
