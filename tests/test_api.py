@@ -291,6 +291,9 @@ def test_schema_errors_are_problems_naming_the_field(api: Api) -> None:
                                        "Content-Type": "application/json"})
     assert (not_json.status_code, not_json.json()["errors"][0]["field"]) == (422, "body")
     assert api.rows(patients) == []
+    assert [(e.action, e.detail) for e in api.audit()] == [
+        ("api.patient.put", {"status": 422, "refused": "invalid-fields",
+                             "fields": ["patient_id"]})]
 
 
 def test_custom_fields(api: Api) -> None:

@@ -299,9 +299,9 @@ def put(request: Request, kind: Kind, external_id: str, body: RecordIn, caller: 
     """Apply one PUT (see the module's docstring); retried once if a concurrent request
     created the same record first."""
     services = request.app.state.services
-    row = _row(kind, external_id, body)
-    target = f"{kind.name}:{row[kind.id_column]}"
+    target = f"{kind.name}:{external_id.strip()}"
     try:
+        row = _row(kind, external_id, body)
         try:
             applied = _apply(services, kind, row, body, caller, target)
         except IntegrityError:
