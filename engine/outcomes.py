@@ -66,6 +66,7 @@ class Reason(StrEnum):
     RESEND = "resend"
     DROPPED = "dropped"
     PATIENT_ERASED = "patient_erased"
+    PATIENT_REMOVED = "patient_removed"
 
 
 EXPLANATIONS: dict[str, str] = {
@@ -108,4 +109,6 @@ EXPLANATIONS: dict[str, str] = {
                         "contacts)",
     Reason.PATIENT_ERASED: "the patient's personal data was erased at their request "
                            "(touchpoint patient erase), so nothing more goes to them",
+    Reason.PATIENT_REMOVED: "the patient or appointment left the practice's records (a full "
+                            "sync, an HL7 S17, or an API DELETE)",
 }

@@ -56,7 +56,9 @@ def log_rows(conn: Connection, *, patient: str | None = None, journey: str | Non
         query = query.where(touch_points.c.status == status)
     if limit is not None:
         query = query.limit(limit)
-    rows = conn.execution_options(yield_per=500).execute(query)
+    # (on the statement: Connection.execution_options would leave the connection streaming
+    # every later statement of the transaction, which PostgreSQL refuses for an INSERT)
+    rows = conn.execute(query.execution_options(yield_per=500))
     for part in rows.partitions():
         reported = _delivery_events(conn, [row.id for row in part])
         for row in part:

@@ -180,6 +180,10 @@ SETTINGS: tuple[Setting, ...] = (
             True),
     Setting("referrals.digest_at", "TOUCHPOINT_REFERRALS_DIGEST_AT",
             "Local time (practice's timezone) the monthly digest goes out.", "08:00"),
+    Setting("api.rate_limit", "TOUCHPOINT_API_RATE_LIMIT",
+            "Requests one REST API key may make, as COUNT/PERIOD (second, minute, hour or "
+            "day); more get 429 with Retry-After. A burst of COUNT is allowed, then the "
+            "rate (a token bucket per key, in the `touchpoint serve` process).", "600/minute"),
     Setting("referrals.allowed_fields", "TOUCHPOINT_REFERRALS_ALLOWED_FIELDS",
             "Patient custom fields referrer messages may show (e.g. diagnosis); none by "
             "default: minimum necessary (env: comma-separated).", []),
@@ -442,6 +446,32 @@ class Retention(BaseModel):
         if value is not None and value <= timedelta(0):
             return None
         return value
+_PERIODS = {"second": timedelta(seconds=1), "minute": timedelta(minutes=1),
+            "hour": timedelta(hours=1), "day": timedelta(days=1)}
+
+
+class Api(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    rate_limit: str = "600/minute"
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        count, _, period = value.replace(" ", "").lower().partition("/")
+        period = period.removesuffix("s") if period != "s" else period
+        period = {"s": "second", "sec": "second", "m": "minute", "min": "minute",
+                  "h": "hour", "hr": "hour", "d": "day"}.get(period, period)
+        if not count.isdigit() or int(count) < 1 or period not in _PERIODS:
+            raise ValueError(f"{value!r} is not a rate — write COUNT/PERIOD, e.g. 600/minute "
+                             "(period: second, minute, hour or day)")
+        return f"{int(count)}/{period}"
+
+    @property
+    def rate(self) -> tuple[int, timedelta]:
+        """(requests, per period) of :attr:`rate_limit`."""
+        count, period = self.rate_limit.split("/")
+        return int(count), _PERIODS[period]
 
 
 class Settings(BaseModel):
@@ -466,6 +496,7 @@ class Settings(BaseModel):
     daemon: Daemon = Daemon()
     recovery: Recovery = Recovery()
     referrals: Referrals = Referrals()
+    api: Api = Api()
     templates: Templates = Templates()
     retention: Retention = Retention()
     config_file: Path | None = None
@@ -531,7 +562,7 @@ _FIELD_PATH: dict[str, tuple[str, ...]] = {
     **{s.key: tuple(s.key.split(".")) for s in SETTINGS
        if s.key.split(".")[0] in {"practice", "channels", "dispatch", "twilio", "sendgrid",
                                   "email", "webhooks", "caps", "daemon", "recovery",
-                                  "referrals", "templates", "retention"}},
+                                  "referrals", "templates", "retention", "api"}},
 }
 
 

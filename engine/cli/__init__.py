@@ -1403,6 +1403,7 @@ def main() -> None:
 # Command groups that live in their own module register themselves on `cli` when imported
 # (engine/cli/<group>.py: `from engine.cli import cli` at its top).
 from engine.cli import (  # noqa: E402
+    api_keys,  # noqa: F401
     audit,  # noqa: F401
     webhooks,  # noqa: F401
 )

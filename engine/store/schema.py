@@ -14,6 +14,7 @@
     audit_log                           (append-only: who did what, when, from where)
     webhook_endpoints ─< webhook_deliveries ─< webhook_attempts   (outbound webhooks:
     webhook_messages  ─<                        what happened, sent to the practice's systems)
+    api_keys                            (keys of the REST API: name, scopes, a hash, never the key)
 
 Every instant is stored in UTC and read back timezone-aware, on SQLite too.
 """
@@ -155,6 +156,10 @@ class Patient(Base):
     # Set by `touchpoint patient erase`: the personal data is gone, the row stays (reports
     # count it) and a later import of this patient_id is refused (engine/patient_data.py).
     erased_at: Mapped[datetime | None]
+    # The EMR's own last-change time (the API's `updated_at`): an older update is refused.
+    source_updated_at: Mapped[datetime | None]
+    # Left the practice's records (a full sync, an HL7 S17, an API DELETE): see engine.removal
+    removed_at: Mapped[datetime | None]
 
 
 class Referrer(Base):
@@ -172,6 +177,8 @@ class Referrer(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # The EMR's own last-change time (the API's `updated_at`): an older update is refused.
+    source_updated_at: Mapped[datetime | None]
 
 
 class Contact(Base):
@@ -196,6 +203,9 @@ class Contact(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # The EMR's own last-change time (the API's `updated_at`): an older update is refused.
+    source_updated_at: Mapped[datetime | None]
+    removed_at: Mapped[datetime | None]  # see engine.removal
 
 
 class Appointment(Base):
@@ -219,6 +229,9 @@ class Appointment(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # The EMR's own last-change time (the API's `updated_at`): an older update is refused.
+    source_updated_at: Mapped[datetime | None]
+    removed_at: Mapped[datetime | None]  # see engine.removal
 
 
 class Event(Base):
@@ -515,6 +528,22 @@ class WebhookAttempt(Base):
     outcome: Mapped[str] = mapped_column(String(12))  # delivered, retry, failed
     next_attempt_at: Mapped[datetime | None]
 
+class ApiKey(Base):
+    """A key of the REST API (engine/api/keys.py). Only a SHA-256 hash of the key is kept;
+    ``prefix`` (a public part of the key) finds the row without comparing every hash."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[str] = mapped_column(String(200))  # comma-separated, e.g. "read:log"
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+
 # The tables, for Core queries (the hot paths use Core, not ORM sessions).
 patients = cast(Table, Patient.__table__)
 appointments = cast(Table, Appointment.__table__)
@@ -538,3 +567,4 @@ webhook_endpoints = cast(Table, WebhookEndpoint.__table__)
 webhook_messages = cast(Table, WebhookMessage.__table__)
 webhook_deliveries = cast(Table, WebhookDelivery.__table__)
 webhook_attempts = cast(Table, WebhookAttempt.__table__)
+api_keys = cast(Table, ApiKey.__table__)

@@ -9,6 +9,8 @@ POST /webhooks/sendgrid/events      SendGrid's signed Event Webhook
 POST /webhooks/sendgrid/inbound     Inbound Parse: mailto: unsubscribes
 GET  /unsubscribe/{token}           a page with one button
 POST /unsubscribe/{token}           RFC 8058 one-click unsubscribe (and the button)
+/api/v1/…                           the REST API for EMR integrations (engine/api/)
+GET  /api/docs                      the API's OpenAPI docs (schema: /api/openapi.json)
 ==================================  ====================================================
 
 Every webhook is verified first — a missing or bad signature gets 403 and changes
@@ -33,7 +35,7 @@ from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine import clock
+from engine import api, clock
 from engine.channels.base import Channel
 from engine.definitions import Definitions
 from engine.health import LedgerCollector, health
@@ -121,9 +123,13 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def create_app(services: Services) -> FastAPI:
-    app = FastAPI(title="Touchpoint", docs_url=None, redoc_url=None, openapi_url=None)
+    # (the OpenAPI schema and its docs page show the REST API; webhooks are for providers)
+    app = FastAPI(title="Touchpoint", version="1", docs_url="/api/docs", redoc_url=None,
+                  openapi_url="/api/openapi.json",
+                  description="The REST API for EMR integrations: see docs/api.md.")
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     app.state.services = services
+    api.mount(app, services)
     settings = services.settings
     redelivery = Redelivery(services.definitions, RetryPolicy(
         settings.dispatch.max_attempts, settings.dispatch.retry_backoff))
@@ -136,17 +142,17 @@ def create_app(services: Services) -> FastAPI:
     registry = CollectorRegistry()
     registry.register(LedgerCollector(services.db))
 
-    @app.get("/healthz")
+    @app.get("/healthz", include_in_schema=False)
     def healthz() -> Response:
         healthy, details = health(services.db, settings)
         return Response(json.dumps(details), status_code=200 if healthy else 503,
                         media_type="application/json")
 
-    @app.get("/metrics")
+    @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/webhooks/twilio/status")
+    @app.post("/webhooks/twilio/status", include_in_schema=False)
     async def twilio_status(request: Request) -> Response:
         params = await _form(request)
         if not twilio_ok(request, params):
@@ -160,7 +166,7 @@ def create_app(services: Services) -> FastAPI:
                  outcome.touch_point_id, outcome.outcome)
         return Response(status_code=204)
 
-    @app.post("/webhooks/twilio/inbound")
+    @app.post("/webhooks/twilio/inbound", include_in_schema=False)
     async def twilio_inbound(request: Request, background: BackgroundTasks) -> Response:
         params = await _form(request)
         if not twilio_ok(request, params):
@@ -177,7 +183,7 @@ def create_app(services: Services) -> FastAPI:
             background.add_task(_reply, services, handled, sms.body, sms.from_number)
         return Response(twilio.EMPTY_TWIML, media_type="text/xml")
 
-    @app.post("/webhooks/sendgrid/events")
+    @app.post("/webhooks/sendgrid/events", include_in_schema=False)
     async def sendgrid_events(request: Request) -> Response:
         body = await request.body()
         if not sendgrid.verify(settings.sendgrid.webhook_public_key or "", body,
@@ -201,7 +207,7 @@ def create_app(services: Services) -> FastAPI:
         log.info("sendgrid events: %s", counts)
         return Response(status_code=204)
 
-    @app.post("/webhooks/sendgrid/inbound")
+    @app.post("/webhooks/sendgrid/inbound", include_in_schema=False)
     async def sendgrid_inbound(request: Request) -> Response:
         form = await request.form()
         match = re.search(r"unsubscribe\s+(\S+)", str(form.get("subject") or ""))
@@ -209,7 +215,7 @@ def create_app(services: Services) -> FastAPI:
             _unsubscribe(services, match.group(1), "mailto")
         return Response(status_code=204)  # also for mail we cannot use: never make it retry
 
-    @app.get("/unsubscribe/{token}", response_class=HTMLResponse)
+    @app.get("/unsubscribe/{token}", response_class=HTMLResponse, include_in_schema=False)
     def unsubscribe_page(token: str) -> HTMLResponse:
         if _target(services, token) is None:
             return HTMLResponse(_page("This link is not valid", "<p>It may have been "
@@ -219,7 +225,7 @@ def create_app(services: Services) -> FastAPI:
             f"Unsubscribe from {name}'s emails",
             '<form method="post"><button type="submit">Unsubscribe</button></form>'))
 
-    @app.post("/unsubscribe/{token}", response_class=HTMLResponse)
+    @app.post("/unsubscribe/{token}", response_class=HTMLResponse, include_in_schema=False)
     def unsubscribe(token: str) -> HTMLResponse:
         done = _unsubscribe(services, token, "one-click")
         if done is None:
