@@ -12,6 +12,7 @@
     inbound_messages                    (replies: STOP, HELP, C, R, free text)
     engine_state                        (small key/value facts: last tick, last forecast)
     audit_log                           (append-only: who did what, when, from where)
+    hl7_messages                        (HL7 v2 messages received, once each, and their ACK)
 
 Every instant is stored in UTC and read back timezone-aware, on SQLite too.
 """
@@ -438,6 +439,29 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class Hl7Message(Base):
+    """An HL7 v2 message received (MLLP or `touchpoint import hl7`) and how it was answered.
+
+    One row per sender and message control id (MSH-3, MSH-4, MSH-10): a message sent again
+    gets the stored ACK and is not applied twice. Never the message itself (it is PHI):
+    ``error`` and ``ack`` name fields and say what is wrong, never a value.
+    """
+
+    __tablename__ = "hl7_messages"
+    __table_args__ = (UniqueConstraint("sending_application", "sending_facility",
+                                       "control_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sending_application: Mapped[str] = mapped_column(String(227), default="")
+    sending_facility: Mapped[str] = mapped_column(String(227), default="")
+    control_id: Mapped[str] = mapped_column(String(199))
+    message_type: Mapped[str] = mapped_column(String(20))  # "SIU^S12", "ADT^A04"
+    received_at: Mapped[datetime]
+    ack_code: Mapped[str] = mapped_column(String(2))  # AA, AE, AR
+    error: Mapped[str] = mapped_column(Text, default="")  # "PID-13: phone is not …"
+    ack: Mapped[str] = mapped_column(Text)  # the ACK as sent (no patient data in it)
+
+
 # The tables, for Core queries (the hot paths use Core, not ORM sessions).
 patients = cast(Table, Patient.__table__)
 appointments = cast(Table, Appointment.__table__)
@@ -457,3 +481,4 @@ contacts = cast(Table, Contact.__table__)
 recovery_cases = cast(Table, RecoveryCase.__table__)
 case_events = cast(Table, CaseEvent.__table__)
 audit_log = cast(Table, AuditEntry.__table__)
+hl7_messages = cast(Table, Hl7Message.__table__)
