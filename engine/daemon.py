@@ -16,6 +16,12 @@ job                when                       does
                    cron`` (daily, 03:30)
 =================  =========================  ============================================
 
+Woken (:mod:`engine.wake`): an event committed by the API or an HL7 feed, followed by
+``wake.notify``, runs the ``dispatch`` work at once in the ``wake`` thread — coalesced
+(wakes during a tick lead to one more tick right after it) and never at the same time
+as another tick (they share one lock). Listening never stops the daemon: a listener
+that fails logs it and listens again, and the interval ticks go on regardless.
+
 Signals: SIGTERM or SIGINT finishes the touch point in flight, records it, gives back
 what this worker had claimed and exits 0; a second signal exits at once. SIGHUP — or a
 change under ``schedules/`` or ``message_templates/`` — reloads the definitions; an
@@ -42,7 +48,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from engine import clock, last_good
+from engine import clock, last_good, wake
 from engine.channels.base import Channel
 from engine.definitions import Definitions
 from engine.errors import DefinitionError
@@ -107,6 +113,8 @@ class Daemon:
         self.scheduler = BlockingScheduler(timezone=tz, job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         self.ticks = 0
+        self.woken = threading.Event()  # a wake came: tick once more (engine.wake)
+        self.listener = wake.Listener(db, self.woken.set, self.stopping)
 
     # ------------------------------------------------------------------ jobs
 
@@ -132,6 +140,19 @@ class Daemon:
             d.retried, took * 1000,
             extra={"event": "tick", "sent": d.sent, "duration_ms": round(took * 1000, 1)})
         return report
+
+    def _tick_when_woken(self) -> None:
+        """Tick each time a wake came (any number during a tick: one tick after it)."""
+        while not self.stopping.is_set():
+            if not self.woken.wait(0.5):
+                continue
+            self.woken.clear()
+            try:
+                self.tick()
+            except Exception as exc:  # as APScheduler does for the interval ticks
+                log.error("tick on wake failed (%s: %s)", type(exc).__name__,
+                          redact(str(exc))[:300], extra={"event": "wake_tick_failed"})
+                self.stopping.wait(1.0)
 
     def sweep(self) -> None:
         if self.stopping.is_set():
@@ -262,6 +283,9 @@ class Daemon:
         self.keep_definitions()
         if self.watch:
             threading.Thread(target=self._watch, name="watch", daemon=True).start()
+        self.listener.start()
+        waker = threading.Thread(target=self._tick_when_woken, name="wake-tick", daemon=True)
+        waker.start()
         log.info("daemon started (worker %s, tick %ss%s%s)", self.worker,
                  int(tick.total_seconds()), ", dry run" if self.dry_run else "",
                  ", on the last good definitions" if self.restored else "",
@@ -271,6 +295,8 @@ class Daemon:
         finally:
             if self.restored is not None:
                 self.restored.remove()
+        self.stopping.set()
+        waker.join(timeout=30)  # (a tick in flight finishes its message first)
         self._release()
         log.info("daemon stopped after %d tick(s)", self.ticks, extra={"event": "stopped"})
         return 0

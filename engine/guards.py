@@ -3,8 +3,9 @@
 Pure functions over a snapshot of what the store knows now. Each returns ``None`` when
 the touch point may proceed, or a :class:`Verdict` that says what to record instead:
 
-* :func:`anchor_verdict` — is the appointment still booked, at the same time? Has an
-  event since planning ended the journey? (*never stale*)
+* :func:`anchor_verdict` — is the appointment still booked, at the same time (and still
+  in the practice's records)? Has an event since planning ended the journey? (*never
+  stale*)
 * :func:`deadline_verdict` — is it past its deadline? (*too late*)
 * :func:`quiet_hours_verdict` — is it night where the recipient is? (*never at night*)
 * :func:`channel_refusal` — contact present, consent given, not opted out? (*consent
@@ -114,6 +115,9 @@ def anchor_verdict(tp: TouchPoint, journey: Journey, step: Step,
         if appointment is None:
             return Verdict(Status.CANCELLED, Reason.ANCHOR_CHANGED, "the appointment is gone")
         label = appointment.external_id
+        if appointment.removed_at is not None:
+            return Verdict(Status.CANCELLED, Reason.PATIENT_REMOVED,
+                           f"appointment {label} left the practice's records")
         if appointment.status == "cancelled" and trigger != "appointment.cancelled":
             return Verdict(Status.CANCELLED, Reason.APPOINTMENT_CANCELLED,
                            f"appointment {label} was cancelled")
@@ -363,6 +367,9 @@ def decide(tp: TouchPoint, journey: Journey | None, step: Step | None, patient: 
         reason = Reason.JOURNEY_REMOVED if journey is None else Reason.STEP_REMOVED
         return Verdict(Status.CANCELLED, reason,
                        f"{tp.journey}/{tp.step} is no longer in schedules/")
+    if patient.removed_at is not None:  # (engine.removal cancels these; one planned since)
+        return Verdict(Status.CANCELLED, Reason.PATIENT_REMOVED,
+                       f"patient {patient.external_id} left the practice's records")
     verdict = deadline_verdict(tp, now) or anchor_verdict(tp, journey, step, appointment,
                                                           latest_events, case_open)
     if verdict is not None:

@@ -65,6 +65,7 @@ class Reason(StrEnum):
     RECONCILE_RESEND = "reconcile_resend"
     RESEND = "resend"
     DROPPED = "dropped"
+    PATIENT_REMOVED = "patient_removed"
 
 
 EXPLANATIONS: dict[str, str] = {
@@ -105,4 +106,6 @@ EXPLANATIONS: dict[str, str] = {
     Reason.NO_GUARDIAN: "the patient is a minor with no parent or guardian on file, so nothing "
                         "goes to them; staff were alerted to add one (touchpoint import "
                         "contacts)",
+    Reason.PATIENT_REMOVED: "the patient or appointment left the practice's records (a full "
+                            "sync, an HL7 S17, or an API DELETE)",
 }

@@ -27,6 +27,7 @@ class Patient:
     date_of_birth: date | None = None
     referrer_id: int | None = None
     discharged_on: date | None = None
+    removed_at: datetime | None = None  # left the practice's records (engine.removal)
 
     @property
     def full_name(self) -> str:
@@ -141,6 +142,7 @@ class Appointment:
     location: str
     version: int
     confirmed_at: datetime | None = None
+    removed_at: datetime | None = None  # left the practice's records (engine.removal)
 
     @property
     def end_at(self) -> datetime:

@@ -410,7 +410,8 @@ def _latest_reminder(conn: Connection, number: str, now: datetime,
     row = conn.execute(
         _texts_to(number).join(appointments, appointments.c.id == touch_points.c.appointment_id)
         .where(touch_points.c.journey.not_in(SYSTEM_JOURNEYS),  # not our own replies
-               appointments.c.status == "booked", appointments.c.start_at > now)
+               appointments.c.status == "booked", appointments.c.start_at > now,
+               appointments.c.removed_at.is_(None))
         .limit(1)).first()
     if row is None:
         return None, None

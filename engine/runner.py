@@ -76,7 +76,7 @@ from engine.store.records import (
     set_aside,
     visit_numbers,
 )
-from engine.store.schema import PENDING, appointments, events, touch_points
+from engine.store.schema import PENDING, appointments, events, patients, touch_points
 from engine.timing import at_local, format_duration, zone
 
 log = logging.getLogger("touchpoint.runner")
@@ -396,10 +396,12 @@ class Runner:
         to_insert: list[Planned] = []
         no_guardian: dict[int, tuple[Event, list[str]]] = {}  # by event: staff are told
         planned = exited = 0
+        gone = removed_appointments(conn, appointment_ids)
         for event in batch:
             patient = patients.get(event.patient_id)
-            if patient is None:
-                continue
+            if patient is None or patient.removed_at is not None \
+                    or event.appointment_id in gone:
+                continue  # left the practice's records: nothing new (engine.removal)
             condition = self._condition(patient, appts.get(event.appointment_id or 0),
                                         numbers, case_views.get(event.id)) \
                 if conditional else None
@@ -488,17 +490,20 @@ class Runner:
         tz = zone(self.rules.practice_timezone)
         last = (select(appointments.c.patient_id,
                        func.max(appointments.c.start_at).label("last_start"))
-                .where(appointments.c.status == "completed")
+                .where(appointments.c.status == "completed",
+                       appointments.c.removed_at.is_(None))
                 .group_by(appointments.c.patient_id).subquery())
         later = appointments.alias("later")
         booked = select(later.c.id).where(
             later.c.status == "booked", later.c.start_at > last.c.last_start,
-            later.c.patient_id == last.c.patient_id)
+            later.c.patient_id == last.c.patient_id, later.c.removed_at.is_(None))
         rows = conn.execute(
             select(appointments.c.id, appointments.c.patient_id, appointments.c.start_at)
             .join(last, and_(appointments.c.patient_id == last.c.patient_id,
                              appointments.c.start_at == last.c.last_start))
-            .where(appointments.c.status == "completed",
+            .where(appointments.c.status == "completed", appointments.c.removed_at.is_(None),
+                   ~select(patients.c.id).where(patients.c.id == appointments.c.patient_id,
+                                                patients.c.removed_at.is_not(None)).exists(),
                    last.c.last_start <= until - after + timedelta(days=1),
                    last.c.last_start > now - after - LAPSE_LOOKBACK - timedelta(days=1),
                    ~booked.exists())).all()
@@ -549,6 +554,16 @@ def _last_started(conn: Connection, journeys: Iterable[str], patient_ids: Iterab
                                                   Status.DELIVERED, Status.UNKNOWN)))
                 .group_by(touch_points.c.patient_id, touch_points.c.journey)):
             found.setdefault(patient_id, {})[journey] = as_utc(last)
+    return found
+
+
+def removed_appointments(conn: Connection, ids: Iterable[int]) -> set[int]:
+    """Which of these appointments left the practice's records (engine.removal)."""
+    found: set[int] = set()
+    for part in chunks(sorted(set(ids))):
+        found.update(conn.execute(select(appointments.c.id)
+                                  .where(among(conn, appointments.c.id, part),
+                                         appointments.c.removed_at.is_not(None))).scalars())
     return found
 
 

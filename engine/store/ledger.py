@@ -197,6 +197,20 @@ def cancel_pending(conn: Connection, journey: str, step: str, reason: str, detai
     return list(cancelled)
 
 
+def cancel_matching(conn: Connection, where: Sequence[Any], reason: str, detail: str,
+                    now: datetime, source: str) -> list[int]:
+    """Cancel the pending touch points matching ``where`` (claimed ones too: the batch
+    holding one finds it gone at its ``sending`` mark) and log each. Returns their ids."""
+    cancelled = conn.execute(
+        update(touch_points).where(*where, PENDING)
+        .values(status=Status.CANCELLED, reason=reason, detail=detail, claimed_by=None,
+                claim_expires_at=None, finished_at=now, updated_at=now)
+        .returning(touch_points.c.id)).scalars().all()
+    _append_history(conn, cancelled, now, Status.CANCELLED, Status.PLANNED, reason, detail,
+                    source)
+    return list(cancelled)
+
+
 def retire(conn: Connection, tp_id: int, status: str, reason: str, detail: str,
            now: datetime) -> int:
     """End one pending touch point after an edit (1 if it was still pending)."""
@@ -423,7 +437,7 @@ class Recheck:
     The mark re-checks it in its own statement, so a cancellation, a move or an opt-out
     committed while the batch is being sent stops every message not yet handed to the
     provider: the address has no opt-out covering ``purpose`` on the channel; the
-    appointment is still in the (status, version) the guards saw; none of the
+    appointment is still in the (status, version) the guards saw, and not removed; none of the
     patient-scoped ``exits`` events happened after ``planned_at``; the recovery case is
     still open.
     """
@@ -462,7 +476,7 @@ class SendPath:
     _NOT_OPTED_OUT = (" AND NOT EXISTS (SELECT 1 FROM opt_outs WHERE channel = {p} "
                       "AND address = {p} AND purpose IN ('all', {p}))")
     _SAME_APPOINTMENT = (" AND EXISTS (SELECT 1 FROM appointments WHERE id = {p} "
-                         "AND status = {p} AND version = {p})")
+                         "AND status = {p} AND version = {p} AND removed_at IS NULL)")
     _NO_EXIT = (" AND NOT EXISTS (SELECT 1 FROM events WHERE patient_id = {p} "
                 "AND occurred_at > {p} AND kind {kinds})")
     _CASE_OPEN = (" AND EXISTS (SELECT 1 FROM recovery_cases WHERE id = {p} "

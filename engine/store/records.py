@@ -89,7 +89,7 @@ def patient_from_row(row: Row[Any]) -> Patient:
         timezone=row.timezone, sms_consent=row.sms_consent, email_consent=row.email_consent,
         marketing_consent=row.marketing_consent, custom=dict(row.custom or {}),
         date_of_birth=row.date_of_birth, referrer_id=row.referrer_id,
-        discharged_on=row.discharged_on,
+        discharged_on=row.discharged_on, removed_at=row.removed_at,
     )
 
 
@@ -107,10 +107,11 @@ def referrer_from_row(row: Row[Any]) -> Referrer:
 
 
 def load_contacts(conn: Connection, patient_ids: Iterable[int]) -> dict[int, list[Contact]]:
-    """Each patient's contacts, in the order they were imported."""
+    """Each patient's contacts, in the order they were imported (removed ones left out)."""
     found: dict[int, list[Contact]] = {}
     for part in chunks(sorted(set(patient_ids))):
-        for row in conn.execute(select(contacts).where(among(conn, contacts.c.patient_id, part))
+        for row in conn.execute(select(contacts).where(among(conn, contacts.c.patient_id, part),
+                                                       contacts.c.removed_at.is_(None))
                                 .order_by(contacts.c.id)):
             found.setdefault(row.patient_id, []).append(contact_from_row(row))
     return found
@@ -138,7 +139,7 @@ def appointment_from_row(row: Row[Any]) -> Appointment:
         id=row.id, external_id=row.external_id, patient_id=row.patient_id,
         start_at=row.start_at, duration_minutes=row.duration_minutes, status=row.status,
         visit_type=row.visit_type, therapist=row.therapist, location=row.location,
-        version=row.version, confirmed_at=row.confirmed_at,
+        version=row.version, confirmed_at=row.confirmed_at, removed_at=row.removed_at,
     )
 
 
@@ -181,7 +182,7 @@ def next_booked(conn: Connection, patient_ids: Iterable[int], now: datetime,
         rows = conn.execute(
             select(*_APPOINTMENT_COLUMNS)
             .where(among(conn, appointments.c.patient_id, part), appointments.c.status == "booked",
-                   appointments.c.start_at > now)
+                   appointments.c.start_at > now, appointments.c.removed_at.is_(None))
             .order_by(appointments.c.start_at))
         for row in rows:
             if row.patient_id not in found:

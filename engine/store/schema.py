@@ -151,6 +151,8 @@ class Patient(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Left the practice's records (a full sync, an HL7 S17, an API DELETE): see engine.removal
+    removed_at: Mapped[datetime | None]
 
 
 class Referrer(Base):
@@ -192,6 +194,7 @@ class Contact(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    removed_at: Mapped[datetime | None]  # see engine.removal
 
 
 class Appointment(Base):
@@ -215,6 +218,7 @@ class Appointment(Base):
     source: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    removed_at: Mapped[datetime | None]  # see engine.removal
 
 
 class Event(Base):
