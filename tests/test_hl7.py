@@ -221,13 +221,22 @@ def test_s13_moves_s15_cancels_and_s26_marks_a_no_show(clinic: Clinic,
                                    "appointment.no_show"]
 
 
-def test_an_s17_takes_the_appointment_off(clinic: Clinic, conn: Connection) -> None:
+def test_an_s17_removes_the_appointment_and_cancels_its_reminders(
+        clinic: Clinic, conn: Connection) -> None:
     assert code(conn.send(payload("siu_s12_v251.hl7"))) == "AA"
+    clinic.tick()  # (plans the reminders of the booking)
+    anchored = [tp for tp in clinic.touch_points() if tp.appointment_id is not None]
+    assert anchored
     deleted = payload("siu_s15_v251.hl7").replace(b"SIU^S15", b"SIU^S17").replace(
-        b"MSG00003", b"MSG00017")
+        b"MSG00003", b"MSG00017").replace(b"Cancelled", b"Deleted")
     assert code(conn.send(deleted)) == "AA"
-    assert rows(clinic, appointments)[0]["status"] == "cancelled"
-    assert event_kinds(clinic)[-1] == "appointment.cancelled"
+    [removed] = rows(clinic, appointments)
+    assert removed["removed_at"] == NOW
+    assert removed["status"] == "booked"  # (removed, not cancelled: no cancellation texts)
+    assert all(tp.status == "cancelled" and tp.reason == "patient_removed"
+               for tp in clinic.touch_points() if tp.appointment_id is not None)
+    unknown = deleted.replace(b"A7781", b"A0000").replace(b"MSG00017", b"MSG00018")
+    assert code(conn.send(unknown)) == "AA"  # (nothing to remove)
 
 
 def test_an_adt_a04_registers_the_patient_and_the_parent_in_nk1_as_a_contact(
@@ -382,6 +391,19 @@ def test_an_error_while_applying_is_ae_logged_without_patient_data_and_changes_n
     assert len(rows(clinic, appointments)) == 1
     [kept] = rows(clinic, hl7_messages)
     assert (kept["ack_code"], kept["error"]) == ("AA", "")
+
+
+def test_an_applied_message_wakes_the_daemons_and_a_refused_one_does_not(
+        clinic: Clinic, monkeypatch: pytest.MonkeyPatch) -> None:
+    woken: list[object] = []
+    monkeypatch.setattr(receive_module.wake, "notify", woken.append)
+    receiver = Receiver(clinic.db, clinic.settings)
+    assert receiver.receive(payload("adt_a08_bad_phone_v251.hl7")).code == "AE"
+    assert woken == []
+    assert receiver.receive(payload("siu_s12_v251.hl7")).code == "AA"
+    assert woken == [clinic.db]
+    assert receiver.receive(payload("siu_s12_v251.hl7")).duplicate
+    assert woken == [clinic.db]  # (a copy applies nothing)
 
 
 def test_an_update_never_changes_consents_or_what_hl7_does_not_carry(clinic: Clinic) -> None:

@@ -458,7 +458,7 @@ def _appointment(message: hl7.Message, config: Hl7Config, action: str,
     person.put("duration_minutes", duration, duration_at)
 
     status: str | None = {"cancel": "cancelled", "no_show": "no_show",
-                          "remove": "cancelled", "reschedule": "booked"}.get(action)
+                          "reschedule": "booked"}.get(action)
     if status is None:
         filler = value(sch, 25, 1) or value(sch, 25, 2)
         if filler:

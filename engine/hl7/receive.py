@@ -9,11 +9,14 @@ message. It never raises for anything a message holds:
   an ERR segment naming it; the message changes nothing;
 * an unexpected exception while applying → ``AE`` (code 207), logged without patient data;
   the message changes nothing and may be sent again;
+* ``SIU^S17`` (deleted) → the appointment is removed (engine/removal.py: ``removed_at``,
+  its pending touch points cancelled ``patient_removed``); an unknown one is nothing to do;
 * applied → ``AA``; the rows are written through engine/importer.py (``sync_patients``,
   ``sync_contacts``, ``sync_appointments``) in ONE transaction, together with the
   ``hl7_messages`` row that makes a second copy of the message (same MSH-3, MSH-4,
   MSH-10) get the stored ACK without being applied again. A message answered ``AE`` is
   tried again when it comes again (the patient it needed may have arrived since).
+  After each applied message the daemons are woken (``engine.wake.notify``).
 
 Consents: HL7 carries none. A patient or contact first seen here gets
 ``hl7.sms_consent`` / ``hl7.email_consent`` (healthcare messages; marketing never); one
@@ -36,7 +39,7 @@ import hl7
 from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from engine import clock
+from engine import clock, wake
 from engine.hl7 import ack as acks
 from engine.hl7.mapping import (
     APPLICATION_INTERNAL_ERROR,
@@ -54,15 +57,12 @@ from engine.hl7.mapping import (
     value,
 )
 from engine.importer import ImportSummary, sync_appointments, sync_contacts, sync_patients
+from engine.removal import remove_appointment
 from engine.settings import Settings
 from engine.store.database import Database
 from engine.store.schema import appointments, contacts, hl7_messages, patients, referrers
 
 log = logging.getLogger("touchpoint.hl7")
-
-# Removing an appointment (S17): engine/removal.py when it is there, else a cancellation.
-Remover = Callable[..., int]
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -102,14 +102,13 @@ class Receiver:
     """Applies HL7 messages to one database with one practice's settings."""
 
     def __init__(self, database: Database, settings: Settings, *,
-                 on_applied: Callable[[], None] | None = None,
-                 remover: Remover | None = None) -> None:
+                 on_applied: Callable[[], None] | None = None) -> None:
         self.database = database
         self.settings = settings
         self.config = Hl7Config.from_settings(settings.hl7)
         self.practice_tz: str = settings.require("practice.timezone")
-        self.on_applied = on_applied
-        self.remover = remover
+        # (after each applied message: wake the daemons, engine/wake.py)
+        self.on_applied = on_applied or (lambda: wake.notify(database))
         self._acks = itertools.count(1)
 
     # ---------------------------------------------------------------- one message
@@ -175,11 +174,10 @@ class Receiver:
             return self._failed(message, now, ack_id, sender, control_id, message_type,
                                 type(exc).__name__)
         log.info("hl7 %s %s from %s: applied", message_type, control_id, sender[0] or "?")
-        if self.on_applied is not None:
-            try:
-                self.on_applied()
-            except Exception as exc:  # the message is applied; the engine
-                log.warning("hl7: waking the engine failed (%s)", type(exc).__name__)
+        try:
+            self.on_applied()
+        except Exception as exc:  # (the message is applied: the next tick plans it)
+            log.warning("hl7: waking the engine failed (%s)", type(exc).__name__)
         return Outcome(control_id, message_type, acks.ACCEPT, "", ack)
 
     # ---------------------------------------------------------------- answers
@@ -282,15 +280,13 @@ class Receiver:
         person = mapped.appointment
         stored = _one(conn, appointments, person.values["appointment_id"])
         if mapped.action == "remove":
-            if stored is None:
-                return  # (nothing to remove)
-            if self.remover is not None:
-                self.remover(conn, stored["id"], now=now, source=source)
-                return
+            if stored is not None:  # (an unknown appointment: nothing to remove)
+                remove_appointment(conn, stored["id"], now=now, source=source)
+            return
         row: dict[str, str] = {}
         # (a cancellation or no-show of a known appointment changes its status only: the
         # times it carries may be the original booking's)
-        status_only = stored is not None and mapped.action in ("cancel", "no_show", "remove")
+        status_only = stored is not None and mapped.action in ("cancel", "no_show")
         for column in ("appointment_id", "patient_id", "start", "duration_minutes", "status",
                        "visit_type", "therapist", "location"):
             given = person.values.get(column)

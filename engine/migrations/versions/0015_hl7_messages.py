@@ -1,7 +1,7 @@
 """hl7 messages: HL7 v2 messages received, once each per sender and control id
 
 Revision ID: 0015
-Revises: 0012
+Revises: 0014
 Create Date: 2026-12-05 05:45:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015"
-down_revision = "0012"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
