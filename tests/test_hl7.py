@@ -11,9 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,9 +38,10 @@ from engine.hl7.fields import FieldPath, parse_field_path
 from engine.hl7.mllp import MAX_FRAME, build, run_with
 from engine.hl7.receive import Receiver
 from engine.settings import load_settings
+from engine.store.database import open_database
 from engine.store.schema import appointments, contacts, events, hl7_messages, patients
 from engine.webhooks.app import Services, create_app
-from tests.support import Clinic, patient
+from tests.support import LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, Clinic, daemon_config, patient
 
 PAYLOADS = Path(__file__).parent / "payloads" / "hl7"
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
@@ -338,6 +344,24 @@ def test_a_frame_over_the_limit_is_rejected_and_the_connection_closed(
     assert len(rows(clinic, appointments)) == 1
 
 
+def test_a_frame_the_receiver_trips_on_is_answered_and_the_next_one_served(
+        clinic: Clinic, server: Listener, conn: Connection) -> None:
+    receiver = server.listener.receiver
+    real = receiver.receive
+    calls: list[bytes] = []
+
+    def broken_once(payload: bytes, *, source: str) -> Any:
+        calls.append(payload)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(payload, source=source)
+
+    receiver.receive = broken_once  # type: ignore[method-assign]
+    assert code(conn.send(payload("siu_s12_v251.hl7"))) == "AR"
+    assert code(conn.send(payload("siu_s12_v251.hl7"))) == "AA"
+    assert len(rows(clinic, appointments)) == 1
+
+
 @pytest.fixture
 def zsc_clinic(database_url: str, tmp_path: Path) -> Iterator[Clinic]:
     clock.set_now(NOW)
@@ -501,3 +525,54 @@ def test_import_hl7_applies_a_file_with_a_result_per_message(clinic: Clinic,
     assert results[1]["reason"].startswith("PID-13: phone is not a valid number")
     with clinic.db.transaction() as c:
         assert c.execute(select(func.count()).select_from(events)).scalar_one() == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_touchpoint_serve_listens_for_mllp_beside_the_web_app(sqlite_url: str,
+                                                              tmp_path: Path) -> None:
+    daemon_config(tmp_path)
+    http_port, mllp_port = _free_port(), _free_port()
+    env = {**os.environ, "TOUCHPOINT_DATABASE_URL": sqlite_url,
+           "TOUCHPOINT_MLLP_PORT": str(mllp_port)}
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine", "--schedules", str(LIBRARY_SCHEDULES), "--templates",
+         str(LIBRARY_TEMPLATES), "serve", "--port", str(http_port)], cwd=tmp_path, env=env,
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                connection = Connection(mllp_port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "serve did not listen within 60 s"
+                time.sleep(0.2)
+        try:
+            assert code(connection.send(payload("siu_s12_v251.hl7"))) == "AA"
+        finally:
+            connection.close()
+        try:  # the web app answers from the same process
+            status = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz",
+                                            timeout=30).status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        assert status in (200, 503)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0 or process.returncode == -signal.SIGTERM
+        log.close()
+    assert "HL7 over MLLP on 127.0.0.1:" in (tmp_path / "serve.log").read_text()
+    database = open_database(sqlite_url)
+    try:
+        with database.transaction() as c:
+            assert c.execute(select(appointments.c.external_id)).scalars().all() == ["A7781"]
+    finally:
+        database.dispose()

@@ -108,7 +108,14 @@ class MllpListener:
                                                     "<VT> (0x0B)"))
             return True
         payload = chunk[start + 1:-len(END_BLOCK)]
-        outcome = await _in_thread(self.receiver.receive, payload, source=f"mllp:{where}")
+        try:
+            outcome = await _in_thread(self.receiver.receive, payload, source=f"mllp:{where}")
+        except Exception as exc:  # (receive answers whatever a message holds; this is a bug)
+            log.error("hl7: a frame from %s could not be processed (%s)", where,
+                      type(exc).__name__)
+            await self._answer(writer, self._reject("Touchpoint could not process it "
+                                                    "(internal error) - send it again later"))
+            return True
         await self._answer(writer, outcome.ack)
         return True
 
