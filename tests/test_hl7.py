@@ -459,6 +459,13 @@ def test_the_hl7_null_clears_a_field_and_an_empty_one_keeps_it(clinic: Clinic) -
     assert str(liam["date_of_birth"]) == "1979-06-03"
 
 
+def test_a_language_that_is_no_code_is_ignored_not_refused(clinic: Clinic) -> None:
+    local_table = payload("siu_s12_v23.hl7").replace(b"||EN|", b"||1^English|")
+    outcome = Receiver(clinic.db, clinic.settings).receive(local_table)
+    assert outcome.code == "AA", outcome.reason
+    assert rows(clinic, patients)[0]["language"] is None
+
+
 def test_patient_id_type_picks_the_pid_3_repetition(clinic: Clinic) -> None:
     settings = clinic.settings.model_copy(update={
         "hl7": clinic.settings.hl7.model_copy(update={"patient_id_type": "SS"})})

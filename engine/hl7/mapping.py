@@ -306,19 +306,22 @@ def reach(segment: hl7.Segment, name: str, sequence: int,
     return phone, email
 
 
-def language(text: str) -> str:
+def language(text: str) -> str | None:
     """``ENG``, ``spa``, ``es``, ``es-MX`` → a code Touchpoint's templates use (``en``,
-    ``es``, ``es-MX``); anything else is handed on as it is (the importer refuses it)."""
+    ``es``, ``es-MX``). A value that is no language code (a local table's ``1``, the word
+    ``English``) is None: the language on file (else the practice's) is kept, and the
+    message is not refused for it."""
     raw = text.strip().replace("_", "-")
+    try:
+        locale = Locale.parse(raw.lower().replace("-", "_"))
+    except (UnknownLocaleError, ValueError, TypeError):
+        return None
     if len(raw) == 2:
         return raw.lower()
     if "-" in raw:
         code, _, region = raw.partition("-")
         return f"{code.lower()}-{region.upper() if len(region) == 2 else region}"
-    try:
-        return str(Locale.parse(raw.lower()).language)
-    except (UnknownLocaleError, ValueError, TypeError):
-        return raw
+    return str(locale.language)
 
 
 # --------------------------------------------------------------------------- mapping
@@ -383,7 +386,7 @@ def _patient(pid: hl7.Segment, config: Hl7Config) -> Person:
     (phone, phone_at), (email, email_at) = reach(pid, "PID", 1, (13, 14))
     person.put("phone", phone, phone_at)
     person.put("email", email, email_at)
-    spoken = value(pid, 15, 1) or value(pid, 15, 2)
+    spoken = value(pid, 15, 1)
     person.put("language", _given(spoken) if spoken in ("", _NULL) else language(spoken),
                Location("PID", 15))
     return person

@@ -47,6 +47,8 @@ from engine.hl7.mapping import (
     DUPLICATE_KEY_IDENTIFIER,
     REQUIRED_FIELD_MISSING,
     UNKNOWN_KEY_IDENTIFIER,
+    UNSUPPORTED_EVENT_CODE,
+    UNSUPPORTED_MESSAGE_TYPE,
     UNSUPPORTED_VERSION_ID,
     Hl7Config,
     Hl7Problem,
@@ -140,16 +142,20 @@ class Receiver:
                                 "HL7 versions before 2.3 are not supported - send 2.3 to 2.5.1")
         sender = (value(msh, 3)[:227], value(msh, 4)[:227])
         control_id = control_id[:199]
-        stored = self._stored(sender, control_id)
+        try:
+            stored = self._stored(sender, control_id)
+        except Exception as exc:  # (the database is unreachable: try again later)
+            return self._failed(message, now, ack_id, sender, control_id, message_type,
+                                type(exc).__name__)
         if stored is not None and stored["ack_code"] == acks.ACCEPT:
-            log.info("hl7 %s %s from %s: already applied, ACK sent again", message_type,
-                     control_id, sender[0] or "?")
+            log.info("hl7 %s %s from %s (%s): already applied, ACK sent again",
+                     message_type, control_id, sender[0] or "?", source)
             return Outcome(control_id, message_type, acks.ACCEPT, "", stored["ack"],
                            duplicate=True)
         try:
             mapped = map_message(message, self.config)
         except Hl7Problem as problem:
-            if problem.code in (200, 201):
+            if problem.code in (UNSUPPORTED_MESSAGE_TYPE, UNSUPPORTED_EVENT_CODE):
                 return self._reject(message, now, ack_id, control_id, message_type,
                                     problem.location, problem.code, str(problem))
             return self._error(message, now, ack_id, sender, control_id, message_type,
@@ -173,7 +179,8 @@ class Receiver:
         except Exception as exc:  # one bad message never stops the listener
             return self._failed(message, now, ack_id, sender, control_id, message_type,
                                 type(exc).__name__)
-        log.info("hl7 %s %s from %s: applied", message_type, control_id, sender[0] or "?")
+        log.info("hl7 %s %s from %s (%s): applied", message_type, control_id,
+                 sender[0] or "?", source)
         try:
             self.on_applied()
         except Exception as exc:  # (the message is applied: the next tick plans it)
