@@ -430,6 +430,24 @@ def test_an_applied_message_wakes_the_daemons_and_a_refused_one_does_not(
     assert woken == [clinic.db]  # (a copy applies nothing)
 
 
+def test_an_s14_modifies_what_it_carries_and_keeps_the_rest(clinic: Clinic) -> None:
+    receiver = Receiver(clinic.db, clinic.settings)
+    assert receiver.receive(payload("siu_s12_v251.hl7")).code == "AA"
+    modified = (b"MSH|^~\\&|MIRTH|RIVERSIDE PT|TOUCHPOINT|RIVERSIDE|20261202||SIU^S14^SIU_S12|"
+                b"MSG00014|P|2.5.1\rSCH||A7781^PTEMR\rPID|1||P2001^^^RIVERSIDE^MR\r"
+                b"AIL|1|A|RIV^^^RIVERSIDE^^^^^Riverside PT East|\r")
+    outcome = receiver.receive(modified)
+    assert outcome.code == "AA", outcome.reason
+    [changed] = rows(clinic, appointments)
+    assert changed["location"] == "Riverside PT East"
+    assert (changed["status"], changed["visit_type"], changed["duration_minutes"]) == (
+        "booked", "Follow-up visit", 45)
+    assert changed["start_at"] == datetime(2026, 12, 10, 15, 30, tzinfo=UTC)
+    assert event_kinds(clinic) == ["patient.created", "appointment.booked"]
+    [ana] = rows(clinic, patients)
+    assert (ana["first_name"], ana["phone"]) == ("Ana", "+13125550142")  # (kept)
+
+
 def test_an_update_never_changes_consents_or_what_hl7_does_not_carry(clinic: Clinic) -> None:
     clinic.patients(patient("P4001", first_name="Mia", last_name="Nguyen",
                             phone="(312) 555-0100", sms_consent="no", email_consent="yes",
