@@ -88,6 +88,8 @@ TABLES: dict[str, str] = {
     "referrers": "export: the referral source that sent the patient, if any. erase: kept "
                  "(a physician's office, not the patient).",
     "engine_state": "neither: the engine's own facts (heartbeats, definitions, keys).",
+    "hl7_messages": "neither: which HL7 messages were applied (control id, type, ACK code); "
+                    "the message itself, which holds patient data, is never stored.",
     "api_keys": "neither: the practice's integrations' keys (hashed), no patient data.",
     "webhook_endpoints": "neither: the practice's own systems that receive events.",
     "webhook_messages": "neither: events sent to the practice's own systems carry ids and "

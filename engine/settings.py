@@ -191,6 +191,30 @@ SETTINGS: tuple[Setting, ...] = (
             "How long the text of messages is kept: the daemon's housekeeping removes what "
             "was sent, received or reported by a provider longer ago (rows, statuses and "
             "reasons stay); 0 or off keeps it forever.", "365d"),
+    Setting("hl7.mllp_port", "TOUCHPOINT_MLLP_PORT",
+            "`touchpoint serve` also listens for HL7 v2 over MLLP on this port (off when "
+            "unset); see docs/hl7.md.", None, flag="--mllp-port"),
+    Setting("hl7.patient_id_type", "TOUCHPOINT_HL7_PATIENT_ID_TYPE",
+            "Which PID-3 repetition is the patient id: the one whose identifier type "
+            "(PID-3.5) is this, e.g. MR; empty: the first repetition.", ""),
+    Setting("hl7.appointment_id_field", "TOUCHPOINT_HL7_APPOINTMENT_ID_FIELD",
+            "The field holding the appointment id: SCH-2 (filler id, the scheduling system's) "
+            "or SCH-1 (placer id), or any field path.", "SCH-2"),
+    Setting("hl7.visit_type_field", "TOUCHPOINT_HL7_VISIT_TYPE_FIELD",
+            "The field holding the visit type (an HL7 field path such as AIS-3.2 or ZSC-1).",
+            "AIS-3"),
+    Setting("hl7.location_field", "TOUCHPOINT_HL7_LOCATION_FIELD",
+            "The field holding the location (an HL7 field path such as AIL-3.4).", "AIL-3"),
+    Setting("hl7.provider_field", "TOUCHPOINT_HL7_PROVIDER_FIELD",
+            "The field holding the therapist: AIP-3 (a name, else AIG-3) or any field path.",
+            "AIP-3"),
+    Setting("hl7.sms_consent", "TOUCHPOINT_HL7_SMS_CONSENT",
+            "A patient or contact first seen through HL7 with a phone number has SMS consent "
+            "for healthcare texts (FCC 15-72: a number given for care); never marketing. An "
+            "update never changes consents on file.", True),
+    Setting("hl7.email_consent", "TOUCHPOINT_HL7_EMAIL_CONSENT",
+            "A patient or contact first seen through HL7 with an email address has email "
+            "consent for healthcare (non-marketing) email.", True),
 )
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -446,6 +470,8 @@ class Retention(BaseModel):
         if value is not None and value <= timedelta(0):
             return None
         return value
+
+
 _PERIODS = {"second": timedelta(seconds=1), "minute": timedelta(minutes=1),
             "hour": timedelta(hours=1), "day": timedelta(days=1)}
 
@@ -472,6 +498,27 @@ class Api(BaseModel):
         """(requests, per period) of :attr:`rate_limit`."""
         count, period = self.rate_limit.split("/")
         return int(count), _PERIODS[period]
+class Hl7(BaseModel):
+    """HL7 v2 over MLLP (engine/hl7): where the listener is and which fields mean what."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mllp_port: int | None = Field(None, ge=0, le=65535)  # (0: any free port, for tests)
+    patient_id_type: str = ""
+    appointment_id_field: str = "SCH-2"
+    visit_type_field: str = "AIS-3"
+    location_field: str = "AIL-3"
+    provider_field: str = "AIP-3"
+    sms_consent: bool = True
+    email_consent: bool = True
+
+    @field_validator("appointment_id_field", "visit_type_field", "location_field",
+                     "provider_field")
+    @classmethod
+    def _field_path(cls, value: str) -> str:
+        from engine.hl7.fields import parse_field_path
+
+        return str(parse_field_path(value))
 
 
 class Settings(BaseModel):
@@ -499,6 +546,7 @@ class Settings(BaseModel):
     api: Api = Api()
     templates: Templates = Templates()
     retention: Retention = Retention()
+    hl7: Hl7 = Hl7()
     config_file: Path | None = None
 
     @field_validator("send_from", "send_until", mode="before")
@@ -562,7 +610,7 @@ _FIELD_PATH: dict[str, tuple[str, ...]] = {
     **{s.key: tuple(s.key.split(".")) for s in SETTINGS
        if s.key.split(".")[0] in {"practice", "channels", "dispatch", "twilio", "sendgrid",
                                   "email", "webhooks", "caps", "daemon", "recovery",
-                                  "referrals", "templates", "retention", "api"}},
+                                  "referrals", "templates", "retention", "api", "hl7"}},
 }
 
 

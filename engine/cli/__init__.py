@@ -1030,11 +1030,15 @@ def _secrets(settings: Settings) -> list[str]:
               help="Port to listen on.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="One line per event, as text or JSON.")
+@click.option("--mllp-port", type=click.IntRange(1, 65535), default=None,
+              help="Also receive HL7 v2 over MLLP on this port [env TOUCHPOINT_MLLP_PORT].")
 @click.pass_context
-def serve_cmd(ctx: click.Context, host: str, port: int, log_format: str) -> None:
+def serve_cmd(ctx: click.Context, host: str, port: int, log_format: str,
+              mllp_port: int | None) -> None:
     """Receive provider webhooks (delivery reports, replies) and unsubscribe clicks.
 
     Providers must reach it at TOUCHPOINT_PUBLIC_URL (put it behind your https proxy).
+    With --mllp-port, HL7 v2 messages (SIU, ADT) over MLLP too (docs/hl7.md).
     """
     import uvicorn
 
@@ -1042,6 +1046,8 @@ def serve_cmd(ctx: click.Context, host: str, port: int, log_format: str) -> None
     from engine.webhooks.app import Services, create_app
 
     app = _app(ctx)
+    if mllp_port is not None:
+        app.flags["hl7.mllp_port"] = mllp_port
     settings = app.settings()
     logs.configure(log_format, secrets=_secrets(settings))
     services = Services(settings, app.db(), app.definitions(), build_channels(settings))
@@ -1049,6 +1055,13 @@ def serve_cmd(ctx: click.Context, host: str, port: int, log_format: str) -> None
         click.echo(f"warning: {problem}", err=True)
     click.echo(f"touchpoint serve: listening on http://{host}:{port} "
                f"(public URL {settings.webhooks.public_url or 'not set'})", err=True)
+    if settings.hl7.mllp_port is not None:
+        from engine.hl7.mllp import serve_with_mllp
+
+        click.echo(f"touchpoint serve: HL7 over MLLP on {host}:{settings.hl7.mllp_port}",
+                   err=True)
+        serve_with_mllp(create_app(services), settings, app.db(), host=host, port=port)
+        return
     uvicorn.run(create_app(services), host=host, port=port, log_level="info",
                 access_log=False, log_config=None)
 
@@ -1405,6 +1418,7 @@ def main() -> None:
 from engine.cli import (  # noqa: E402
     api_keys,  # noqa: F401
     audit,  # noqa: F401
+    hl7,  # noqa: F401
     webhooks,  # noqa: F401
 )
 from engine.cli import patient as patient_commands  # noqa: E402, F401

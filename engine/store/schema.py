@@ -15,6 +15,7 @@
     webhook_endpoints ─< webhook_deliveries ─< webhook_attempts   (outbound webhooks:
     webhook_messages  ─<                        what happened, sent to the practice's systems)
     api_keys                            (keys of the REST API: name, scopes, a hash, never the key)
+    hl7_messages                        (HL7 v2 messages received, once each, and their ACK)
 
 Every instant is stored in UTC and read back timezone-aware, on SQLite too.
 """
@@ -542,6 +543,27 @@ class ApiKey(Base):
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
+class Hl7Message(Base):
+    """An HL7 v2 message received (MLLP or `touchpoint import hl7`) and how it was answered.
+
+    One row per sender and message control id (MSH-3, MSH-4, MSH-10): a message sent again
+    gets the stored ACK and is not applied twice. Never the message itself (it is PHI):
+    ``error`` and ``ack`` name fields and say what is wrong, never a value.
+    """
+
+    __tablename__ = "hl7_messages"
+    __table_args__ = (UniqueConstraint("sending_application", "sending_facility",
+                                       "control_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sending_application: Mapped[str] = mapped_column(String(227), default="")
+    sending_facility: Mapped[str] = mapped_column(String(227), default="")
+    control_id: Mapped[str] = mapped_column(String(199))
+    message_type: Mapped[str] = mapped_column(String(20))  # "SIU^S12", "ADT^A04"
+    received_at: Mapped[datetime]
+    ack_code: Mapped[str] = mapped_column(String(2))  # AA, AE, AR
+    error: Mapped[str] = mapped_column(Text, default="")  # "PID-13: phone is not …"
+    ack: Mapped[str] = mapped_column(Text)  # the ACK as sent (no patient data in it)
 
 
 # The tables, for Core queries (the hot paths use Core, not ORM sessions).
@@ -568,3 +590,4 @@ webhook_messages = cast(Table, WebhookMessage.__table__)
 webhook_deliveries = cast(Table, WebhookDelivery.__table__)
 webhook_attempts = cast(Table, WebhookAttempt.__table__)
 api_keys = cast(Table, ApiKey.__table__)
+hl7_messages = cast(Table, Hl7Message.__table__)
