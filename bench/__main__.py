@@ -1,6 +1,6 @@
 """Run every benchmark in one go and print the figures (`make bench`).
 
-    python -m bench            # everything (about 9 minutes on 2 cores)
+    python -m bench            # everything (about 14 minutes on 2 cores)
     python -m bench --quick    # the 10k dispatch runs and a 20k/40k planning run only
 
 Results are also written to bench/results/latest.json.
@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import dispatch, latency, planning, rss
+from bench import dispatch, event_to_send, latency, planning, rss
 
 
 def main(argv: list[str]) -> None:
@@ -40,6 +40,9 @@ def main(argv: list[str]) -> None:
         for result in rss.run("sqlite") + rss.run("postgresql"):
             record(result)
         record(latency.run("sqlite"))
+        for kind in ("sqlite", "postgresql"):
+            for woken in (True, False):
+                record(event_to_send.run(kind, woken=woken))
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps({

@@ -8,6 +8,17 @@
   and records the matching event — ``patient.created``, ``appointment.booked``,
   ``appointment.rescheduled``, ``appointment.cancelled``, ``appointment.completed``,
   ``appointment.no_show`` — which the planner turns into touch points.
+* A record that had left the practice's records (``removed_at``, see engine/removal.py)
+  and is in the file again is **reactivated** (counted as ``reactivated``); a booked
+  appointment ahead is re-booked (new version, ``appointment.booked``), because its
+  touch points were cancelled when it was removed.
+* **Full sync** (``full=True``, ``touchpoint import … --full``): the file holds every
+  record of its kind, so the active ones *not* in it are removed (patients with
+  :func:`engine.removal.remove_patient`, appointments with ``remove_appointment``,
+  contacts with ``remove_contact``: deactivated, never deleted), counted as ``removed``.
+  An id on a rejected row still counts as in the file (a bad cell does not mean the
+  record left the source), and a full file with no good row is refused whole: an empty
+  or broken export must not remove everyone.
 * Rows that describe the past (a visit completed weeks ago, a booking whose start has
   passed) and appointments first seen already cancelled are stored without starting
   journeys (counted as ``historical``).
@@ -44,6 +55,7 @@ from babel import Locale, UnknownLocaleError
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from sqlalchemy import Column, Connection, String, Table, insert, select, text, update
 
+from engine import removal
 from engine.errors import ImportFileError
 from engine.patient_data import erased_on, refusal
 from engine.records import APPOINTMENT_STATUSES
@@ -95,6 +107,9 @@ class ImportSummary:
     updated: int = 0
     unchanged: int = 0
     historical: int = 0
+    reactivated: int = 0  # back in the source after being removed
+    removed: int = 0  # a full sync: active records not in the file
+    cancelled: int = 0  # pending touch points the removals cancelled
     problems: list[RowProblem] = field(default_factory=list)
     events: Counter[str] = field(default_factory=Counter)
 
@@ -106,7 +121,9 @@ class ImportSummary:
         return {
             "file": self.file, "kind": self.kind, "rows": self.rows, "created": self.created,
             "updated": self.updated, "unchanged": self.unchanged, "rejected": self.rejected,
-            "historical": self.historical, "events": dict(sorted(self.events.items())),
+            "historical": self.historical, "reactivated": self.reactivated,
+            "removed": self.removed, "cancelled": self.cancelled,
+            "events": dict(sorted(self.events.items())),
             "problems": [{"line": p.line, "message": p.message} for p in self.problems],
         }
 
@@ -348,21 +365,27 @@ Rows = Iterable[tuple[int, Mapping[str, str]]]
 
 
 def import_patients(conn: Connection, path: Path, *, region: str, now: datetime,
-                    baseline: bool = False, progress: Progress | None = None) -> ImportSummary:
-    """Sync patients from ``path``. With ``baseline``, new patients start no journeys."""
+                    baseline: bool = False, progress: Progress | None = None,
+                    full: bool = False) -> ImportSummary:
+    """Sync patients from ``path``. With ``baseline``, new patients start no journeys;
+    with ``full``, active patients not in the file are removed."""
     return sync_patients(conn, _rows(path, PATIENT_COLUMNS), path.name, region=region,
-                         now=now, baseline=baseline, progress=progress)
+                         now=now, baseline=baseline, progress=progress, full=full)
 
 
 def sync_patients(conn: Connection, rows: Rows, source: str, *, region: str, now: datetime,
-                  baseline: bool = False, progress: Progress | None = None) -> ImportSummary:
+                  baseline: bool = False, progress: Progress | None = None,
+                  full: bool = False) -> ImportSummary:
     """Sync patient rows (line number, row) that came from ``source``."""
     summary = ImportSummary(source, "patients")
     parsed: dict[str, tuple[int, dict[str, Any]]] = {}
+    mentioned: set[str] = set()  # every id in the source, on good rows and bad
     for line, row in rows:
         summary.rows += 1
         if progress:
             progress(1)
+        cell = row.get("patient_id") or ""
+        mentioned.update((cell, cell.strip()))
         if "__error__" in row:
             summary.problems.append(RowProblem(line, row["__error__"]))
             continue
@@ -379,6 +402,7 @@ def sync_patients(conn: Connection, rows: Rows, source: str, *, region: str, now
             continue
         parsed[values["external_id"]] = (line, values)
 
+    _refuse_empty_full_sync(full, parsed, summary)
     _plan_for_growing_tables(conn)
     sources = {v["referral_source"] for _, v in parsed.values() if v["referral_source"]}
     referrer_ids = _ids(conn, referrers, sorted(sources))
@@ -403,8 +427,14 @@ def sync_patients(conn: Connection, rows: Rows, source: str, *, region: str, now
                 values["discharged_on"] >= (now - RECENT).date():
             discharged.append((external_id, values["discharged_on"], where))
         changes.append((values, digest, where, current))
-    new_rows = _write(conn, patients, changes, now, summary)
     events: list[dict[str, Any]] = []
+    for _, _, _, current in changes:
+        if current is not None and current["removed_at"] is not None:
+            # (its appointments removed with it come back; those ahead are re-booked)
+            events += removal.reactivate_patient(conn, current["id"], now=now)
+            current["removed_at"] = None
+            summary.reactivated += 1
+    new_rows = _write(conn, patients, changes, now, summary)
     ids = _ids(conn, patients, [r["external_id"] for r in new_rows]
                + [d[0] for d in discharged]) if new_rows or discharged else {}
     if new_rows and not baseline:
@@ -424,8 +454,32 @@ def sync_patients(conn: Connection, rows: Rows, source: str, *, region: str, now
     if events:
         append_events(conn, events)
         summary.events.update(e["kind"] for e in events)
+    if full:
+        _remove_missing(conn, patients, mentioned, removal.remove_patient, source, now, summary)
     summary.problems.sort(key=lambda p: p.line)
     return summary
+
+
+def _refuse_empty_full_sync(full: bool, parsed: Mapping[str, Any],
+                            summary: ImportSummary) -> None:
+    if full and not parsed:
+        detail = f" ({summary.rejected} rejected)" if summary.rows else ""
+        raise ImportFileError(f"{summary.file}: a full sync needs at least one good row, and "
+                              f"this file has none{detail} — nothing was changed; fix the "
+                              f"file, or import it without --full")
+
+
+def _remove_missing(conn: Connection, table: Any, mentioned: set[str],
+                    remove: Callable[..., int], source: str, now: datetime,
+                    summary: ImportSummary) -> None:
+    """A full sync: remove the active records of ``table`` whose id is not ``mentioned``."""
+    active = conn.execute(select(table.c.id, table.c.external_id)
+                          .where(table.c.removed_at.is_(None))
+                          .order_by(table.c.id)).all()
+    for id_, external_id in active:
+        if external_id not in mentioned:
+            summary.cancelled += remove(conn, id_, now=now, source=f"{source} --full")
+            summary.removed += 1
 
 
 def _plan_for_growing_tables(conn: Connection) -> None:
@@ -515,21 +569,26 @@ def parse_appointment(row: Mapping[str, str], practice_tz: str) -> dict[str, Any
 
 
 def import_appointments(conn: Connection, path: Path, *, practice_tz: str, now: datetime,
-                        progress: Progress | None = None) -> ImportSummary:
-    """Sync appointments from ``path``."""
+                        progress: Progress | None = None, full: bool = False) -> ImportSummary:
+    """Sync appointments from ``path``; with ``full``, active appointments not in the
+    file are removed."""
     return sync_appointments(conn, _rows(path, APPOINTMENT_COLUMNS), path.name,
-                             practice_tz=practice_tz, now=now, progress=progress)
+                             practice_tz=practice_tz, now=now, progress=progress, full=full)
 
 
 def sync_appointments(conn: Connection, rows: Rows, source: str, *, practice_tz: str,
-                      now: datetime, progress: Progress | None = None) -> ImportSummary:
+                      now: datetime, progress: Progress | None = None,
+                      full: bool = False) -> ImportSummary:
     """Sync appointment rows (line number, row) that came from ``source``."""
     summary = ImportSummary(source, "appointments")
     parsed: dict[str, tuple[int, dict[str, Any]]] = {}
+    mentioned: set[str] = set()  # every id in the source, on good rows and bad
     for line, row in rows:
         summary.rows += 1
         if progress:
             progress(1)
+        cell = row.get("appointment_id") or ""
+        mentioned.update((cell, cell.strip()))
         if "__error__" in row:
             summary.problems.append(RowProblem(line, row["__error__"]))
             continue
@@ -546,6 +605,7 @@ def sync_appointments(conn: Connection, rows: Rows, source: str, *, practice_tz:
             continue
         parsed[values["external_id"]] = (line, values)
 
+    _refuse_empty_full_sync(full, parsed, summary)
     _plan_for_growing_tables(conn)
     patient_ids = _ids(conn, patients,
                        sorted({v["patient_external_id"] for _, v in parsed.values()}))
@@ -574,7 +634,8 @@ def sync_appointments(conn: Connection, rows: Rows, source: str, *, practice_tz:
             new_rows.append(({**values, "version": 1, "row_hash": digest, "source": where,
                               "created_at": now, "updated_at": now, "confirmed_at": None}, kind))
             continue
-        if current["row_hash"] == digest:
+        back = current["removed_at"] is not None  # removed, and in the source again
+        if current["row_hash"] == digest and not back:
             summary.unchanged += 1
             continue
         if current["patient_id"] != patient_id:
@@ -583,13 +644,21 @@ def sync_appointments(conn: Connection, rows: Rows, source: str, *, practice_tz:
                 "appointment cannot change patient; give it a new appointment_id"))
             continue
         kind, version = _change_event(current, values)
+        if back and values["status"] == "booked" and values["start_at"] > now:
+            # its touch points were cancelled at removal: booked again, a new version
+            kind, version = "appointment.booked", int(current["version"]) + 1
         changes = {**values, "version": version, "row_hash": digest, "source": where,
-                   "updated_at": now}
+                   "updated_at": now, "removed_at": None}
         if kind in ("appointment.rescheduled", "appointment.booked"):
             changes["confirmed_at"] = None
         conn.execute(update(appointments).where(appointments.c.id == current["id"])
                      .values(**changes))
-        summary.updated += 1
+        if back:
+            summary.reactivated += 1
+        if current["row_hash"] == digest:
+            summary.unchanged += 1
+        else:
+            summary.updated += 1
         if kind is not None:
             events.append(_event(kind, current["id"], {**current, **changes}, now, where,
                                  previous_start=current["start_at"]))
@@ -604,6 +673,9 @@ def sync_appointments(conn: Connection, rows: Rows, source: str, *, practice_tz:
             events.append(_event(kind, ids[row["external_id"]], row, now, row["source"]))
     append_events(conn, events)
     summary.events.update(e["kind"] for e in events)
+    if full:
+        _remove_missing(conn, appointments, mentioned, removal.remove_appointment, source, now,
+                        summary)
     summary.problems.sort(key=lambda p: p.line)
     return summary
 
@@ -681,14 +753,15 @@ def sync_referrers(conn: Connection, rows: Rows, source: str, *, region: str, no
 
 
 def import_contacts(conn: Connection, path: Path, *, region: str, now: datetime,
-                    progress: Progress | None = None) -> ImportSummary:
-    """Sync patients' contacts (parents, guardians, spouses, caregivers) from ``path``."""
+                    progress: Progress | None = None, full: bool = False) -> ImportSummary:
+    """Sync patients' contacts (parents, guardians, spouses, caregivers) from ``path``;
+    with ``full``, active contacts not in the file are removed (no longer recipients)."""
     return sync_contacts(conn, _rows(path, CONTACT_COLUMNS), path.name, region=region,
-                         now=now, progress=progress)
+                         now=now, progress=progress, full=full)
 
 
 def sync_contacts(conn: Connection, rows: Rows, source: str, *, region: str, now: datetime,
-                  progress: Progress | None = None) -> ImportSummary:
+                  progress: Progress | None = None, full: bool = False) -> ImportSummary:
     """Sync contact rows (line number, row) that came from ``source``."""
     summary = ImportSummary(source, "contacts")
 
@@ -709,7 +782,9 @@ def sync_contacts(conn: Connection, rows: Rows, source: str, *, region: str, now
                 "first_name": row.get("first_name", ""), **_reachable(row, region),
                 "receives": receives}
 
-    parsed = _parse_rows(rows, "contact_id", contacts, parse, summary, progress)
+    mentioned: set[str] = set()
+    parsed = _parse_rows(rows, "contact_id", contacts, parse, summary, progress, mentioned)
+    _refuse_empty_full_sync(full, parsed, summary)
     _plan_for_growing_tables(conn)
     owners = _ids(conn, patients, sorted({v["patient_external_id"] for _, v in parsed.values()}))
     erased = erased_on(conn, owners)
@@ -727,20 +802,25 @@ def sync_contacts(conn: Connection, rows: Rows, source: str, *, region: str, now
             continue
         values["patient_id"] = owner
     _upsert(conn, contacts, parsed, source, now, summary)
+    if full:
+        _remove_missing(conn, contacts, mentioned, removal.remove_contact, source, now, summary)
     return summary
 
 
 def _parse_rows(rows: Rows, id_column: str, table: Table,
                 parse: Callable[[Mapping[str, str]], dict[str, Any]], summary: ImportSummary,
-                progress: Progress | None) -> dict[str, tuple[int, dict[str, Any]]]:
+                progress: Progress | None, mentioned: set[str] | None = None,
+                ) -> dict[str, tuple[int, dict[str, Any]]]:
     """``{external id: (line, values)}`` of the good ``rows``; each bad row (and a
-    repeated id) is a problem with its line number."""
+    repeated id) is a problem with its line number. ``mentioned`` gets every row's id."""
     parsed: dict[str, tuple[int, dict[str, Any]]] = {}
     for line, row in rows:
         summary.rows += 1
         if progress:
             progress(1)
         external_id = row.get(id_column, "")
+        if mentioned is not None:
+            mentioned.update((external_id or "", (external_id or "").strip()))
         try:
             if "__error__" in row:
                 raise _RowError(row["__error__"])
@@ -781,6 +861,13 @@ def _write(conn: Connection, table: Any, changes: Sequence[_Change], now: dateti
         if current is None:
             new_rows.append({**values, "row_hash": digest, "source": where, "created_at": now,
                              "updated_at": now})
+        elif current.get("removed_at") is not None:  # a contact back in the source
+            conn.execute(update(table).where(table.c.id == current["id"])
+                         .values(**values, row_hash=digest, source=where, updated_at=now,
+                                 removed_at=None))
+            summary.reactivated += 1
+            summary.updated += current["row_hash"] != digest
+            summary.unchanged += current["row_hash"] == digest
         elif current["row_hash"] == digest:
             summary.unchanged += 1
         else:

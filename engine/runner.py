@@ -11,7 +11,8 @@ A tick does, in order:
 3. **plan** — unprocessed events go through the planner into the ledger (and open the
    recovery cases no-shows and late cancellations call for, and record referral-loop
    milestones); an event whose planning raises is set aside with its error, and the
-   others are planned;
+   others are planned; an event of a removed patient or appointment plans nothing
+   (:mod:`engine.removal`);
 4. **cases** — cases for messages that failed for good are opened, owners of new cases
    alerted, overdue cases escalated; on the 1st, last month's referral digests go out;
 5. **dispatch** — due touch points are claimed, re-checked, rendered and sent.

@@ -549,7 +549,8 @@ def test_import_patients_json_prints_the_summary_and_exits_3_on_rejections(
     assert result.exit_code == 3, result.output
     assert json.loads(result.stdout) == {
         "file": "patients.csv", "kind": "patients", "rows": 2, "created": 1, "updated": 0,
-        "unchanged": 0, "rejected": 1, "historical": 0, "events": {"patient.created": 1},
+        "unchanged": 0, "rejected": 1, "historical": 0, "reactivated": 0, "removed": 0,
+        "cancelled": 0, "events": {"patient.created": 1},
         "problems": [{"line": 3, "message": BAD_PHONE}]}
     assert count(database_url, patients) == 1
 

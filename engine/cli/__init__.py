@@ -294,6 +294,11 @@ def _report_import(summary: ImportSummary, as_json: bool) -> None:
         if summary.historical:
             parts.append(f"{summary.historical} stored without starting journeys (past, or "
                          "already cancelled)")
+        if summary.reactivated:
+            parts.append(f"{summary.reactivated} back in the records (reactivated)")
+        if summary.removed:
+            parts.append(f"{summary.removed} removed (not in the file; {summary.cancelled} "
+                         "pending messages cancelled)")
         click.echo(f"{summary.file}: {', '.join(parts)}, {summary.rejected} rejected.")
         if summary.events:
             click.echo("events: " + ", ".join(f"{n} {k}" for k, n in
@@ -318,8 +323,12 @@ def _count_lines(path: Path) -> int | None:
 @click.option("--baseline", is_flag=True,
               help="These are existing patients: store them without starting journeys "
                    "triggered by patient.created (no welcome messages).")
+@click.option("--full", is_flag=True,
+              help="FILE holds every patient: active ones not in it are removed (their "
+                   "pending messages cancelled, patient_removed). Refused if no row is good.")
 @click.pass_context
-def import_patients_cmd(ctx: click.Context, file: Path, as_json: bool, baseline: bool) -> None:
+def import_patients_cmd(ctx: click.Context, file: Path, as_json: bool, baseline: bool,
+                        full: bool) -> None:
     """Sync patients from FILE.CSV (bad rows are reported; good rows are kept).
 
     Exits 3 if any row was rejected.
@@ -329,15 +338,19 @@ def import_patients_cmd(ctx: click.Context, file: Path, as_json: bool, baseline:
     with progress_bar("importing patients", _count_lines(file)) as bar, \
             database.transaction() as conn:
         summary = import_patients(conn, file, region=settings.phone_region, now=clock.now(),
-                                  baseline=baseline, progress=bar)
+                                  baseline=baseline, progress=bar, full=full)
     _report_import(summary, as_json)
 
 
 @import_.command("appointments")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--full", is_flag=True,
+              help="FILE holds every appointment (past ones too): active ones not in it "
+                   "are removed (their pending messages cancelled, patient_removed). Refused "
+                   "if no row is good.")
 @click.pass_context
-def import_appointments_cmd(ctx: click.Context, file: Path, as_json: bool) -> None:
+def import_appointments_cmd(ctx: click.Context, file: Path, as_json: bool, full: bool) -> None:
     """Sync appointments from FILE.CSV (bad rows are reported; good rows are kept).
 
     Exits 3 if any row was rejected.
@@ -347,15 +360,18 @@ def import_appointments_cmd(ctx: click.Context, file: Path, as_json: bool) -> No
     with progress_bar("importing appointments", _count_lines(file)) as bar, \
             database.transaction() as conn:
         summary = import_appointments(conn, file, practice_tz=settings.require(
-            "practice.timezone"), now=clock.now(), progress=bar)
+            "practice.timezone"), now=clock.now(), progress=bar, full=full)
     _report_import(summary, as_json)
 
 
 @import_.command("contacts")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--full", is_flag=True,
+              help="FILE holds every contact: active ones not in it are removed (their "
+                   "pending messages cancelled, patient_removed). Refused if no row is good.")
 @click.pass_context
-def import_contacts_cmd(ctx: click.Context, file: Path, as_json: bool) -> None:
+def import_contacts_cmd(ctx: click.Context, file: Path, as_json: bool, full: bool) -> None:
     """Sync patients' contacts (parents, guardians, spouses, caregivers) from FILE.CSV.
 
     Columns: patient_id, contact_id, relationship, first_name, phone, email, language,
@@ -367,7 +383,7 @@ def import_contacts_cmd(ctx: click.Context, file: Path, as_json: bool) -> None:
     with progress_bar("importing contacts", _count_lines(file)) as bar, \
             database.transaction() as conn:
         summary = import_contacts(conn, file, region=settings.phone_region, now=clock.now(),
-                                  progress=bar)
+                                  progress=bar, full=full)
     _report_import(summary, as_json)
 
 
