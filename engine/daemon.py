@@ -14,6 +14,8 @@ job                when                       does
                    (hourly)                   lock on PostgreSQL)
 ``housekeeping``   ``daemon.housekeeping_     forgets workers that stopped ticking
                    cron`` (daily, 03:30)
+``fhir-sync``      ``fhir.sync_every`` (only  ``touchpoint fhir sync`` (one worker at a time:
+                   with ``fhir.base_url``)    an advisory lock on PostgreSQL); not in a dry run
 =================  =========================  ============================================
 
 Signals: SIGTERM or SIGINT finishes the touch point in flight, records it, gives back
@@ -153,6 +155,17 @@ class Daemon:
                 conn.execute(engine_state.delete().where(engine_state.c.key == row.key))
         log.info("housekeeping: forgot %d silent worker(s)", len(rows))
 
+    def schedule_fhir_sync(self) -> None:
+        """Add the ``fhir-sync`` job when fhir.base_url and fhir.sync_every are set."""
+        every = self.settings.fhir.sync_every
+        if self.settings.fhir.base_url and every and not self.dry_run:
+            from engine.fhir.sync import ScheduledSync
+
+            job = ScheduledSync(self.db, self.settings, self.stopping.is_set)
+            self.scheduler.add_job(job,
+                                   IntervalTrigger(seconds=every.total_seconds()),
+                                   id="fhir-sync", next_run_time=clock.now())
+
     def _heartbeat(self, report: TickReport, took: float) -> None:
         if self.dry_run:
             return
@@ -257,6 +270,7 @@ class Daemon:
         self.scheduler.add_job(self.housekeeping, CronTrigger.from_crontab(
             self.settings.daemon.housekeeping_cron, timezone=self.scheduler.timezone),
             id="housekeeping")
+        self.schedule_fhir_sync()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         self.keep_definitions()

@@ -382,3 +382,53 @@ def test_jwks_prints_the_public_key_to_register(config: Path, key_file: Path) ->
     (jwk,) = json.loads(result.output)["keys"]
     assert jwk["kty"] == "RSA" and jwk["alg"] == "RS384" and "d" not in jwk
     assert jwk["kid"] == SigningKey(key_file).key_id
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+def test_the_daemon_syncs_on_its_schedule_and_logs_failures_without_raising(
+        tmp_path: Path, database_url: str, key_file: Path, server: FhirAPIServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from engine.daemon import Daemon
+    from tests.support import Clinic
+
+    fhir = f"""
+[phone]
+default_region = "AU"
+
+[fhir]
+base_url = "{server.base_url}"
+token_url = "{server.token_url}"
+client_id = "{server.client_id}"
+private_key_file = "{key_file}"
+"""
+    for folder in ("unscheduled", "scheduled"):
+        (tmp_path / folder).mkdir()
+    clinic = Clinic(database_url, tmp_path / "unscheduled", config_extra=fhir)
+    idle = Daemon(clinic.settings, clinic.db, clinic.definitions, {}, lambda: clinic.definitions,
+                  watch=False)
+    idle.schedule_fhir_sync()
+    assert idle.scheduler.get_job("fhir-sync") is None  # fhir.sync_every unset: no job
+    clinic.close()
+
+    clinic = Clinic(database_url, tmp_path / "scheduled",
+                    config_extra=fhir + "sync_every = \"5m\"\n")
+    daemon = Daemon(clinic.settings, clinic.db, clinic.definitions, {},
+                    lambda: clinic.definitions, watch=False)
+    daemon.schedule_fhir_sync()
+    job = daemon.scheduler.get_job("fhir-sync")
+    assert job is not None and job.trigger.interval == timedelta(minutes=5)
+
+    load(server)
+    server.enqueue(Outcome("reply", Reply.json(500, {})))
+    with caplog.at_level("INFO", logger="touchpoint.fhir"):
+        assert job.func() is None  # a 500: logged, not raised, the cursor unchanged
+        assert "fhir sync failed: the FHIR server answered HTTP 500" in caplog.text
+        assert cursors(clinic.db) == {}
+        report = job.func()
+    assert report is not None and report.summary.count("created") == 8
+    assert "fhir sync: 8 new, 0 updated, 0 unchanged, 0 refused" in caplog.text
+    assert cursors(clinic.db)["Appointment"] == "2013-11-01T09:07:00Z"
+    job.func.close()
+    clinic.close()

@@ -15,7 +15,8 @@ serialised anyway.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,13 +24,16 @@ from typing import Any
 from sqlalchemy import text
 
 from engine import clock
+from engine.errors import UserError
 from engine.fhir.client import FhirClient
 from engine.fhir.imports import ORDER, FhirSummary, Options, apply, bundle_entries
+from engine.privacy import redact
 from engine.settings import Settings
 from engine.store.database import Database
 from engine.store.locks import lock_key
 from engine.store.records import get_state, put_state
 
+log = logging.getLogger("touchpoint.fhir")
 CURSOR_KEY = "fhir.cursor"
 LOCK = "fhir-sync"
 
@@ -109,3 +113,44 @@ def sync(db: Database, settings: Settings, client: FhirClient) -> SyncReport:
             if since:
                 report.cursors[kind] = since
     return report
+
+
+class ScheduledSync:
+    """The daemon's ``fhir-sync`` job: keeps its client (and so its access token) from
+    one run to the next; logs what it did, or why it could not, and never raises."""
+
+    def __init__(self, db: Database, settings: Settings,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
+        self.db = db
+        self.settings = settings
+        self.stopping = stopping
+        self.client: FhirClient | None = None
+
+    def __call__(self) -> SyncReport | None:
+        if self.stopping():
+            return None
+        try:
+            if self.client is None:
+                self.client = FhirClient.from_settings(self.settings)
+            report = sync(self.db, self.settings, self.client)
+        except UserError as exc:
+            log.error("fhir sync failed: %s", exc.message, extra={"event": "fhir_sync_failed"})
+            return None
+        except Exception as exc:  # the daemon runs on; the next run tries again
+            log.error("fhir sync failed (%s: %s)", type(exc).__name__, redact(str(exc))[:300],
+                      extra={"event": "fhir_sync_failed"})
+            return None
+        summary = report.summary
+        busy = summary.count("created") or summary.count("updated") or summary.problems
+        (log.info if busy else log.debug)(
+            "fhir sync: %d new, %d updated, %d unchanged, %d refused%s", summary.count(
+                "created"), summary.count("updated"), summary.count("unchanged"),
+            summary.rejected, "" if report.ran else " (another worker was syncing)",
+            extra={"event": "fhir_sync", "refused": summary.rejected})
+        for problem in summary.problems:
+            log.warning("fhir sync refused %s", problem, extra={"event": "fhir_refused"})
+        return report
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
