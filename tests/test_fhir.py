@@ -432,3 +432,18 @@ private_key_file = "{key_file}"
     assert cursors(clinic.db)["Appointment"] == "2013-11-01T09:07:00Z"
     job.func.close()
     clinic.close()
+
+
+def test_the_worked_example_of_the_docs_imports_as_the_docs_say(
+        tmp_path: Path, config: Path, db: Database) -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "fhir.md").read_text("utf-8")
+    example_bundle = docs.split("```json\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "bundle.json"
+    path.write_text(example_bundle, encoding="utf-8")
+    clock.set_now(datetime(2026, 12, 1, tzinfo=UTC))
+    result = run(config, "import", "fhir", str(path))
+    assert result.exit_code == 3
+    said = docs.split("$ touchpoint import fhir bundle.json\n", 1)[1].split("$ echo", 1)[0]
+    assert [line.strip() for line in result.output.splitlines()] == [
+        line.strip() for line in said.splitlines() if line.strip()]
+    assert rows(db, contacts, "relationship") == {"benedicte": ("spouse",)}
