@@ -447,3 +447,31 @@ def test_the_worked_example_of_the_docs_imports_as_the_docs_say(
     assert [line.strip() for line in result.output.splitlines()] == [
         line.strip() for line in said.splitlines() if line.strip()]
     assert rows(db, contacts, "relationship") == {"benedicte": ("spouse",)}
+
+
+def test_patient_ids_from_an_identifier_system_and_references_resolved_across_pages(
+        config: Path, db: Database, server: FhirAPIServer) -> None:
+    load(server)
+    result = run(config, "--set", "fhir.patient_identifier_system=urn:oid:1.2.36.146.595.217.0.1",
+                 "fhir", "sync", "--json")
+    assert result.exit_code == 3
+    report = json.loads(result.output)
+    # only Peter has an MRN of that system; the others are refused, and so their contacts
+    assert {p["resource"]: p["message"] for p in report["problems"]} == {
+        "Patient/f201": "has no identifier of system urn:oid:1.2.36.146.595.217.0.1 (setting "
+                        "fhir.patient_identifier_system)",
+        "Patient/animal": "has no identifier of system urn:oid:1.2.36.146.595.217.0.1 (setting "
+                          "fhir.patient_identifier_system)",
+        "RelatedPerson/f002": "Patient/f201 is not a known patient — it must come before, or "
+                              "in the same file",
+        "RelatedPerson/peter": "Patient/animal is not a known patient — it must come before, "
+                               "or in the same file"}
+    # the contact and the visits came in later searches: found by the stored FHIR id
+    with db.transaction() as conn:
+        peter = conn.execute(select(patients.c.id, patients.c.custom)
+                             .where(patients.c.external_id == "12345")).one()
+        assert peter.custom == {"fhir_id": "example"}
+        owners = {r.external_id: r.patient_id for r in conn.execute(select(appointments))}
+        assert owners == {"example": peter.id, "2docs": peter.id}
+        assert conn.execute(select(contacts.c.patient_id)
+                            .where(contacts.c.external_id == "benedicte")).scalar() == peter.id
