@@ -236,6 +236,11 @@ def test_a_file_that_is_not_fhir_is_refused_whole(tmp_path: Path, config: Path) 
     assert result.exit_code == 1
     assert "not a FHIR resource (no resourceType)" in result.output
     assert "Traceback" not in result.output
+    path.write_text('{"resourceType": "Bundle", "type": "collection", "total": "many"}', "utf-8")
+    result = run(config, "import", "fhir", str(path))
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: patients.json: the Bundle is not a valid R4 "
+                                    "resource: total: ")
 
 
 # --------------------------------------------------------------------------- fhir sync

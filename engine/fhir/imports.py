@@ -160,8 +160,7 @@ def check_bundle(document: Mapping[str, Any], source: str) -> Bundle:
     try:
         return Bundle.model_validate(envelope)
     except ValidationError as exc:
-        raise ImportFileError(f"{source}: the Bundle is {explain(exc).removeprefix('not ')}"
-                              .replace("is a valid", "not a valid")) from None
+        raise ImportFileError(f"{source}: the Bundle is {explain(exc)}") from None
 
 
 def read_file(path: Path) -> list[Entry]:
