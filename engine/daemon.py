@@ -17,6 +17,8 @@ job                when                       does
                                               ``retention.message_bodies``
 ``webhooks-out``   every 5 s, in its own      outbound webhooks due (a slow or dead
                    thread (executor)          endpoint never holds up ``dispatch``)
+``fhir-sync``      ``fhir.sync_every`` (only  ``touchpoint fhir sync`` (one worker at a time:
+                   with ``fhir.base_url``)    an advisory lock on PostgreSQL); not in a dry run
 =================  =========================  ============================================
 
 Woken (:mod:`engine.wake`): an event committed by the API or an HL7 feed, followed by
@@ -196,6 +198,17 @@ class Daemon:
             log.error("delivering outbound webhooks failed (%s: %s)", type(exc).__name__,
                       redact(str(exc))[:300], extra={"event": "webhooks_failed"})
 
+    def schedule_fhir_sync(self) -> None:
+        """Add the ``fhir-sync`` job when fhir.base_url and fhir.sync_every are set."""
+        every = self.settings.fhir.sync_every
+        if self.settings.fhir.base_url and every and not self.dry_run:
+            from engine.fhir.sync import ScheduledSync
+
+            job = ScheduledSync(self.db, self.settings, self.stopping.is_set)
+            self.scheduler.add_job(job,
+                                   IntervalTrigger(seconds=every.total_seconds()),
+                                   id="fhir-sync", next_run_time=clock.now())
+
     def _heartbeat(self, report: TickReport, took: float) -> None:
         if self.dry_run:
             return
@@ -304,6 +317,7 @@ class Daemon:
         self.scheduler.add_job(self.deliver_webhooks, IntervalTrigger(
             seconds=WEBHOOKS_EVERY_SECONDS), id="webhooks-out", executor="webhooks-out",
             next_run_time=clock.now())
+        self.schedule_fhir_sync()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         self.keep_definitions()

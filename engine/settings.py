@@ -215,6 +215,39 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hl7.email_consent", "TOUCHPOINT_HL7_EMAIL_CONSENT",
             "A patient or contact first seen through HL7 with an email address has email "
             "consent for healthcare (non-marketing) email.", True),
+    Setting("fhir.base_url", "TOUCHPOINT_FHIR_BASE_URL",
+            "Base URL of the EMR's FHIR R4 API that `touchpoint fhir sync` reads, e.g. "
+            "https://emr.example.com/fhir/r4.", ""),
+    Setting("fhir.client_id", "TOUCHPOINT_FHIR_CLIENT_ID",
+            "The client id the EMR gave Touchpoint when its public key was registered "
+            "(SMART Backend Services).", ""),
+    Setting("fhir.token_url", "TOUCHPOINT_FHIR_TOKEN_URL",
+            "The EMR's OAuth token endpoint (token_endpoint in its "
+            ".well-known/smart-configuration).", ""),
+    Setting("fhir.private_key_file", "TOUCHPOINT_FHIR_PRIVATE_KEY_FILE",
+            "PEM file of the practice's private key (RSA: RS384, or EC P-384: ES384) that "
+            "signs the token requests.", None),
+    Setting("fhir.key_id", "TOUCHPOINT_FHIR_KEY_ID",
+            "kid of the registered public key (default: its RFC 7638 thumbprint, as "
+            "`touchpoint fhir jwks` prints it).", ""),
+    Setting("fhir.scope", "TOUCHPOINT_FHIR_SCOPE", "The scopes asked for.",
+            "system/Patient.read system/RelatedPerson.read system/Appointment.read"),
+    Setting("fhir.page_size", "TOUCHPOINT_FHIR_PAGE_SIZE",
+            "Resources asked for per page (_count); each page is one transaction.", 100),
+    Setting("fhir.sync_every", "TOUCHPOINT_FHIR_SYNC_EVERY",
+            "How often the daemon runs `fhir sync`, e.g. 5m; unset: the daemon does not.",
+            None),
+    Setting("fhir.patient_identifier_system", "TOUCHPOINT_FHIR_PATIENT_IDENTIFIER_SYSTEM",
+            "Take patient_id from the Patient identifier of this system (e.g. the MRN's); "
+            "unset: from Patient.id.", ""),
+    Setting("fhir.sms_consent", "TOUCHPOINT_FHIR_SMS_CONSENT",
+            "SMS consent recorded for a patient or contact first seen in FHIR (FHIR carries "
+            "none; a number given for care is consent to healthcare texts, FCC 15-72). "
+            "Never changes the consent of one already on file. Marketing consent is never "
+            "given by an import.", True),
+    Setting("fhir.email_consent", "TOUCHPOINT_FHIR_EMAIL_CONSENT",
+            "Email consent recorded for a patient or contact first seen in FHIR (never "
+            "changes one on file).", True),
 )
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -223,7 +256,8 @@ _OFF = {"0", "off", "never", "forever"}  # a retention that keeps forever
 _BY_KEY = {s.key: s for s in SETTINGS}
 _TABLE_SETTINGS = {"practice.links"}  # free-form tables: their sub-keys are not checked
 # Folders and files: a relative path written in touchpoint.toml is relative to that file.
-_PATH_SETTINGS = {"paths.schedules", "paths.templates", "channels.fake_outbox"}
+_PATH_SETTINGS = {"paths.schedules", "paths.templates", "channels.fake_outbox",
+                  "fhir.private_key_file"}
 
 
 def _where(setting: Setting, config_file: Path | None = None) -> str:
@@ -519,6 +553,34 @@ class Hl7(BaseModel):
         from engine.hl7.fields import parse_field_path
 
         return str(parse_field_path(value))
+class Fhir(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    base_url: str = ""
+    client_id: str = ""
+    token_url: str = ""
+    private_key_file: Path | None = None
+    key_id: str = ""
+    scope: str = "system/Patient.read system/RelatedPerson.read system/Appointment.read"
+    page_size: int = Field(100, ge=1, le=1000)
+    sync_every: timedelta | None = None
+    patient_identifier_system: str = ""
+    sms_consent: bool = True
+    email_consent: bool = True
+
+    @field_validator("base_url", "token_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        local = value.startswith("http://") and urlsplit(value).hostname in _LOOPBACK
+        if value and not value.startswith("https://") and not local:
+            raise ValueError("must start with https:// (it carries patient data and access "
+                             "tokens); http:// only for localhost")
+        return value.rstrip("/")
+
+    @field_validator("sync_every", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
 
 
 class Settings(BaseModel):
@@ -547,6 +609,7 @@ class Settings(BaseModel):
     templates: Templates = Templates()
     retention: Retention = Retention()
     hl7: Hl7 = Hl7()
+    fhir: Fhir = Fhir()
     config_file: Path | None = None
 
     @field_validator("send_from", "send_until", mode="before")
@@ -610,7 +673,8 @@ _FIELD_PATH: dict[str, tuple[str, ...]] = {
     **{s.key: tuple(s.key.split(".")) for s in SETTINGS
        if s.key.split(".")[0] in {"practice", "channels", "dispatch", "twilio", "sendgrid",
                                   "email", "webhooks", "caps", "daemon", "recovery",
-                                  "referrals", "templates", "retention", "api", "hl7"}},
+                                  "referrals", "templates", "retention", "api", "hl7",
+                                  "fhir"}},
 }
 
 

@@ -1434,6 +1434,7 @@ def main() -> None:
 from engine.cli import (  # noqa: E402
     api_keys,  # noqa: F401
     audit,  # noqa: F401
+    fhir,  # noqa: F401
     hl7,  # noqa: F401
     webhooks,  # noqa: F401
 )
