@@ -1395,4 +1395,7 @@ def main() -> None:
 
 # Command groups that live in their own module register themselves on `cli` when imported
 # (engine/cli/<group>.py: `from engine.cli import cli` at its top).
-from engine.cli import audit  # noqa: E402, F401
+from engine.cli import (  # noqa: E402
+    audit,  # noqa: F401
+    users,  # noqa: F401
+)

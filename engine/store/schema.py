@@ -12,6 +12,7 @@
     inbound_messages                    (replies: STOP, HELP, C, R, free text)
     engine_state                        (small key/value facts: last tick, last forecast)
     audit_log                           (append-only: who did what, when, from where)
+    staff_users                         (console accounts: email, role, argon2 hash)
 
 Every instant is stored in UTC and read back timezone-aware, on SQLite too.
 """
@@ -438,6 +439,20 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class StaffUser(Base):
+    """A member of the practice's staff who signs in to the console."""
+
+    __tablename__ = "staff_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)  # lower case
+    role: Mapped[str] = mapped_column(String(16))  # owner, manager, front-desk, viewer
+    password_hash: Mapped[str] = mapped_column(String(200))  # argon2id, PHC string
+    created_at: Mapped[datetime]
+    password_changed_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+
+
 # The tables, for Core queries (the hot paths use Core, not ORM sessions).
 patients = cast(Table, Patient.__table__)
 appointments = cast(Table, Appointment.__table__)
@@ -457,3 +472,4 @@ contacts = cast(Table, Contact.__table__)
 recovery_cases = cast(Table, RecoveryCase.__table__)
 case_events = cast(Table, CaseEvent.__table__)
 audit_log = cast(Table, AuditEntry.__table__)
+staff_users = cast(Table, StaffUser.__table__)
