@@ -12,7 +12,7 @@
     inbound_messages                    (replies: STOP, HELP, C, R, free text)
     engine_state                        (small key/value facts: last tick, last forecast)
     audit_log                           (append-only: who did what, when, from where)
-    staff_users                         (console accounts: email, role, argon2 hash)
+    staff_users ─< staff_sessions       (console accounts: email, role, argon2 hash)
 
 Every instant is stored in UTC and read back timezone-aware, on SQLite too.
 """
@@ -453,6 +453,21 @@ class StaffUser(Base):
     disabled_at: Mapped[datetime | None]
 
 
+class StaffSession(Base):
+    """A signed-in console session. The browser holds the token; only its hash is kept."""
+
+    __tablename__ = "staff_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256, hex
+    user_id: Mapped[int] = mapped_column(ForeignKey("staff_users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    address: Mapped[str] = mapped_column(String(64), default="")
+    ended_at: Mapped[datetime | None]
+
+
 # The tables, for Core queries (the hot paths use Core, not ORM sessions).
 patients = cast(Table, Patient.__table__)
 appointments = cast(Table, Appointment.__table__)
@@ -473,3 +488,4 @@ recovery_cases = cast(Table, RecoveryCase.__table__)
 case_events = cast(Table, CaseEvent.__table__)
 audit_log = cast(Table, AuditEntry.__table__)
 staff_users = cast(Table, StaffUser.__table__)
+staff_sessions = cast(Table, StaffSession.__table__)

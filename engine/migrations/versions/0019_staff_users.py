@@ -1,4 +1,4 @@
-"""staff users: console accounts with a role and an argon2 password hash
+"""staff users and sessions: console accounts with a role and an argon2 password hash
 
 Revision ID: 0019
 Revises: 0012
@@ -29,7 +29,26 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_staff_users")),
         sa.UniqueConstraint("email", name=op.f("uq_staff_users_email")),
     )
+    op.create_table(
+        "staff_sessions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("csrf_token", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("address", sa.String(length=64), nullable=False),
+        sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["user_id"], ["staff_users.id"],
+                                name=op.f("fk_staff_sessions_user_id_staff_users")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_staff_sessions")),
+        sa.UniqueConstraint("token_hash", name=op.f("uq_staff_sessions_token_hash")),
+    )
+    op.create_index(op.f("ix_staff_sessions_user_id"), "staff_sessions", ["user_id"],
+                    unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_staff_sessions_user_id"), table_name="staff_sessions")
+    op.drop_table("staff_sessions")
     op.drop_table("staff_users")

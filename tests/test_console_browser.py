@@ -1,0 +1,80 @@
+"""The console in a real browser (Debian's Chromium through Playwright): sign in, see the
+day, sign out — at a desk's 1280 px and on a phone. Screenshots: screenshots/*.png."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from engine import clock, staff
+from engine.webhooks.app import Services, create_app
+from tests.browser import CHROMIUM, screenshot_path, serving
+from tests.support import Clinic
+
+NOW = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
+PASSWORD = "a long and private passphrase"
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def site(database_url: str, tmp_path: Path) -> Iterator[str]:
+    clock.set_now(NOW)
+    clinic = Clinic(database_url, tmp_path)
+    with clinic.db.transaction() as conn:
+        staff.add_user(conn, "desk@clinic.example.com", "front-desk", PASSWORD, NOW)
+    app = create_app(Services(clinic.settings, clinic.db, clinic.definitions,
+                              {"sms": clinic.sms, "email": clinic.email}))
+    with serving(app) as url:
+        yield url
+    clinic.close()
+
+
+def sign_in(page: Page, url: str, password: str = PASSWORD) -> None:
+    page.goto(f"{url}/")
+    expect(page).to_have_url(f"{url}/login?next=/")
+    page.get_by_label("Email").fill("desk@clinic.example.com")
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_sign_in_see_the_day_and_sign_out(browser: Browser, site: str, width: int,
+                                         database_url: str) -> None:
+    page = browser.new_page(viewport={"width": width, "height": 800})
+    page.goto(f"{site}/login")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    if database_url.startswith("sqlite"):
+        page.screenshot(path=screenshot_path(f"login-{width}"), full_page=True)
+
+    sign_in(page, site, "a wrong passphrase!")
+    expect(page.get_by_role("alert")).to_contain_text("do not match an active account")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+
+    expect(page).to_have_url(f"{site}/")
+    expect(page.get_by_role("heading", name="Today")).to_be_visible()
+    expect(page.get_by_text("desk@clinic.example.com")).to_be_visible()
+    expect(page.get_by_role("list", name="What needs a person")).to_contain_text("replies to read")
+    if database_url.startswith("sqlite"):
+        page.screenshot(path=screenshot_path(f"today-{width}"), full_page=True)
+    session = next(c for c in page.context.cookies() if c["name"] == "tp_session")
+    assert session["httpOnly"] is True
+    assert session["sameSite"] == "Lax"
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(f"{site}/login")
+    page.goto(f"{site}/")
+    expect(page).to_have_url(f"{site}/login?next=/")
+    page.close()
