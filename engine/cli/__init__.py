@@ -209,8 +209,10 @@ def cli(ctx: click.Context, db_url: str | None, config: str | None, now: str | N
     """Touchpoint: patient journeys, a touch-point ledger, SMS and email."""
     instant = _parse_now(now)
     if instant is not None:
+        # (run in-process, as tests and scripts do, the caller's clock comes back after)
+        previous = clock.pinned()
         clock.set_now(instant)
-        ctx.call_on_close(lambda: clock.set_now(None))
+        ctx.call_on_close(lambda: clock.set_now(previous))
     flags: dict[str, object] = {}
     for assignment in assignments:
         key, value = parse_flag(assignment)
