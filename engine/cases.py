@@ -280,10 +280,13 @@ def get_case(conn: Connection, case_id: int) -> Case | None:
     return _case(row) if row else None
 
 
-def list_cases(conn: Connection, open_only: bool = False) -> list[Case]:
+def list_cases(conn: Connection, open_only: bool = False,
+               patient_id: int | None = None) -> list[Case]:
     query = select(recovery_cases).order_by(recovery_cases.c.opened_at, recovery_cases.c.id)
     if open_only:
         query = query.where(recovery_cases.c.status == "open")
+    if patient_id is not None:
+        query = query.where(recovery_cases.c.patient_id == patient_id)
     return [_case(row) for row in conn.execute(query)]
 
 

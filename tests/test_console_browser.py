@@ -4,7 +4,7 @@ day, sign out — at a desk's 1280 px and on a phone. Screenshots: screenshots/*
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from engine import clock, staff
 from engine.webhooks.app import Services, create_app
 from tests.browser import CHROMIUM, screenshot_path, serving
-from tests.support import Clinic
+from tests.support import Clinic, appointment, contact, patient
 
 NOW = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
 PASSWORD = "a long and private passphrase"
@@ -34,6 +34,14 @@ def site(database_url: str, tmp_path: Path) -> Iterator[str]:
     clinic = Clinic(database_url, tmp_path)
     with clinic.db.transaction() as conn:
         staff.add_user(conn, "desk@clinic.example.com", "front-desk", PASSWORD, NOW)
+    clinic.patients(patient("P1004", first_name="Lucia", last_name="Rivera",
+                            phone="(312) 555-0142", date_of_birth="2012-03-04"),
+                    patient("P2001", first_name="Tom", last_name="Rivers",
+                            phone="(312) 555-0199"))
+    clinic.contacts(contact("C1", "P1004", first_name="Marta", phone="(312) 555-0177"))
+    clinic.appointments(appointment("A1", "P1004",
+                                    start=(NOW + timedelta(days=3)).isoformat()))
+    clinic.tick()
     app = create_app(Services(clinic.settings, clinic.db, clinic.definitions,
                               {"sms": clinic.sms, "email": clinic.email}))
     with serving(app) as url:
@@ -77,4 +85,26 @@ def test_sign_in_see_the_day_and_sign_out(browser: Browser, site: str, width: in
     expect(page).to_have_url(f"{site}/login")
     page.goto(f"{site}/")
     expect(page).to_have_url(f"{site}/login?next=/")
+    page.close()
+
+
+def test_find_a_patient_read_the_timeline_and_reveal_the_number(
+        browser: Browser, site: str, database_url: str) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    sign_in(page, site)
+    page.get_by_role("link", name="Patients").click()
+    page.get_by_label("Find a patient by name, id or phone").fill("rive")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("table")).to_contain_text("Tom Rivers")
+    if database_url.startswith("sqlite"):
+        page.screenshot(path=screenshot_path("patients-search-1280"), full_page=True)
+    page.get_by_role("link", name="Lucia Rivera").click()
+    expect(page.get_by_role("heading", name="Lucia Rivera")).to_be_visible()
+    expect(page.get_by_text("Minor: messages go to a parent or guardian")).to_be_visible()
+    expect(page.get_by_text("+1••••••••42")).to_be_visible()
+    expect(page.get_by_text("It is planned for").first).to_be_visible()
+    if database_url.startswith("sqlite"):
+        page.screenshot(path=screenshot_path("patient-timeline-1280"), full_page=True)
+    page.get_by_role("button", name="Reveal full numbers and emails").click()
+    expect(page.get_by_text("+13125550142")).to_be_visible()
     page.close()

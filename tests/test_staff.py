@@ -68,11 +68,11 @@ def test_an_old_hash_is_upgraded_at_the_next_sign_in(database_url: str) -> None:
 
 
 @pytest.mark.parametrize(("role", "allowed", "refused"), [
-    ("owner", ["users", "publish", "reveal", "read"], []),
-    ("manager", ["publish", "templates.edit", "reveal", "inbox"], ["users", "settings", "audit"]),
-    ("front-desk", ["inbox", "reply", "cases", "reveal", "settle"],
+    ("owner", ["users", "audit", "publish", "reveal", "read"], []),
+    ("manager", ["publish", "templates.edit", "reveal", "reply"], ["users", "settings", "audit"]),
+    ("front-desk", ["reply", "inbox.done", "cases.change", "reveal", "settle", "read"],
      ["publish", "templates.edit", "users"]),
-    ("viewer", ["read"], ["reveal", "reply", "publish", "users"]),
+    ("viewer", ["read"], ["reveal", "reply", "settle", "publish", "users"]),
 ])
 def test_each_role_may_do_what_it_says(role: str, allowed: list[str], refused: list[str]) -> None:
     assert all(staff.may(role, p) for p in allowed)

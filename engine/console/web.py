@@ -19,78 +19,31 @@ is masked there.
 from __future__ import annotations
 
 import hmac
-import logging
 import secrets
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, PackageLoader, select_autoescape
 
 from engine import audit, clock, staff
 from engine.cases import list_cases
-from engine.console import sessions
-from engine.console.limits import SignInLimiter
+from engine.console import patient_pages, sessions
+from engine.console.core import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    Console,
+    Denied,
+    Guard,
+    address_of,
+    read_form,
+    render,
+    safe_next,
+)
 from engine.privacy import mask_email
 from engine.reconcile import unknown_touch_points
 from engine.replies import POSSIBLE_OPT_OUT
 from engine.reports import inbox
-from engine.settings import Settings
-from engine.store.database import Database
-
-log = logging.getLogger("touchpoint.console")
-
-SESSION_COOKIE = "tp_session"
-LOGIN_COOKIE = "tp_login"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-_templates = Environment(loader=PackageLoader("engine.console", "templates"),
-                         autoescape=select_autoescape(default=True), auto_reload=False)
-
-
-@dataclass
-class Console:
-    settings: Settings
-    db: Database
-    limiter: SignInLimiter
-
-    @property
-    def secure_cookies(self) -> bool:
-        return self.settings.webhooks.public_url.startswith("https://")
-
-
-def _address(request: Request) -> str:
-    return request.client.host if request.client else ""
-
-
-def _wants_page(request: Request) -> bool:
-    return request.method in SAFE_METHODS and "text/html" in request.headers.get("accept", "") \
-        and "hx-request" not in request.headers
-
-
-def _safe_next(target: str | None) -> str:
-    """Only a path on this site (never //host or a scheme): no open redirect."""
-    if not target or not target.startswith("/") or target.startswith("//") \
-            or urlsplit(target).scheme or "\\" in target:
-        return "/"
-    return target
-
-
-def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    return HTMLResponse(_templates.get_template(name).render(**context), status_code=status)
-
-
-async def _form(request: Request) -> dict[str, str]:
-    body = (await request.body()).decode("utf-8", errors="replace")
-    return dict(parse_qsl(body, keep_blank_values=True))
-
-
-class Denied(Exception):
-    def __init__(self, response: Response) -> None:
-        self.response = response
 
 
 def mount(app: FastAPI, console: Console) -> None:
@@ -101,39 +54,18 @@ def mount(app: FastAPI, console: Console) -> None:
     async def denied(request: Request, exc: Denied) -> Response:
         return exc.response
 
-    def session_for(request: Request, permission: str,
-                    form: dict[str, str] | None = None) -> sessions.Session:
-        """The request's live session, or :class:`Denied` with the right answer."""
-        now = clock.now()
-        with console.db.transaction() as conn:
-            found = sessions.find(conn, request.cookies.get(SESSION_COOKIE), now=now,
-                                  idle=console.settings.console.session_idle,
-                                  longest=console.settings.console.session_max)
-        if found is None:
-            if _wants_page(request):
-                target = request.url.path + (f"?{request.url.query}" if request.url.query
-                                             else "")
-                raise Denied(RedirectResponse(f"/login?next={quote(target)}", 303))
-            raise Denied(JSONResponse({"detail": "sign in first"}, 401))
-        if request.method not in SAFE_METHODS:
-            sent = (form or {}).get("csrf_token") or request.headers.get("x-csrf-token", "")
-            if not hmac.compare_digest(sent.encode(), found.csrf_token.encode()):
-                raise Denied(JSONResponse({"detail": "missing or wrong CSRF token — reload "
-                                           "the page and try again"}, 403))
-        if not found.user.may(permission):
-            raise Denied(render("denied.html", 403, session=found, permission=permission))
-        return found
+    session_for = Guard(console)
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_page(request: Request, next: str = "/") -> Response:
-        return _login_form(console, _safe_next(next))
+        return _login_form(console, safe_next(next))
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
-        form = await _form(request)
+        form = await read_form(request)
         email = form.get("email", "").strip().lower()[:254]
-        target = _safe_next(form.get("next"))
-        address, now = _address(request), clock.now()
+        target = safe_next(form.get("next"))
+        address, now = address_of(request), clock.now()
         expected = request.cookies.get(LOGIN_COOKIE, "")
         if not expected or not hmac.compare_digest(form.get("csrf_token", "").encode(),
                                                    expected.encode()):
@@ -172,12 +104,12 @@ def mount(app: FastAPI, console: Console) -> None:
 
     @app.post("/logout", include_in_schema=False)
     async def logout(request: Request) -> Response:
-        session = session_for(request, "read", await _form(request))
+        session = session_for(request, "read", await read_form(request))
         now = clock.now()
         with console.db.transaction() as conn:
             sessions.end(conn, session.id, now)
             audit.record(conn, actor=f"staff:{session.user.email}",
-                         action="console.sign-out", now=now, address=_address(request))
+                         action="console.sign-out", now=now, address=address_of(request))
         response = RedirectResponse("/login", 303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
@@ -186,9 +118,11 @@ def mount(app: FastAPI, console: Console) -> None:
     def home(request: Request) -> Response:
         session = session_for(request, "read")
         with console.db.transaction() as conn:
-            today = _today(conn, session.user)
+            today = _today(conn)
         return render("home.html", session=session, today=today,
                       practice=console.settings.practice.name)
+
+    patient_pages.add_routes(app, console, session_for)
 
 
 def _login_form(console: Console, target: str, *, email: str = "", status: int = 200,
@@ -201,19 +135,15 @@ def _login_form(console: Console, target: str, *, email: str = "", status: int =
     return response
 
 
-def _today(conn: Any, user: staff.StaffUser) -> dict[str, Any]:
-    """What needs a person today, as far as ``user`` may see it."""
-    if not user.may("inbox"):
-        return {"restricted": True}
+def _today(conn: Any) -> dict[str, Any]:
+    """What needs a person today (counts only)."""
     replies = inbox(conn)
     cases = list_cases(conn, open_only=True)
     now = clock.now()
     return {
-        "restricted": False,
         "possible_opt_outs": sum(1 for r in replies if r["flag"] == POSSIBLE_OPT_OUT),
         "replies": len(replies),
         "open_cases": len(cases),
         "overdue_cases": sum(1 for c in cases if c.due_at < now),
         "unknown": len(unknown_touch_points(conn)),
     }
-

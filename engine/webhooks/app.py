@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from engine import clock
 from engine.channels.base import Channel
 from engine.console import web as console
+from engine.console.core import Console
 from engine.console.limits import SignInLimiter
 from engine.definitions import Definitions
 from engine.health import LedgerCollector, health
@@ -232,7 +233,7 @@ def create_app(services: Services) -> FastAPI:
                                   f"<p>You will get no more {what} from "
                                   f"{html.escape(settings.practice.name or 'us')}.</p>"))
 
-    console.mount(app, console.Console(settings, services.db, SignInLimiter()))
+    console.mount(app, Console(settings, services.db, SignInLimiter()))
     return app
 
 
