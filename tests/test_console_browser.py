@@ -108,3 +108,34 @@ def test_find_a_patient_read_the_timeline_and_reveal_the_number(
     page.get_by_role("button", name="Reveal full numbers and emails").click()
     expect(page.get_by_text("+13125550142")).to_be_visible()
     page.close()
+
+
+def test_reply_from_the_inbox(browser: Browser, site: str, database_url: str,
+                              tmp_path: Path) -> None:
+    from engine.replies import record_inbound
+    from engine.settings import load_settings
+    from engine.store.database import open_database
+
+    settings = load_settings(tmp_path / "touchpoint.toml", {"database.url": database_url})
+    database = open_database(database_url)
+    clock.set_now(NOW + timedelta(minutes=20))
+    with database.transaction() as conn:
+        record_inbound(conn, settings, provider="twilio", message_id="SM1",
+                       from_number="+13125550199", to_number="+13125550100",
+                       body="Can I bring my son along?", now=clock.now())
+        record_inbound(conn, settings, provider="twilio", message_id="SM2",
+                       from_number="+13125550142", to_number="+13125550100",
+                       body="please don't text me anymore", now=clock.now())
+    database.dispose()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    sign_in(page, site)
+    page.get_by_role("link", name="Inbox").click()
+    expect(page.get_by_text("Possible opt-out: read it")).to_be_visible()
+    if database_url.startswith("sqlite"):
+        page.screenshot(path=screenshot_path("inbox-1280"), full_page=True)
+    reply = page.get_by_role("article").filter(has_text="Tom Rivers")
+    reply.get_by_label("Reply by text").fill("Of course, see you Thursday!")
+    reply.get_by_role("button", name="Send reply").click()
+    expect(page.get_by_role("status")).to_contain_text("Reply sent")
+    expect(page.get_by_text("Of course, see you Thursday!")).to_be_visible()
+    page.close()

@@ -36,6 +36,7 @@ from engine.cases import history as case_history
 from engine.cases import note as note_case
 from engine.cases import resolve as resolve_case
 from engine.channels import build_channels
+from engine.conversations import staff_opt_out
 from engine.csv_export import write_csv
 from engine.definitions import Definitions
 from engine.errors import TouchpointError, UserError
@@ -51,7 +52,6 @@ from engine.outcomes import Status
 from engine.preview import Preview, RenderedPreview, preview, send_test
 from engine.privacy import mask_address, redact
 from engine.reconcile import settle, unknown_touch_points
-from engine.replies import opt_out_by_staff, send_outgoing
 from engine.report import build_report, sparkline
 from engine.reports import (
     LOG_FIELDS,
@@ -1109,22 +1109,15 @@ def inbox_opt_out_cmd(ctx: click.Context, message_id: int) -> None:
     """A text staff read as "stop texting me" (a possible opt-out): opt its number out of
     every text, confirm it to them once, and mark the message done."""
     app = _app(ctx)
-    settings, database = app.settings(), app.db()
-    with database.transaction() as conn:
-        found = opt_out_by_staff(conn, message_id, clock.now())
-    if found is None:
-        raise click.ClickException(f"no text {message_id} in the inbox — see `touchpoint inbox`")
-    handled, body, from_number = found
-    number = mask_address(from_number)
-    if not handled.outgoing:
-        click.echo(f"message {message_id} marked done; {number} had already opted out of "
+    settings = app.settings()
+    done = staff_opt_out(app.db(), app.definitions(), settings, build_channels(settings),
+                         message_id, clock.now())
+    if done.already:
+        click.echo(f"message {message_id} marked done; {done.number} had already opted out of "
                    f"texts (no second confirmation).")
         return
-    sent = send_outgoing(database, app.definitions(), settings, build_channels(settings),
-                         handled, body, from_number)
-    confirmed = any(tp.status in (Status.SENT, Status.DELIVERED) for tp in sent)
-    click.echo(f"message {message_id} marked done; {number} is opted out of every text"
-               + ("; the confirmation was sent." if confirmed else
+    click.echo(f"message {message_id} marked done; {done.number} is opted out of every text"
+               + ("; the confirmation was sent." if done.confirmed else
                   "; the confirmation could not be sent (see `touchpoint log --journey "
                   "replies`)."))
 

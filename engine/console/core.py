@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -14,8 +15,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from engine import clock
+from engine.channels.base import Channel
 from engine.console import sessions
 from engine.console.limits import SignInLimiter
+from engine.definitions import Definitions
 from engine.settings import Settings
 from engine.store.database import Database
 
@@ -31,8 +34,13 @@ _templates = Environment(loader=PackageLoader("engine.console", "templates"),
 
 @dataclass
 class Console:
+    """What the console's routes use: the serve process's settings, database,
+    definitions and channels, and the sign-in limiter."""
+
     settings: Settings
     db: Database
+    definitions: Definitions
+    channels: Mapping[str, Channel]
     limiter: SignInLimiter
 
     @property

@@ -233,7 +233,8 @@ def create_app(services: Services) -> FastAPI:
                                   f"<p>You will get no more {what} from "
                                   f"{html.escape(settings.practice.name or 'us')}.</p>"))
 
-    console.mount(app, Console(settings, services.db, SignInLimiter()))
+    console.mount(app, Console(settings, services.db, services.definitions, services.channels,
+                               SignInLimiter()))
     return app
 
 
