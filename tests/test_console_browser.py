@@ -139,3 +139,34 @@ def test_reply_from_the_inbox(browser: Browser, site: str, database_url: str,
     expect(page.get_by_role("status")).to_contain_text("Reply sent")
     expect(page.get_by_text("Of course, see you Thursday!")).to_be_visible()
     page.close()
+
+
+def test_resolve_a_case(browser: Browser, site: str, database_url: str) -> None:
+    from engine import cases
+    from engine.settings import load_settings
+    from engine.store.database import open_database
+    from engine.store.records import patient_by_external_id
+
+    database = open_database(database_url)
+    with database.transaction() as conn:
+        found = patient_by_external_id(conn, "P2001")
+        assert found is not None
+        case_id = cases.open_case(conn, load_settings(None, {"database.url": database_url,
+                                                             "practice.timezone": "UTC"}),
+                                  patient_id=found.id, cause="complaint", key="browser:1",
+                                  detail="Said the front desk was rude", now=NOW)
+    database.dispose()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    sign_in(page, site)
+    page.get_by_role("link", name="Cases").click()
+    page.get_by_role("link", name=f"Case {case_id}").click()
+    page.get_by_label("Assign to").fill("Dana")
+    page.get_by_role("button", name="Assign").click()
+    expect(page.get_by_role("status")).to_contain_text("Assigned to Dana.")
+    page.get_by_label("Resolve: what was done").fill("Called him and apologised")
+    if database_url.startswith("sqlite"):
+        page.screenshot(path=screenshot_path("case-1280"), full_page=True)
+    page.get_by_role("button", name="Resolve case").click()
+    expect(page.get_by_role("status")).to_contain_text("Resolved")
+    expect(page.get_by_text("Called him and apologised").first).to_be_visible()
+    page.close()

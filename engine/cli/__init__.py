@@ -32,6 +32,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from engine import __version__, clock
 from engine.audit import os_user
 from engine.cases import CAUSES, Case, get_case, list_cases
+from engine.cases import assign as assign_case
 from engine.cases import history as case_history
 from engine.cases import note as note_case
 from engine.cases import resolve as resolve_case
@@ -1183,19 +1184,28 @@ def cases_cmd(ctx: click.Context, open_only: bool, as_json: bool) -> None:
 
 @cli.command("case")
 @click.argument("case_id", type=int)
-@click.argument("action", type=click.Choice(["show", "resolve", "note"]), default="show")
+@click.argument("action", type=click.Choice(["show", "resolve", "note", "assign"]),
+                default="show")
 @click.option("--note", "text", metavar="TEXT",
               help="What was done (resolve) or what happened (note); kept in its history.")
+@click.option("--to", "owner", metavar="NAME", help="Who owns it now (assign).")
 @click.option("--by", default=None, help="Who did it [default: your user name].")
 @click.option("--json", "as_json", is_flag=True, help="Print the case as JSON.")
 @click.pass_context
-def case_cmd(ctx: click.Context, case_id: int, action: str, text: str | None, by: str | None,
-             as_json: bool) -> None:
+def case_cmd(ctx: click.Context, case_id: int, action: str, text: str | None, owner: str | None,
+             by: str | None, as_json: bool) -> None:
     """One recovery case: `case ID` shows it and its history; `case ID resolve --note …`
     closes it (pending recovery messages for it are cancelled); `case ID note --note …`
-    adds to its history."""
+    adds to its history; `case ID assign --to NAME` gives it to someone."""
     app = _app(ctx)
     now = clock.now()
+    if action == "assign":
+        if not owner:
+            raise click.UsageError(f"say who: touchpoint case {case_id} assign --to \"Dana\"")
+        with app.db().transaction() as conn:
+            assign_case(conn, case_id, owner, by or _user(), now)
+        click.echo(f"case {case_id} is now {' '.join(owner.split())}'s.")
+        return
     if action != "show":
         if text is None:
             raise click.UsageError(f"say what {'was done' if action == 'resolve' else 'happened'}"
