@@ -157,3 +157,19 @@ def test_a_viewer_sees_the_day_but_may_not_act(console: Console) -> None:
     home = console.client.get("/", headers=HTML)
     assert home.status_code == 200
     assert "replies to read" in home.text
+
+
+def test_only_owners_read_the_audit_log(console: Console) -> None:
+    console.sign_in("desk@clinic.example.com")
+    refused = console.client.get("/audit", headers=HTML)
+    assert refused.status_code == 403
+    assert "Not for your role" in refused.text
+    assert "Audit log" not in console.client.get("/", headers=HTML).text
+    clock.set_now(NOW + timedelta(minutes=1))
+    console.sign_in("owner@clinic.example.com")
+    page = console.client.get("/audit", headers=HTML)
+    assert page.status_code == 200
+    rows = page.text[page.text.index("<tbody>"):]
+    assert rows.index("staff:owner@clinic.example.com") < rows.index(
+        "staff:desk@clinic.example.com")  # newest first
+    assert "console.sign-in" in rows

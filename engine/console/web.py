@@ -4,7 +4,8 @@
 GET  /login         the sign-in form (a login CSRF token in a cookie and the form)
 POST /login         email + password → a session cookie, then the page asked for
 POST /logout        ends the session (CSRF-checked)
-GET  /              today at the practice: what needs a person, for the role
+GET  /              today at the practice: what needs a person
+GET  /audit         the audit log, newest first (owners)
 ==================  ===========================================================
 
 The session cookie ``tp_session`` is HttpOnly, SameSite=Lax, and Secure when
@@ -44,6 +45,9 @@ from engine.privacy import mask_email
 from engine.reconcile import unknown_touch_points
 from engine.replies import POSSIBLE_OPT_OUT
 from engine.reports import inbox
+from engine.timing import zone
+
+AUDIT_PAGE = 500  # entries shown; `touchpoint audit` exports them all
 
 
 def mount(app: FastAPI, console: Console) -> None:
@@ -121,6 +125,15 @@ def mount(app: FastAPI, console: Console) -> None:
             today = _today(conn)
         return render("home.html", session=session, today=today,
                       practice=console.settings.practice.name)
+
+    @app.get("/audit", response_class=HTMLResponse, include_in_schema=False)
+    def audit_page(request: Request) -> Response:
+        session = session_for(request, "audit")
+        with console.db.transaction() as conn:
+            found = list(audit.entries(conn, newest_first=True, limit=AUDIT_PAGE))
+        return render("audit.html", session=session, practice=console.settings.practice.name,
+                      entries=found, limit=AUDIT_PAGE,
+                      tz=zone(console.settings.practice.timezone or "UTC"))
 
     patient_pages.add_routes(app, console, session_for)
     inbox_pages.add_routes(app, console, session_for)
