@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
@@ -141,3 +142,22 @@ def test_the_users_commands_manage_accounts_and_are_audited(database_url: str) -
                        ("users.set-password", "staff:desk@clinic.example.com"),
                        ("users.disable", "staff:desk@clinic.example.com")]
     assert all(h.startswith("$argon2id$") for h in hashes)
+
+
+@pytest.mark.slow
+def test_the_demo_ends_with_how_to_open_the_console_and_an_account_that_works(
+        tmp_path: Path) -> None:
+    import re
+
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    result = CliRunner().invoke(cli, ["--db", url, "demo", "--days", "2"])
+    assert result.exit_code == 0, result.output
+    tail = result.output[result.output.index("Open the console on the demo's data:"):]
+    assert f"touchpoint --db {url}" in tail and " serve" in tail
+    found = re.search(r"sign in as (\S+), password (\S+)", tail)
+    assert found is not None
+    database = open_database(url)
+    with database.transaction() as conn:
+        user = staff.authenticate(conn, found.group(1), found.group(2))
+    database.dispose()
+    assert user is not None and user.role == "owner"

@@ -1346,7 +1346,7 @@ def demo_cmd(ctx: click.Context, days: int) -> None:
 
     Uses its own database (touchpoint-demo.db unless --db is given) and the fake channels.
     """
-    from engine.demo import print_report, run_demo
+    from engine.demo import demo_account, print_report, run_demo
     from engine.demo.generate import START
 
     app = _app(ctx)
@@ -1387,6 +1387,12 @@ def demo_cmd(ctx: click.Context, days: int) -> None:
                   f"  touchpoint --db {url} why 1\n"
                   f"  touchpoint --db {url} {then} cases --open\n"
                   f"  touchpoint --db {url} {then} report --since {START:%Y-%m-%d}")
+    email, password = demo_account(database, clock.now())
+    config = f" --config {app.config}" if app.config else ""
+    console.print(f"\nOpen the console on the demo's data:\n"
+                  f"  touchpoint --db {url}{config} serve\n"
+                  f"  then http://127.0.0.1:8000/ — sign in as {email}, password {password}",
+                  highlight=False)
 
 
 def main() -> None:
