@@ -1357,7 +1357,7 @@ def demo_cmd(ctx: click.Context, days: int) -> None:
         app.flags["database.url"] = "sqlite:///touchpoint-demo.db"
     if app.config is None and not os.environ.get("TOUCHPOINT_CONFIG") \
             and not Path("touchpoint.toml").is_file():
-        app.config = str(Path(__file__).parent / "demo" / "practice.toml")
+        app.config = str(Path(__file__).parent.parent / "demo" / "practice.toml")
     settings = app.settings()
     database, definitions = app.db(), app.definitions()
     began = time.monotonic()
