@@ -150,7 +150,11 @@ def test_the_demo_ends_with_how_to_open_the_console_and_an_account_that_works(
     import re
 
     url = f"sqlite:///{tmp_path / 'demo.db'}"
-    result = CliRunner().invoke(cli, ["--db", url, "demo", "--days", "2"])
+    from tests.support import LIBRARY_SCHEDULES, LIBRARY_TEMPLATES
+
+    result = CliRunner().invoke(cli, ["--db", url, "--schedules", str(LIBRARY_SCHEDULES),
+                                      "--templates", str(LIBRARY_TEMPLATES),
+                                      "demo", "--days", "2"])
     assert result.exit_code == 0, result.output
     tail = result.output[result.output.index("Open the console on the demo's data:"):]
     assert f"touchpoint --db {url}" in tail and " serve" in tail
