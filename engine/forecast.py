@@ -489,6 +489,28 @@ def diff(db: Database, entries: list[Entry], now: datetime, until: datetime,
         previous.get("made_at")
 
 
+def compare(before: list[Entry], after: list[Entry]) -> list[Change]:
+    """What changes between two forecasts of the same days (say, the definitions running
+    now and a draft of them): touch points that appear, disappear, or move, change outcome,
+    channel, reason or wording. Ordered by time."""
+    old = {e.key: e.baseline() for e in before}
+    new = {e.key: e.baseline() for e in after}
+    changes = [Change("added", key, row["patient_id"], row["journey"], row["step"], None, row)
+               for key, row in new.items() if key not in old]
+    changes += [Change("removed", key, row["patient_id"], row["journey"], row["step"], row,
+                       None) for key, row in old.items() if key not in new]
+    for key, row in new.items():
+        was = old.get(key)
+        if was is None:
+            continue
+        what = tuple(field for field in ("at", "outcome", "channel", "reason", "digest")
+                     if was.get(field) != row.get(field))
+        if what:
+            changes.append(Change("changed", key, row["patient_id"], row["journey"],
+                                  row["step"], was, row, what))
+    return sorted(changes, key=lambda c: ((c.after or c.before or {}).get("at", ""), c.key))
+
+
 def _instant(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 

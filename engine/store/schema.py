@@ -13,6 +13,7 @@
     engine_state                        (small key/value facts: last tick, last forecast)
     audit_log                           (append-only: who did what, when, from where)
     staff_users ─< staff_sessions       (console accounts: email, role, argon2 hash)
+    definition_drafts, definition_versions  (console edits before and after publishing)
 
 Every instant is stored in UTC and read back timezone-aware, on SQLite too.
 """
@@ -468,6 +469,30 @@ class StaffSession(Base):
     ended_at: Mapped[datetime | None]
 
 
+class DefinitionDraft(Base):
+    """An edit of a file under schedules/ or message_templates/ not published yet."""
+
+    __tablename__ = "definition_drafts"
+
+    path: Mapped[str] = mapped_column(String(300), primary_key=True)  # "schedules/x.yaml"
+    content: Mapped[str] = mapped_column(Text)
+    base_digest: Mapped[str] = mapped_column(String(64), default="")  # the file when begun
+    author: Mapped[str] = mapped_column(String(254))
+    updated_at: Mapped[datetime]
+
+
+class DefinitionVersion(Base):
+    """A publish: which files changed, from what to what, by whom."""
+
+    __tablename__ = "definition_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    author: Mapped[str] = mapped_column(String(254))
+    at: Mapped[datetime]
+    note: Mapped[str] = mapped_column(Text, default="")
+    files: Mapped[dict[str, Any]] = mapped_column(default=dict)  # path → {before, after}
+
+
 # The tables, for Core queries (the hot paths use Core, not ORM sessions).
 patients = cast(Table, Patient.__table__)
 appointments = cast(Table, Appointment.__table__)
@@ -489,3 +514,5 @@ case_events = cast(Table, CaseEvent.__table__)
 audit_log = cast(Table, AuditEntry.__table__)
 staff_users = cast(Table, StaffUser.__table__)
 staff_sessions = cast(Table, StaffSession.__table__)
+definition_drafts = cast(Table, DefinitionDraft.__table__)
+definition_versions = cast(Table, DefinitionVersion.__table__)

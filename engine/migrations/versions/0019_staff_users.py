@@ -1,4 +1,4 @@
-"""staff users and sessions: console accounts with a role and an argon2 password hash
+"""the console: staff users and sessions, definition drafts and published versions
 
 Revision ID: 0019
 Revises: 0012
@@ -46,9 +46,29 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_staff_sessions_user_id"), "staff_sessions", ["user_id"],
                     unique=False)
+    op.create_table(
+        "definition_drafts",
+        sa.Column("path", sa.String(length=300), nullable=False),
+        sa.Column("content", sa.Text(), nullable=False),
+        sa.Column("base_digest", sa.String(length=64), nullable=False),
+        sa.Column("author", sa.String(length=254), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("path", name=op.f("pk_definition_drafts")),
+    )
+    op.create_table(
+        "definition_versions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("author", sa.String(length=254), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("note", sa.Text(), nullable=False),
+        sa.Column("files", sa.JSON(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_definition_versions")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("definition_versions")
+    op.drop_table("definition_drafts")
     op.drop_index(op.f("ix_staff_sessions_user_id"), table_name="staff_sessions")
     op.drop_table("staff_sessions")
     op.drop_table("staff_users")
