@@ -40,8 +40,11 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from engine.definitions import Definitions
 from engine.definitions.diagnostics import Diagnostic
+from engine.definitions.templates import Fields
 from engine.errors import NotFound, UserError
 from engine.forecast import LIMITS_DAYS, Change, compare, forecast
+from engine.preview import Preview, preview
+from engine.samples import sample_context
 from engine.settings import Settings
 from engine.store.database import Database
 from engine.store.schema import definition_drafts, definition_versions
@@ -299,3 +302,69 @@ def summary(changes: list[Change]) -> dict[str, Any]:
     return {"added": sum(1 for c in changes if c.kind == "added"),
             "removed": sum(1 for c in changes if c.kind == "removed"),
             "moved": moved, "reworded": reworded, "total": len(changes)}
+
+
+# --------------------------------------------------------------------------- editing
+
+
+@dataclass
+class Edit:
+    """What the editor shows for the text being typed into one file."""
+
+    path: str
+    problems: list[Diagnostic]  # in this file, by line
+    elsewhere: int  # errors in other files (other drafts)
+    steps: list[tuple[str, str]]  # (journey, step) that use this template
+    previews: list[Preview]  # one per step: as the recipients would get it
+
+
+def template_name(path: str) -> tuple[str, str, str | None] | None:
+    """(template name, channel, language) of a ``message_templates/…`` path."""
+    parts = PurePosixPath(path).parts
+    if not parts or parts[0] != TEMPLATES:
+        return None
+    pieces = parts[-1].split(".")
+    if len(pieces) not in (3, 4) or pieces[-1] != "j2":
+        return None
+    language = pieces[1] if len(pieces) == 4 else None
+    return "/".join([*parts[1:-1], pieces[0]]), pieces[-2], language
+
+
+def try_edit(conn: Connection, settings: Settings, path: str, content: str, now: datetime,
+             patient_id: str | None = None) -> Edit:
+    """Check ``content`` as ``path`` (over the other drafts) and preview the steps that
+    use it, for the sample patient or a real one."""
+    real_path(settings, path)
+    overlay = {p: d.content for p, d in drafts(conn).items()}
+    overlay[path] = content.replace("\r\n", "\n")
+    with workspace(settings, overlay) as drafted:
+        definitions = check_definitions(drafted, now)
+        problems = [_relabel(d, drafted) for d in definitions.diagnostics]
+        mine = sorted((p for p in problems if p.file == path),
+                      key=lambda p: (p.line or 0, p.severity != "error"))
+        elsewhere = sum(1 for p in problems if p.file != path and p.severity == "error")
+        edit = Edit(path, mine, elsewhere, [], [])
+        named = template_name(path)
+        if named is not None:
+            name, channel, _ = named
+            edit.steps = [(j.name, s.id) for j in definitions.journeys.values()
+                          for s in j.steps if s.template == name and channel in s.channels]
+            for journey, step in edit.steps:
+                try:
+                    edit.previews.append(preview(definitions, drafted, journey, step, now,
+                                                 conn, patient_id))
+                except UserError as exc:
+                    edit.problems.append(Diagnostic(path, None, exc.message,
+                                                    severity="warning", code="preview"))
+    return edit
+
+
+def template_fields(settings: Settings, now: datetime) -> dict[str, list[str]]:
+    """The fields a template may use, by object (``patient``: first_name, …)."""
+    found: dict[str, list[str]] = {}
+    for name, value in sample_context(settings, now, recipient="contacts").items():
+        if isinstance(value, Fields):
+            found[name] = sorted(k for k in value._values if not k.startswith("_"))
+        else:
+            found[name] = []
+    return dict(sorted(found.items()))

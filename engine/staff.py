@@ -27,7 +27,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Connection, insert, select, update
 
 from engine.errors import UserError
-from engine.importer import normalise_email
+from engine.importer import normalise_email, normalise_phone
 from engine.store.schema import staff_users
 
 ROLES = ("owner", "manager", "front-desk", "viewer")
@@ -52,6 +52,7 @@ class StaffUser:
     created_at: datetime
     password_changed_at: datetime
     disabled_at: datetime | None
+    phone: str | None = None
 
     @property
     def active(self) -> bool:
@@ -61,7 +62,7 @@ class StaffUser:
         return may(self.role, permission)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"email": self.email, "role": self.role,
+        return {"email": self.email, "role": self.role, "phone": self.phone,
                 "created_at": self.created_at.isoformat(),
                 "password_changed_at": self.password_changed_at.isoformat(),
                 "disabled_at": self.disabled_at.isoformat() if self.disabled_at else None}
@@ -112,7 +113,7 @@ def check_password(password: str, email: str) -> None:
 
 def _from_row(row: Any) -> StaffUser:
     return StaffUser(row.id, row.email, row.role, row.created_at, row.password_changed_at,
-                     row.disabled_at)
+                     row.disabled_at, row.phone)
 
 
 def get_user(conn: Connection, email: str) -> StaffUser | None:
@@ -127,16 +128,17 @@ def list_users(conn: Connection) -> list[StaffUser]:
 
 
 def add_user(conn: Connection, email: str, role: str, password: str,
-             now: datetime) -> StaffUser:
+             now: datetime, phone: str | None = None, region: str = "US") -> StaffUser:
     email = _email(email)
     check_role(role)
     check_password(password, email)
+    number = _phone(phone, region) if phone else None
     if get_user(conn, email) is not None:
         raise UserError(f"there is already a staff account for {email} — `touchpoint users "
                         "set-password` changes its password")
     conn.execute(insert(staff_users).values(
         email=email, role=role, password_hash=_hasher().hash(password), created_at=now,
-        password_changed_at=now, disabled_at=None))
+        password_changed_at=now, disabled_at=None, phone=number))
     user = get_user(conn, email)
     assert user is not None
     return user
@@ -156,6 +158,26 @@ def set_password(conn: Connection, email: str, password: str, now: datetime) -> 
     conn.execute(update(staff_users).where(staff_users.c.id == user.id).values(
         password_hash=_hasher().hash(password), password_changed_at=now))
     return user
+
+
+def set_phone(conn: Connection, email: str, phone: str, region: str = "US") -> StaffUser:
+    """The number test texts to oneself go to ("" removes it)."""
+    user = _existing(conn, email)
+    number = _phone(phone, region) if phone.strip() else None
+    conn.execute(update(staff_users).where(staff_users.c.id == user.id).values(phone=number))
+    found = get_user(conn, user.email)
+    assert found is not None
+    return found
+
+
+def _phone(raw: str, region: str) -> str:
+    try:
+        number = normalise_phone(raw.strip(), region)
+    except ValueError:
+        number = None
+    if not number:
+        raise UserError(f"{raw!r} is not a phone number — write it with its area code")
+    return number
 
 
 def disable_user(conn: Connection, email: str, now: datetime) -> bool:

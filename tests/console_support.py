@@ -1,9 +1,11 @@
 """The console's test rig: the real `touchpoint serve` app under fastapi's TestClient, with
-three staff accounts (owner, front-desk, viewer) and a Clinic (tests/support.py)."""
+four staff accounts (owner, manager, front-desk, viewer) and a Clinic (tests/support.py)
+whose schedules/ and message_templates/ are copies the console may publish to."""
 
 from __future__ import annotations
 
 import re
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from sqlalchemy import select
 from engine import audit, clock, staff
 from engine.store.schema import staff_sessions
 from engine.webhooks.app import Services, create_app
-from tests.support import Clinic
+from tests.support import LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, Clinic
 
 NOW = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
 PASSWORD = "a long and private passphrase"
@@ -24,9 +26,14 @@ HTML = {"accept": "text/html,application/xhtml+xml"}
 class Console:
     def __init__(self, database_url: str, folder: Path, extra: str = "") -> None:
         clock.set_now(NOW)
-        self.clinic = Clinic(database_url, folder, config_extra=extra)
+        self.schedules, self.templates = folder / "schedules", folder / "message_templates"
+        shutil.copytree(LIBRARY_SCHEDULES, self.schedules)
+        shutil.copytree(LIBRARY_TEMPLATES, self.templates)
+        self.clinic = Clinic(database_url, folder, config_extra=extra, schedules=self.schedules,
+                             templates=self.templates)
         with self.clinic.db.transaction() as conn:
             for email, role in (("owner@clinic.example.com", "owner"),
+                                ("manager@clinic.example.com", "manager"),
                                 ("desk@clinic.example.com", "front-desk"),
                                 ("viewer@clinic.example.com", "viewer")):
                 staff.add_user(conn, email, role, PASSWORD, NOW)

@@ -3,6 +3,7 @@ day, sign out — at a desk's 1280 px and on a phone. Screenshots: screenshots/*
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,14 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from engine import clock, staff
 from engine.webhooks.app import Services, create_app
 from tests.browser import CHROMIUM, screenshot_path, serving
-from tests.support import Clinic, appointment, contact, patient
+from tests.support import (
+    LIBRARY_SCHEDULES,
+    LIBRARY_TEMPLATES,
+    Clinic,
+    appointment,
+    contact,
+    patient,
+)
 
 NOW = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
 PASSWORD = "a long and private passphrase"
@@ -31,9 +39,13 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def site(database_url: str, tmp_path: Path) -> Iterator[str]:
     clock.set_now(NOW)
-    clinic = Clinic(database_url, tmp_path)
+    shutil.copytree(LIBRARY_SCHEDULES, tmp_path / "schedules")
+    shutil.copytree(LIBRARY_TEMPLATES, tmp_path / "message_templates")
+    clinic = Clinic(database_url, tmp_path, schedules=tmp_path / "schedules",
+                    templates=tmp_path / "message_templates")
     with clinic.db.transaction() as conn:
         staff.add_user(conn, "desk@clinic.example.com", "front-desk", PASSWORD, NOW)
+        staff.add_user(conn, "manager@clinic.example.com", "manager", PASSWORD, NOW)
     clinic.patients(patient("P1004", first_name="Lucia", last_name="Rivera",
                             phone="(312) 555-0142", date_of_birth="2012-03-04"),
                     patient("P2001", first_name="Tom", last_name="Rivers",
@@ -49,10 +61,11 @@ def site(database_url: str, tmp_path: Path) -> Iterator[str]:
     clinic.close()
 
 
-def sign_in(page: Page, url: str, password: str = PASSWORD) -> None:
+def sign_in(page: Page, url: str, password: str = PASSWORD,
+            email: str = "desk@clinic.example.com") -> None:
     page.goto(f"{url}/")
     expect(page).to_have_url(f"{url}/login?next=/")
-    page.get_by_label("Email").fill("desk@clinic.example.com")
+    page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
 
@@ -169,4 +182,53 @@ def test_resolve_a_case(browser: Browser, site: str, database_url: str) -> None:
     page.get_by_role("button", name="Resolve case").click()
     expect(page.get_by_role("status")).to_contain_text("Resolved")
     expect(page.get_by_text("Called him and apologised").first).to_be_visible()
+    page.close()
+
+
+def test_edit_a_template_see_the_error_at_its_line_fix_it_and_publish(
+        browser: Browser, site: str, database_url: str, tmp_path: Path) -> None:
+    sms = tmp_path / "message_templates/pre-visit/two-days-before.sms.j2"
+    original = sms.read_text(encoding="utf-8")
+    shoot = database_url.startswith("sqlite")
+    desk = browser.new_page(viewport={"width": 1280, "height": 900})
+    sign_in(desk, site)
+    expect(desk.get_by_role("link", name="Journeys & templates")).to_have_count(0)
+    desk.goto(f"{site}/edit/message_templates/pre-visit/two-days-before.sms.j2")
+    expect(desk.get_by_role("heading", name="Not for your role")).to_be_visible()
+    desk.close()
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    sign_in(page, site, email="manager@clinic.example.com")
+    page.get_by_role("link", name="Journeys & templates").click()
+    page.get_by_role("link", name="message_templates/pre-visit/two-days-before.sms.j2").click()
+    source = page.get_by_label("Text", exact=True)
+    source.fill("\n" + original.replace("recipient.first_name", "recipient.frist_name"))
+    problems = page.get_by_role("list", name="Problems in this file")
+    expect(problems).to_contain_text("line 2")
+    expect(problems).to_contain_text("frist_name")
+    expect(page.locator(".gutter .bad")).to_have_count(1)
+    expect(page.locator(".gutter .bad")).to_have_text("2")
+    if shoot:
+        page.screenshot(path=screenshot_path("editor-error-1280"), full_page=True)
+
+    source.fill(original.replace("Reply C to confirm", "Free parking out back. Reply C to "
+                                                       "confirm"))
+    expect(page.locator("#preview .sms-body").first).to_contain_text("Free parking out back")
+    expect(page.locator(".gutter .bad")).to_have_count(0)
+    if shoot:
+        page.screenshot(path=screenshot_path("editor-preview-1280"), full_page=True)
+    page.get_by_role("button", name="Save draft").click()
+    expect(page.get_by_role("status")).to_contain_text("Draft saved")
+    assert sms.read_text(encoding="utf-8") == original  # a draft is not live
+
+    page.get_by_role("link", name="Review and publish").click()
+    expect(page.get_by_role("heading", name="What publishing changes in the next 14 days")
+           ).to_be_visible()
+    expect(page.get_by_role("table")).to_contain_text("wording")
+    if shoot:
+        page.screenshot(path=screenshot_path("publish-1280"), full_page=True)
+    page.get_by_label("What changed, and why").fill("parking directions")
+    page.get_by_role("button", name="Publish").click()
+    expect(page.get_by_role("status")).to_contain_text("Published version 1")
+    assert "Free parking out back. Reply C to confirm" in sms.read_text(encoding="utf-8")
     page.close()

@@ -12,7 +12,14 @@ import pytest
 
 from engine import clock, drafts
 from engine.errors import UserError
-from tests.support import LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, Clinic, appointment, patient
+from tests.support import (
+    LIBRARY_SCHEDULES,
+    LIBRARY_TEMPLATES,
+    Clinic,
+    appointment,
+    contact,
+    patient,
+)
 
 NOW = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
 SMS = "message_templates/pre-visit/two-days-before.sms.j2"
@@ -109,3 +116,35 @@ def test_only_files_inside_the_two_folders(clinic: Clinic) -> None:
             drafts.real_path(clinic.settings, bad)
     assert SMS in drafts.files(clinic.settings)
     assert SCHEDULE in drafts.files(clinic.settings)
+
+
+def test_an_edit_is_checked_and_previewed_for_the_sample_and_a_real_minor(
+        clinic: Clinic) -> None:
+    clinic.patients(patient("P2", first_name="Lucia", date_of_birth="2014-01-02",
+                            phone="(312) 555-0142"))
+    clinic.contacts(contact("C1", "P2", first_name="Marta", phone="(312) 555-0177"))
+    clinic.appointments(appointment("A2", "P2", start=(NOW + timedelta(days=4)).isoformat()))
+    original = drafts.read_file(clinic.settings, SMS) or ""
+    with clinic.db.transaction() as conn:
+        typo = drafts.try_edit(conn, clinic.settings, SMS,
+                               original.replace("recipient.first_name", "recipient.frist_name"),
+                               NOW)
+        assert [(p.line, p.code) for p in typo.problems][:1] == [(1, "undefined")]
+        assert typo.steps == [("pre-visit", "two-days-before")]
+        fixed = drafts.try_edit(conn, clinic.settings, SMS,
+                                original.replace("Reply C", "Free parking. Reply C"), NOW)
+        assert [p for p in fixed.problems if p.severity == "error"] == []
+        [sample] = fixed.previews
+        texts = [m for m in sample.messages if m.channel == "sms" and m.language == "en"]
+        assert "Free parking. Reply C to confirm" in texts[0].body
+        assert texts[0].segments is not None and texts[0].segments["segments"] >= 1
+        [minor] = drafts.try_edit(conn, clinic.settings, SMS, original, NOW, "P2").previews
+    assert "parent Marta" in minor.recipient
+    assert "Hi Marta, Lucia's visit is" in minor.messages[0].body
+
+
+def test_the_field_picker_lists_what_templates_may_use(clinic: Clinic) -> None:
+    fields = drafts.template_fields(clinic.settings, NOW)
+    assert "first_name" in fields["patient"]
+    assert "start" in fields["appointment"]
+    assert "name" in fields["practice"]

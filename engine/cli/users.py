@@ -36,14 +36,17 @@ def _password(password_stdin: bool) -> str:
                    "inbox, cases, patients, log; viewer: read-only, masked.")
 @click.option("--password-stdin", is_flag=True,
               help="Read the password from the first line of standard input (for scripts).")
+@click.option("--phone", metavar="PHONE", help="Their own number, for test texts.")
 @click.pass_context
-def users_add_cmd(ctx: click.Context, email: str, role: str, password_stdin: bool) -> None:
+def users_add_cmd(ctx: click.Context, email: str, role: str, password_stdin: bool,
+                  phone: str | None) -> None:
     """Create a staff account (the password is asked for, or read with --password-stdin)."""
     password = _password(password_stdin)
     app = _app(ctx)
     now = clock.now()
     with app.db().transaction() as conn:
-        user = staff.add_user(conn, email, role, password, now)
+        user = staff.add_user(conn, email, role, password, now, phone,
+                              app.settings().phone_region)
         audit.record(conn, actor=audit.cli_actor(), action="users.add", now=now,
                      target=f"staff:{user.email}", address="cli", detail={"role": role})
     click.echo(f"{user.email} can now sign in as {role}.")
@@ -81,6 +84,21 @@ def users_disable_cmd(ctx: click.Context, email: str) -> None:
                          target=f"staff:{email.strip().lower()}", address="cli")
     click.echo(f"{email.strip().lower()} is disabled." if changed
                else f"{email.strip().lower()} was already disabled.")
+
+
+@users_cmd.command("set-phone")
+@click.argument("email")
+@click.argument("phone")
+@click.pass_context
+def users_set_phone_cmd(ctx: click.Context, email: str, phone: str) -> None:
+    """The number their test texts go to ("" removes it)."""
+    app = _app(ctx)
+    with app.db().transaction() as conn:
+        user = staff.set_phone(conn, email, phone, app.settings().phone_region)
+        audit.record(conn, actor=audit.cli_actor(), action="users.set-phone", now=clock.now(),
+                     target=f"staff:{user.email}", address="cli")
+    click.echo(f"{user.email}'s test texts go to {user.phone}." if user.phone
+               else f"{user.email} has no phone number now.")
 
 
 @users_cmd.command("set-password")

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from fastapi import Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader, Template, select_autoescape
 
 from engine import clock
 from engine.channels.base import Channel
@@ -63,6 +63,10 @@ def safe_next(target: str | None) -> str:
             or urlsplit(target).scheme or "\\" in target:
         return "/"
     return target
+
+
+def template(name: str) -> Template:
+    return _templates.get_template(name)
 
 
 def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:

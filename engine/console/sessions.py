@@ -52,7 +52,8 @@ def find(conn: Connection, token: str | None, *, now: datetime, idle: timedelta,
     row = conn.execute(
         select(staff_sessions, staff_users.c.email, staff_users.c.role,
                staff_users.c.created_at.label("user_created_at"),
-               staff_users.c.password_changed_at, staff_users.c.disabled_at)
+               staff_users.c.password_changed_at, staff_users.c.disabled_at,
+               staff_users.c.phone)
         .join(staff_users, staff_users.c.id == staff_sessions.c.user_id)
         .where(staff_sessions.c.token_hash == _digest(token))).first()
     if row is None or row.ended_at is not None or row.disabled_at is not None:
@@ -66,7 +67,7 @@ def find(conn: Connection, token: str | None, *, now: datetime, idle: timedelta,
         conn.execute(update(staff_sessions).where(staff_sessions.c.id == row.id)
                      .values(last_seen_at=now))
     user = StaffUser(row.user_id, row.email, row.role, row.user_created_at,
-                     row.password_changed_at, row.disabled_at)
+                     row.password_changed_at, row.disabled_at, row.phone)
     return Session(row.id, user, row.csrf_token, row.created_at, row.last_seen_at)
 
 

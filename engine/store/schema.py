@@ -448,6 +448,7 @@ class StaffUser(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)  # lower case
     role: Mapped[str] = mapped_column(String(16))  # owner, manager, front-desk, viewer
+    phone: Mapped[str | None] = mapped_column(String(20))  # for test texts to oneself
     password_hash: Mapped[str] = mapped_column(String(200))  # argon2id, PHC string
     created_at: Mapped[datetime]
     password_changed_at: Mapped[datetime]
