@@ -101,3 +101,26 @@ def test_publishing_is_refused_while_a_draft_has_errors(console: Console) -> Non
     assert (console.templates / "pre-visit/two-days-before.sms.j2").read_text() == original
     with console.clinic.db.transaction() as conn:
         assert list(drafts.drafts(conn)) == [SMS]
+
+
+def test_a_test_send_goes_to_the_signed_in_persons_own_phone_or_email(
+        console: Console) -> None:
+    from engine import staff
+
+    console.sign_in("manager@clinic.example.com")
+    token = console.csrf()
+    content = (console.templates / "pre-visit/two-days-before.sms.j2").read_text()
+    form = {"csrf_token": token, "path": SMS, "content": content.replace("Reply C", "Yo. Reply C"),
+            "step": "pre-visit/two-days-before"}
+    no_phone = console.client.post("/edit/test-send", data={**form, "channel": "sms"})
+    assert no_phone.status_code == 422 and "users set-phone" in no_phone.text
+    with console.clinic.db.transaction() as conn:
+        staff.set_phone(conn, "manager@clinic.example.com", "(312) 555-0111")
+    texted = console.client.post("/edit/test-send", data={**form, "channel": "sms"})
+    assert texted.status_code == 200 and "Test sms sent to your phone" in texted.text
+    [text] = console.clinic.sms.sent
+    assert text.to == "+13125550111" and "Yo. Reply C" in text.body  # the draft's words
+    mailed = console.client.post("/edit/test-send", data={**form, "channel": "email"})
+    assert "Test email sent to your email" in mailed.text
+    assert [m.to for m in console.clinic.email.sent] == ["manager@clinic.example.com"]
+    assert [a for _, a in console.audit()].count("test-send") == 2

@@ -165,3 +165,14 @@ def test_the_demo_ends_with_how_to_open_the_console_and_an_account_that_works(
         user = staff.authenticate(conn, found.group(1), found.group(2))
     database.dispose()
     assert user is not None and user.role == "owner"
+
+
+def test_a_staff_phone_for_test_texts(database_url: str) -> None:
+    run(database_url, "users", "add", "dana@clinic.example.com", "--role", "manager",
+        "--password-stdin", "--phone", "312 555 0111", stdin=PASSWORD + "\n")
+    code, out = run(database_url, "users", "set-phone", "dana@clinic.example.com",
+                    "(312) 555-0122")
+    assert code == 0, out
+    assert out == "dana@clinic.example.com's test texts go to +13125550122.\n"
+    code, out = run(database_url, "users", "set-phone", "dana@clinic.example.com", "12")
+    assert code == 1 and "not a phone number" in out
