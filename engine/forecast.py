@@ -24,6 +24,7 @@ import hashlib
 import heapq
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -529,3 +530,32 @@ def _dispatched(conn: Connection, keys: list[str]) -> set[str]:
         found.update(key for row in rows
                      if (key := _key(*row)) in wanted)
     return found
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Who one step will reach in a forecast: patients messaged, messages, and those the
+    step would skip (with the reasons)."""
+
+    patients: int
+    messages: int
+    skipped: int
+    reasons: tuple[tuple[str, int], ...]
+
+
+def reach(entries: list[Entry]) -> dict[tuple[str, str], Reach]:
+    """Each (journey, step) of a forecast, by who it reaches."""
+    patients: dict[tuple[str, str], set[str]] = {}
+    messages: Counter[tuple[str, str]] = Counter()
+    skipped: dict[tuple[str, str], Counter[str]] = {}
+    for entry in entries:
+        key = (entry.journey, entry.step)
+        if entry.outcome == "send":
+            patients.setdefault(key, set()).add(entry.patient_id)
+            messages[key] += 1
+        else:
+            skipped.setdefault(key, Counter())[entry.reason or entry.outcome] += 1
+    return {key: Reach(len(patients.get(key, ())), messages[key],
+                       sum(skipped.get(key, Counter()).values()),
+                       tuple(skipped.get(key, Counter()).most_common()))
+            for key in set(patients) | set(skipped)}

@@ -192,14 +192,14 @@ def test_edit_a_template_see_the_error_at_its_line_fix_it_and_publish(
     shoot = database_url.startswith("sqlite")
     desk = browser.new_page(viewport={"width": 1280, "height": 900})
     sign_in(desk, site)
-    expect(desk.get_by_role("link", name="Journeys & templates")).to_have_count(0)
+    expect(desk.get_by_role("link", name="Edit", exact=True)).to_have_count(0)
     desk.goto(f"{site}/edit/message_templates/pre-visit/two-days-before.sms.j2")
     expect(desk.get_by_role("heading", name="Not for your role")).to_be_visible()
     desk.close()
 
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     sign_in(page, site, email="manager@clinic.example.com")
-    page.get_by_role("link", name="Journeys & templates").click()
+    page.get_by_role("link", name="Edit", exact=True).click()
     page.get_by_role("link", name="message_templates/pre-visit/two-days-before.sms.j2").click()
     source = page.get_by_label("Text", exact=True)
     source.fill("\n" + original.replace("recipient.first_name", "recipient.frist_name"))
@@ -231,4 +231,19 @@ def test_edit_a_template_see_the_error_at_its_line_fix_it_and_publish(
     page.get_by_role("button", name="Publish").click()
     expect(page.get_by_role("status")).to_contain_text("Published version 1")
     assert "Free parking out back. Reply C to confirm" in sms.read_text(encoding="utf-8")
+    page.close()
+
+
+def test_a_journey_on_its_timeline(browser: Browser, site: str, database_url: str) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    sign_in(page, site)
+    page.get_by_role("link", name="Journeys", exact=True).click()
+    page.get_by_role("link", name="pre-visit").click()
+    expect(page.get_by_text("the visit (appointment.booked)")).to_be_visible()
+    expect(page.get_by_text("Will reach").first).to_be_visible()
+    if database_url.startswith("sqlite"):
+        page.screenshot(path=screenshot_path("journey-1280"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 800})
+    if database_url.startswith("sqlite"):
+        page.screenshot(path=screenshot_path("journey-390"), full_page=True)
     page.close()

@@ -29,7 +29,14 @@ from fastapi.staticfiles import StaticFiles
 
 from engine import audit, clock, staff
 from engine.cases import list_cases
-from engine.console import case_pages, editor_pages, inbox_pages, patient_pages, sessions
+from engine.console import (
+    case_pages,
+    editor_pages,
+    inbox_pages,
+    journey_pages,
+    patient_pages,
+    sessions,
+)
 from engine.console.core import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -139,6 +146,7 @@ def mount(app: FastAPI, console: Console) -> None:
     inbox_pages.add_routes(app, console, session_for)
     case_pages.add_routes(app, console, session_for)
     editor_pages.add_routes(app, console, session_for)
+    journey_pages.add_routes(app, console, session_for)
 
 
 def _login_form(console: Console, target: str, *, email: str = "", status: int = 200,
