@@ -247,3 +247,29 @@ def test_a_journey_on_its_timeline(browser: Browser, site: str, database_url: st
     if database_url.startswith("sqlite"):
         page.screenshot(path=screenshot_path("journey-390"), full_page=True)
     page.close()
+
+
+def test_the_dashboard_on_a_week_of_the_demo(browser: Browser, database_url: str,
+                                             tmp_path: Path) -> None:
+    from engine.demo import run_demo
+    from engine.demo.generate import START
+
+    clock.set_now(NOW)
+    clinic = Clinic(database_url, tmp_path)
+    with clinic.db.transaction() as conn:
+        staff.add_user(conn, "desk@clinic.example.com", "front-desk", PASSWORD, NOW)
+    run_demo(clinic.db, clinic.settings, clinic.definitions, days=14)
+    app = create_app(Services(clinic.settings, clinic.db, clinic.definitions,
+                              {"sms": clinic.sms, "email": clinic.email}))
+    with serving(app) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        sign_in(page, url)
+        page.goto(f"{url}/dashboard?since={START:%Y-%m-%d}")
+        expect(page.get_by_role("heading", name="Messages per day")).to_be_visible()
+        if database_url.startswith("sqlite"):
+            page.screenshot(path=screenshot_path("dashboard-1280"), full_page=True)
+        page.locator("svg.bars a").first.click()
+        expect(page.get_by_role("heading", name="Log")).to_be_visible()
+        expect(page.get_by_role("table")).to_contain_text("sent")
+        page.close()
+    clinic.close()

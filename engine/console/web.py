@@ -35,6 +35,7 @@ from engine.console import (
     inbox_pages,
     journey_pages,
     patient_pages,
+    report_pages,
     sessions,
 )
 from engine.console.core import (
@@ -147,6 +148,7 @@ def mount(app: FastAPI, console: Console) -> None:
     case_pages.add_routes(app, console, session_for)
     editor_pages.add_routes(app, console, session_for)
     journey_pages.add_routes(app, console, session_for)
+    report_pages.add_routes(app, console, session_for)
 
 
 def _login_form(console: Console, target: str, *, email: str = "", status: int = 200,
