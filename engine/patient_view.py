@@ -27,7 +27,14 @@ from engine.store.records import (
     opt_out_address,
     patient_by_external_id,
 )
-from engine.store.schema import events, inbound_messages, opt_outs, patients, touch_points
+from engine.store.schema import (
+    events,
+    history,
+    inbound_messages,
+    opt_outs,
+    patients,
+    touch_points,
+)
 
 SEARCH_LIMIT = 25
 #: How an event kind reads in a timeline.
@@ -50,7 +57,7 @@ class Found:
 @dataclass(frozen=True)
 class Entry:
     at: datetime
-    kind: str  # touch_point, event, reply, case
+    kind: str  # touch_point, provider_event, event, reply, case
     title: str
     status: str
     text: str
@@ -155,6 +162,16 @@ def timeline(conn: Connection, external_id: str, *, reveal: bool = False) -> Tim
         entries.append(Entry(tp.sent_at or tp.due_at, "touch_point",
                              f"{tp.journey} / {tp.step}{to}", tp.status, explain(tp),
                              f"/touch-points/{tp.id}"))
+    reported = conn.execute(
+        select(history.c.at, history.c.reason, history.c.source, history.c.touch_point_id,
+               touch_points.c.journey, touch_points.c.step, touch_points.c.channel)
+        .join(touch_points, touch_points.c.id == history.c.touch_point_id)
+        .where(touch_points.c.patient_id == patient.id, history.c.kind == "delivery"))
+    for row in reported:  # what providers reported: delivered, bounced, opened, …
+        entries.append(Entry(row.at, "provider_event",
+                             f"{row.channel or ''} {row.reason or 'report'}: {row.journey} / "
+                             f"{row.step}".strip(), row.reason or "",
+                             f"reported by {row.source}", f"/touch-points/{row.touch_point_id}"))
     for row in conn.execute(select(events).where(events.c.patient_id == patient.id)):
         visit = by_id.get(row.appointment_id) if row.appointment_id else None
         entries.append(Entry(row.occurred_at, "event",

@@ -87,3 +87,21 @@ def test_reveal_shows_full_numbers_is_audited_and_needs_the_role_and_token(
     assert "recorded in the audit log" in shown.text
     reveals = [entry for entry in console.audit() if entry[1] == "patient.reveal"]
     assert reveals == [("staff:desk@clinic.example.com", "patient.reveal")]
+
+
+def test_the_timeline_shows_what_providers_reported(console: Console) -> None:
+    from sqlalchemy import insert
+
+    from engine.store.schema import history
+
+    seed(console)
+    [welcome] = console.clinic.touch_points(patient="P1004", step="welcome")
+    with console.clinic.db.transaction() as conn:
+        conn.execute(insert(history).values(
+            touch_point_id=welcome.id, at=NOW + timedelta(minutes=1), kind="delivery",
+            status="delivered", previous_status="sent", reason="delivered", detail="",
+            source="twilio", provider_event_id="SM1-delivered"))
+    console.sign_in("desk@clinic.example.com")
+    page = console.client.get("/patients/P1004", headers=HTML)
+    assert "sms delivered: welcome / welcome" in page.text
+    assert "reported by twilio" in page.text
