@@ -18,6 +18,11 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from playwright.sync_api import expect
+
+# A check of an edit renders every template (as `touchpoint validate` does): on a loaded
+# machine that takes seconds, so assertions wait longer than Playwright's 5 s default.
+expect.set_options(timeout=30_000)
 
 CHROMIUM = os.environ.get("TOUCHPOINT_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("TOUCHPOINT_SCREENSHOTS",
