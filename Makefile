@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean docs
+.PHONY: demo test lint typecheck bench clean docs chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/touchpoint demo
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) lint typecheck chromium
 	$(BIN)/python -m pytest
+
+chromium:
+	.ci/chromium
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine tests bench
@@ -25,7 +28,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy engine
 
 clean:
-	rm -rf $(VENV) touchpoint-demo.db* .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) touchpoint-demo.db* .mypy_cache .ruff_cache .pytest_cache screenshots
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -69,10 +69,11 @@ def cli_actor() -> str:
     return f"cli:{os_user()}"
 
 
-def entries(conn: Connection, *, since: datetime | None = None,
-            limit: int | None = None) -> Iterator[AuditEntry]:
-    """Entries oldest first (from ``since`` on, when given)."""
-    query = select(audit_log).order_by(audit_log.c.at, audit_log.c.id)
+def entries(conn: Connection, *, since: datetime | None = None, limit: int | None = None,
+            newest_first: bool = False) -> Iterator[AuditEntry]:
+    """Entries oldest first, or newest first (from ``since`` on, when given)."""
+    query = select(audit_log).order_by(audit_log.c.at.desc(), audit_log.c.id.desc()) \
+        if newest_first else select(audit_log).order_by(audit_log.c.at, audit_log.c.id)
     if since is not None:
         query = query.where(audit_log.c.at >= since)
     if limit is not None:

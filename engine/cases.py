@@ -284,10 +284,13 @@ def get_case(conn: Connection, case_id: int) -> Case | None:
     return _case(row) if row else None
 
 
-def list_cases(conn: Connection, open_only: bool = False) -> list[Case]:
+def list_cases(conn: Connection, open_only: bool = False,
+               patient_id: int | None = None) -> list[Case]:
     query = select(recovery_cases).order_by(recovery_cases.c.opened_at, recovery_cases.c.id)
     if open_only:
         query = query.where(recovery_cases.c.status == "open")
+    if patient_id is not None:
+        query = query.where(recovery_cases.c.patient_id == patient_id)
     return [_case(row) for row in conn.execute(query)]
 
 
@@ -327,6 +330,25 @@ def note(conn: Connection, case_id: int, text: str, by: str, now: datetime) -> N
     if not text.strip():
         raise UserError("the note is empty")
     add_event(conn, case_id, "note", text.strip(), by, now)
+
+
+def assign(conn: Connection, case_id: int, owner: str, by: str, now: datetime) -> Case:
+    """Give an open case to ``owner`` (a person's name or email), kept in its history."""
+    case = _require(conn, case_id)
+    owner = " ".join(owner.split())[:200]
+    if not owner:
+        raise UserError("say who owns it: a name or an email")
+    if not case.is_open:
+        raise UserError(f"case {case_id} is resolved; it has no owner to change")
+    if owner == case.owner:
+        return case
+    conn.execute(update(recovery_cases).where(recovery_cases.c.id == case_id)
+                 .values(owner=owner))
+    add_event(conn, case_id, "assigned", f"to {owner}" + (f" (was {case.owner})"
+                                                          if case.owner else ""), by, now)
+    assigned = get_case(conn, case_id)
+    assert assigned is not None
+    return assigned
 
 
 def _require(conn: Connection, case_id: int) -> Case:

@@ -24,6 +24,7 @@ import hashlib
 import heapq
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -489,6 +490,28 @@ def diff(db: Database, entries: list[Entry], now: datetime, until: datetime,
         previous.get("made_at")
 
 
+def compare(before: list[Entry], after: list[Entry]) -> list[Change]:
+    """What changes between two forecasts of the same days (say, the definitions running
+    now and a draft of them): touch points that appear, disappear, or move, change outcome,
+    channel, reason or wording. Ordered by time."""
+    old = {e.key: e.baseline() for e in before}
+    new = {e.key: e.baseline() for e in after}
+    changes = [Change("added", key, row["patient_id"], row["journey"], row["step"], None, row)
+               for key, row in new.items() if key not in old]
+    changes += [Change("removed", key, row["patient_id"], row["journey"], row["step"], row,
+                       None) for key, row in old.items() if key not in new]
+    for key, row in new.items():
+        was = old.get(key)
+        if was is None:
+            continue
+        what = tuple(field for field in ("at", "outcome", "channel", "reason", "digest")
+                     if was.get(field) != row.get(field))
+        if what:
+            changes.append(Change("changed", key, row["patient_id"], row["journey"],
+                                  row["step"], was, row, what))
+    return sorted(changes, key=lambda c: ((c.after or c.before or {}).get("at", ""), c.key))
+
+
 def _instant(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
@@ -507,3 +530,32 @@ def _dispatched(conn: Connection, keys: list[str]) -> set[str]:
         found.update(key for row in rows
                      if (key := _key(*row)) in wanted)
     return found
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Who one step will reach in a forecast: patients messaged, messages, and those the
+    step would skip (with the reasons)."""
+
+    patients: int
+    messages: int
+    skipped: int
+    reasons: tuple[tuple[str, int], ...]
+
+
+def reach(entries: list[Entry]) -> dict[tuple[str, str], Reach]:
+    """Each (journey, step) of a forecast, by who it reaches."""
+    patients: dict[tuple[str, str], set[str]] = {}
+    messages: Counter[tuple[str, str]] = Counter()
+    skipped: dict[tuple[str, str], Counter[str]] = {}
+    for entry in entries:
+        key = (entry.journey, entry.step)
+        if entry.outcome == "send":
+            patients.setdefault(key, set()).add(entry.patient_id)
+            messages[key] += 1
+        else:
+            skipped.setdefault(key, Counter())[entry.reason or entry.outcome] += 1
+    return {key: Reach(len(patients.get(key, ())), messages[key],
+                       sum(skipped.get(key, Counter()).values()),
+                       tuple(skipped.get(key, Counter()).most_common()))
+            for key in set(patients) | set(skipped)}

@@ -90,6 +90,10 @@ TABLES: dict[str, str] = {
     "engine_state": "neither: the engine's own facts (heartbeats, definitions, keys).",
     "hl7_messages": "neither: which HL7 messages were applied (control id, type, ACK code); "
                     "the message itself, which holds patient data, is never stored.",
+    "staff_users": "neither: the practice's staff accounts.",
+    "staff_sessions": "neither: staff sign-in sessions.",
+    "definition_drafts": "neither: journeys and templates being edited.",
+    "definition_versions": "neither: published journeys and templates.",
     "api_keys": "neither: the practice's integrations' keys (hashed), no patient data.",
     "webhook_endpoints": "neither: the practice's own systems that receive events.",
     "webhook_messages": "neither: events sent to the practice's own systems carry ids and "

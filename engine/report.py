@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, false, func, or_, select
 
@@ -235,3 +236,94 @@ def sparkline(values: list[float | None], low: float = 0, high: float = 10) -> s
         share = (value - low) / (high - low) if high > low else 0
         out.append(SPARKS[min(len(SPARKS) - 1, max(0, round(share * (len(SPARKS) - 1))))])
     return "".join(out)
+
+
+# --------------------------------------------------------------------------- by day
+
+LATE_CANCELLATION = timedelta(hours=24)  # cancelled less than this before the visit
+
+
+@dataclass
+class Day:
+    day: date
+    sent: int = 0  # handed to a provider that day (delivered or not)
+    delivered: int = 0
+    failed: int = 0
+    replies: int = 0
+    no_shows: int = 0
+    late_cancellations: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"day": self.day.isoformat(), "sent": self.sent, "delivered": self.delivered,
+                "failed": self.failed, "replies": self.replies, "no_shows": self.no_shows,
+                "late_cancellations": self.late_cancellations}
+
+
+def days(conn: Connection, since: datetime, now: datetime, tz: ZoneInfo) -> list[Day]:
+    """Messages sent, delivered and failed, replies, no-shows and late cancellations per
+    day (the practice's days), from ``since`` to ``now``; days with none included."""
+    first, last = since.astimezone(tz).date(), now.astimezone(tz).date()
+    found = {first + timedelta(days=n): Day(first + timedelta(days=n))
+             for n in range((last - first).days + 1)}
+
+    def on(instant: datetime) -> Day | None:
+        return found.get(as_utc(instant).astimezone(tz).date())
+
+    tp = touch_points
+    for status, sent_at, finished_at in conn.execute(
+            select(tp.c.status, tp.c.sent_at, tp.c.finished_at)
+            .where(or_(tp.c.sent_at >= since, tp.c.finished_at >= since), tp.c.test == false(),
+                   tp.c.journey.not_in(SYSTEM_JOURNEYS),
+                   tp.c.status.in_([*_SENT, Status.FAILED]))):
+        if status in _SENT and sent_at is not None and (day := on(sent_at)) is not None:
+            day.sent += 1
+            day.delivered += status == Status.DELIVERED
+        elif status == Status.FAILED and finished_at is not None \
+                and (day := on(finished_at)) is not None:
+            day.failed += 1
+    for (received_at,) in conn.execute(select(inbound_messages.c.received_at).where(
+            inbound_messages.c.received_at >= since)):
+        if (day := on(received_at)) is not None:
+            day.replies += 1
+    for kind, occurred_at, data in conn.execute(
+            select(events.c.kind, events.c.occurred_at, events.c.data)
+            .where(events.c.occurred_at >= since,
+                   events.c.kind.in_(["appointment.no_show", "appointment.cancelled"]))):
+        if (day := on(occurred_at)) is None:
+            continue
+        if kind == "appointment.no_show":
+            day.no_shows += 1
+        elif _late(occurred_at, (data or {}).get("start")):
+            day.late_cancellations += 1
+    return [found[key] for key in sorted(found)]
+
+
+def _late(cancelled_at: datetime, start: str | None) -> bool:
+    if not start:
+        return False
+    visit = datetime.fromisoformat(start)
+    return timedelta(0) <= visit - as_utc(cancelled_at) < LATE_CANCELLATION
+
+
+def reminder_confirmations(lines: list[dict[str, Any]],
+                           definitions: Definitions) -> dict[str, Any]:
+    """Of the reminders sent (steps timed before their visit), how many were confirmed."""
+    reminders = {(j.name, s.id) for j in definitions.journeys.values() for s in j.steps
+                 if s.when.before_anchor}
+    sent = sum(line["sent"] for line in lines if (line["journey"], line["step"]) in reminders)
+    confirmed = sum(line["confirmations"] for line in lines
+                    if (line["journey"], line["step"]) in reminders)
+    return {"sent": sent, "confirmed": confirmed,
+            "rate": round(confirmed / sent, 3) if sent else None}
+
+
+CASE_AGES = (("under a day", timedelta(days=1)), ("1–3 days", timedelta(days=3)),
+             ("3–7 days", timedelta(days=7)), ("over a week", timedelta.max))
+
+
+def open_cases_by_age(open_cases: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    counts: Counter[str] = Counter()
+    for case in open_cases:
+        age = timedelta(hours=case["age_hours"])
+        counts[next(label for label, limit in CASE_AGES if age < limit)] += 1
+    return [(label, counts[label]) for label, _ in CASE_AGES]

@@ -4,12 +4,12 @@ events planning set aside (``why --event``)."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, false, select, update
+from sqlalchemy import Connection, false, func, select, update
 
 from engine.definitions import Definitions
 from engine.errors import NotFound
@@ -38,8 +38,13 @@ def _iso(value: datetime | None) -> str | None:
 
 def log_rows(conn: Connection, *, patient: str | None = None, journey: str | None = None,
              status: str | None = None, reveal: bool = False, limit: int | None = None,
+             statuses: Sequence[str] | None = None,
+             between: tuple[datetime, datetime] | None = None,
              ) -> Iterator[dict[str, Any]]:
-    """Touch points with the imported ids, oldest due first. Streams; never loads all."""
+    """Touch points with the imported ids, oldest due first. Streams; never loads all.
+
+    ``statuses`` keeps any of several statuses; ``between`` keeps those sent (or, if never
+    sent, finished) in that window."""
     query = (
         select(touch_points, patients.c.external_id.label("patient_external_id"),
                appointments.c.external_id.label("appointment_external_id"),
@@ -54,6 +59,11 @@ def log_rows(conn: Connection, *, patient: str | None = None, journey: str | Non
         query = query.where(touch_points.c.journey == journey)
     if status is not None:
         query = query.where(touch_points.c.status == status)
+    if statuses is not None:
+        query = query.where(touch_points.c.status.in_(list(statuses)))
+    if between is not None:
+        moment = func.coalesce(touch_points.c.sent_at, touch_points.c.finished_at)
+        query = query.where(moment >= between[0], moment < between[1])
     if limit is not None:
         query = query.limit(limit)
     # (on the statement: Connection.execution_options would leave the connection streaming

@@ -111,6 +111,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("webhooks.secret_key", "TOUCHPOINT_SECRET_KEY",
             "Signs unsubscribe links; when unset, a random key kept in the database is used.",
             "", secret=True),
+    Setting("console.session_idle", "TOUCHPOINT_SESSION_IDLE",
+            "A console session ends after this long without a request (sign in again).",
+            "30m"),
+    Setting("console.session_max", "TOUCHPOINT_SESSION_MAX",
+            "A console session ends this long after sign-in, however active.", "12h"),
     Setting("daemon.tick", "TOUCHPOINT_TICK",
             "How often the daemon plans and sends what is due.", "15s"),
     Setting("daemon.sweep_cron", "TOUCHPOINT_SWEEP_CRON",
@@ -374,6 +379,18 @@ class Daemon(BaseModel):
         return value
 
 
+class Console(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    session_idle: timedelta = timedelta(minutes=30)
+    session_max: timedelta = timedelta(hours=12)
+
+    @field_validator("session_idle", "session_max", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+
 class Caps(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -602,6 +619,7 @@ class Settings(BaseModel):
     email: Email = Email()
     webhooks: Webhooks = Webhooks()
     caps: Caps = Caps()
+    console: Console = Console()
     daemon: Daemon = Daemon()
     recovery: Recovery = Recovery()
     referrals: Referrals = Referrals()
@@ -672,7 +690,7 @@ _FIELD_PATH: dict[str, tuple[str, ...]] = {
     "paths.templates": ("templates_dir",),
     **{s.key: tuple(s.key.split(".")) for s in SETTINGS
        if s.key.split(".")[0] in {"practice", "channels", "dispatch", "twilio", "sendgrid",
-                                  "email", "webhooks", "caps", "daemon", "recovery",
+                                  "email", "webhooks", "caps", "console", "daemon", "recovery",
                                   "referrals", "templates", "retention", "api", "hl7",
                                   "fhir"}},
 }

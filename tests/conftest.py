@@ -12,6 +12,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -99,3 +100,13 @@ def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
     path = tmp_path / "touchpoint.db"
     shutil.copy(sqlite_template, path)
     return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def console(database_url: str, tmp_path: Path) -> Iterator[Any]:
+    """The console app with three staff accounts (tests/console_support.py)."""
+    from tests.console_support import Console
+
+    rig = Console(database_url, tmp_path)
+    yield rig
+    rig.close()

@@ -32,10 +32,12 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from engine import __version__, clock
 from engine.audit import os_user
 from engine.cases import CAUSES, Case, get_case, list_cases
+from engine.cases import assign as assign_case
 from engine.cases import history as case_history
 from engine.cases import note as note_case
 from engine.cases import resolve as resolve_case
 from engine.channels import build_channels
+from engine.conversations import staff_opt_out
 from engine.csv_export import write_csv
 from engine.definitions import Definitions
 from engine.errors import TouchpointError, UserError
@@ -52,7 +54,6 @@ from engine.outcomes import Status
 from engine.preview import Preview, RenderedPreview, preview, send_test
 from engine.privacy import mask_address, redact
 from engine.reconcile import settle, unknown_touch_points
-from engine.replies import opt_out_by_staff, send_outgoing
 from engine.report import build_report, sparkline
 from engine.reports import (
     LOG_FIELDS,
@@ -1143,22 +1144,15 @@ def inbox_opt_out_cmd(ctx: click.Context, message_id: int) -> None:
     """A text staff read as "stop texting me" (a possible opt-out): opt its number out of
     every text, confirm it to them once, and mark the message done."""
     app = _app(ctx)
-    settings, database = app.settings(), app.db()
-    with database.transaction() as conn:
-        found = opt_out_by_staff(conn, message_id, clock.now())
-    if found is None:
-        raise click.ClickException(f"no text {message_id} in the inbox — see `touchpoint inbox`")
-    handled, body, from_number = found
-    number = mask_address(from_number)
-    if not handled.outgoing:
-        click.echo(f"message {message_id} marked done; {number} had already opted out of "
+    settings = app.settings()
+    done = staff_opt_out(app.db(), app.definitions(), settings, build_channels(settings),
+                         message_id, clock.now())
+    if done.already:
+        click.echo(f"message {message_id} marked done; {done.number} had already opted out of "
                    f"texts (no second confirmation).")
         return
-    sent = send_outgoing(database, app.definitions(), settings, build_channels(settings),
-                         handled, body, from_number)
-    confirmed = any(tp.status in (Status.SENT, Status.DELIVERED) for tp in sent)
-    click.echo(f"message {message_id} marked done; {number} is opted out of every text"
-               + ("; the confirmation was sent." if confirmed else
+    click.echo(f"message {message_id} marked done; {done.number} is opted out of every text"
+               + ("; the confirmation was sent." if done.confirmed else
                   "; the confirmation could not be sent (see `touchpoint log --journey "
                   "replies`)."))
 
@@ -1224,19 +1218,28 @@ def cases_cmd(ctx: click.Context, open_only: bool, as_json: bool) -> None:
 
 @cli.command("case")
 @click.argument("case_id", type=int)
-@click.argument("action", type=click.Choice(["show", "resolve", "note"]), default="show")
+@click.argument("action", type=click.Choice(["show", "resolve", "note", "assign"]),
+                default="show")
 @click.option("--note", "text", metavar="TEXT",
               help="What was done (resolve) or what happened (note); kept in its history.")
+@click.option("--to", "owner", metavar="NAME", help="Who owns it now (assign).")
 @click.option("--by", default=None, help="Who did it [default: your user name].")
 @click.option("--json", "as_json", is_flag=True, help="Print the case as JSON.")
 @click.pass_context
-def case_cmd(ctx: click.Context, case_id: int, action: str, text: str | None, by: str | None,
-             as_json: bool) -> None:
+def case_cmd(ctx: click.Context, case_id: int, action: str, text: str | None, owner: str | None,
+             by: str | None, as_json: bool) -> None:
     """One recovery case: `case ID` shows it and its history; `case ID resolve --note …`
     closes it (pending recovery messages for it are cancelled); `case ID note --note …`
-    adds to its history."""
+    adds to its history; `case ID assign --to NAME` gives it to someone."""
     app = _app(ctx)
     now = clock.now()
+    if action == "assign":
+        if not owner:
+            raise click.UsageError(f"say who: touchpoint case {case_id} assign --to \"Dana\"")
+        with app.db().transaction() as conn:
+            assign_case(conn, case_id, owner, by or _user(), now)
+        click.echo(f"case {case_id} is now {' '.join(owner.split())}'s.")
+        return
     if action != "show":
         if text is None:
             raise click.UsageError(f"say what {'was done' if action == 'resolve' else 'happened'}"
@@ -1377,7 +1380,7 @@ def demo_cmd(ctx: click.Context, days: int) -> None:
 
     Uses its own database (touchpoint-demo.db unless --db is given) and the fake channels.
     """
-    from engine.demo import print_report, run_demo
+    from engine.demo import demo_account, print_report, run_demo
     from engine.demo.generate import START
 
     app = _app(ctx)
@@ -1418,6 +1421,12 @@ def demo_cmd(ctx: click.Context, days: int) -> None:
                   f"  touchpoint --db {url} why 1\n"
                   f"  touchpoint --db {url} {then} cases --open\n"
                   f"  touchpoint --db {url} {then} report --since {START:%Y-%m-%d}")
+    email, password = demo_account(database, clock.now())
+    config = f" --config {app.config}" if app.config else ""
+    console.print(f"\nOpen the console on the demo's data:\n"
+                  f"  touchpoint --db {url}{config} serve\n"
+                  f"  then http://127.0.0.1:8000/ — sign in as {email}, password {password}",
+                  highlight=False)
 
 
 def main() -> None:
@@ -1436,6 +1445,7 @@ from engine.cli import (  # noqa: E402
     audit,  # noqa: F401
     fhir,  # noqa: F401
     hl7,  # noqa: F401
+    users,  # noqa: F401
     webhooks,  # noqa: F401
 )
 from engine.cli import patient as patient_commands  # noqa: E402, F401

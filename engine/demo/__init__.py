@@ -12,6 +12,7 @@ patients' stories, the recovery cases and a summary per journey.
 from __future__ import annotations
 
 import math
+import secrets
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import false, func, select
 
-from engine import clock
+from engine import clock, staff
 from engine.cases import CAUSES, list_cases
 from engine.channels.fake import FakeChannel
 from engine.definitions import Definitions
@@ -365,3 +366,18 @@ def _print_safety_net(console: Console, db: Database, tz: ZoneInfo, end: datetim
 
 def write_report(out: TextIO, db: Database, settings: Settings) -> None:
     print_report(Console(file=out, width=120), db, settings)
+
+
+DEMO_ACCOUNT = "demo@touchpoint.example"
+
+
+def demo_account(db: Database, now: datetime) -> tuple[str, str]:
+    """An owner account on the demo's database, with a fresh random password: (email,
+    password) to sign in to the console with."""
+    password = secrets.token_urlsafe(12)
+    with db.transaction() as conn:
+        if staff.get_user(conn, DEMO_ACCOUNT) is None:
+            staff.add_user(conn, DEMO_ACCOUNT, "owner", password, now)
+        else:
+            staff.set_password(conn, DEMO_ACCOUNT, password, now)
+    return DEMO_ACCOUNT, password

@@ -16,6 +16,8 @@
     webhook_messages  ─<                        what happened, sent to the practice's systems)
     api_keys                            (keys of the REST API: name, scopes, a hash, never the key)
     hl7_messages                        (HL7 v2 messages received, once each, and their ACK)
+    staff_users ─< staff_sessions       (console accounts: email, role, argon2 hash)
+    definition_drafts, definition_versions  (console edits before and after publishing)
 
 Every instant is stored in UTC and read back timezone-aware, on SQLite too.
 """
@@ -564,6 +566,58 @@ class Hl7Message(Base):
     ack_code: Mapped[str] = mapped_column(String(2))  # AA, AE, AR
     error: Mapped[str] = mapped_column(Text, default="")  # "PID-13: phone is not …"
     ack: Mapped[str] = mapped_column(Text)  # the ACK as sent (no patient data in it)
+class StaffUser(Base):
+    """A member of the practice's staff who signs in to the console."""
+
+    __tablename__ = "staff_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)  # lower case
+    role: Mapped[str] = mapped_column(String(16))  # owner, manager, front-desk, viewer
+    phone: Mapped[str | None] = mapped_column(String(20))  # for test texts to oneself
+    password_hash: Mapped[str] = mapped_column(String(200))  # argon2id, PHC string
+    created_at: Mapped[datetime]
+    password_changed_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+
+
+class StaffSession(Base):
+    """A signed-in console session. The browser holds the token; only its hash is kept."""
+
+    __tablename__ = "staff_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256, hex
+    user_id: Mapped[int] = mapped_column(ForeignKey("staff_users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    address: Mapped[str] = mapped_column(String(64), default="")
+    ended_at: Mapped[datetime | None]
+
+
+class DefinitionDraft(Base):
+    """An edit of a file under schedules/ or message_templates/ not published yet."""
+
+    __tablename__ = "definition_drafts"
+
+    path: Mapped[str] = mapped_column(String(300), primary_key=True)  # "schedules/x.yaml"
+    content: Mapped[str] = mapped_column(Text)
+    base_digest: Mapped[str] = mapped_column(String(64), default="")  # the file when begun
+    author: Mapped[str] = mapped_column(String(254))
+    updated_at: Mapped[datetime]
+
+
+class DefinitionVersion(Base):
+    """A publish: which files changed, from what to what, by whom."""
+
+    __tablename__ = "definition_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    author: Mapped[str] = mapped_column(String(254))
+    at: Mapped[datetime]
+    note: Mapped[str] = mapped_column(Text, default="")
+    files: Mapped[dict[str, Any]] = mapped_column(default=dict)  # path → {before, after}
 
 
 # The tables, for Core queries (the hot paths use Core, not ORM sessions).
@@ -591,3 +645,7 @@ webhook_deliveries = cast(Table, WebhookDelivery.__table__)
 webhook_attempts = cast(Table, WebhookAttempt.__table__)
 api_keys = cast(Table, ApiKey.__table__)
 hl7_messages = cast(Table, Hl7Message.__table__)
+staff_users = cast(Table, StaffUser.__table__)
+staff_sessions = cast(Table, StaffSession.__table__)
+definition_drafts = cast(Table, DefinitionDraft.__table__)
+definition_versions = cast(Table, DefinitionVersion.__table__)

@@ -1,4 +1,5 @@
-"""The ASGI app `touchpoint serve` runs: provider webhooks, one-click unsubscribe.
+"""The ASGI app `touchpoint serve` runs: provider webhooks, one-click unsubscribe, and
+the practice console (:mod:`engine.console`, at ``/`` and ``/login``).
 
 ==================================  ====================================================
 GET  /healthz                       database reachable, last tick, backlog (503 if no recent tick)
@@ -37,6 +38,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import api, clock
 from engine.channels.base import Channel
+from engine.console import web as console
+from engine.console.core import Console
+from engine.console.limits import SignInLimiter
 from engine.definitions import Definitions
 from engine.health import LedgerCollector, health
 from engine.replies import Handled, record_inbound, send_outgoing
@@ -235,6 +239,8 @@ def create_app(services: Services) -> FastAPI:
                                   f"<p>You will get no more {what} from "
                                   f"{html.escape(settings.practice.name or 'us')}.</p>"))
 
+    console.mount(app, Console(settings, services.db, services.definitions, services.channels,
+                               SignInLimiter()))
     return app
 
 
