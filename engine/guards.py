@@ -279,6 +279,8 @@ def cap_refusal(channel: str, purpose: str, sends: Sequence[RecentSend], now: da
     limit, given what the recipient was sent (``sends``) and, in exemption mode, when the
     texts of a higher priority planned for them are due (``ahead``, none before ``now``);
     the local day is ``timezone``'s."""
+    if not sends and not ahead:
+        return None  # every limit has room for one (a limit of 0 is no limit)
     week = [s for s in sends if s.at > now - timedelta(days=7)]
     if purpose == "marketing":
         marketing = [s.at for s in week if s.purpose == "marketing"]
