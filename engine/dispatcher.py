@@ -237,7 +237,8 @@ class Snapshot:
     def moved(self, tp: TouchPoint, due_at: datetime | None) -> None:
         """``tp`` was deferred to ``due_at``, or settled (None): it no longer holds its
         planned slot (a sent one counts among ``sends``)."""
-        if tp.patient_id is None or tp.id not in self.planned.get(tp.patient_id, {}):
+        if not self.planned or tp.patient_id is None \
+                or tp.id not in self.planned.get(tp.patient_id, {}):
             return
         found = self.planned[tp.patient_id]
         if due_at is None:
@@ -280,7 +281,8 @@ class Snapshot:
                       practice_timezone, self.sends.get(tp.patient_id, []), caps,
                       recipient=recipient,
                       case_open=case.is_open if case is not None else None,
-                      planned=list(self.planned.get(tp.patient_id, {}).values())), recipient
+                      planned=list(self.planned[tp.patient_id].values())
+                      if tp.patient_id in self.planned else ()), recipient
 
     def recheck(self, tp: TouchPoint, journey: Journey, step: Step) -> ledger.Recheck:
         """What the guards read here for ``tp`` that must be unchanged when it is marked
