@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection
@@ -53,7 +54,7 @@ from engine import clock, outbound_webhooks, unsubscribe
 from engine.cases import Case, case_fields, get_case
 from engine.channels.base import Channel, OutboundMessage
 from engine.definitions import Definitions
-from engine.definitions.journeys import PRIORITIES, Journey, Step
+from engine.definitions.journeys import PRIORITIES, SYSTEM_JOURNEYS, Journey, Step
 from engine.definitions.templates import Fields
 from engine.errors import (
     AmbiguousChannelError,
@@ -110,6 +111,9 @@ RECHECKS = 3
 # How far ahead the limits look for planned texts they must keep room for: the week a text
 # falls in (exemption mode), and a day more for the recipient's local day.
 LOOK_AHEAD = timedelta(days=8)
+# ... and in consent mode, the recipient's local day alone (a local day is at most 25 hours
+# long, the day clocks go back; two days leave room for any zone's odd change).
+DAY_AHEAD = timedelta(days=2)
 
 
 def new_worker_id() -> str:
@@ -191,9 +195,31 @@ class Snapshot:
                        latest_events(conn, patient_ids, exit_kinds), sends, contacts,
                        referrers, _load_cases(conn, case_ids))
         if caps is not None and (caps.mode == "exemption" or caps.sms_per_day):
-            snapshot.expect((p for found in planned_sends(
-                conn, patient_ids, now + LOOK_AHEAD).values() for p in found), definitions)
+            snapshot.look_ahead(conn, batch, definitions, now, caps)
         return snapshot
+
+    def look_ahead(self, conn: Connection, batch: list[TouchPoint], definitions: Definitions,
+                   now: datetime, caps: FrequencyCaps) -> None:
+        """Keep (:meth:`expect`) the texts the limits keep room for: the batch's patients'
+        transactional touch points planned within the days the limits count (consent
+        mode: the recipient's local day, :data:`DAY_AHEAD`; exemption mode: the week,
+        :data:`LOOK_AHEAD`).
+
+        A planned text only counts against another of the same patient: the batch's own
+        rows come from memory, not read again, and are kept only for a patient with more
+        than one in the batch. In the usual batch — one text due per patient, nothing else
+        planned that day — this is one query that finds nothing, and each message's limits
+        have nothing to count."""
+        until = now + (LOOK_AHEAD if caps.mode == "exemption" else DAY_AHEAD)
+        per_patient = Counter(tp.patient_id for tp in batch)
+        own = (PlannedSend(tp.id, tp.patient_id, tp.recipient, tp.journey, tp.step,
+                           tp.purpose, tp.channel, tp.due_at)
+               for tp in batch if tp.patient_id is not None and per_patient[tp.patient_id] > 1
+               and tp.status == Status.PLANNED and tp.purpose == "transactional"
+               and not tp.test and tp.journey not in SYSTEM_JOURNEYS and tp.due_at <= until)
+        later = planned_sends(conn, {tp.patient_id for tp in batch if tp.patient_id is not None},
+                              until, besides={tp.id for tp in batch})
+        self.expect(chain(own, (p for found in later.values() for p in found)), definitions)
 
     def expect(self, planned: Iterable[PlannedSend], definitions: Definitions) -> None:
         """Keep, ranked by priority, the planned touch points that would go by text (the
@@ -211,7 +237,8 @@ class Snapshot:
     def moved(self, tp: TouchPoint, due_at: datetime | None) -> None:
         """``tp`` was deferred to ``due_at``, or settled (None): it no longer holds its
         planned slot (a sent one counts among ``sends``)."""
-        if tp.patient_id is None or tp.id not in self.planned.get(tp.patient_id, {}):
+        if not self.planned or tp.patient_id is None \
+                or tp.id not in self.planned.get(tp.patient_id, {}):
             return
         found = self.planned[tp.patient_id]
         if due_at is None:
@@ -254,7 +281,8 @@ class Snapshot:
                       practice_timezone, self.sends.get(tp.patient_id, []), caps,
                       recipient=recipient,
                       case_open=case.is_open if case is not None else None,
-                      planned=list(self.planned.get(tp.patient_id, {}).values())), recipient
+                      planned=list(self.planned[tp.patient_id].values())
+                      if tp.patient_id in self.planned else ()), recipient
 
     def recheck(self, tp: TouchPoint, journey: Journey, step: Step) -> ledger.Recheck:
         """What the guards read here for ``tp`` that must be unchanged when it is marked

@@ -283,6 +283,8 @@ def cap_refusal(channel: str, purpose: str, sends: Sequence[RecentSend], now: da
     limit, given what the recipient was sent (``sends``) and, in exemption mode, when the
     texts of a higher priority planned for them are due (``ahead``, none before ``now``);
     the local day is ``timezone``'s."""
+    if not sends and not ahead:
+        return None  # every limit has room for one (a limit of 0 is no limit)
     week = [s for s in sends if s.at > now - timedelta(days=7)]
     if purpose == "marketing":
         marketing = [s.at for s in week if s.purpose == "marketing"]
@@ -387,13 +389,15 @@ def decide(tp: TouchPoint, journey: Journey | None, step: Step | None, patient: 
     if tp.channel in channels:  # a retry: channels before it already failed for good
         channels = channels[channels.index(tp.channel):]
     own = [s for s in sends if s.recipient == tp.recipient]
-    priority = journey.priority_of(step)
-    ahead = [max(p.due_at, now) for p in planned
-             if p.recipient == tp.recipient and p.id != tp.id and p.priority > priority]
+    others = [p for p in planned if p.recipient == tp.recipient and p.id != tp.id]
+    # nothing sent and nothing else planned: every limit has room (see cap_refusal)
+    limits = caps if own or others else None
+    priority = journey.priority_of(step) if limits is not None else PRIORITIES["nudge"]
+    ahead = [max(p.due_at, now) for p in others if p.priority > priority]
     for channel in channels:
         refusal = channel_refusal(channel, person, tp.purpose, opt_outs, caps)
-        if refusal is None and caps is not None:
-            held = cap_refusal(channel, tp.purpose, own, now, caps, timezone, priority,
+        if refusal is None and limits is not None:
+            held = cap_refusal(channel, tp.purpose, own, now, limits, timezone, priority,
                                ahead)
             if held is not None:
                 holds.append(held)

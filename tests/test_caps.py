@@ -617,10 +617,34 @@ def test_exemption_mode_a_reminder_due_later_that_day_goes_and_the_nudge_waits(
         clinic.close()
 
 
+def test_a_higher_priority_text_in_the_same_batch_keeps_its_slot(
+        database_url: str, tmp_path: Path) -> None:
+    """A nudge and a question due together for one patient are claimed in one batch: the
+    question, read from the batch itself (not the database), still keeps the day's one
+    text, and the nudge waits."""
+    same_time = journey_text(step_text("nudge"),
+                             step_text("question", "priority: question"))
+    clinic = Clinic(database_url, tmp_path, schedules=write_schedules(tmp_path, same_time),
+                    config_extra="[caps]\nsms_per_day = 1\n")
+    try:
+        clock.set_now(utc("2026-11-02T10:00:00-06:00"))
+        clinic.patients(patient("P1", email=""))
+        clinic.tick()
+        nudge = clinic.one("j", "nudge", patient_id=1)
+        assert nudge.status == Status.PLANNED and nudge.reason == "frequency_cap"
+        assert nudge.due_at == utc("2026-11-03T08:00:00-06:00")
+        assert "1 of a higher priority planned later today (courtesy limit 1 a day)" \
+            in (nudge.detail or "")
+        assert clinic.one("j", "question", patient_id=1).status == Status.SENT
+    finally:
+        clinic.close()
+
+
 def test_the_snapshot_reads_the_planned_texts_only_when_a_limit_looks_ahead(
         database_url: str, tmp_path: Path) -> None:
     """The batch's patients' planned texts, ranked; not a step that emails first, not
-    another patient's; a touch point deferred or settled in the batch moves or leaves."""
+    another patient's; a touch point deferred or settled in the batch moves or leaves. A
+    patient's only touch point in the batch is not kept: nothing else there can count it."""
     email_first = ONE_NUDGE.replace("journey: check-in", "journey: email-first") \
         .replace("channels: [sms]", "channels: [email, sms]")
     schedules = write_schedules(tmp_path, ONE_REMINDER, ONE_NUDGE, email_first)
@@ -631,14 +655,19 @@ def test_the_snapshot_reads_the_planned_texts_only_when_a_limit_looks_ahead(
         clinic.appointments(appointment("A1", "P1", "2026-11-02T17:00:00-06:00"))
         clinic.tick()  # plans them; nothing is due yet
         nudge = clinic.one("check-in", "nudge", patient_id=1)
+        reminder = clinic.one("visit", "two-hours", patient_id=1)
+        batch = [nudge, reminder]
         with clinic.db.transaction() as conn:
-            unlimited = Snapshot.load(conn, [nudge], clinic.definitions, clock.now(),
+            unlimited = Snapshot.load(conn, batch, clinic.definitions, clock.now(),
                                       FrequencyCaps(sms_per_day=0))
-            consent = Snapshot.load(conn, [nudge], clinic.definitions, clock.now(),
+            consent = Snapshot.load(conn, batch, clinic.definitions, clock.now(),
                                     FrequencyCaps())
-            exemption = Snapshot.load(conn, [nudge], clinic.definitions, clock.now(),
+            exemption = Snapshot.load(conn, batch, clinic.definitions, clock.now(),
                                       FrequencyCaps(mode="exemption"))
+            alone = Snapshot.load(conn, [nudge], clinic.definitions, clock.now(),
+                                  FrequencyCaps())
         assert unlimited.planned == {}  # no courtesy limit: nothing to look ahead for
+        assert list(alone.planned[1]) == [reminder.id]  # read; the nudge was in hand
         assert consent.planned == exemption.planned
         assert set(exemption.planned) == {1}
         assert sorted((p.journey, p.step, p.due_at, p.priority)

@@ -13,6 +13,7 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -24,7 +25,7 @@ from engine.cli import cli
 from engine.daemon import Daemon
 from engine.definitions import load_definitions
 from engine.definitions.journeys import MAX_FILE_BYTES, load_journeys
-from engine.definitions.render_limits import MAX_TEXT
+from engine.definitions.render_limits import MAX_TEXT, RenderLimit, limits, stream
 from engine.definitions.templates import Fields, TemplateSet
 from engine.errors import TemplateRenderError
 from engine.validate import check_definitions
@@ -126,6 +127,19 @@ def test_ordinary_templates_keep_working_within_the_limits(tmp_path: Path) -> No
     body = templates.render("t/x", "sms", None, variables(), CHICAGO).body
 
     assert body == "1,234,567 00042 --- 1024 012 a, b ab " + "x" * (MAX_TEXT - 40)
+
+
+def test_a_streamed_message_is_still_stopped_by_the_clock() -> None:
+    """The stream looks at the clock every so many pieces, not at each: pieces that keep
+    coming (empty ones, so no size limit is reached) are stopped once the time is up."""
+    def pieces() -> Iterator[str]:
+        for _ in range(10**7):  # (without the clock: returns after a few seconds)
+            yield ""
+
+    started = time.monotonic()
+    with limits(0.05), pytest.raises(RenderLimit, match="took longer than"):
+        stream(pieces())
+    assert time.monotonic() - started < SECONDS
 
 
 # --------------------------------------------------------------------------- the commands

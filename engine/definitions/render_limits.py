@@ -16,8 +16,9 @@ outside the main thread, where no signal can interrupt a render):
   :data:`MAX_WRITTEN` characters written by ``{{ }}`` (macros and blocks included),
   :data:`MAX_BUILT` characters in all the values operators, calls, filters and ``~``
   build (a loop that piles texts into a list or dict), and :data:`RENDER_SECONDS`,
-  checked on every iteration, call, filter, operator and piece of output; :func:`stream`
-  stops the message itself at :data:`MAX_TEXT`.
+  checked on every iteration, call, filter and operator, and every
+  :data:`CHUNKS_PER_CHECK` pieces of output; :func:`stream` stops the message itself at
+  :data:`MAX_TEXT`.
 
 Each refusal is a :class:`RenderLimit` (a Jinja ``SecurityError``) raised inside the
 template, so its traceback names the template line; the template set reports it as a
@@ -29,7 +30,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import wraps
@@ -48,6 +49,7 @@ MAX_BUILT = 50 * MAX_TEXT  # characters (or items) of all values one render buil
 MAX_DIGITS = 3_000  # digits of any number a template computes
 MAX_LOOP = 100_000  # loop iterations in one render, all loops together
 RENDER_SECONDS = 2.0  # one message (a practice's messages render in about a millisecond)
+CHUNKS_PER_CHECK = 64  # pieces of a streamed message between two looks at the clock
 
 LOOP_GUARD = "_touchpoint_loop"  # the filter every {% for %} iterable goes through
 SIZE_GUARD = "_touchpoint_size"  # ... and every ~ concatenation
@@ -74,14 +76,25 @@ class _Budget:
 _budget: ContextVar[_Budget | None] = ContextVar("touchpoint_render_budget", default=None)
 
 
-@contextmanager
-def limits(seconds: float = RENDER_SECONDS) -> Iterator[None]:
+class _Limits:
+    """(a plain context manager: every message enters one, and a generator-based one
+    costs several times as much)"""
+
+    __slots__ = ("_seconds", "_token")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+
+    def __enter__(self) -> None:
+        self._token = _budget.set(_Budget(time.monotonic() + self._seconds))
+
+    def __exit__(self, *exc: object) -> None:
+        _budget.reset(self._token)
+
+
+def limits(seconds: float = RENDER_SECONDS) -> AbstractContextManager[None]:
     """One render: its deadline and budgets (in this thread or task only)."""
-    token = _budget.set(_Budget(time.monotonic() + seconds))
-    try:
-        yield
-    finally:
-        _budget.reset(token)
+    return _Limits(seconds)
 
 
 def check_time() -> None:
@@ -94,20 +107,27 @@ def check_time() -> None:
 def stream(chunks: Iterator[str]) -> str:
     """Join a streamed render (``Template.generate``), stopping it at :data:`MAX_TEXT`
     characters or the deadline. The error is thrown into the template's generator, so
-    it carries the template line being written."""
+    it carries the template line being written.
+
+    The size is checked at every piece, the clock every :data:`CHUNKS_PER_CHECK` pieces:
+    a message is a few dozen pieces, and what can take long between two of them — a loop,
+    a call, a filter, an operator — checks the clock itself."""
     parts: list[str] = []
     size = 0
+    check_at = CHUNKS_PER_CHECK
     for chunk in chunks:
         size += len(chunk)
-        try:
-            if size > MAX_TEXT:
-                raise _too_long(size, "the message would be")
-            check_time()
-        except RenderLimit as exc:
-            if isinstance(chunks, Generator):
-                chunks.throw(exc)  # re-raised from inside the template, with its line
-            raise
         parts.append(chunk)
+        if size > MAX_TEXT or len(parts) >= check_at:
+            check_at += CHUNKS_PER_CHECK
+            try:
+                if size > MAX_TEXT:
+                    raise _too_long(size, "the message would be")
+                check_time()
+            except RenderLimit as exc:
+                if isinstance(chunks, Generator):
+                    chunks.throw(exc)  # re-raised from inside the template, with its line
+                raise
     return "".join(parts)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -424,19 +424,24 @@ class PlannedSend:
 
 
 def planned_sends(conn: Connection, patient_ids: Iterable[int], until: datetime,
-                  purpose: str = "transactional") -> dict[int, list[PlannedSend]]:
+                  purpose: str = "transactional", *, besides: Collection[int] = (),
+                  ) -> dict[int, list[PlannedSend]]:
     """Each patient's ``purpose`` touch points still planned, due by ``until`` (overdue
-    ones too). Test sends and system journeys are left out, as in :func:`recent_sends`."""
+    ones too), but those in ``besides`` (ids the caller holds already). Test sends and
+    system journeys are left out, as in :func:`recent_sends`."""
     found: dict[int, list[PlannedSend]] = {}
     for part in chunks(sorted(set(patient_ids))):
-        rows = conn.execute(
-            select(touch_points.c.id, touch_points.c.patient_id, touch_points.c.recipient,
-                   touch_points.c.journey, touch_points.c.step, touch_points.c.purpose,
-                   touch_points.c.channel, touch_points.c.due_at)
-            .where(among(conn, touch_points.c.patient_id, part),
-                   touch_points.c.status == "planned", touch_points.c.due_at <= until,
-                   touch_points.c.purpose == purpose, touch_points.c.test == false(),
-                   touch_points.c.journey.not_in(SYSTEM_JOURNEYS)))
+        query = select(
+            touch_points.c.id, touch_points.c.patient_id, touch_points.c.recipient,
+            touch_points.c.journey, touch_points.c.step, touch_points.c.purpose,
+            touch_points.c.channel, touch_points.c.due_at,
+        ).where(among(conn, touch_points.c.patient_id, part),
+                touch_points.c.status == "planned", touch_points.c.due_at <= until,
+                touch_points.c.purpose == purpose, touch_points.c.test == false(),
+                touch_points.c.journey.not_in(SYSTEM_JOURNEYS))
+        if besides:
+            query = query.where(~among(conn, touch_points.c.id, sorted(besides)))
+        rows = conn.execute(query)
         for row in rows:
             found.setdefault(row.patient_id, []).append(PlannedSend(
                 row.id, row.patient_id, row.recipient, row.journey, row.step, row.purpose,
