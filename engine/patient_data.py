@@ -261,6 +261,11 @@ def erase(conn: Connection, external_id: str, now: datetime) -> Erasure:
                         "timezone": None, "sms_consent": False, "email_consent": False,
                         "marketing_consent": False, "row_hash": "erased", "erased_at": now,
                         "updated_at": now})
+    # (no longer in the practice's records for planning: the lapse sweep and the next
+    # bookings leave them out, as for a removed patient — see engine.removal)
+    conn.execute(update(patients).where(patients.c.id == person.id,
+                                        patients.c.removed_at.is_(None))
+                 .values(removed_at=now))
     change("contacts", {"first_name": "", "phone": None, "email": None, "language": None,
                         "timezone": None, "sms_consent": False, "email_consent": False,
                         "marketing_consent": False, "row_hash": "erased", "updated_at": now})

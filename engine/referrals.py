@@ -134,7 +134,8 @@ def digests(conn: Connection, month: date, tz_name: str) -> dict[int, Digest]:
                                                                      datetime.min.time(), tz)
     found: dict[int, Digest] = {}
     referred = conn.execute(select(patients).where(
-        patients.c.referrer_id.is_not(None), patients.c.created_at >= start,
+        patients.c.referrer_id.is_not(None), patients.c.erased_at.is_(None),
+        patients.c.created_at >= start,
         patients.c.created_at < end))
     for row in referred:
         digest = found.setdefault(row.referrer_id, Digest(row.referrer_id))
@@ -143,13 +144,15 @@ def digests(conn: Connection, month: date, tz_name: str) -> dict[int, Digest]:
     seen = conn.execute(
         select(*who, func.count(appointments.c.id).label("visits"))
         .join(appointments, appointments.c.patient_id == patients.c.id)
-        .where(patients.c.referrer_id.is_not(None), appointments.c.status == "completed",
+        .where(patients.c.referrer_id.is_not(None), patients.c.erased_at.is_(None),
+               appointments.c.status == "completed",
                appointments.c.start_at >= start, appointments.c.start_at < end)
         .group_by(*who))
     for row in seen:
         found.setdefault(row.referrer_id, Digest(row.referrer_id)).line(row).seen = row.visits
     discharged = conn.execute(select(patients).where(
-        patients.c.referrer_id.is_not(None), patients.c.discharged_on >= first,
+        patients.c.referrer_id.is_not(None), patients.c.erased_at.is_(None),
+        patients.c.discharged_on >= first,
         patients.c.discharged_on < following))
     for row in discharged:
         digest = found.setdefault(row.referrer_id, Digest(row.referrer_id))

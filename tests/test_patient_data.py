@@ -452,3 +452,37 @@ def test_retention_off_keeps_message_text_forever(value: str) -> None:
     assert settings.describe()["retention.message_bodies"] == "off"
     default = load_settings(None, {}, environ={})
     assert default.retention.message_bodies == timedelta(days=365)
+
+
+def test_an_erased_patient_lapses_no_more_and_leaves_the_referrer_digests(
+        fortnight: Clinic) -> None:
+    from datetime import date
+
+    from sqlalchemy import insert, update
+
+    from engine import patient_data
+    from engine.referrals import digests
+    from engine.store.records import patient_by_external_id
+    from engine.store.schema import referrers
+
+    def names(conn: Any) -> list[str]:
+        return [line.name for digest in
+                digests(conn, date(2026, 11, 1), "America/Chicago").values()
+                for line in digest.lines.values()]
+
+    with clock.travel_to(at("2026-11-06T13:00:00")), fortnight.db.transaction() as conn:
+        referrer = conn.execute(insert(referrers).values(
+            external_id="DR1", name="Lakeside Orthopedics", contact_name="", email=None,
+            fax=None, row_hash="x", source="test", created_at=clock.now(),
+            updated_at=clock.now()).returning(referrers.c.id)).scalar_one()
+        conn.execute(update(patients).where(patients.c.external_id == "P1")
+                     .values(referrer_id=referrer))
+        assert names(conn) == ["Zelda Quartermaine"]  # (seen in November)
+        patient_data.erase(conn, "P1", clock.now())
+        erased = patient_by_external_id(conn, "P1")
+        assert erased is not None and erased.removed_at is not None  # planning leaves them out
+        assert names(conn) == []
+    with clock.travel_to(at("2027-03-01T12:00:00")):  # long after their last visit
+        fortnight.runner.sweep_lapses()
+        fortnight.tick()
+    assert fortnight.touch_points(patient="P1", journey="win-back") == []
