@@ -480,3 +480,28 @@ def test_patient_ids_from_an_identifier_system_and_references_resolved_across_pa
         assert owners == {"example": peter.id, "2docs": peter.id}
         assert conn.execute(select(contacts.c.patient_id)
                             .where(contacts.c.external_id == "benedicte")).scalar() == peter.id
+
+
+def test_full_removes_what_left_the_source_only_for_the_types_in_the_file(
+        tmp_path: Path, config: Path, db: Database) -> None:
+    assert run(config, "import", "fhir", str(bundle(tmp_path, [*PATIENTS, *APPOINTMENTS])),
+               ).exit_code == 0
+    kept = [name for name in PATIENTS if name != "Patient-f201"]
+    only_appointments = run(config, "import", "fhir", "--full", "--json",
+                            str(bundle(tmp_path, APPOINTMENTS, "visits.json")))
+    assert json.loads(only_appointments.output)["removed"] == 0  # no Patient: none removed
+    broken = {**example("Patient-f201"), "birthDate": "not a date"}
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": example(kept[0])}, {"resource": broken}]}), encoding="utf-8")
+    refused = run(config, "import", "fhir", "--full", "--json", str(path))
+    assert refused.exit_code == 3
+    summary = json.loads(refused.stdout)
+    assert summary["removed"] == 0 and "Patient" in summary["not_full"]
+    full = run(config, "import", "fhir", "--full", "--json",
+               str(bundle(tmp_path, kept, "patients.json")))
+    assert full.exit_code == 0, full.output
+    assert json.loads(full.output)["removed"] == 1
+    removed = rows(db, patients, "removed_at")
+    assert removed["f201"][0] is not None
+    assert all(removed[n][0] is None for n in ("example", "mom") if n in removed)

@@ -24,6 +24,7 @@ def _report(summary: FhirSummary, lead: str) -> None:
         part = summary.parts.get(kind)
         refused = sum(1 for p in summary.problems if p.resource.startswith(f"{kind}/"))
         counts = (f"{part.created} new, {part.updated} updated, {part.unchanged} unchanged"
+                  + (f", {part.removed} removed" if part.removed else "")
                   if part else "0 new")
         parts.append(f"{kind} {summary.read[kind]} ({counts}, {refused} refused)")
     click.echo(f"{lead}: {'; '.join(parts) or 'nothing to apply'}.")
@@ -32,6 +33,8 @@ def _report(summary: FhirSummary, lead: str) -> None:
             f"{n} {kind}" for kind, n in sorted(summary.skipped.items())))
     if summary.events:
         click.echo("events: " + ", ".join(f"{n} {k}" for k, n in sorted(summary.events.items())))
+    for kind, why in summary.not_full.items():
+        click.echo(f"--full not applied to {kind}: {why}", err=True)
     for problem in summary.problems:
         click.echo(f"  {summary.source}: {problem}", err=True)
 
@@ -39,8 +42,11 @@ def _report(summary: FhirSummary, lead: str) -> None:
 @import_.command("fhir")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--full", is_flag=True,
+              help="The file is the whole source: for each resource type it holds, remove "
+                   "the active records not in it (their pending messages are cancelled).")
 @click.pass_context
-def import_fhir_cmd(ctx: click.Context, file: Path, as_json: bool) -> None:
+def import_fhir_cmd(ctx: click.Context, file: Path, as_json: bool, full: bool) -> None:
     """Sync patients, contacts (RelatedPerson) and appointments from a FHIR R4 Bundle
     (JSON) or ndjson FILE.
 
@@ -51,7 +57,8 @@ def import_fhir_cmd(ctx: click.Context, file: Path, as_json: bool) -> None:
     settings, database = app.settings(), app.db()
     entries = read_file(file)
     with database.transaction() as conn:
-        summary = apply(conn, entries, file.name, options_from(settings), clock.now())
+        summary = apply(conn, entries, file.name, options_from(settings), clock.now(),
+                        full=full)
     if as_json:
         _echo_json(summary.as_dict())
     else:

@@ -67,6 +67,7 @@ class FhirSummary:
     parts: dict[str, ImportSummary] = field(default_factory=dict)  # by resource type
     problems: list[Refusal] = field(default_factory=list)
     last_updated: dict[str, datetime] = field(default_factory=dict)  # newest meta.lastUpdated
+    not_full: dict[str, str] = field(default_factory=dict)  # --full skipped for a type: why
 
     @property
     def rejected(self) -> int:
@@ -88,7 +89,8 @@ class FhirSummary:
         self.problems.extend(other.problems)
         for kind, part in other.parts.items():
             mine = self.parts.setdefault(kind, ImportSummary(self.source, kind))
-            for name in ("rows", "created", "updated", "unchanged", "historical"):
+            for name in ("rows", "created", "updated", "unchanged", "historical", "removed",
+                         "reactivated"):
                 setattr(mine, name, getattr(mine, name) + getattr(part, name))
             mine.events.update(part.events)
         for kind, at in other.last_updated.items():
@@ -104,7 +106,8 @@ class FhirSummary:
             "skipped": dict(sorted(self.skipped.items())),
             "created": self.count("created"), "updated": self.count("updated"),
             "unchanged": self.count("unchanged"), "historical": self.count("historical"),
-            "rejected": self.rejected,
+            "removed": self.count("removed"), "reactivated": self.count("reactivated"),
+            "rejected": self.rejected, "not_full": dict(self.not_full),
             "events": dict(sorted(self.events.items())),
             "problems": [{"resource": p.resource, "message": p.message} for p in self.problems],
         }
@@ -212,8 +215,14 @@ def _ndjson(text: str) -> Iterator[Entry]:
 
 
 def apply(conn: Connection, entries: Iterable[Entry], source: str, options: Options,
-          now: datetime) -> FhirSummary:
-    """Validate, map and apply ``entries`` in ``conn``'s transaction."""
+          now: datetime, full: bool = False) -> FhirSummary:
+    """Validate, map and apply ``entries`` in ``conn``'s transaction.
+
+    With ``full`` (``import fhir --full``: the file is the whole source), each resource
+    type the file holds is a full sync: the active patients, contacts or appointments not
+    in it are removed (engine.removal). A type the file does not hold is left alone, and so
+    is a type with a refused resource (it may be the record that seems missing): the
+    summary says why in ``not_full``."""
     summary = FhirSummary(source)
     valid: dict[str, list[tuple[str, Any]]] = {kind: [] for kind in ORDER}
     for entry in entries:
@@ -239,9 +248,22 @@ def apply(conn: Connection, entries: Iterable[Entry], source: str, options: Opti
             summary.last_updated[kind] = max(at, summary.last_updated.get(kind, at))
         valid[kind].append((name, resource))
 
-    fhir_ids = _apply_patients(conn, valid["Patient"], source, options, now, summary)
-    _apply_contacts(conn, valid["RelatedPerson"], source, options, now, summary, fhir_ids)
-    _apply_appointments(conn, valid["Appointment"], source, options, now, summary, fhir_ids)
+    def whole(kind: str) -> bool:
+        if not full or not summary.read[kind]:
+            return False
+        refused = sum(1 for p in summary.problems if p.resource.startswith(f"{kind}/")
+                      or p.resource.startswith("entry") or p.resource.startswith("line"))
+        if refused:
+            summary.not_full[kind] = (f"{refused} resource(s) refused, so nothing of this type "
+                                      "was removed — fix them and import again")
+        return not refused
+
+    fhir_ids = _apply_patients(conn, valid["Patient"], source, options, now, summary,
+                               full=whole("Patient"))
+    _apply_contacts(conn, valid["RelatedPerson"], source, options, now, summary, fhir_ids,
+                    full=whole("RelatedPerson"))
+    _apply_appointments(conn, valid["Appointment"], source, options, now, summary, fhir_ids,
+                        full=whole("Appointment"))
     return summary
 
 
@@ -254,7 +276,8 @@ def _collect(summary: FhirSummary, kind: str, part: ImportSummary, names: Sequen
 
 
 def _apply_patients(conn: Connection, found: list[tuple[str, Any]], source: str,
-                    options: Options, now: datetime, summary: FhirSummary) -> dict[str, str]:
+                    options: Options, now: datetime, summary: FhirSummary,
+                    full: bool = False) -> dict[str, str]:
     """Apply the Patients; returns {FHIR id: patient_id} of those applied."""
     rows: list[dict[str, str]] = []
     names: list[str] = []
@@ -273,7 +296,7 @@ def _apply_patients(conn: Connection, found: list[tuple[str, Any]], source: str,
     for row in rows:
         row.update(_consents(on_file.get(row["patient_id"]), options, marketing=True))
     part = sync_patients(conn, enumerate(rows, start=1), source, region=options.region,
-                         now=now)
+                         now=now, full=full and bool(rows))
     _collect(summary, "Patient", part, names)
     refused = {p.line - 1 for p in part.problems}
     return {fhir_id: row["patient_id"] for i, (fhir_id, row) in enumerate(zip(fhir_ids, rows,
@@ -331,7 +354,7 @@ def _patient_ids(conn: Connection, references: Iterable[str], fhir_ids: Mapping[
 
 def _apply_contacts(conn: Connection, found: list[tuple[str, Any]], source: str,
                     options: Options, now: datetime, summary: FhirSummary,
-                    fhir_ids: Mapping[str, str]) -> None:
+                    fhir_ids: Mapping[str, str], full: bool = False) -> None:
     refs = {name: mapping.reference_id(person.patient, "Patient") for name, person in found}
     owners = _patient_ids(conn, [r for r in refs.values() if r], fhir_ids, options)
     rows: list[dict[str, str]] = []
@@ -356,13 +379,13 @@ def _apply_contacts(conn: Connection, found: list[tuple[str, Any]], source: str,
     for row in rows:
         row.update(_consents(on_file.get(row["contact_id"]), options, marketing=False))
     part = sync_contacts(conn, enumerate(rows, start=1), source, region=options.region,
-                         now=now)
+                         now=now, full=full and bool(rows))
     _collect(summary, "RelatedPerson", part, names)
 
 
 def _apply_appointments(conn: Connection, found: list[tuple[str, Any]], source: str,
                         options: Options, now: datetime, summary: FhirSummary,
-                        fhir_ids: Mapping[str, str]) -> None:
+                        fhir_ids: Mapping[str, str], full: bool = False) -> None:
     refs: dict[str, str | None] = {}
     for name, appointment in found:
         try:
@@ -385,5 +408,6 @@ def _apply_appointments(conn: Connection, found: list[tuple[str, Any]], source: 
         rows.append(row)
         names.append(name)
     part = sync_appointments(conn, enumerate(rows, start=1), source,
-                             practice_tz=options.practice_tz, now=now)
+                             practice_tz=options.practice_tz, now=now,
+                             full=full and bool(rows))
     _collect(summary, "Appointment", part, names)
