@@ -722,14 +722,15 @@ def _event(kind: str, appointment_id: int, row: Mapping[str, Any], now: datetime
 
 
 def import_referrers(conn: Connection, path: Path, *, region: str, now: datetime,
-                     progress: Progress | None = None) -> ImportSummary:
-    """Sync referral sources (physicians, clinics) from ``path``."""
+                     progress: Progress | None = None, full: bool = False) -> ImportSummary:
+    """Sync referral sources (physicians, clinics) from ``path``; with ``full``, active
+    referrers not in the file are removed (no longer recipients)."""
     return sync_referrers(conn, _rows(path, REFERRER_COLUMNS), path.name, region=region,
-                          now=now, progress=progress)
+                          now=now, progress=progress, full=full)
 
 
 def sync_referrers(conn: Connection, rows: Rows, source: str, *, region: str, now: datetime,
-                   progress: Progress | None = None) -> ImportSummary:
+                   progress: Progress | None = None, full: bool = False) -> ImportSummary:
     """Sync referrer rows (line number, row) that came from ``source``."""
     summary = ImportSummary(source, "referrers")
 
@@ -743,9 +744,14 @@ def sync_referrers(conn: Connection, rows: Rows, source: str, *, region: str, no
         return {"name": row["name"], "contact_name": row.get("contact_name", ""),
                 "email": normalise_email(row.get("email", "")), "fax": fax}
 
-    parsed = _parse_rows(rows, "referrer_id", referrers, parse, summary, progress)
+    mentioned: set[str] = set()
+    parsed = _parse_rows(rows, "referrer_id", referrers, parse, summary, progress, mentioned)
+    _refuse_empty_full_sync(full, parsed, summary)
     _plan_for_growing_tables(conn)
     _upsert(conn, referrers, parsed, source, now, summary)
+    if full:
+        _remove_missing(conn, referrers, mentioned, removal.remove_referrer, source, now,
+                        summary)
     return summary
 
 

@@ -212,7 +212,8 @@ class DigestJob:
         tries = _tries(conn, label)
         practice = practice_fields(self.settings)
         tz = zone(self.tz_name)
-        rows = conn.execute(select(referrers).where(referrers.c.id.in_(sorted(found)))).all()
+        rows = conn.execute(select(referrers).where(referrers.c.id.in_(sorted(found)),
+                                                    referrers.c.removed_at.is_(None))).all()
         blocked = opted_out(conn, [row.email for row in rows if row.email])
         work = []
         for row in rows:

@@ -12,6 +12,9 @@ delete the row (its touch points and their history must still answer "why?"): it
   points anchored on it (``touch_points.appointment_id``) are cancelled.
 * :func:`remove_contact` — the contact is marked removed (no longer a recipient) and the
   pending touch points addressed to them are cancelled.
+* :func:`remove_referrer` — the referral source is marked removed (its office no longer
+  gets referral-loop updates or digests) and the pending touch points addressed to it are
+  cancelled; its patients keep the link.
 
 What a removed record means elsewhere (decided here, relied on there):
 
@@ -52,7 +55,7 @@ from sqlalchemy import Connection, select, update
 
 from engine.outcomes import Reason
 from engine.store import ledger
-from engine.store.schema import appointments, contacts, patients, touch_points
+from engine.store.schema import appointments, contacts, patients, referrers, touch_points
 
 SOURCE = "removal"  # touch_point_history.source of the cancellations
 
@@ -118,6 +121,32 @@ def remove_contact(conn: Connection, contact_id: int, *, now: datetime, source: 
     return len(_cancel(conn, [touch_points.c.patient_id == row.patient_id,
                               touch_points.c.recipient == f"contact:{contact_id}"], now,
                        f"contact {row.external_id} left the practice's records ({source})"))
+
+
+def remove_referrer(conn: Connection, referrer_id: int, *, now: datetime, source: str) -> int:
+    """Mark referral source ``referrer_id`` (database id) removed: its office is no longer
+    a recipient (referral-loop updates, monthly digests) and the pending touch points
+    addressed to it are cancelled (``patient_removed``); its patients keep the link, so
+    reports still count where they came from. Returns how many were cancelled; 0 if it was
+    already removed. Raises :class:`LookupError` if there is no such referrer."""
+    row = conn.execute(select(referrers.c.external_id, referrers.c.removed_at)
+                       .where(referrers.c.id == referrer_id)).first()
+    if row is None:
+        raise LookupError(f"no referrer with id {referrer_id}")
+    if row.removed_at is not None:
+        return 0
+    conn.execute(update(referrers).where(referrers.c.id == referrer_id)
+                 .values(removed_at=now, updated_at=now))
+    return len(_cancel(conn, [touch_points.c.recipient == f"referrer:{referrer_id}"], now,
+                       f"referrer {row.external_id} left the practice's records ({source})"))
+
+
+def reactivate_referrer(conn: Connection, referrer_id: int, *, now: datetime) -> bool:
+    """Bring back a removed referrer; False if it was not removed."""
+    return bool(conn.execute(update(referrers)
+                             .where(referrers.c.id == referrer_id,
+                                    referrers.c.removed_at.is_not(None))
+                             .values(removed_at=None, updated_at=now)).rowcount)
 
 
 def reactivate_patient(conn: Connection, patient_id: int, *, now: datetime,

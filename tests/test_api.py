@@ -593,3 +593,28 @@ def test_concurrent_puts_of_a_new_record_create_it_once(api: Api) -> None:
         a.text for a in answers]
     assert api.event_kinds() == ["patient.created"]
     assert len(api.rows(patients)) == 1
+
+
+def test_delete_a_referrer_stops_its_updates_and_a_put_brings_it_back(api: Api) -> None:
+    office = {"name": "Lakeside Orthopedics", "contact_name": "Dana",
+              "email": "dana@lakeside.example.com"}
+    assert api.put("/referrers/DR1", office).status_code == 201
+    assert api.put("/patients/P1", {**PATIENT, "referral_source": "DR1"}).status_code == 201
+    assert api.put("/appointments/A1", VISIT).status_code == 201
+    api.clinic.tick()  # the referrer's thank-you goes at once
+    clock.set_now(datetime(2026, 11, 5, 17, 0, tzinfo=UTC))  # after the visit
+    api.put("/appointments/A1", {**VISIT, "status": "completed"})
+    api.clinic.tick()  # the "attended" note is planned an hour later
+    [pending] = api.clinic.touch_points(step="attended", status="planned")
+    assert pending.recipient.startswith("referrer:")
+    gone = delete(api, "/referrers/DR1")
+    assert gone.status_code == 200, gone.text
+    assert (gone.json()["result"], gone.json()["touch_points_cancelled"]) == ("removed", 1)
+    [cancelled] = api.clinic.touch_points(step="attended")
+    assert (cancelled.status, cancelled.reason) == ("cancelled", "patient_removed")
+    assert api.rows(referrers)[0].removed_at is not None
+    assert api.rows(patients)[0].referrer_id is not None  # the patient keeps the link
+    back = api.put("/referrers/DR1", office)
+    assert back.json()["result"] == "reactivated"
+    assert api.rows(referrers)[0].removed_at is None
+    assert [e.action for e in api.audit()].count("api.referrer.delete") == 1

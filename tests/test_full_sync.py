@@ -35,6 +35,7 @@ from tests.support import (
     appointment,
     contact,
     patient,
+    referrer,
     write_csv,
 )
 
@@ -179,3 +180,20 @@ def test_the_cli_takes_full_and_reports_removed(database_url: str, tmp_path: Pat
         kinds = list(conn.execute(select(events.c.kind)).scalars())
     check.close()
     assert kinds.count("patient.created") == 2  # coming back is not a new patient
+
+
+def test_a_full_referrers_file_removes_the_offices_that_left(clinic: Clinic) -> None:
+    from engine.importer import REFERRER_COLUMNS, import_referrers
+    from engine.store.schema import referrers
+
+    with freeze_time(LATER):
+        clinic.referrers(referrer("DR1"), referrer("DR2", name="North Shore"))
+        path = write_csv(clinic.folder / "full-referrers.csv", [referrer("DR1")],
+                         REFERRER_COLUMNS)
+        with clinic.db.transaction() as conn:
+            summary = import_referrers(conn, path, region="US", now=clock.now(), full=True)
+    assert summary.removed == 1
+    with clinic.db.transaction() as conn:
+        assert set(conn.execute(select(referrers.c.external_id)
+                                .where(referrers.c.removed_at.is_not(None))).scalars()) \
+            == {"DR2"}

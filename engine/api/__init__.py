@@ -8,6 +8,7 @@ PUT    /api/v1/referrers/{referrer_id}       write:records
 DELETE /api/v1/patients/{patient_id}         write:records  removal (engine/removal.py)
 DELETE /api/v1/appointments/{appointment_id} write:records  its touch points cancelled
 DELETE /api/v1/contacts/{contact_id}         write:records  no longer a recipient
+DELETE /api/v1/referrers/{referrer_id}       write:records  no longer sent updates
 GET    /api/v1/patients/{patient_id}/touch-points  read:log  each with its why
 GET    /api/v1/touch-points/{id}             read:log       one, with its story
 =========================================  =============  =============================

@@ -361,16 +361,19 @@ def _reactivate(conn: Connection, kind: Kind, current: Any, now: datetime) -> li
     elif kind.name == "appointment":
         event = removal.reactivate_appointment(conn, current.id, now=now)
         events = [event] if event is not None else []
-    else:
+    elif kind.name == "contact":
         removal.reactivate_contact(conn, current.id, now=now)
+        events = []
+    else:
+        removal.reactivate_referrer(conn, current.id, now=now)
         events = []
     append_events(conn, events)
     return [e["kind"] for e in events]
 
 
-#: How a DELETE removes each kind (referrers have no removal: they are never deleted).
+#: How a DELETE removes each kind.
 REMOVE = {"patient": removal.remove_patient, "appointment": removal.remove_appointment,
-          "contact": removal.remove_contact}
+          "contact": removal.remove_contact, "referrer": removal.remove_referrer}
 
 
 def delete(request: Request, kind: Kind, external_id: str, updated_at: datetime | None,
@@ -499,3 +502,11 @@ def delete_contact(request: Request, contact_id: ExternalId, updated_at: Updated
     """Remove a contact: no longer a recipient; their pending touch points are cancelled.
     Scope write:records."""
     return delete(request, KINDS["contact"], contact_id, updated_at, caller)
+
+
+@router.delete("/referrers/{referrer_id}", response_model=Removed)
+def delete_referrer(request: Request, referrer_id: ExternalId, updated_at: UpdatedAt = None,
+                    caller: Caller = WRITE) -> Removed:
+    """Remove a referral source: its office no longer gets updates or digests; pending ones
+    are cancelled; its patients keep the link. Scope write:records."""
+    return delete(request, KINDS["referrer"], referrer_id, updated_at, caller)

@@ -391,8 +391,11 @@ def import_contacts_cmd(ctx: click.Context, file: Path, as_json: bool, full: boo
 @import_.command("referrers")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--full", is_flag=True,
+              help="FILE holds every referrer: active ones not in it are removed (no longer "
+                   "sent updates; pending ones cancelled). Refused if no row is good.")
 @click.pass_context
-def import_referrers_cmd(ctx: click.Context, file: Path, as_json: bool) -> None:
+def import_referrers_cmd(ctx: click.Context, file: Path, as_json: bool, full: bool) -> None:
     """Sync referral sources (physicians, clinics) from FILE.CSV.
 
     Columns: referrer_id, name, contact_name, email (optional: fax). Patients name theirs
@@ -404,7 +407,7 @@ def import_referrers_cmd(ctx: click.Context, file: Path, as_json: bool) -> None:
     with progress_bar("importing referrers", _count_lines(file)) as bar, \
             database.transaction() as conn:
         summary = import_referrers(conn, file, region=settings.phone_region, now=clock.now(),
-                                   progress=bar)
+                                   progress=bar, full=full)
     _report_import(summary, as_json)
 
 

@@ -128,9 +128,11 @@ def patient_names(conn: Connection, ids: Iterable[int]) -> dict[int, str]:
 
 
 def load_referrers(conn: Connection, ids: Iterable[int]) -> dict[int, Referrer]:
+    """The referral sources of these ids (removed ones left out: no longer recipients)."""
     found: dict[int, Referrer] = {}
     for part in chunks(sorted(set(ids))):
-        for row in conn.execute(select(referrers).where(among(conn, referrers.c.id, part))):
+        for row in conn.execute(select(referrers).where(among(conn, referrers.c.id, part),
+                                                        referrers.c.removed_at.is_(None))):
             found[row.id] = referrer_from_row(row)
     return found
 

@@ -182,6 +182,8 @@ class Referrer(Base):
     updated_at: Mapped[datetime]
     # The EMR's own last-change time (the API's `updated_at`): an older update is refused.
     source_updated_at: Mapped[datetime | None]
+    # Left the practice's records (a full sync, an API DELETE): see engine.removal
+    removed_at: Mapped[datetime | None]
 
 
 class Contact(Base):

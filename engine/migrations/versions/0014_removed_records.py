@@ -1,4 +1,4 @@
-"""patients, appointments and contacts that left the practice's records: removed_at
+"""patients, appointments, contacts and referrers that left the practice's records
 
 A full sync (``touchpoint import … --full``), an HL7 S17 or an API DELETE deactivates a
 record instead of deleting it: its history (and every touch point's) stays, and it comes
@@ -19,7 +19,7 @@ down_revision = "0013"
 branch_labels = None
 depends_on = None
 
-TABLES = ("patients", "appointments", "contacts")
+TABLES = ("patients", "appointments", "contacts", "referrers")
 
 
 def upgrade() -> None:
