@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/touchpoint demo
 
+# (the tests run on every core: about 2,000 of them, half on SQLite and half on PostgreSQL)
 test: $(STAMP) lint typecheck chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 chromium:
 	.ci/chromium
