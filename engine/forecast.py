@@ -476,11 +476,9 @@ def diff(db: Database, entries: list[Entry], now: datetime, until: datetime,
                 changes.append(Change("added", key, after["patient_id"], after["journey"],
                                       after["step"], None, after))
             continue
-        what = tuple(field for field in ("at", "outcome", "channel", "reason", "digest")
-                     if old.get(field) != after.get(field))
-        if what:
-            changes.append(Change("changed", key, after["patient_id"], after["journey"],
-                                  after["step"], old, after, what))
+        changed = _changed(key, old, after)
+        if changed is not None:
+            changes.append(changed)
     for key in gone:
         if key not in sent:
             old = before[key]
@@ -488,6 +486,14 @@ def diff(db: Database, entries: list[Entry], now: datetime, until: datetime,
                                   old["step"], old, None))
     return sorted(changes, key=lambda c: ((c.after or c.before or {}).get("at", ""), c.key)), \
         previous.get("made_at")
+
+
+def _changed(key: str, before: dict[str, Any], after: dict[str, Any]) -> Change | None:
+    """How one touch point differs between two forecasts (None: it does not)."""
+    what = tuple(field for field in ("at", "outcome", "channel", "reason", "digest")
+                 if before.get(field) != after.get(field))
+    return Change("changed", key, after["patient_id"], after["journey"], after["step"],
+                  before, after, what) if what else None
 
 
 def compare(before: list[Entry], after: list[Entry]) -> list[Change]:
@@ -500,15 +506,8 @@ def compare(before: list[Entry], after: list[Entry]) -> list[Change]:
                for key, row in new.items() if key not in old]
     changes += [Change("removed", key, row["patient_id"], row["journey"], row["step"], row,
                        None) for key, row in old.items() if key not in new]
-    for key, row in new.items():
-        was = old.get(key)
-        if was is None:
-            continue
-        what = tuple(field for field in ("at", "outcome", "channel", "reason", "digest")
-                     if was.get(field) != row.get(field))
-        if what:
-            changes.append(Change("changed", key, row["patient_id"], row["journey"],
-                                  row["step"], was, row, what))
+    changes += [changed for key, row in new.items() if key in old
+                and (changed := _changed(key, old[key], row)) is not None]
     return sorted(changes, key=lambda c: ((c.after or c.before or {}).get("at", ""), c.key))
 
 

@@ -22,8 +22,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
 from sqlalchemy import Connection, select
 
-from engine import audit, cases, clock
-from engine.console.core import Console, Guard, address_of, read_form, render
+from engine import cases, clock
+from engine.console.core import Console, Guard, read_form, record_action, render
 from engine.console.sessions import Session
 from engine.errors import UserError
 from engine.reconcile import SETTLE_ACTIONS, settle, unknown_touch_points
@@ -36,12 +36,9 @@ def add_routes(app: FastAPI, console: Console, guard: Guard) -> None:
     practice = console.settings.practice.name
     tz = zone(console.settings.practice.timezone or "UTC")
 
-    def record(session: Session, request: Request, action: str, target: str,
+    def record(session: Session, request: Request, action: str, target: str = "",
                **detail: object) -> None:
-        with console.db.transaction() as conn:
-            audit.record(conn, actor=f"staff:{session.user.email}", action=action,
-                         now=clock.now(), target=target, address=address_of(request),
-                         detail=detail)
+        record_action(console, session, request, action, target, **detail)
 
     @app.get("/cases", response_class=HTMLResponse, include_in_schema=False)
     def cases_page(request: Request) -> Response:

@@ -14,7 +14,7 @@ from fastapi import Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader, Template, select_autoescape
 
-from engine import clock
+from engine import audit, clock
 from engine.channels.base import Channel
 from engine.console import sessions
 from engine.console.limits import SignInLimiter
@@ -63,6 +63,15 @@ def safe_next(target: str | None) -> str:
             or urlsplit(target).scheme or "\\" in target:
         return "/"
     return target
+
+
+def record_action(console: Console, session: sessions.Session, request: Request, action: str,
+                  target: str = "", **detail: object) -> None:
+    """Write a staff member's action to the audit log (who, what, on what, from where)."""
+    with console.db.transaction() as conn:
+        audit.record(conn, actor=f"staff:{session.user.email}", action=action,
+                     now=clock.now(), target=target, address=address_of(request),
+                     detail=detail)
 
 
 def template(name: str) -> Template:

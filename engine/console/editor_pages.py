@@ -28,8 +28,8 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from engine import audit, clock, drafts
-from engine.console.core import Console, Guard, address_of, read_form, render, template
+from engine import clock, drafts
+from engine.console.core import Console, Guard, read_form, record_action, render, template
 from engine.console.sessions import Session
 from engine.errors import UserError
 from engine.preview import send_test
@@ -43,10 +43,7 @@ def add_routes(app: FastAPI, console: Console, guard: Guard) -> None:
 
     def record(session: Session, request: Request, action: str, target: str = "",
                **detail: object) -> None:
-        with console.db.transaction() as conn:
-            audit.record(conn, actor=f"staff:{session.user.email}", action=action,
-                         now=clock.now(), target=target, address=address_of(request),
-                         detail=detail)
+        record_action(console, session, request, action, target, **detail)
 
     @app.get("/edit", response_class=HTMLResponse, include_in_schema=False)
     def edit_list(request: Request) -> Response:

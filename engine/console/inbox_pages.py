@@ -16,8 +16,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
 
-from engine import audit, clock
-from engine.console.core import Console, Guard, address_of, read_form, render
+from engine import clock
+from engine.console.core import Console, Guard, read_form, record_action, render
 from engine.console.sessions import Session
 from engine.conversations import conversations, staff_opt_out, staff_reply
 from engine.errors import UserError
@@ -41,10 +41,7 @@ def add_routes(app: FastAPI, console: Console, guard: Guard) -> None:
 
     def record(session: Session, request: Request, action: str, message_id: int,
                **detail: object) -> None:
-        with console.db.transaction() as conn:
-            audit.record(conn, actor=f"staff:{session.user.email}", action=action,
-                         now=clock.now(), target=f"inbound:{message_id}",
-                         address=address_of(request), detail=detail)
+        record_action(console, session, request, action, f"inbound:{message_id}", **detail)
 
     @app.get("/inbox", response_class=HTMLResponse, include_in_schema=False)
     def inbox_page(request: Request) -> Response:
