@@ -183,3 +183,11 @@ class Timer:
 
 def pin_clock() -> None:
     clock.set_now(NOW)
+
+
+def read_instant(value: object) -> datetime:
+    """A time as a driver returns it (SQLite: naive text; PostgreSQL: a datetime), aware."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -19,7 +19,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from bench.common import CONFIG, ROOT, database
+from bench.common import CONFIG, ROOT, database, read_instant
 from engine import wake
 from engine.importer import sync_appointments, sync_patients
 from engine.store.database import open_database
@@ -96,17 +96,10 @@ def _wait_for_sends(db, committed: dict[str, datetime],  # type: ignore[no-untyp
                 "SELECT p.external_id, t.sent_at FROM touch_points t JOIN patients p "
                 "ON p.id = t.patient_id WHERE t.journey = 'welcome' AND t.step = 'welcome' "
                 "AND t.sent_at IS NOT NULL").all()
-        sent = {external: _at(at) for external, at in rows if external in committed}
+        sent = {external: read_instant(at) for external, at in rows if external in committed}
         if len(sent) == len(committed) or time.monotonic() > deadline:
             return sent
         time.sleep(0.5)
-
-
-def _at(value: object) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from bench.common import CONFIG, ROOT, database, load_due
+from bench.common import CONFIG, ROOT, database, load_due, read_instant
 from engine.store.database import open_database
 
 
@@ -52,7 +52,8 @@ def run(kind: str = "sqlite", rate: int = 200, seconds: int = 20,
             rows = conn.exec_driver_sql(
                 "SELECT due_at, sent_at FROM touch_points WHERE anchor LIKE 'bench:%'").all()
         db.dispose()
-    delays = sorted((_at(sent) - _at(due)).total_seconds() for due, sent in rows if sent)
+    delays = sorted((read_instant(sent) - read_instant(due)).total_seconds()
+                    for due, sent in rows if sent)
     unsent = sum(1 for _, sent in rows if not sent)
 
     def pct(p: float) -> float:
@@ -61,13 +62,6 @@ def run(kind: str = "sqlite", rate: int = 200, seconds: int = 20,
             "messages": len(rows), "unsent": unsent, "p50_seconds": pct(0.5),
             "p95_seconds": pct(0.95), "max_seconds": round(delays[-1], 3),
             "mean_seconds": round(statistics.fmean(delays), 3)}
-
-
-def _at(value: object) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 if __name__ == "__main__":

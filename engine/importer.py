@@ -135,16 +135,22 @@ class _RowError(ValueError):
 # --------------------------------------------------------------------------- reading
 
 
-def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, Mapping[str, str]]]:
-    """(line number, row with lower-cased, stripped keys) after checking the header."""
+def read_import_file(path: Path, not_utf8: str) -> str:
+    """The text of a file to import (a byte-order mark dropped), or one clear line of
+    ImportFileError: not found, unreadable, or not UTF-8 (``not_utf8`` says what to do)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ImportFileError(f"{path}: file not found") from None
     except UnicodeDecodeError:
-        raise ImportFileError(f"{path}: not UTF-8 text — export the CSV as UTF-8") from None
+        raise ImportFileError(f"{path}: not UTF-8 text — {not_utf8}") from None
     except OSError as exc:
         raise ImportFileError(f"{path}: cannot read it ({exc.strerror})") from None
+
+
+def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, Mapping[str, str]]]:
+    """(line number, row with lower-cased, stripped keys) after checking the header."""
+    text = read_import_file(path, "export the CSV as UTF-8")
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)

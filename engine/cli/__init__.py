@@ -26,6 +26,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
@@ -310,6 +311,17 @@ def _report_import(summary: ImportSummary, as_json: bool) -> None:
         sys.exit(3)
 
 
+def _run_import(ctx: click.Context, kind: str, file: Path, as_json: bool,
+                run: Callable[[Connection, Settings, Any], ImportSummary]) -> None:
+    """Run one CSV import in one transaction, with a progress bar, and report it."""
+    app = _app(ctx)
+    settings, database = app.settings(), app.db()
+    with progress_bar(f"importing {kind}", _count_lines(file)) as bar, \
+            database.transaction() as conn:
+        summary = run(conn, settings, bar)
+    _report_import(summary, as_json)
+
+
 def _count_lines(path: Path) -> int | None:
     try:
         with path.open("rb") as fh:
@@ -334,13 +346,9 @@ def import_patients_cmd(ctx: click.Context, file: Path, as_json: bool, baseline:
 
     Exits 3 if any row was rejected.
     """
-    app = _app(ctx)
-    settings, database = app.settings(), app.db()
-    with progress_bar("importing patients", _count_lines(file)) as bar, \
-            database.transaction() as conn:
-        summary = import_patients(conn, file, region=settings.phone_region, now=clock.now(),
-                                  baseline=baseline, progress=bar, full=full)
-    _report_import(summary, as_json)
+    _run_import(ctx, "patients", file, as_json, lambda conn, settings, bar: import_patients(
+        conn, file, region=settings.phone_region, now=clock.now(), baseline=baseline,
+        progress=bar, full=full))
 
 
 @import_.command("appointments")
@@ -356,13 +364,9 @@ def import_appointments_cmd(ctx: click.Context, file: Path, as_json: bool, full:
 
     Exits 3 if any row was rejected.
     """
-    app = _app(ctx)
-    settings, database = app.settings(), app.db()
-    with progress_bar("importing appointments", _count_lines(file)) as bar, \
-            database.transaction() as conn:
-        summary = import_appointments(conn, file, practice_tz=settings.require(
-            "practice.timezone"), now=clock.now(), progress=bar, full=full)
-    _report_import(summary, as_json)
+    _run_import(ctx, "appointments", file, as_json, lambda conn, settings, bar: (
+        import_appointments(conn, file, practice_tz=settings.require("practice.timezone"),
+                            now=clock.now(), progress=bar, full=full)))
 
 
 @import_.command("contacts")
@@ -379,13 +383,8 @@ def import_contacts_cmd(ctx: click.Context, file: Path, as_json: bool, full: boo
     timezone, sms_consent, email_consent, receives (optional: marketing_consent). Import
     patients first. Bad rows are reported; good rows are kept. Exits 3 if any was rejected.
     """
-    app = _app(ctx)
-    settings, database = app.settings(), app.db()
-    with progress_bar("importing contacts", _count_lines(file)) as bar, \
-            database.transaction() as conn:
-        summary = import_contacts(conn, file, region=settings.phone_region, now=clock.now(),
-                                  progress=bar, full=full)
-    _report_import(summary, as_json)
+    _run_import(ctx, "contacts", file, as_json, lambda conn, settings, bar: import_contacts(
+        conn, file, region=settings.phone_region, now=clock.now(), progress=bar, full=full))
 
 
 @import_.command("referrers")
@@ -402,13 +401,8 @@ def import_referrers_cmd(ctx: click.Context, file: Path, as_json: bool, full: bo
     in a referral_source column. Bad rows are reported; good rows are kept. Exits 3 if
     any was rejected.
     """
-    app = _app(ctx)
-    settings, database = app.settings(), app.db()
-    with progress_bar("importing referrers", _count_lines(file)) as bar, \
-            database.transaction() as conn:
-        summary = import_referrers(conn, file, region=settings.phone_region, now=clock.now(),
-                                   progress=bar, full=full)
-    _report_import(summary, as_json)
+    _run_import(ctx, "referrers", file, as_json, lambda conn, settings, bar: import_referrers(
+        conn, file, region=settings.phone_region, now=clock.now(), progress=bar, full=full))
 
 
 # --------------------------------------------------------------------------- run

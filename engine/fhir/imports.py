@@ -32,7 +32,13 @@ from sqlalchemy import Connection, select
 
 from engine.errors import ImportFileError
 from engine.fhir import mapping
-from engine.importer import ImportSummary, sync_appointments, sync_contacts, sync_patients
+from engine.importer import (
+    ImportSummary,
+    read_import_file,
+    sync_appointments,
+    sync_contacts,
+    sync_patients,
+)
 from engine.store.records import among, chunks
 from engine.store.schema import contacts, patients
 
@@ -168,14 +174,7 @@ def check_bundle(document: Mapping[str, Any], source: str) -> Bundle:
 
 def read_file(path: Path) -> list[Entry]:
     """The resources of a Bundle (JSON), a single resource, or ndjson (one a line)."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ImportFileError(f"{path}: file not found") from None
-    except UnicodeDecodeError:
-        raise ImportFileError(f"{path}: not UTF-8 text — FHIR JSON is UTF-8") from None
-    except OSError as exc:
-        raise ImportFileError(f"{path}: cannot read it ({exc.strerror})") from None
+    text = read_import_file(path, "FHIR JSON is UTF-8")
     if not text.strip():
         raise ImportFileError(f"{path}: the file is empty")
     if path.suffix.lower() not in (".ndjson", ".jsonl"):
