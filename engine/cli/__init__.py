@@ -322,6 +322,16 @@ def _run_import(ctx: click.Context, kind: str, file: Path, as_json: bool,
     _report_import(summary, as_json)
 
 
+def since_day(since: str, tz: ZoneInfo) -> datetime:
+    """The start of the day ``--since`` names (YYYY-MM-DD) in ``tz``."""
+    try:
+        day = date.fromisoformat(since)
+    except ValueError:
+        raise click.BadParameter("write a day as YYYY-MM-DD, e.g. 2026-11-01",
+                                 param_hint="'--since'") from None
+    return at_local(day, dtime(0, 0), tz)
+
+
 def _count_lines(path: Path) -> int | None:
     try:
         with path.open("rb") as fh:
@@ -1296,15 +1306,7 @@ def report_cmd(ctx: click.Context, since: str | None, as_json: bool) -> None:
     settings = app.settings()
     tz = zone(settings.practice.timezone or "UTC")
     now = clock.now()
-    if since is None:
-        start = now - timedelta(days=30)
-    else:
-        try:
-            day = date.fromisoformat(since)
-        except ValueError:
-            raise click.BadParameter("write a day as YYYY-MM-DD, e.g. 2026-11-01",
-                                     param_hint="'--since'") from None
-        start = at_local(day, dtime(0, 0), tz)
+    start = now - timedelta(days=30) if since is None else since_day(since, tz)
     definitions = app.definitions()
     with app.db().transaction() as conn:
         data = build_report(conn, definitions, start, now)

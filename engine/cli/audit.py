@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from datetime import time as dtime
-
 import click
 
 from engine import audit
-from engine.cli import _app, _echo_json
+from engine.cli import _app, _echo_json, since_day
 from engine.cli import cli as _cli
-from engine.timing import at_local, zone
+from engine.timing import zone
 
 
 @_cli.command("audit")
@@ -21,14 +18,8 @@ from engine.timing import at_local, zone
 def audit_cmd(ctx: click.Context, since: str | None, as_json: bool) -> None:
     """Who did what, when and from where: staff commands, API requests, console actions."""
     app = _app(ctx)
-    start: datetime | None = None
-    if since is not None:
-        try:
-            day = date.fromisoformat(since)
-        except ValueError:
-            raise click.BadParameter("write a day as YYYY-MM-DD, e.g. 2026-11-01",
-                                     param_hint="'--since'") from None
-        start = at_local(day, dtime(0, 0), zone(app.settings().practice.timezone or "UTC"))
+    start = since_day(since, zone(app.settings().practice.timezone or "UTC")) \
+        if since is not None else None
     with app.db().transaction() as conn:
         found = [entry.as_dict() for entry in audit.entries(conn, since=start)]
     if as_json:
