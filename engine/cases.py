@@ -45,7 +45,7 @@ from engine.errors import UserError
 from engine.message_context import appointment_fields, patient_fields, practice_fields
 from engine.outcomes import Status
 from engine.privacy import mask_address
-from engine.records import Event
+from engine.domain import Event
 from engine.settings import Settings
 from engine.store import ledger
 from engine.store.database import Database

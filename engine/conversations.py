@@ -28,7 +28,7 @@ from engine.notify import Notice, Rendered, deliver, insert
 from engine.outcomes import Status
 from engine.privacy import mask_address
 from engine.replies import POSSIBLE_OPT_OUT, opt_out_by_staff, send_outgoing
-from engine.reports import inbox
+from engine.touch_point_log import inbox
 from engine.settings import Settings
 from engine.store import ledger
 from engine.store.database import Database

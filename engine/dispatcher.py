@@ -78,7 +78,7 @@ from engine.message_context import message_context, practice_fields
 from engine.outcomes import Reason, Status
 from engine.privacy import mask_address, redact
 from engine.recipients import PATIENT, resolve
-from engine.records import Appointment, Contact, Patient, Recipient, Referrer
+from engine.domain import Appointment, Contact, Patient, Recipient, Referrer
 from engine.retry import GiveUp, RetryPolicy
 from engine.settings import Settings
 from engine.store import ledger

@@ -41,7 +41,7 @@ from engine.message_context import practice_fields
 from engine.outcomes import Reason, Status
 from engine.planner import PendingStep, Planned, Retime, follow_edits, plan
 from engine.privacy import mask_address
-from engine.records import Event, Patient, Recipient
+from engine.domain import Event, Patient, Recipient
 from engine.runner import Runner, planning_error
 from engine.settings import Settings
 from engine.store.database import Database

@@ -58,7 +58,7 @@ from sqlalchemy import Column, Connection, String, Table, insert, select, text, 
 from engine import removal
 from engine.errors import ImportFileError
 from engine.patient_data import erased_on, refusal
-from engine.records import APPOINTMENT_STATUSES
+from engine.domain import APPOINTMENT_STATUSES
 from engine.store.records import among, append_events, chunks
 from engine.store.schema import appointments, contacts, patients, referrers
 from engine.timing import zone

@@ -10,7 +10,7 @@ from collections.abc import Collection
 from typing import Any
 
 from engine.definitions.templates import Fields, format_phone
-from engine.records import Appointment, Patient, Recipient, Referrer
+from engine.domain import Appointment, Patient, Recipient, Referrer
 from engine.settings import Settings
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, func, or_, select
 
 from engine.cases import list_cases
 from engine.privacy import mask_address
-from engine.reports import explain
+from engine.touch_point_log import explain
 from engine.store import ledger
 from engine.store.records import (
     appointments_of,

@@ -31,7 +31,7 @@ from engine.message_context import message_context, practice_fields
 from engine.planner import Anchor, PlanningRules, appointment_anchor, deadline, due_time
 from engine.privacy import mask_address
 from engine.recipients import PATIENT, addressees, resolve
-from engine.records import Appointment, Patient, Recipient
+from engine.domain import Appointment, Patient, Recipient
 from engine.samples import sample_appointment, sample_context
 from engine.settings import Settings
 from engine.sms_segments import analyse

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from engine.outcomes import Reason
-from engine.records import Contact, Patient, Recipient, Referrer
+from engine.domain import Contact, Patient, Recipient, Referrer
 
 PATIENT = "patient"
 

@@ -31,7 +31,7 @@ from engine.definitions import Definitions
 from engine.definitions.templates import Fields
 from engine.message_context import practice_fields, referrer_fields
 from engine.outcomes import Status
-from engine.records import Event, Patient
+from engine.domain import Event, Patient
 from engine.settings import Settings
 from engine.store import ledger
 from engine.store.database import Database

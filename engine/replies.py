@@ -61,7 +61,7 @@ from engine.feedback import parse_score, reads_as_complaint
 from engine.message_context import appointment_fields, patient_fields, practice_fields
 from engine.outcomes import Status
 from engine.privacy import mask_address
-from engine.records import Appointment, Patient
+from engine.domain import Appointment, Patient
 from engine.settings import Settings
 from engine.store import ledger
 from engine.store.database import Database

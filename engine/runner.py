@@ -55,7 +55,7 @@ from engine.planner import (
 )
 from engine.privacy import redact
 from engine.reconcile import reconcile
-from engine.records import Appointment, Event, Patient
+from engine.domain import Appointment, Event, Patient
 from engine.referrals import DigestJob, referral_events
 from engine.settings import Settings
 from engine.store import ledger

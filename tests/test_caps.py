@@ -32,7 +32,7 @@ from engine.guards import (
     decide,
 )
 from engine.outcomes import Status
-from engine.records import Patient
+from engine.domain import Patient
 from engine.store.ledger import TouchPoint
 from engine.store.records import PlannedSend, RecentSend
 from engine.timing import QuietHours

@@ -25,7 +25,7 @@ from engine.cases import list_cases
 from engine.definitions import load_definitions
 from engine.forecast import forecast
 from engine.outcomes import FINAL, Status
-from engine.records import Patient
+from engine.domain import Patient
 from engine.replies import record_inbound
 from engine.runner import Runner
 from engine.store.ledger import TouchPoint

@@ -29,7 +29,7 @@ from engine.cli import cli
 from engine.errors import TransientChannelError
 from engine.outcomes import Status
 from engine.preview import send_test
-from engine.reports import summary
+from engine.touch_point_log import summary
 from engine.store.database import open_database
 from engine.store.schema import events, history, touch_points
 from tests.support import (

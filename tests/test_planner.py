@@ -17,7 +17,7 @@ import pytest
 from engine.definitions.journeys import Journey, Step, parse_journey
 from engine.outcomes import Reason, Status
 from engine.planner import Condition, Exit, Plan, Planned, PlanningRules, plan
-from engine.records import Event, Patient
+from engine.domain import Event, Patient
 from engine.timing import QuietHours
 
 CHICAGO = "America/Chicago"

@@ -1,6 +1,6 @@
 """GET a patient's touch points, and one touch point with its ``why`` (scope read:log).
 
-The rows are :func:`engine.reports.log_rows` and the story :func:`engine.reports.why`,
+The rows are :func:`engine.touch_point_log.log_rows` and the story :func:`engine.touch_point_log.why`,
 as ``touchpoint log --json`` and ``touchpoint why`` show them (recipients masked).
 """
 
@@ -17,7 +17,7 @@ from engine.api import keys
 from engine.api.auth import Caller, requires
 from engine.api.problems import Problem
 from engine.errors import NotFound
-from engine.reports import log_rows, why
+from engine.touch_point_log import log_rows, why
 from engine.store.schema import patients
 
 router = APIRouter(tags=["touch points"])

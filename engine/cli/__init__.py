@@ -56,7 +56,7 @@ from engine.preview import Preview, RenderedPreview, preview, send_test
 from engine.privacy import mask_address, redact
 from engine.reconcile import settle, unknown_touch_points
 from engine.report import build_report, sparkline
-from engine.reports import (
+from engine.touch_point_log import (
     LOG_FIELDS,
     inbox,
     log_rows,

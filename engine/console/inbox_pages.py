@@ -22,7 +22,7 @@ from engine.console.sessions import Session
 from engine.conversations import conversations, staff_opt_out, staff_reply
 from engine.errors import UserError
 from engine.replies import POSSIBLE_OPT_OUT
-from engine.reports import mark_done
+from engine.touch_point_log import mark_done
 from engine.timing import zone
 
 

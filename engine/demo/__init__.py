@@ -40,7 +40,7 @@ from engine.importer import (
 )
 from engine.outcomes import EXPLANATIONS, Status
 from engine.report import satisfaction, sparkline
-from engine.reports import JourneySummary, summary
+from engine.touch_point_log import JourneySummary, summary
 from engine.runner import Runner
 from engine.settings import Settings
 from engine.simulate import Feed, SimulationResult, simulate

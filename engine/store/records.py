@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from engine import outbound_webhooks
 from engine.definitions.journeys import CHANNELS, PRIORITIES, SYSTEM_JOURNEYS
-from engine.records import Appointment, Contact, Event, Patient, Referrer
+from engine.domain import Appointment, Contact, Event, Patient, Referrer
 from engine.store.schema import (
     appointments,
     bind_time,

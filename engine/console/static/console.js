@@ -67,6 +67,9 @@ function setUpEditor(form) {
     });
   });
   drawGutter();
+  // Text typed before this script ran (a slow page) gets its check now.
+  if (source.value !== source.defaultValue) later();
+  form.dataset.live = "true";
 }
 
 document.addEventListener("DOMContentLoaded", () => {
