@@ -41,11 +41,11 @@ from engine import clock, notify, outbound_webhooks
 from engine.definitions import Definitions
 from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.definitions.templates import Fields
+from engine.domain import Event
 from engine.errors import UserError
 from engine.message_context import appointment_fields, patient_fields, practice_fields
 from engine.outcomes import Status
 from engine.privacy import mask_address
-from engine.domain import Event
 from engine.settings import Settings
 from engine.store import ledger
 from engine.store.database import Database

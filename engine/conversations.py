@@ -28,13 +28,13 @@ from engine.notify import Notice, Rendered, deliver, insert
 from engine.outcomes import Status
 from engine.privacy import mask_address
 from engine.replies import POSSIBLE_OPT_OUT, opt_out_by_staff, send_outgoing
-from engine.touch_point_log import inbox
 from engine.settings import Settings
 from engine.store import ledger
 from engine.store.database import Database
 from engine.store.records import opted_out, patient_from_row
 from engine.store.schema import inbound_messages, patients, touch_points
 from engine.timing import zone
+from engine.touch_point_log import inbox
 
 #: How far back a conversation's exchange goes, and how many messages it shows.
 THREAD_DAYS = 30

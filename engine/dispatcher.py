@@ -56,6 +56,7 @@ from engine.channels.base import Channel, OutboundMessage
 from engine.definitions import Definitions
 from engine.definitions.journeys import PRIORITIES, SYSTEM_JOURNEYS, Journey, Step
 from engine.definitions.templates import Fields
+from engine.domain import Appointment, Contact, Patient, Recipient, Referrer
 from engine.errors import (
     AmbiguousChannelError,
     ChannelError,
@@ -78,7 +79,6 @@ from engine.message_context import message_context, practice_fields
 from engine.outcomes import Reason, Status
 from engine.privacy import mask_address, redact
 from engine.recipients import PATIENT, resolve
-from engine.domain import Appointment, Contact, Patient, Recipient, Referrer
 from engine.retry import GiveUp, RetryPolicy
 from engine.settings import Settings
 from engine.store import ledger

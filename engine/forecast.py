@@ -35,13 +35,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.definitions import Definitions
 from engine.dispatcher import Snapshot, caps_from, engine_error
+from engine.domain import Event, Patient, Recipient
 from engine.errors import TemplateRenderError
 from engine.guards import Defer, Send, Verdict, address_for, exemption_length_refusal
 from engine.message_context import practice_fields
 from engine.outcomes import Reason, Status
 from engine.planner import PendingStep, Planned, Retime, follow_edits, plan
 from engine.privacy import mask_address
-from engine.domain import Event, Patient, Recipient
 from engine.runner import Runner, planning_error
 from engine.settings import Settings
 from engine.store.database import Database

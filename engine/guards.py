@@ -40,8 +40,8 @@ from datetime import datetime, time, timedelta
 from typing import Literal
 
 from engine.definitions.journeys import PRIORITIES, Journey, Step
-from engine.outcomes import Reason, Status
 from engine.domain import Appointment, Patient, Recipient
+from engine.outcomes import Reason, Status
 from engine.store.ledger import TouchPoint
 from engine.store.records import PlannedSend, RecentSend
 from engine.timing import QuietHours, at_local, zone

@@ -56,9 +56,9 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, valida
 from sqlalchemy import Column, Connection, String, Table, insert, select, text, update
 
 from engine import removal
+from engine.domain import APPOINTMENT_STATUSES
 from engine.errors import ImportFileError
 from engine.patient_data import erased_on, refusal
-from engine.domain import APPOINTMENT_STATUSES
 from engine.store.records import among, append_events, chunks
 from engine.store.schema import appointments, contacts, patients, referrers
 from engine.timing import zone

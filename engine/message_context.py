@@ -7,7 +7,10 @@ emails or consents — so a template cannot leak what it was never given.
 from __future__ import annotations
 
 from collections.abc import Collection
+from decimal import Decimal
 from typing import Any
+
+from babel.numbers import format_currency
 
 from engine.definitions.templates import Fields, format_phone
 from engine.domain import Appointment, Patient, Recipient, Referrer
@@ -24,7 +27,17 @@ def practice_fields(settings: Settings) -> Fields:
         "website": practice.website,
         "timezone": practice.timezone or "",
         "links": Fields(practice.links, "practice.links"),
+        "visit_price": money(practice.visit_price, practice.currency),
     }, "practice")
+
+
+def money(amount: Decimal | None, currency: str) -> str:
+    """``$120`` (cents only when there are some); ``""`` when the amount is unset."""
+    if amount is None:
+        return ""
+    whole = amount == amount.to_integral_value()
+    return format_currency(amount, currency, format="¤#,##0" if whole else "¤#,##0.00",
+                           locale="en_US", currency_digits=False)
 
 
 def patient_fields(patient: Patient, practice_timezone: str,

@@ -19,7 +19,6 @@ from sqlalchemy import Connection, func, or_, select
 
 from engine.cases import list_cases
 from engine.privacy import mask_address
-from engine.touch_point_log import explain
 from engine.store import ledger
 from engine.store.records import (
     appointments_of,
@@ -35,6 +34,7 @@ from engine.store.schema import (
     patients,
     touch_points,
 )
+from engine.touch_point_log import explain
 
 SEARCH_LIMIT = 25
 #: How an event kind reads in a timeline.

@@ -22,9 +22,9 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from engine.definitions.journeys import Journey, Step, Trigger, When
+from engine.domain import Contact, Event, Patient
 from engine.outcomes import Reason, Status
 from engine.recipients import Addressee, addressees
-from engine.domain import Contact, Event, Patient
 from engine.timing import QuietHours, at_local, format_duration, parse_duration, zone
 
 Condition = Callable[[Journey, Step], bool]

@@ -24,6 +24,7 @@ from engine.definitions import Definitions
 from engine.definitions.diagnostics import did_you_mean
 from engine.definitions.journeys import Journey, Step
 from engine.dispatcher import Dispatcher, caps_from
+from engine.domain import Appointment, Patient, Recipient
 from engine.errors import NotFound, TemplateRenderError, UserError
 from engine.guards import FrequencyCaps, address_for, channel_refusal
 from engine.importer import normalise_email, normalise_phone
@@ -31,7 +32,6 @@ from engine.message_context import message_context, practice_fields
 from engine.planner import Anchor, PlanningRules, appointment_anchor, deadline, due_time
 from engine.privacy import mask_address
 from engine.recipients import PATIENT, addressees, resolve
-from engine.domain import Appointment, Patient, Recipient
 from engine.samples import sample_appointment, sample_context
 from engine.settings import Settings
 from engine.sms_segments import analyse

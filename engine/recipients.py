@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from engine.outcomes import Reason
 from engine.domain import Contact, Patient, Recipient, Referrer
+from engine.outcomes import Reason
 
 PATIENT = "patient"
 

@@ -29,9 +29,9 @@ from sqlalchemy import Connection, func, select
 from engine import notify, unsubscribe
 from engine.definitions import Definitions
 from engine.definitions.templates import Fields
+from engine.domain import Event, Patient
 from engine.message_context import practice_fields, referrer_fields
 from engine.outcomes import Status
-from engine.domain import Event, Patient
 from engine.settings import Settings
 from engine.store import ledger
 from engine.store.database import Database

@@ -57,11 +57,11 @@ from engine.definitions import Definitions
 from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.definitions.templates import Fields
 from engine.dispatcher import Dispatcher
+from engine.domain import Appointment, Patient
 from engine.feedback import parse_score, reads_as_complaint
 from engine.message_context import appointment_fields, patient_fields, practice_fields
 from engine.outcomes import Status
 from engine.privacy import mask_address
-from engine.domain import Appointment, Patient
 from engine.settings import Settings
 from engine.store import ledger
 from engine.store.database import Database

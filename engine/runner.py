@@ -40,6 +40,7 @@ from engine.definitions import Definitions
 from engine.definitions.journeys import SYSTEM_JOURNEYS, Journey, Step
 from engine.definitions.templates import Fields
 from engine.dispatcher import Dispatcher, DispatchStats
+from engine.domain import Appointment, Event, Patient
 from engine.errors import TemplateRenderError
 from engine.message_context import message_context, practice_fields
 from engine.outcomes import Reason, Status
@@ -55,7 +56,6 @@ from engine.planner import (
 )
 from engine.privacy import redact
 from engine.reconcile import reconcile
-from engine.domain import Appointment, Event, Patient
 from engine.referrals import DigestJob, referral_events
 from engine.settings import Settings
 from engine.store import ledger

@@ -15,8 +15,8 @@ from typing import Any
 
 from engine.cases import CAUSES, Case, case_fields
 from engine.definitions.templates import Fields
-from engine.message_context import message_context, practice_fields
 from engine.domain import Appointment, Contact, Patient, Recipient, Referrer
+from engine.message_context import message_context, practice_fields
 from engine.referrals import DigestLine
 from engine.settings import Settings
 from engine.timing import at_local, zone

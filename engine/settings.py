@@ -21,11 +21,13 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import time, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import phonenumbers
+from babel.numbers import is_currency
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.errors import ConfigError
@@ -74,6 +76,11 @@ SETTINGS: tuple[Setting, ...] = (
             "schedules", flag="--schedules"),
     Setting("paths.templates", "TOUCHPOINT_TEMPLATES", "Folder of message templates.",
             "message_templates", flag="--templates"),
+    Setting("practice.visit_price", "TOUCHPOINT_VISIT_PRICE",
+            "What one visit is worth to the practice (e.g. 120): the value of visits a "
+            "waitlist recovers, and practice.visit_price in templates. Unset: not shown."),
+    Setting("practice.currency", "TOUCHPOINT_CURRENCY",
+            "ISO 4217 currency of practice.visit_price.", "USD"),
     Setting("practice.staff_email", "TOUCHPOINT_STAFF_EMAIL",
             "Where staff alerts go (reschedule requests, replies to read).", ""),
     Setting("channels.sms_provider", "TOUCHPOINT_SMS_PROVIDER",
@@ -282,6 +289,15 @@ class Practice(BaseModel):
     website: str = ""
     links: dict[str, str] = Field(default_factory=dict)
     staff_email: str = ""
+    visit_price: Decimal | None = Field(default=None, ge=0)
+    currency: str = "USD"
+
+    @field_validator("currency")
+    @classmethod
+    def _known_currency(cls, value: str) -> str:
+        if not is_currency(value.upper()):
+            raise ValueError(f"{value!r} is not an ISO 4217 currency code (e.g. USD, EUR)")
+        return value.upper()
 
     @field_validator("timezone")
     @classmethod

@@ -21,6 +21,7 @@ from engine import clock
 from engine.cli import cli
 from engine.definitions.journeys import PRIORITIES, Journey, Step, parse_journey
 from engine.dispatcher import Snapshot
+from engine.domain import Patient
 from engine.guards import (
     Defer,
     FrequencyCaps,
@@ -32,7 +33,6 @@ from engine.guards import (
     decide,
 )
 from engine.outcomes import Status
-from engine.domain import Patient
 from engine.store.ledger import TouchPoint
 from engine.store.records import PlannedSend, RecentSend
 from engine.timing import QuietHours

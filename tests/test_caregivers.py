@@ -23,9 +23,9 @@ from engine import clock
 from engine.cases import history as case_history
 from engine.cases import list_cases
 from engine.definitions import load_definitions
+from engine.domain import Patient
 from engine.forecast import forecast
 from engine.outcomes import FINAL, Status
-from engine.domain import Patient
 from engine.replies import record_inbound
 from engine.runner import Runner
 from engine.store.ledger import TouchPoint

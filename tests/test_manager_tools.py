@@ -29,9 +29,9 @@ from engine.cli import cli
 from engine.errors import TransientChannelError
 from engine.outcomes import Status
 from engine.preview import send_test
-from engine.touch_point_log import summary
 from engine.store.database import open_database
 from engine.store.schema import events, history, touch_points
+from engine.touch_point_log import summary
 from tests.support import (
     LIBRARY_SCHEDULES,
     LIBRARY_TEMPLATES,

@@ -15,9 +15,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from engine.definitions.journeys import Journey, Step, parse_journey
+from engine.domain import Event, Patient
 from engine.outcomes import Reason, Status
 from engine.planner import Condition, Exit, Plan, Planned, PlanningRules, plan
-from engine.domain import Event, Patient
 from engine.timing import QuietHours
 
 CHICAGO = "America/Chicago"

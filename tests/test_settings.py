@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from engine.cli import cli
 from engine.errors import ConfigError
+from engine.message_context import practice_fields
 from engine.settings import SETTINGS, load_settings, parse_flag
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -416,3 +417,15 @@ def test_config_masks_the_password_in_the_database_url(tmp_path: Path, as_json: 
 def test_config_does_not_show_a_database_url_it_cannot_read(tmp_path: Path) -> None:
     settings = load_settings(environ={"TOUCHPOINT_DATABASE_URL": "tp:secret@db/touchpoint"})
     assert settings.describe()["database.url"] == "<invalid database URL>"
+
+
+def test_visit_price_is_shown_to_templates_as_money_and_a_bad_currency_is_named(
+        tmp_path: Path) -> None:
+    config = tmp_path / "touchpoint.toml"
+    config.write_text("", encoding="utf-8")
+    settings = load_settings(config, environ={"TOUCHPOINT_VISIT_PRICE": "120",
+                                              "TOUCHPOINT_CURRENCY": "eur"})
+    assert practice_fields(settings)["visit_price"] == "€120"
+    assert practice_fields(load_settings(config, environ={}))["visit_price"] == ""
+    with pytest.raises(ConfigError, match="ISO 4217"):
+        load_settings(config, environ={"TOUCHPOINT_CURRENCY": "dollars"})

@@ -1,7 +1,8 @@
 """GET a patient's touch points, and one touch point with its ``why`` (scope read:log).
 
-The rows are :func:`engine.touch_point_log.log_rows` and the story :func:`engine.touch_point_log.why`,
-as ``touchpoint log --json`` and ``touchpoint why`` show them (recipients masked).
+The rows are :func:`engine.touch_point_log.log_rows` and the story
+:func:`engine.touch_point_log.why`, as ``touchpoint log --json`` and ``touchpoint why``
+show them (recipients masked).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from engine.api import keys
 from engine.api.auth import Caller, requires
 from engine.api.problems import Problem
 from engine.errors import NotFound
-from engine.touch_point_log import log_rows, why
 from engine.store.schema import patients
+from engine.touch_point_log import log_rows, why
 
 router = APIRouter(tags=["touch points"])
 READ = Depends(requires("read:log"))

@@ -56,15 +56,6 @@ from engine.preview import Preview, RenderedPreview, preview, send_test
 from engine.privacy import mask_address, redact
 from engine.reconcile import settle, unknown_touch_points
 from engine.report import build_report, sparkline
-from engine.touch_point_log import (
-    LOG_FIELDS,
-    inbox,
-    log_rows,
-    mark_done,
-    set_aside_rows,
-    why,
-    why_event,
-)
 from engine.runner import Runner, TickReport
 from engine.settings import Settings, load_settings, parse_flag
 from engine.simulate import Feed, simulate
@@ -78,6 +69,15 @@ from engine.store.database import (
 )
 from engine.store.records import patient_names
 from engine.timing import at_local, parse_duration, zone
+from engine.touch_point_log import (
+    LOG_FIELDS,
+    inbox,
+    log_rows,
+    mark_done,
+    set_aside_rows,
+    why,
+    why_event,
+)
 from engine.validate import check_definitions
 
 # --------------------------------------------------------------------------- plumbing

@@ -22,8 +22,8 @@ from engine.console.sessions import Session
 from engine.conversations import conversations, staff_opt_out, staff_reply
 from engine.errors import UserError
 from engine.replies import POSSIBLE_OPT_OUT
-from engine.touch_point_log import mark_done
 from engine.timing import zone
+from engine.touch_point_log import mark_done
 
 
 def add_routes(app: FastAPI, console: Console, guard: Guard) -> None:

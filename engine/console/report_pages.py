@@ -24,8 +24,8 @@ from engine import clock
 from engine.console.core import Console, Guard, render
 from engine.errors import NotFound
 from engine.report import build_report, days, open_cases_by_age, reminder_confirmations
-from engine.touch_point_log import log_rows, why
 from engine.timing import at_local, zone
+from engine.touch_point_log import log_rows, why
 
 LOG_LIMIT = 500
 CHART_HEIGHT = 160

@@ -52,8 +52,8 @@ from engine.console.core import (
 from engine.privacy import mask_email
 from engine.reconcile import unknown_touch_points
 from engine.replies import POSSIBLE_OPT_OUT
-from engine.touch_point_log import inbox
 from engine.timing import zone
+from engine.touch_point_log import inbox
 
 AUDIT_PAGE = 500  # entries shown; `touchpoint audit` exports them all
 

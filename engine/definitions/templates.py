@@ -53,7 +53,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
                 "discharged_on"),
     "appointment": ("id", "start", "end", "duration_minutes", "visit_type", "therapist",
                     "location", "status", "visit_number", "confirmed"),
-    "practice": ("name", "phone", "phone_e164", "address", "website", "timezone", "links"),
+    "practice": ("name", "phone", "phone_e164", "address", "website", "timezone", "links",
+                 "visit_price"),
     # who this message addresses: role is patient, parent, guardian, spouse, caregiver,
     # referrer, …; is_patient tells "your visit" from "Sam's visit"
     "recipient": ("role", "first_name", "last_name", "name", "is_patient", "language",

@@ -40,7 +40,6 @@ from engine.importer import (
 )
 from engine.outcomes import EXPLANATIONS, Status
 from engine.report import satisfaction, sparkline
-from engine.touch_point_log import JourneySummary, summary
 from engine.runner import Runner
 from engine.settings import Settings
 from engine.simulate import Feed, SimulationResult, simulate
@@ -48,6 +47,7 @@ from engine.store.database import Database
 from engine.store.records import as_utc
 from engine.store.schema import appointments, contacts, inbound_messages, patients, touch_points
 from engine.timing import zone
+from engine.touch_point_log import JourneySummary, summary
 
 DATA = Path(__file__).parent / "data"
 SPOTLIGHT = {"P1004": "speaks Spanish and lives in another timezone (America/New_York)",
