@@ -44,6 +44,17 @@ def test_signing_in_sets_a_locked_down_cookie_and_opens_the_page_asked_for(
     assert stored not in cookie  # only the token's hash is kept
 
 
+def test_console_pages_forbid_framing_and_outside_scripts(console: Console) -> None:
+    console.sign_in("desk@clinic.example.com")
+    page = console.client.get("/", headers=HTML)
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "frame-ancestors 'none'" in policy
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert console.client.get("/login").headers["x-frame-options"] == "DENY"
+    assert "content-security-policy" not in console.client.get("/api/docs").headers
+
+
 def test_the_cookie_is_secure_behind_https(database_url: str, tmp_path: Path) -> None:
     rig = Console(database_url, tmp_path,
                   extra='[webhooks]\npublic_url = "https://tp.clinic.example.com"\n')

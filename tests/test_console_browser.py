@@ -215,7 +215,10 @@ def test_edit_a_template_see_the_error_at_its_line_fix_it_and_publish(
                                                        "confirm"))
     expect(page.locator("#preview .sms-body").first).to_contain_text("Free parking out back")
     expect(page.locator(".gutter .bad")).to_have_count(0)
-    if shoot:
+    if shoot:  # (the emails' sandboxed frames paint a moment after the preview arrives)
+        for frame in range(2):
+            expect(page.frame_locator("iframe.email-html").nth(frame).locator("p").first
+                   ).to_be_visible()
         page.screenshot(path=screenshot_path("editor-preview-1280"), full_page=True)
     page.get_by_role("button", name="Save draft").click()
     expect(page.get_by_role("status")).to_contain_text("Draft saved")

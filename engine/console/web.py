@@ -57,6 +57,19 @@ from engine.touch_point_log import inbox
 
 AUDIT_PAGE = 500  # entries shown; `touchpoint audit` exports them all
 
+# Sent with every console page. Scripts and styles come only from /static (inline styles
+# are allowed for the email preview, whose sandboxed frame inherits this policy and whose
+# HTML is the practice's own template); no page may be framed by another site.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; "
+                               "style-src 'self' 'unsafe-inline'; img-src 'self' data: https:; "
+                               "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "
+                               "object-src 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
 
 def mount(app: FastAPI, console: Console) -> None:
     """Add the console's routes to ``app`` (the `touchpoint serve` app)."""
@@ -67,6 +80,13 @@ def mount(app: FastAPI, console: Console) -> None:
         return exc.response
 
     session_for = Guard(console)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        if not request.url.path.startswith("/api/"):  # the API's own docs page loads Swagger
+            response.headers.update(SECURITY_HEADERS)
+        return response
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_page(request: Request, next: str = "/") -> Response:
