@@ -207,6 +207,7 @@ def serve_cmd(ctx: click.Context, host: str, port: int, log_format: str,
     import uvicorn
 
     from engine import logs
+    from engine.live_definitions import LiveDefinitions
     from engine.webhooks.app import Services, create_app
 
     app = app_of(ctx)
@@ -214,7 +215,9 @@ def serve_cmd(ctx: click.Context, host: str, port: int, log_format: str,
         app.flags["hl7.mllp_port"] = mllp_port
     settings = app.settings()
     logs.configure(log_format, secrets=_secrets(settings))
-    services = Services(settings, app.db(), app.definitions(), build_channels(settings))
+    # (the console and the webhooks follow hand edits of the definitions: LiveDefinitions)
+    definitions = LiveDefinitions(settings, app.db(), app.definitions(), follow=True)
+    services = Services(settings, app.db(), definitions, build_channels(settings))
     for problem in _serve_warnings(settings):
         click.echo(f"warning: {problem}", err=True)
     click.echo(f"touchpoint serve: listening on http://{host}:{port} "
