@@ -59,6 +59,7 @@ from engine.channels.base import Channel
 from engine.definitions import Definitions
 from engine.errors import DefinitionError
 from engine.health import HEARTBEAT_PREFIX
+from engine.live_definitions import LiveDefinitions
 from engine.outbound_webhooks.delivery import Deliverer
 from engine.patient_data import purge_old_message_text
 from engine.privacy import redact
@@ -109,11 +110,13 @@ class Daemon:
         self.settings = settings
         self.db = db
         self.channels = channels
-        self.load_definitions = load_definitions
         self.dry_run = dry_run
         self.watch = watch
         self.restored = restored  # started on the last good definitions kept in the database
-        self.on_last_good = restored is not None  # ... and still running them
+        # (a dry run records nothing: it never keeps the definitions either)
+        self.live = LiveDefinitions(settings, db, definitions, load_definitions,
+                                    keep=not dry_run, on_last_good=restored is not None,
+                                    log=log)
         self.runner = Runner(db, settings, definitions, channels)
         self.worker = self.runner.dispatcher.worker if self.runner.dispatcher else "?"
         self.stopping = threading.Event()
@@ -219,43 +222,26 @@ class Daemon:
 
     # ------------------------------------------------------------------ reload
 
+    @property
+    def on_last_good(self) -> bool:
+        """Still running the kept definitions it started on (the files are invalid)."""
+        return self.live.on_last_good
+
     def reload(self, why: str) -> bool:
-        """Load schedules/ and message_templates/ again; keep the old ones if invalid.
-        Never raises: it runs in the watcher's and SIGHUP's threads."""
-        try:
-            definitions = self.load_definitions()
-        except DefinitionError as exc:
-            problems = [str(d) for d in exc.diagnostics] or [exc.message]
-            log.error("%s: the new definitions are invalid, still running the last good "
-                      "ones:\n  %s", why, "\n  ".join(problems),
-                      extra={"event": "reload_rejected", "problems": len(problems)})
-            return False
-        except Exception as exc:
-            log.error("%s: the definitions could not be loaded (%s: %s), still running the "
-                      "last good ones", why, type(exc).__name__, redact(str(exc))[:300],
-                      extra={"event": "reload_failed"})
+        """Load schedules/ and message_templates/ again; keep the old ones if invalid
+        (:meth:`LiveDefinitions.reload`). Never raises: it runs in the watcher's and
+        SIGHUP's threads."""
+        if not self.live.reload(why):
             return False
         with self.lock:
             dispatcher = self.runner.dispatcher
-            self.runner = Runner(self.db, self.settings, definitions, self.channels,
+            self.runner = Runner(self.db, self.settings, self.live.definitions, self.channels,
                                  worker=dispatcher.worker if dispatcher else None)
-            self.on_last_good = False
-        log.info("%s: reloaded %d journeys", why, len(definitions.journeys),
-                 extra={"event": "reloaded"})
-        self.keep_definitions()
         return True
 
     def keep_definitions(self) -> None:
-        """Keep the files just loaded as the last good definitions (not in a dry run,
-        which records nothing, nor while running kept ones: the files are invalid)."""
-        if self.dry_run or self.on_last_good:
-            return
-        try:
-            last_good.save(self.db, self.settings, clock.now())
-        except Exception as exc:  # the daemon runs on without; the next reload tries again
-            log.error("could not keep the definitions as the last good ones (%s: %s)",
-                      type(exc).__name__, redact(str(exc))[:300],
-                      extra={"event": "keep_definitions_failed"})
+        """Keep the files just loaded as the last good definitions (engine.last_good)."""
+        self.live.keep()
 
     def _watch(self) -> None:
         """Watch the folders until stopped; whatever goes wrong is logged and the watch

@@ -51,7 +51,8 @@ def snapshot(settings: Settings) -> dict[str, dict[str, str]]:
     return files
 
 
-def _digest(files: dict[str, dict[str, str]]) -> str:
+def digest(files: dict[str, dict[str, str]]) -> str:
+    """One fingerprint of a :func:`snapshot`: equal exactly when every file is."""
     text = "\0".join(f"{kind}/{name}\0{content}" for kind in sorted(files)
                      for name, content in sorted(files[kind].items()))
     return hashlib.sha256(text.encode()).hexdigest()
@@ -60,13 +61,13 @@ def _digest(files: dict[str, dict[str, str]]) -> str:
 def save(db: Database, settings: Settings, now: datetime) -> bool:
     """Keep the files that just passed every check; False if they are already kept."""
     files = snapshot(settings)
-    digest = _digest(files)
+    stamp = digest(files)
     with db.transaction() as conn:
         stored = get_state(conn, STATE_KEY)
-        if stored is not None and stored.get("digest") == digest:
+        if stored is not None and stored.get("digest") == stamp:
             return False
         put_state(conn, STATE_KEY, {"saved_at": now.isoformat().replace("+00:00", "Z"),
-                                    "digest": digest, **files}, now)
+                                    "digest": stamp, **files}, now)
     return True
 
 

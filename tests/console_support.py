@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from engine import audit, clock, staff
+from engine.live_definitions import LiveDefinitions
 from engine.store.schema import staff_sessions
 from engine.webhooks.app import Services, create_app
 from tests.support import LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, Clinic
@@ -24,7 +25,9 @@ HTML = {"accept": "text/html,application/xhtml+xml"}
 
 
 class Console:
-    def __init__(self, database_url: str, folder: Path, extra: str = "") -> None:
+    def __init__(self, database_url: str, folder: Path, extra: str = "", *,
+                 follow: bool = False) -> None:
+        """``follow``: the definitions follow edits of the files, as under `serve`."""
         clock.set_now(NOW)
         self.schedules, self.templates = folder / "schedules", folder / "message_templates"
         shutil.copytree(LIBRARY_SCHEDULES, self.schedules)
@@ -37,9 +40,11 @@ class Console:
                                 ("desk@clinic.example.com", "front-desk"),
                                 ("viewer@clinic.example.com", "viewer")):
                 staff.add_user(conn, email, role, PASSWORD, NOW)
-        self.client = TestClient(create_app(Services(
-            self.clinic.settings, self.clinic.db, self.clinic.definitions,
-            {"sms": self.clinic.sms, "email": self.clinic.email})), follow_redirects=False)
+        definitions = LiveDefinitions(self.clinic.settings, self.clinic.db,
+                                      self.clinic.definitions, follow=follow)
+        self.services = Services(self.clinic.settings, self.clinic.db, definitions,
+                                 {"sms": self.clinic.sms, "email": self.clinic.email})
+        self.client = TestClient(create_app(self.services), follow_redirects=False)
 
     def close(self) -> None:
         self.client.close()

@@ -502,7 +502,7 @@ def test_an_unexpected_error_shows_no_traceback_unless_debugging(
     def explode(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("lost the cursor while reading +13125550100")
 
-    monkeypatch.setattr("engine.cli.log_rows", explode)
+    monkeypatch.setattr("engine.cli.touch_points.log_rows", explode)
     line = one_line_error(invoke("--db", sqlite_url, "log"))
     assert line == ("Error: unexpected error: RuntimeError: lost the cursor while reading "
                     f"{MASKED_P1} — run again with TOUCHPOINT_DEBUG=1 for the details, and "

@@ -6,8 +6,8 @@ import click
 
 from engine import audit, clock
 from engine.api import keys
-from engine.cli import _app, _echo_json
-from engine.cli import cli as _cli
+from engine.cli.common import app_of, echo_json
+from engine.cli.root import cli as _cli
 
 
 @_cli.group("api-keys")
@@ -24,7 +24,7 @@ def api_keys_group() -> None:
 def create_cmd(ctx: click.Context, name: str, scope: str) -> None:
     """Make a key named NAME and print it, once: only its hash is kept."""
     scopes = keys.parse_scopes(scope)
-    app = _app(ctx)
+    app = app_of(ctx)
     now = clock.now()
     with app.db().transaction() as conn:
         key = keys.create(conn, name, scopes, now)
@@ -41,10 +41,10 @@ def create_cmd(ctx: click.Context, name: str, scope: str) -> None:
 @click.pass_context
 def list_cmd(ctx: click.Context, as_json: bool) -> None:
     """Every key: name, scopes, created, last used, revoked (never the key itself)."""
-    with _app(ctx).db().transaction() as conn:
+    with app_of(ctx).db().transaction() as conn:
         found = [key.as_dict() for key in keys.all_keys(conn)]
     if as_json:
-        _echo_json(found)
+        echo_json(found)
         return
     if not found:
         click.echo("No API keys — make one with `touchpoint api-keys create NAME --scope "
@@ -67,7 +67,7 @@ def _short(value: str | None) -> str:
 def revoke_cmd(ctx: click.Context, name: str) -> None:
     """Revoke the key NAME: its next request gets 401."""
     now = clock.now()
-    with _app(ctx).db().transaction() as conn:
+    with app_of(ctx).db().transaction() as conn:
         keys.revoke(conn, name, now)
         audit.record(conn, actor=audit.cli_actor(), action="api_key.revoke", now=now,
                      target=f"api-key:{name}", address="cli")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from engine import audit
-from engine.cli import _app, _echo_json, since_day
-from engine.cli import cli as _cli
+from engine.cli.common import app_of, echo_json, since_day
+from engine.cli.root import cli as _cli
 from engine.timing import zone
 
 
@@ -17,13 +17,13 @@ from engine.timing import zone
 @click.pass_context
 def audit_cmd(ctx: click.Context, since: str | None, as_json: bool) -> None:
     """Who did what, when and from where: staff commands, API requests, console actions."""
-    app = _app(ctx)
+    app = app_of(ctx)
     start = since_day(since, zone(app.settings().practice.timezone or "UTC")) \
         if since is not None else None
     with app.db().transaction() as conn:
         found = [entry.as_dict() for entry in audit.entries(conn, since=start)]
     if as_json:
-        _echo_json(found)
+        echo_json(found)
         return
     if not found:
         click.echo("The audit log is empty" + (f" since {since}." if since else "."))

@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 
 from engine import clock
-from engine.cli import _app, _echo_json, import_
-from engine.cli import cli as _cli
+from engine.cli.common import app_of, echo_json
+from engine.cli.imports import import_
+from engine.cli.root import cli as _cli
 from engine.fhir.client import FhirClient, SigningKey
 from engine.fhir.imports import ORDER, FhirSummary, apply, read_file
 from engine.fhir.sync import SyncReport, options_from, sync
@@ -53,14 +54,14 @@ def import_fhir_cmd(ctx: click.Context, file: Path, as_json: bool, full: bool) -
     Other resource types are counted and skipped. A refused resource is named with its
     reason (Patient/123: …); the others are kept. Exits 3 if any was refused.
     """
-    app = _app(ctx)
+    app = app_of(ctx)
     settings, database = app.settings(), app.db()
     entries = read_file(file)
     with database.transaction() as conn:
         summary = apply(conn, entries, file.name, options_from(settings), clock.now(),
                         full=full)
     if as_json:
-        _echo_json(summary.as_dict())
+        echo_json(summary.as_dict())
     else:
         _report(summary, file.name)
     if summary.problems:
@@ -81,7 +82,7 @@ def fhir_sync_cmd(ctx: click.Context, as_json: bool) -> None:
     Each page is committed with its cursor: an interrupted sync resumes where it stopped.
     Exits 3 if any resource was refused.
     """
-    app = _app(ctx)
+    app = app_of(ctx)
     settings, database = app.settings(), app.db()
     client = FhirClient.from_settings(settings)
     try:
@@ -89,7 +90,7 @@ def fhir_sync_cmd(ctx: click.Context, as_json: bool) -> None:
     finally:
         client.close()
     if as_json:
-        _echo_json(report.as_dict())
+        echo_json(report.as_dict())
     elif not report.ran:
         click.echo("another worker is syncing from the FHIR server; nothing done.")
     else:
@@ -106,6 +107,6 @@ def fhir_sync_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def fhir_jwks_cmd(ctx: click.Context) -> None:
     """Print the public key set (JWKS) of fhir.private_key_file, to register with the EMR."""
-    settings = _app(ctx).settings()
+    settings = app_of(ctx).settings()
     key = SigningKey(Path(settings.require("fhir.private_key_file")), settings.fhir.key_id)
-    _echo_json(key.jwks())
+    echo_json(key.jwks())

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from engine.cli import _app, _echo_json, import_
+from engine.cli.common import app_of, echo_json
+from engine.cli.imports import import_
 from engine.errors import ImportFileError
 from engine.hl7.batch import split_messages
 from engine.hl7.receive import Receiver, decode
@@ -34,14 +35,14 @@ def import_hl7_cmd(ctx: click.Context, file: Path, as_json: bool) -> None:
     messages = split_messages(decode(data))
     if not messages:
         raise ImportFileError(f"{file}: no HL7 messages in it (each starts with MSH)")
-    app = _app(ctx)
+    app = app_of(ctx)
     receiver = Receiver(app.db(), app.settings())
     results = []
     for number, message in enumerate(messages, start=1):
         outcome = receiver.receive(message, source=f"file:{file.name}")
         results.append({"message": number, **outcome.as_dict()})
     if as_json:
-        _echo_json(results)
+        echo_json(results)
     else:
         for result in results:
             again = " (already applied)" if result["duplicate"] else ""

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from engine import audit, clock, patient_data
-from engine.cli import _app, _echo_json
-from engine.cli import cli as _cli
+from engine.cli.common import app_of, echo_json
+from engine.cli.root import cli as _cli
 from engine.errors import UserError
 
 
@@ -27,7 +27,7 @@ def patient_group() -> None:
 def export_cmd(ctx: click.Context, patient_id: str, output: Path | None) -> None:
     """Everything Touchpoint holds on patient ID (the imported patient_id), as JSON."""
     now = clock.now()
-    with _app(ctx).db().transaction() as conn:
+    with app_of(ctx).db().transaction() as conn:
         exported = patient_data.export(conn, patient_id, now)
         text = json.dumps(exported, indent=2, ensure_ascii=False, default=str) + "\n"
         if output is not None:
@@ -55,7 +55,7 @@ def export_cmd(ctx: click.Context, patient_id: str, output: Path | None) -> None
 @click.pass_context
 def erase_cmd(ctx: click.Context, patient_id: str, yes: bool, as_json: bool) -> None:
     """Remove patient ID's personal data for good; keep the counts reports show."""
-    database = _app(ctx).db()
+    database = app_of(ctx).db()
     with database.transaction() as conn:
         patient_data.find(conn, patient_id)  # (an unknown id fails before the question)
     if not yes:
@@ -75,7 +75,7 @@ def erase_cmd(ctx: click.Context, patient_id: str, yes: bool, as_json: bool) -> 
                          target=patient_data.target(patient_id), address="cli",
                          detail={"changed": done.changed, "cancelled": done.cancelled})
     if as_json:
-        _echo_json(done.as_dict())
+        echo_json(done.as_dict())
     elif done.already:
         click.echo(f"Patient {patient_id} was already erased on "
                    f"{done.erased_at:%Y-%m-%d %H:%M} UTC; nothing to do.")

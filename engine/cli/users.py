@@ -7,8 +7,8 @@ import sys
 import click
 
 from engine import audit, clock, staff
-from engine.cli import _app, _echo_json
-from engine.cli import cli as _cli
+from engine.cli.common import app_of, echo_json
+from engine.cli.root import cli as _cli
 from engine.errors import UserError
 
 
@@ -42,7 +42,7 @@ def users_add_cmd(ctx: click.Context, email: str, role: str, password_stdin: boo
                   phone: str | None) -> None:
     """Create a staff account (the password is asked for, or read with --password-stdin)."""
     password = _password(password_stdin)
-    app = _app(ctx)
+    app = app_of(ctx)
     now = clock.now()
     with app.db().transaction() as conn:
         user = staff.add_user(conn, email, role, password, now, phone,
@@ -57,10 +57,10 @@ def users_add_cmd(ctx: click.Context, email: str, role: str, password_stdin: boo
 @click.pass_context
 def users_list_cmd(ctx: click.Context, as_json: bool) -> None:
     """Every staff account, its role and whether it is disabled."""
-    with _app(ctx).db().transaction() as conn:
+    with app_of(ctx).db().transaction() as conn:
         found = staff.list_users(conn)
     if as_json:
-        _echo_json([user.as_dict() for user in found])
+        echo_json([user.as_dict() for user in found])
         return
     if not found:
         click.echo("No staff accounts yet — `touchpoint users add EMAIL --role owner` creates "
@@ -77,7 +77,7 @@ def users_list_cmd(ctx: click.Context, as_json: bool) -> None:
 def users_disable_cmd(ctx: click.Context, email: str) -> None:
     """Stop an account from signing in (its history stays in the audit log)."""
     now = clock.now()
-    with _app(ctx).db().transaction() as conn:
+    with app_of(ctx).db().transaction() as conn:
         changed = staff.disable_user(conn, email, now)
         if changed:
             audit.record(conn, actor=audit.cli_actor(), action="users.disable", now=now,
@@ -92,7 +92,7 @@ def users_disable_cmd(ctx: click.Context, email: str) -> None:
 @click.pass_context
 def users_set_phone_cmd(ctx: click.Context, email: str, phone: str) -> None:
     """The number their test texts go to ("" removes it)."""
-    app = _app(ctx)
+    app = app_of(ctx)
     with app.db().transaction() as conn:
         user = staff.set_phone(conn, email, phone, app.settings().phone_region)
         audit.record(conn, actor=audit.cli_actor(), action="users.set-phone", now=clock.now(),
@@ -108,7 +108,7 @@ def users_set_phone_cmd(ctx: click.Context, email: str, phone: str) -> None:
 @click.pass_context
 def users_set_password_cmd(ctx: click.Context, email: str, password_stdin: bool) -> None:
     """Give an account a new password."""
-    app = _app(ctx)
+    app = app_of(ctx)
     with app.db().transaction() as conn:  # (an unknown account is said before the prompt)
         if staff.get_user(conn, email) is None:
             raise UserError(f"there is no staff account for {email.strip().lower()} — "

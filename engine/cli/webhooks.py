@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 import click
 
 from engine import audit, clock, outbound_webhooks
-from engine.cli import _app, _echo_json
-from engine.cli import cli as _cli
+from engine.cli.common import app_of, echo_json
+from engine.cli.root import cli as _cli
 from engine.outbound_webhooks import delivery
 
 
@@ -33,7 +33,7 @@ def _where(url: str) -> str:
 @click.pass_context
 def add_cmd(ctx: click.Context, url: str, events: str, as_json: bool) -> None:
     """Register URL for these events; prints its id and signing secret (shown once)."""
-    app = _app(ctx)
+    app = app_of(ctx)
     warning = outbound_webhooks.check_url(url)
     types = outbound_webhooks.parse_event_types(events)
     now = clock.now()
@@ -45,7 +45,7 @@ def add_cmd(ctx: click.Context, url: str, events: str, as_json: bool) -> None:
     if warning:
         click.echo(f"warning: {warning}", err=True)
     if as_json:
-        _echo_json({**endpoint.as_dict(), "secret": endpoint.secret})
+        echo_json({**endpoint.as_dict(), "secret": endpoint.secret})
         return
     click.echo(f"endpoint {endpoint.id}: {url}\n"
                f"events: {', '.join(types)}\n"
@@ -57,13 +57,13 @@ def add_cmd(ctx: click.Context, url: str, events: str, as_json: bool) -> None:
 @click.pass_context
 def list_cmd(ctx: click.Context, as_json: bool) -> None:
     """The endpoints, their events and whether they are enabled (never their secrets)."""
-    with _app(ctx).db().transaction() as conn:
+    with app_of(ctx).db().transaction() as conn:
         found = [e.as_dict() for e in outbound_webhooks.list_endpoints(conn)]
         waiting = {e["id"]: len(delivery.pending(conn, e["id"])) for e in found}
     for entry in found:
         entry["pending"] = waiting[entry["id"]]
     if as_json:
-        _echo_json(found)
+        echo_json(found)
         return
     if not found:
         click.echo("No webhook endpoints. Add one: touchpoint webhooks add URL --events "
@@ -82,7 +82,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 def remove_cmd(ctx: click.Context, endpoint_id: int) -> None:
     """Stop sending to endpoint ID; what was pending for it is cancelled, its log kept."""
     now = clock.now()
-    with _app(ctx).db().transaction() as conn:
+    with app_of(ctx).db().transaction() as conn:
         endpoint = outbound_webhooks.get_endpoint(conn, endpoint_id)
         cancelled = outbound_webhooks.remove_endpoint(conn, endpoint_id, now)
         audit.record(conn, actor=audit.cli_actor(), action="webhook.remove", now=now,
@@ -97,7 +97,7 @@ def remove_cmd(ctx: click.Context, endpoint_id: int) -> None:
 def enable_cmd(ctx: click.Context, endpoint_id: int) -> None:
     """Send to endpoint ID again after it answered 410 Gone (from the next event on)."""
     now = clock.now()
-    with _app(ctx).db().transaction() as conn:
+    with app_of(ctx).db().transaction() as conn:
         endpoint = outbound_webhooks.enable_endpoint(conn, endpoint_id, now)
         audit.record(conn, actor=audit.cli_actor(), action="webhook.enable", now=now,
                      target=f"webhook-endpoint:{endpoint_id}", address="cli",
@@ -114,13 +114,13 @@ def log_cmd(ctx: click.Context, endpoint_id: int | None, limit: int | None,
             as_json: bool) -> None:
     """Every delivery attempt: when, which event, the answer, the next attempt; then what
     waits."""
-    with _app(ctx).db().transaction() as conn:
+    with app_of(ctx).db().transaction() as conn:
         if endpoint_id is not None:
             outbound_webhooks.get_endpoint(conn, endpoint_id)
         attempts = [a.as_dict() for a in delivery.delivery_log(conn, endpoint_id, limit)]
         waiting = delivery.pending(conn, endpoint_id)
     if as_json:
-        _echo_json(attempts)
+        echo_json(attempts)
         return
     if not attempts and not waiting:
         click.echo("No webhook deliveries yet.")
@@ -146,7 +146,7 @@ def log_cmd(ctx: click.Context, endpoint_id: int | None, limit: int | None,
 @click.pass_context
 def test_cmd(ctx: click.Context, endpoint_id: int) -> None:
     """Send a signed `webhook.test` event to endpoint ID now and show the answer."""
-    app = _app(ctx)
+    app = app_of(ctx)
     now = clock.now()
     with app.db().transaction() as conn:
         outbound_webhooks.get_endpoint(conn, endpoint_id)
@@ -173,9 +173,9 @@ def test_cmd(ctx: click.Context, endpoint_id: int) -> None:
 @click.pass_context
 def deliver_cmd(ctx: click.Context, as_json: bool) -> None:
     """Deliver what is due now (the daemon does this on its own; `run --once` does too)."""
-    stats = delivery.deliver_due(_app(ctx).db())
+    stats = delivery.deliver_due(app_of(ctx).db())
     if as_json:
-        _echo_json(stats.as_dict())
+        echo_json(stats.as_dict())
         return
     click.echo(f"webhooks: {stats.delivered} delivered, {stats.retried} to retry, "
                f"{stats.failed} failed.")

@@ -19,6 +19,7 @@ from engine.channels.base import Channel
 from engine.console import sessions
 from engine.console.limits import SignInLimiter
 from engine.definitions import Definitions
+from engine.live_definitions import LiveDefinitions
 from engine.settings import Settings
 from engine.store.database import Database
 
@@ -35,13 +36,19 @@ _templates = Environment(loader=PackageLoader("engine.console", "templates"),
 @dataclass
 class Console:
     """What the console's routes use: the serve process's settings, database,
-    definitions and channels, and the sign-in limiter."""
+    definitions (following the files, :mod:`engine.live_definitions`) and channels, and
+    the sign-in limiter."""
 
     settings: Settings
     db: Database
-    definitions: Definitions
+    live: LiveDefinitions
     channels: Mapping[str, Channel]
     limiter: SignInLimiter
+
+    @property
+    def definitions(self) -> Definitions:
+        """The definitions that run now (the last good ones if an edit is invalid)."""
+        return self.live.definitions
 
     @property
     def secure_cookies(self) -> bool:

@@ -51,7 +51,8 @@ def add_routes(app: FastAPI, console: Console, guard: Guard) -> None:
         with console.db.transaction() as conn:
             pending = drafts.drafts(conn)
         return render("edit_list.html", session=session, practice=practice,
-                      files=drafts.files(settings), drafts=pending)
+                      files=drafts.files(settings), drafts=pending,
+                      rejected=console.live.problems)
 
     def editor(session: Session, path: str, *, content: str | None = None, notice: str = "",
                error: str = "", status: int = 200, patient: str = "") -> Response:
@@ -185,7 +186,7 @@ def add_routes(app: FastAPI, console: Console, guard: Guard) -> None:
             return publish_page(session, error=exc.message, status=422)
         record(session, request, "publish", f"version:{version.id}",
                files=sorted(version.files))
-        console.definitions = check_definitions(settings, now)  # (what now runs)
+        console.live.reload("published")  # (what now runs)
         return versions_page(session, notice=f"Published version {version.id}: "
                              f"{len(version.files)} file(s) written. The daemon picks them "
                              "up within seconds.")

@@ -38,7 +38,7 @@ def add_routes(app: FastAPI, console: Console, guard: Guard) -> None:
                                                for s in j.steps if (j.name, s.id) in counts)}
                 for j in sorted(console.definitions.journeys.values(), key=lambda j: j.name)]
         return render("journeys.html", session=session, practice=practice, rows=rows,
-                      days=LIMITS_DAYS)
+                      days=LIMITS_DAYS, rejected=console.live.problems)
 
     @app.get("/journeys/{name}", response_class=HTMLResponse, include_in_schema=False)
     def journey(request: Request, name: str) -> Response:
@@ -50,7 +50,8 @@ def add_routes(app: FastAPI, console: Console, guard: Guard) -> None:
         counts = reached()
         return render("journey.html", session=session, practice=practice, journey=found,
                       steps=timeline(found, counts), days=LIMITS_DAYS,
-                      file=f"schedules/{found.file.rsplit('/', 1)[-1]}")
+                      file=f"schedules/{found.file.rsplit('/', 1)[-1]}",
+                      rejected=console.live.problems)
 
 
 def timeline(journey: Journey, counts: dict[tuple[str, str], Reach]) -> list[dict[str, Any]]:

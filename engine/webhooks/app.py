@@ -28,12 +28,12 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from fastapi import BackgroundTasks, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import api, clock
@@ -43,6 +43,7 @@ from engine.console.core import Console
 from engine.console.limits import SignInLimiter
 from engine.definitions import Definitions
 from engine.health import LedgerCollector, health
+from engine.live_definitions import LiveDefinitions
 from engine.replies import Handled, record_inbound, send_outgoing
 from engine.retry import RetryPolicy
 from engine.settings import Settings
@@ -104,12 +105,37 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-@dataclass
+class FollowEdits:
+    """ASGI middleware: before a request, the definitions follow hand edits of the files
+    (:meth:`LiveDefinitions.follow`, read in a worker thread at most every few seconds)."""
+
+    def __init__(self, app: ASGIApp, live: LiveDefinitions) -> None:
+        self.app = app
+        self.live = live
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.live.due():
+            await run_in_threadpool(self.live.follow)
+        await self.app(scope, receive, send)
+
+
 class Services:
-    settings: Settings
-    db: Database
-    definitions: Definitions
-    channels: Mapping[str, Channel]
+    """What the routes use. ``definitions``: fixed ones, or :class:`LiveDefinitions` that
+    follow the files (``touchpoint serve``)."""
+
+    def __init__(self, settings: Settings, db: Database,
+                 definitions: Definitions | LiveDefinitions,
+                 channels: Mapping[str, Channel]) -> None:
+        self.settings = settings
+        self.db = db
+        self.live = definitions if isinstance(definitions, LiveDefinitions) \
+            else LiveDefinitions(settings, db, definitions)
+        self.channels = channels
+
+    @property
+    def definitions(self) -> Definitions:
+        """The definitions that run now (the last good ones if an edit is invalid)."""
+        return self.live.definitions
 
 
 def _public_url(services: Services, request: Request) -> str:
@@ -132,11 +158,15 @@ def create_app(services: Services) -> FastAPI:
                   openapi_url="/api/openapi.json",
                   description="The REST API for EMR integrations: see docs/api.md.")
     app.add_middleware(BodyLimit, limit=MAX_BODY)
+    if services.live.follows:
+        app.add_middleware(FollowEdits, live=services.live)
     app.state.services = services
     api.mount(app, services)
     settings = services.settings
-    redelivery = Redelivery(services.definitions, RetryPolicy(
-        settings.dispatch.max_attempts, settings.dispatch.retry_backoff))
+    retry = RetryPolicy(settings.dispatch.max_attempts, settings.dispatch.retry_backoff)
+
+    def redelivery() -> Redelivery:
+        return Redelivery(services.definitions, retry)  # (the definitions that run now)
 
     def twilio_ok(request: Request, params: Mapping[str, str]) -> bool:
         token = settings.twilio.auth_token or ""
@@ -165,7 +195,7 @@ def create_app(services: Services) -> FastAPI:
         event = twilio.status_event(params, int(tp) if tp.isdigit() else None, clock.now(),
                                     request.headers.get("I-Twilio-Idempotency-Token"))
         with services.db.transaction() as conn:
-            outcome = record_event(conn, event, clock.now(), redelivery)
+            outcome = record_event(conn, event, clock.now(), redelivery())
         log.info("twilio status %s for touch point %s: %s", event.status,
                  outcome.touch_point_id, outcome.outcome)
         return Response(status_code=204)
@@ -206,7 +236,7 @@ def create_app(services: Services) -> FastAPI:
         counts: dict[str, int] = {}
         with services.db.transaction() as conn:
             for event in sendgrid.events(payload, now):
-                outcome = record_event(conn, event, now, redelivery).outcome
+                outcome = record_event(conn, event, now, redelivery()).outcome
                 counts[outcome] = counts.get(outcome, 0) + 1
         log.info("sendgrid events: %s", counts)
         return Response(status_code=204)
@@ -239,7 +269,7 @@ def create_app(services: Services) -> FastAPI:
                                   f"<p>You will get no more {what} from "
                                   f"{html.escape(settings.practice.name or 'us')}.</p>"))
 
-    console.mount(app, Console(settings, services.db, services.definitions, services.channels,
+    console.mount(app, Console(settings, services.db, services.live, services.channels,
                                SignInLimiter()))
     return app
 
