@@ -30,7 +30,7 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from engine import __version__, clock
+from engine import __version__, clock, plan_of_care
 from engine.audit import os_user
 from engine.cases import CAUSES, Case, get_case, list_cases
 from engine.cases import assign as assign_case
@@ -1309,7 +1309,7 @@ def report_cmd(ctx: click.Context, since: str | None, as_json: bool) -> None:
     start = now - timedelta(days=30) if since is None else since_day(since, tz)
     definitions = app.definitions()
     with app.db().transaction() as conn:
-        data = build_report(conn, definitions, start, now)
+        data = build_report(conn, definitions, start, now, tz)
     if as_json:
         _echo_json(data)
         return
@@ -1365,6 +1365,7 @@ def _print_report(data: dict[str, Any], start: datetime, tz: ZoneInfo) -> None:
             refs.add_row(row["referrer"], str(row["referred"]), str(row["seen"]),
                          str(row["discharged"]), str(row["messages"]))
         console.print(refs)
+    console.print("\n".join(plan_of_care.report_lines(data["plan_of_care"])), highlight=False)
 
 
 # --------------------------------------------------------------------------- demo
