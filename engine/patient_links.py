@@ -18,14 +18,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import Connection
 
-from engine import unsubscribe
+from engine import clock, unsubscribe
 from engine.domain import Patient
 from engine.settings import Settings
 
 SALT = "touchpoint.patient-link"  # tokens of other purposes signed with the key never pass
+
+
+class ClockSigner(TimestampSigner):
+    """Stamps and ages tokens on engine.clock (the simulator's and tests' time too)."""
+
+    def get_timestamp(self) -> int:
+        return int(clock.now().timestamp())
+
+
+def serializer_for(key: bytes) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(key, salt=SALT, signer=ClockSigner)
 
 
 def signer(conn: Connection, settings: Settings) -> URLSafeTimedSerializer:
@@ -33,7 +44,7 @@ def signer(conn: Connection, settings: Settings) -> URLSafeTimedSerializer:
     unsubscribe key)."""
     key = settings.links.secret.encode() if settings.links.secret \
         else unsubscribe.secret_key(conn, settings)
-    return URLSafeTimedSerializer(key, salt=SALT)
+    return serializer_for(key)
 
 
 def make_token(serializer: URLSafeTimedSerializer, patient_id: int) -> str:
