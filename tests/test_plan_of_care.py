@@ -8,6 +8,7 @@ Practice timezone: America/Chicago. Monday 2026-11-02 15:00 UTC is 09:00 CST.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from sqlalchemy import select
 from engine import clock, plan_of_care
 from engine.cases import list_cases
 from engine.domain import Patient
+from engine.fhir.imports import Entry, Options, apply
 from engine.importer import PATIENT_COLUMNS, import_patients
 from engine.patient_links import (
     links_for,
@@ -32,10 +34,11 @@ from engine.patient_links import (
 )
 from engine.plan_of_care import Plan, Shortfall, under_scheduled
 from engine.report import build_report
-from engine.store.records import add_opt_out
+from engine.store.records import add_opt_out, patient_from_row
 from engine.store.schema import events, patients
 from engine.timing import zone
 from tests.support import Clinic, appointment, patient, write_csv
+from tests.test_api import MONDAY_9AM, PATIENT, Api
 
 MONDAY = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)  # 09:00 CST
 TODAY = date(2026, 11, 2)
@@ -373,3 +376,110 @@ def test_report_plan_completion_drop_outs_and_nudges(clinic: Clinic) -> None:
                     "booked_within_7_days": 1}
     assert plan_of_care.report_lines(data)[0] == \
         "Plans of care: 1 of 2 finished plans completed (50%)."
+
+
+# --------------------------------------------------------------------------- API
+
+
+@pytest.fixture
+def api(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+    monkeypatch.setenv("TOUCHPOINT_BOOKING_URL", BOOKING_PAGE)
+    rig = Api(database_url, tmp_path)
+    yield rig
+    rig.close()
+
+
+def test_api_put_patient_carries_the_plan_and_names_every_bad_field(api: Api) -> None:
+    plan = {"plan_visits": 12, "plan_visits_per_week": 2, "plan_start": "2026-10-26",
+            "plan_end": "2026-12-18", "intake_completed": True}
+    assert api.put("/patients/P1", {**PATIENT, **plan}).status_code == 201
+    row = api.rows(patients)[0]
+    assert (row.plan_visits, row.plan_visits_per_week, row.plan_start, row.plan_end,
+            row.intake_completed) == (12, 2, date(2026, 10, 26), date(2026, 12, 18), True)
+    # fields left out keep what is stored
+    assert api.put("/patients/P1", PATIENT).json()["result"] == "unchanged"
+    assert api.rows(patients)[0].plan_visits == 12
+    bad = api.put("/patients/P1", {**PATIENT, "plan_visits": 0, "plan_visits_per_week": "x",
+                                   "plan_start": "2026-10-26", "booking_url": "ftp://x"})
+    assert bad.status_code == 422
+    assert [e["field"] for e in bad.json()["errors"]] == [
+        "plan_visits", "plan_visits_per_week", "booking_url"]
+    assert api.rows(patients)[0].plan_visits == 12  # nothing applied
+    # one plan field given: the others left out are cleared with it
+    cleared = api.put("/patients/P1", {**PATIENT, "plan_visits": None})
+    assert cleared.json()["result"] == "updated"
+    assert (api.rows(patients)[0].plan_visits, api.rows(patients)[0].plan_end) == (None, None)
+
+
+def test_api_patient_token_answers_whose_it_is_and_refuses_a_forged_one(api: Api) -> None:
+    api.put("/patients/P1", PATIENT)
+    verifier = api.key("booking-page", "read:patient-tokens")
+    with api.clinic.db.transaction() as conn:
+        signing = signer(conn, api.clinic.settings)
+        token = links_for(patient_from_row(conn.execute(select(patients)).one()),
+                          api.clinic.settings, signing).booking.partition("=")[2]
+    found = api.get(f"/patient-tokens/{token}", verifier)
+    assert (found.status_code, found.json()) == (200, {"patient_id": "P1"})
+    body, stamp, signature = token.split(".")
+    forged = api.get(f"/patient-tokens/{body}.{stamp}.{signature[::-1]}", verifier)
+    assert forged.status_code == 404
+    assert api.get(f"/patient-tokens/{token}").status_code == 403  # read:log is not enough
+    with clock.travel_to(MONDAY_9AM + timedelta(days=61)):  # links.max_age: 60 days
+        assert api.get(f"/patient-tokens/{token}", verifier).status_code == 404
+    api.client.delete("/api/v1/patients/P1", headers={"Authorization": f"Bearer {api.write}"})
+    assert api.get(f"/patient-tokens/{token}", verifier).status_code == 404
+
+
+# --------------------------------------------------------------------------- FHIR
+
+FHIR_EXAMPLES = Path(__file__).parent / "payloads" / "fhir"
+
+
+def care_plan(**changes: Any) -> dict[str, Any]:
+    """A physiotherapy CarePlan shaped as the specification's examples (CarePlan-f201's
+    subject, period and activity.detail), with the scheduledTiming a plan of care has:
+    12 visits, twice a week."""
+    plan: dict[str, Any] = {
+        "resourceType": "CarePlan", "id": "pt-plan", "status": "active", "intent": "plan",
+        "subject": {"reference": "Patient/example", "display": "Peter James Chalmers"},
+        "period": {"start": "2026-10-26", "end": "2026-12-18"},
+        "activity": [
+            {"detail": {"kind": "ServiceRequest", "status": "completed",
+                        "code": {"coding": [{"system": "http://snomed.info/sct",
+                                             "code": "306005",
+                                             "display": "Echography of kidney"}]}}},
+            {"detail": {
+                "kind": "ServiceRequest", "status": "in-progress", "doNotPerform": False,
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "91251008",
+                                     "display": "Physical therapy procedure"}]},
+                "scheduledTiming": {"repeat": {"count": 12, "frequency": 2, "period": 1,
+                                               "periodUnit": "wk"}}}}]}
+    plan.update(changes)
+    return plan
+
+
+def test_a_fhir_care_plan_sets_the_patients_plan_of_care(clinic: Clinic) -> None:
+    patient_example = json.loads((FHIR_EXAMPLES / "Patient-example.json").read_text("utf-8"))
+    draft = care_plan(id="draft", status="draft")
+    daily = care_plan(id="daily", activity=[{"detail": {
+        "status": "in-progress", "scheduledString": "daily"}}])
+    options = Options(region="AU", practice_tz="America/Chicago")  # (Peter is Australian)
+    with freeze_time(MONDAY), clinic.db.transaction() as conn:
+        summary = apply(conn, [Entry("entry 1", patient_example), Entry("entry 2", care_plan()),
+                               Entry("entry 3", draft), Entry("entry 4", daily)],
+                        "bundle.json", options, MONDAY)
+    assert [str(p) for p in summary.problems] == [
+        "CarePlan/draft: status draft: only active, on-hold, completed CarePlans carry a "
+        "plan of care",
+        "CarePlan/daily: has no activity.detail.scheduledTiming.repeat with a frequency per "
+        "d, wk or mo: no plan of care to take from it"]
+    assert summary.as_dict()["resources"]["CarePlan"]["updated"] == 1
+    row = stored(clinic, "example")
+    assert (row.plan_visits, row.plan_visits_per_week, row.plan_start, row.plan_end) == (
+        12, 2, date(2026, 10, 26), date(2026, 12, 18))
+    # the Patient again (an update from the EMR) keeps the plan; the CarePlan again is unchanged
+    with freeze_time(MONDAY), clinic.db.transaction() as conn:
+        again = apply(conn, [Entry("entry 1", patient_example), Entry("entry 2", care_plan())],
+                      "bundle.json", options, MONDAY)
+    assert again.as_dict()["resources"]["CarePlan"]["unchanged"] == 1
+    assert stored(clinic, "example").plan_visits == 12

@@ -187,7 +187,8 @@ KINDS = {
         "patient", patients, "patient_id",
         lambda conn, rows, source, settings, now: importer.sync_patients(
             conn, rows, source, region=settings.phone_region, now=now),
-        {"first_name": "x"}, frozenset({"patient_id"})),
+        {"first_name": "x", "plan_visits": "1", "plan_visits_per_week": "1"},
+        frozenset({"patient_id"})),
     "appointment": Kind(
         "appointment", appointments, "appointment_id",
         lambda conn, rows, source, settings, now: importer.sync_appointments(
