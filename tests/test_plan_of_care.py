@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from freezegun import freeze_time
 from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import select
 
 from engine import clock, plan_of_care
 from engine.cases import list_cases
+from engine.cli import cli
 from engine.domain import Patient
 from engine.fhir.imports import Entry, Options, apply
 from engine.importer import PATIENT_COLUMNS, import_patients
@@ -37,7 +39,14 @@ from engine.report import build_report
 from engine.store.records import add_opt_out, patient_from_row
 from engine.store.schema import events, patients
 from engine.timing import zone
-from tests.support import Clinic, appointment, patient, write_csv
+from tests.support import (
+    LIBRARY_SCHEDULES,
+    LIBRARY_TEMPLATES,
+    Clinic,
+    appointment,
+    patient,
+    write_csv,
+)
 from tests.test_api import MONDAY_9AM, PATIENT, Api
 
 MONDAY = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)  # 09:00 CST
@@ -483,3 +492,21 @@ def test_a_fhir_care_plan_sets_the_patients_plan_of_care(clinic: Clinic) -> None
                       "bundle.json", options, MONDAY)
     assert again.as_dict()["resources"]["CarePlan"]["unchanged"] == 1
     assert stored(clinic, "example").plan_visits == 12
+
+
+def test_plan_check_command_and_the_reports_plan_lines(clinic: Clinic) -> None:
+    with freeze_time(MONDAY - timedelta(days=3)):
+        clinic.patients(on_plan("P1"))
+        clinic.appointments(visit("A1", "2026-10-30T08:00-05:00"))
+    args = ["--config", str(clinic.config), "--db", clinic.settings.database_url,
+            "--schedules", str(LIBRARY_SCHEDULES), "--templates", str(LIBRARY_TEMPLATES)]
+    with freeze_time(MONDAY):
+        checked = CliRunner().invoke(cli, [*args, "plan-check", "--json"])
+        assert checked.exit_code == 0, checked.output
+        assert json.loads(checked.output) == {"under_scheduled": 1, "at_risk": 1}
+        clinic.tick()
+        report = CliRunner().invoke(cli, [*args, "report"])
+    assert report.exit_code == 0, report.output
+    assert "Plans of care: 0 of 0 finished plans completed." in report.output
+    assert "nudges: 1 sent, 0 followed by a booking within 7 days." in report.output
+    assert "at risk" in report.output

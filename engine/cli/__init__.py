@@ -1445,6 +1445,7 @@ from engine.cli import (  # noqa: E402
     audit,  # noqa: F401
     fhir,  # noqa: F401
     hl7,  # noqa: F401
+    plans,  # noqa: F401
     users,  # noqa: F401
     webhooks,  # noqa: F401
 )
