@@ -12,6 +12,9 @@ cause                  when                                         opened once 
 ``late_cancellation``  a cancellation within 24 h of the visit      appointment
 ``no_guardian``        a minor with no parent or guardian on file:  event planned
                        their messages were skipped (``no_guardian``)
+``at_risk``            at risk of dropping out: nothing booked 2    visit
+                       days after visit 1 or 2 of a plan of care
+                       (engine/plan_of_care.py)
 =====================  ===========================================  =====================
 
 (``cause_key`` is unique: re-imports, re-played webhooks and restarts never open a case
@@ -73,6 +76,7 @@ CAUSES: dict[str, str] = {
     "no_show": "a missed visit",
     "late_cancellation": "a late cancellation",
     "no_guardian": "a minor with no parent or guardian on file",
+    "at_risk": "at risk of dropping out",
 }
 # Causes whose repeats go onto the patient's open case of that cause as notes.
 GATHERED = ("complaint", "failed_delivery", "no_guardian")

@@ -12,6 +12,9 @@ job                when                       does
                    misfire
 ``lapse-sweep``    ``daemon.sweep_cron``      ``patient.lapsed`` events (under an advisory
                    (hourly)                   lock on PostgreSQL)
+``plan-check``     ``daemon.plan_cron``       plans of care: ``plan.under_scheduled``
+                   (daily, 09:00)             events and "at risk" cases
+                                              (engine/plan_of_care.py; advisory lock)
 ``housekeeping``   ``daemon.housekeeping_     forgets workers that stopped ticking;
                    cron`` (daily, 03:30)      removes message text older than
                                               ``retention.message_bodies``
@@ -54,7 +57,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from engine import clock, last_good, wake
+from engine import clock, last_good, plan_of_care, wake
 from engine.channels.base import Channel
 from engine.definitions import Definitions
 from engine.errors import DefinitionError
@@ -176,6 +179,13 @@ class Daemon:
             log.info("lapse sweep: %d patient(s) lapsed", found,
                      extra={"event": "lapse_sweep", "lapses": found})
 
+    def check_plans(self) -> None:
+        """Nudge under-scheduled patients and open at-risk cases (engine.plan_of_care);
+        the events are planned at the next tick."""
+        if self.stopping.is_set() or self.dry_run:
+            return
+        plan_of_care.check(self.db, self.settings, clock.now())
+
     def housekeeping(self) -> None:
         """Forget heartbeats of workers silent for a day (their claims expire by themselves);
         remove message text older than ``retention.message_bodies``."""
@@ -296,6 +306,9 @@ class Daemon:
         self.scheduler.add_job(self.sweep, CronTrigger.from_crontab(
             self.settings.daemon.sweep_cron, timezone=self.scheduler.timezone),
             id="lapse-sweep", next_run_time=clock.now())
+        self.scheduler.add_job(self.check_plans, CronTrigger.from_crontab(
+            self.settings.daemon.plan_cron, timezone=self.scheduler.timezone),
+            id="plan-check")
         self.scheduler.add_job(self.housekeeping, CronTrigger.from_crontab(
             self.settings.daemon.housekeeping_cron, timezone=self.scheduler.timezone),
             id="housekeeping")

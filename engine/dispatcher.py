@@ -47,10 +47,11 @@ from datetime import datetime, timedelta
 from itertools import chain
 from typing import Any
 
+from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine import clock, outbound_webhooks, unsubscribe
+from engine import clock, outbound_webhooks, patient_links, unsubscribe
 from engine.cases import Case, case_fields, get_case
 from engine.channels.base import Channel, OutboundMessage
 from engine.definitions import Definitions
@@ -77,6 +78,7 @@ from engine.guards import (
 )
 from engine.message_context import message_context, practice_fields
 from engine.outcomes import Reason, Status
+from engine.patient_links import PatientLinks
 from engine.privacy import mask_address, redact
 from engine.recipients import PATIENT, resolve
 from engine.retry import GiveUp, RetryPolicy
@@ -310,7 +312,8 @@ class Snapshot:
 
     def context(self, tp: TouchPoint, patient: Patient, appointment: Appointment | None,
                 practice: Fields, practice_timezone: str, recipient: Recipient | None = None,
-                settings: Settings | None = None) -> dict[str, Any]:
+                settings: Settings | None = None, links: PatientLinks | None = None,
+                ) -> dict[str, Any]:
         """Template variables for ``tp``: its appointment, or the patient's next one."""
         shown = appointment or self.next_appointments.get(patient.id)
         referrer = self.referrers.get(patient.referrer_id) if patient.referrer_id else None
@@ -324,7 +327,7 @@ class Snapshot:
             case=case_fields(case, settings) if case is not None and settings else None,
             # a referring office sees only the custom fields the practice allowed
             custom_fields=settings.referrals.allowed_fields if to_referrer and settings
-            else None)
+            else None, links=links)
 
 
 class Dispatcher:
@@ -343,6 +346,7 @@ class Dispatcher:
         self.quiet_hours = settings.quiet_hours
         self.caps = caps_from(settings)
         self._secret: bytes | None = None
+        self._signer: URLSafeTimedSerializer | None = None  # of patient links, once needed
         self._conn: Connection | None = None  # the batch's connection, while run() runs
         self._driver: Any = None  # its DB-API connection, for the per-message commit
         self._pending: list[Callable[[Connection], None]] = []
@@ -542,7 +546,8 @@ class Dispatcher:
                                          + (f" ({passed})" if passed else "")))
                 return
         context = snapshot.context(tp, patient, appointment, self.practice,
-                                   self.practice_timezone, recipient, self.settings)
+                                   self.practice_timezone, recipient, self.settings,
+                                   self._links(patient))
         # several recipients of one message: one number or inbox gets it once
         shared = tp.recipient != PATIENT or step.recipient in ("contacts", "patient_and_contacts")
         email_headers = self._unsubscribe(tp, context) if "email" in candidates else {}
@@ -606,7 +611,8 @@ class Dispatcher:
                 appointment = fresh.appointments.get(tp.appointment_id) \
                     if tp.appointment_id else None
                 context = fresh.context(tp, patient, appointment, self.practice,
-                                        self.practice_timezone, recipient, self.settings)
+                                        self.practice_timezone, recipient, self.settings,
+                                        self._links(patient))
                 email_headers = self._unsubscribe(tp, context) if "email" in candidates else {}
                 failures = [("refused", d) for d in again.refused] + \
                     [f for f in failures if f[0] != "refused"]
@@ -791,6 +797,13 @@ class Dispatcher:
     def _record_opt_out(self, channel: str, address: str, detail: str) -> None:
         with self._tx() as conn:
             add_opt_out(conn, channel, address, "all", "provider", redact(detail), clock.now())
+
+    def _links(self, patient: Patient) -> PatientLinks:
+        """The patient's booking and intake links (engine.patient_links)."""
+        if self._signer is None:
+            with self._tx() as conn:
+                self._signer = patient_links.signer(conn, self.settings)
+        return patient_links.links_for(patient, self.settings, self._signer)
 
     def _unsubscribe(self, tp: TouchPoint, context: dict[str, Any]) -> dict[str, str]:
         """List-Unsubscribe headers for an email, and its visible link in ``context``."""

@@ -28,6 +28,13 @@ class Patient:
     referrer_id: int | None = None
     discharged_on: date | None = None
     removed_at: datetime | None = None  # left the practice's records (engine.removal)
+    # the plan of care (engine.plan_of_care); None when the EMR gives none
+    plan_visits: int | None = None
+    plan_visits_per_week: int | None = None
+    plan_start: date | None = None
+    plan_end: date | None = None
+    intake_completed: bool = False
+    booking_url: str | None = None  # the EMR's own booking page for this patient
 
     @property
     def full_name(self) -> str:

@@ -66,7 +66,13 @@ from engine.timing import zone
 PATIENT_COLUMNS = ("patient_id", "first_name", "last_name", "phone", "email", "language",
                    "timezone", "sms_consent", "email_consent", "marketing_consent")
 # Optional patient columns Touchpoint understands (any other extra column is a custom field).
-PATIENT_OPTIONAL = ("date_of_birth", "referral_source", "discharged_on")
+PATIENT_OPTIONAL = ("date_of_birth", "referral_source", "discharged_on", "plan_visits",
+                    "plan_visits_per_week", "plan_start", "plan_end", "intake_completed",
+                    "booking_url")
+# The plan of care's columns: all empty (no plan), or at least the first three
+PLAN_COLUMNS = ("plan_visits", "plan_visits_per_week", "plan_start", "plan_end")
+PLAN_LIMITS = {"plan_visits": 200, "plan_visits_per_week": 7}
+PLAN_FIELDS = (*PLAN_COLUMNS, "intake_completed", "booking_url")
 CONTACT_COLUMNS = ("patient_id", "contact_id", "relationship", "first_name", "phone", "email",
                    "language", "timezone", "sms_consent", "email_consent", "receives")
 REFERRER_COLUMNS = ("referrer_id", "name", "contact_name", "email")
@@ -340,11 +346,60 @@ def parse_patient(row: Mapping[str, str], region: str) -> dict[str, Any]:
         "date_of_birth": _date(row, "date_of_birth"),
         "discharged_on": _date(row, "discharged_on"),
         "referral_source": row.get("referral_source", "") or None,
+        **_plan_of_care(row),
     }
     if not values["first_name"]:
         raise _RowError("first_name is empty — messages greet patients by first name")
     _check_lengths(patients, values, "patient_id")
     return values
+
+
+def _plan_of_care(row: Mapping[str, str]) -> dict[str, Any]:
+    """The plan of care, intake and booking columns the row has. A column the row does not
+    have keeps what is stored (another source may give it: a FHIR CarePlan, the API); the
+    plan's four columns go together (one of them there: the others there empty)."""
+    values: dict[str, Any] = {}
+    if any(column in row for column in PLAN_COLUMNS):
+        values.update(_plan(row))
+    if "intake_completed" in row:
+        values["intake_completed"] = _consent(row, "intake_completed")
+    if "booking_url" in row:
+        values["booking_url"] = _url(row, "booking_url")
+    return values
+
+
+def _plan(row: Mapping[str, str]) -> dict[str, Any]:
+    """The plan of care's columns: visits prescribed, visits a week, first and last day.
+    A plan needs the first three (plan_end is optional) and ends on or after it starts."""
+    values: dict[str, Any] = {}
+    for column, most in PLAN_LIMITS.items():
+        raw = row.get(column, "").strip()
+        if not raw:
+            values[column] = None
+            continue
+        if not raw.isdigit() or not 1 <= int(raw) <= most:
+            raise _RowError(f"{column} must be a whole number from 1 to {most}")
+        values[column] = int(raw)
+    values["plan_start"] = _date(row, "plan_start")
+    values["plan_end"] = _date(row, "plan_end")
+    if any(value is not None for value in values.values()):
+        for column in PLAN_COLUMNS[:3]:
+            if values[column] is None:
+                raise _RowError(f"{column} is empty — a plan of care needs plan_visits, "
+                                "plan_visits_per_week and plan_start (plan_end is optional)")
+    if values["plan_end"] is not None and values["plan_end"] < values["plan_start"]:
+        raise _RowError("plan_end is before plan_start — check the dates")
+    return values
+
+
+def _url(row: Mapping[str, str], column: str) -> str | None:
+    raw = row.get(column, "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("https://", "http://")) or any(c.isspace() for c in raw):
+        raise _RowError(f"{column} is not a web address — write it whole, starting with "
+                        "https://")
+    return raw
 
 
 def _date(row: Mapping[str, str], column: str) -> date | None:
@@ -425,7 +480,7 @@ def sync_patients(conn: Connection, rows: Rows, source: str, *, region: str, now
             summary.problems.append(RowProblem(
                 line, "referral_source is not a known referrer — import referrers first"))
             continue
-        digest = _hash({**values, "referral_source": source_id})
+        digest = _hash({**_plan_hashed(values, current), "referral_source": source_id})
         values["referrer_id"] = referrer_ids.get(source_id) if source_id else None
         where = f"{source}:{line}"
         if values["discharged_on"] is not None and (
@@ -462,6 +517,49 @@ def sync_patients(conn: Connection, rows: Rows, source: str, *, region: str, now
         summary.events.update(e["kind"] for e in events)
     if full:
         _remove_missing(conn, patients, mentioned, removal.remove_patient, source, now, summary)
+    summary.problems.sort(key=lambda p: p.line)
+    return summary
+
+
+def _plan_hashed(values: Mapping[str, Any], current: Mapping[str, Any] | None,
+                 ) -> dict[str, Any]:
+    """``values`` as hashed: a plan column the row does not have counts as stored, and an
+    empty one not at all (a patient with no plan hashes as before these columns existed,
+    so upgrading does not count every patient as updated)."""
+    kept = {k: current[k] for k in PLAN_FIELDS if current is not None and k not in values}
+    return {k: v for k, v in {**values, **kept}.items()
+            if k not in PLAN_FIELDS or v not in (None, False)}
+
+
+def sync_plans(conn: Connection, rows: Rows, source: str, *, now: datetime,
+               ) -> ImportSummary:
+    """Set the plan of care of patients on file from rows of ``patient_id`` and the plan's
+    columns (a FHIR CarePlan); the rest of each patient is left as it is."""
+    summary = ImportSummary(source, "plans")
+    parsed: dict[str, tuple[int, dict[str, Any]]] = {}
+    for line, row in rows:
+        summary.rows += 1
+        try:
+            _check_cells(row)
+            if not row.get("patient_id"):
+                raise _RowError("patient_id is empty")
+            parsed[row["patient_id"]] = (line, _plan(row))
+        except _RowError as exc:
+            summary.problems.append(RowProblem(line, str(exc)))
+    existing = _existing(conn, patients, list(parsed))
+    for external_id, (line, plan) in parsed.items():
+        current = existing.get(external_id)
+        if current is None:
+            summary.problems.append(RowProblem(
+                line, "patient_id is not a known patient — import patients first"))
+        elif current["erased_at"] is not None:
+            summary.problems.append(RowProblem(line, refusal(external_id, current["erased_at"])))
+        elif all(current[k] == v for k, v in plan.items()):
+            summary.unchanged += 1
+        else:
+            conn.execute(update(patients).where(patients.c.id == current["id"])
+                         .values(**plan, updated_at=now))
+            summary.updated += 1
     summary.problems.sort(key=lambda p: p.line)
     return summary
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from babel.numbers import format_currency
 
 from engine.definitions.templates import Fields, format_phone
 from engine.domain import Appointment, Patient, Recipient, Referrer
 from engine.settings import Settings
+
+if TYPE_CHECKING:
+    from engine.patient_links import PatientLinks
 
 
 def practice_fields(settings: Settings) -> Fields:
@@ -41,9 +44,11 @@ def money(amount: Decimal | None, currency: str) -> str:
 
 
 def patient_fields(patient: Patient, practice_timezone: str,
-                   custom: Collection[str] | None = None) -> Fields:
+                   custom: Collection[str] | None = None,
+                   links: PatientLinks | None = None) -> Fields:
     """``custom`` limits the custom fields shown (a referrer sees only those the practice
-    allowed); None shows them all."""
+    allowed); None shows them all. ``links``: the patient's booking and intake links
+    (engine.patient_links; empty without)."""
     shown = patient.custom if custom is None else \
         {k: v for k, v in patient.custom.items() if k in custom}
     return Fields({
@@ -55,6 +60,8 @@ def patient_fields(patient: Patient, practice_timezone: str,
         "timezone": patient.timezone or practice_timezone,
         "custom": Fields(shown, "patient.custom"),
         "discharged_on": patient.discharged_on,
+        "booking_link": links.booking if links else "",
+        "intake_link": links.intake if links else "",
     }, "patient")
 
 
@@ -100,8 +107,11 @@ def message_context(
     referrer: Referrer | None = None,
     case: Fields | None = None,
     custom_fields: Collection[str] | None = None,
+    links: PatientLinks | None = None,
 ) -> dict[str, Any]:
-    patient_view = patient_fields(patient, practice_timezone, custom_fields)
+    # (a referring office, which sees only some custom fields, never gets the patient's links)
+    patient_view = patient_fields(patient, practice_timezone, custom_fields,
+                                  links if custom_fields is None else None)
     return {
         "patient": patient_view,
         "recipient": recipient_fields(recipient or Recipient.of_patient(patient),

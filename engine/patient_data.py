@@ -55,9 +55,10 @@ ERASED_DETAIL = "the patient's personal data was erased"
 
 # Every table of the schema: what export takes from it, and what erase does to it.
 TABLES: dict[str, str] = {
-    "patients": "export: the row, every column (custom fields, consents, scores). erase: "
-                "names, phone, email, date of birth, custom fields, language, timezone and "
-                "consents removed; ids, dates, score and referral source kept (reports).",
+    "patients": "export: the row, every column (custom fields, consents, scores, plan of "
+                "care). erase: names, phone, email, date of birth, custom fields, language, "
+                "timezone, consents and booking link removed; ids, dates, score, referral "
+                "source and the plan of care's numbers kept (reports).",
     "contacts": "export: the patient's parents, guardians, caregivers. erase: name, phone, "
                 "email, language, timezone and consents removed; relationship kept.",
     "appointments": "export: every appointment. erase: kept as is (times, statuses, "
@@ -259,8 +260,8 @@ def erase(conn: Connection, external_id: str, now: datetime) -> Erasure:
     change("patients", {"first_name": "", "last_name": "", "phone": None, "email": None,
                         "date_of_birth": None, "custom": {}, "language": None,
                         "timezone": None, "sms_consent": False, "email_consent": False,
-                        "marketing_consent": False, "row_hash": "erased", "erased_at": now,
-                        "updated_at": now})
+                        "marketing_consent": False, "booking_url": None,
+                        "row_hash": "erased", "erased_at": now, "updated_at": now})
     # (no longer in the practice's records for planning: the lapse sweep and the next
     # bookings leave them out, as for a removed patient — see engine.removal)
     conn.execute(update(patients).where(patients.c.id == person.id,

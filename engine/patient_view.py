@@ -43,6 +43,7 @@ EVENT_TITLES = {
     "appointment.rescheduled": "Visit moved", "appointment.cancelled": "Visit cancelled",
     "appointment.completed": "Visit completed", "appointment.no_show": "Missed visit",
     "patient.lapsed": "No visit for a while", "patient.discharged": "Discharged",
+    "plan.under_scheduled": "Fewer visits booked than the plan of care needs",
 }
 
 
@@ -78,6 +79,10 @@ class Timeline:
     opt_outs: list[dict[str, Any]] = field(default_factory=list)
     appointments: list[dict[str, Any]] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
+    # the plan of care: visits done (since its start) and prescribed, a week, its dates;
+    # None without a plan
+    plan: dict[str, Any] | None = None
+    intake_completed: bool = False
 
     def minor_on(self, day: date) -> bool:
         dob = self.date_of_birth
@@ -188,4 +193,10 @@ def timeline(conn: Connection, external_id: str, *, reveal: bool = False) -> Tim
                              case.status, case.resolution or case.detail,
                              f"/cases/{case.id}"))
     view.entries = sorted(entries, key=lambda e: e.at, reverse=True)
+    view.intake_completed = patient.intake_completed
+    if patient.plan_visits is not None and patient.plan_start is not None:
+        view.plan = {"done": sum(1 for a in visits if a.status == "completed"
+                                 and a.start_at.date() >= patient.plan_start),
+                     "visits": patient.plan_visits, "per_week": patient.plan_visits_per_week,
+                     "start": patient.plan_start, "end": patient.plan_end}
     return view

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from engine import patient_links
 from engine.channels.base import Channel, OutboundMessage
 from engine.definitions import Definitions
 from engine.definitions.diagnostics import did_you_mean
@@ -203,6 +204,7 @@ def preview(definitions: Definitions, settings: Settings, journey_name: str, ste
         except Exception:  # the same expression fails at planning, which skips the step
             holds = False
     result = Preview(journey.name, step.id, journey.purpose, [])
+    links = patient_links.links_for(patient, settings, patient_links.signer(conn, settings))
     for target in targets:
         person = resolve(target.key, patient, contacts, referrer)
         if person is None:  # (addressees only names recipients on file)
@@ -227,7 +229,8 @@ def preview(definitions: Definitions, settings: Settings, journey_name: str, ste
             practice_timezone=practice_tz, journey=journey.name, step=step.id,
             visit_number=numbers.get(appointment.id) if appointment else None,
             recipient=person, referrer=referrer,
-            custom_fields=settings.referrals.allowed_fields if to_referrer else None)
+            custom_fields=settings.referrals.allowed_fields if to_referrer else None,
+            links=links)
         for channel in step.channels:
             entry.messages.append(_render(definitions, step, channel, person.language, context,
                                           tz, person, journey.purpose, caps_from(settings)))

@@ -6,7 +6,9 @@
   ``patient.lapsed``) who booked within 14 days of the first one;
 * satisfaction — answers to the 0-10 question, their average, and the weekly trend;
 * recovery — cases opened by cause, resolved, and every open case with its age;
-* referrals — per referral source: patients referred, seen, discharged, messages sent.
+* referrals — per referral source: patients referred, seen, discharged, messages sent;
+* plans of care — plan completion rate, drop-outs by visit number, nudges sent and the
+  visits booked within 7 days of one (engine/plan_of_care.py).
 
 Everything is read from the ledger, events and cases; nothing is kept twice. Test sends
 (``touchpoint test-send``) and replies to them are never counted.
@@ -26,6 +28,7 @@ from engine.cases import CAUSES, list_cases
 from engine.definitions import Definitions
 from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.outcomes import Status
+from engine.plan_of_care import plan_report
 from engine.store.records import as_utc
 from engine.store.schema import (
     appointments,
@@ -38,6 +41,7 @@ from engine.store.schema import (
 )
 
 CONVERSION_WINDOW = timedelta(days=14)
+UTC_ZONE = ZoneInfo("UTC")
 _SENT = (Status.SENT, Status.DELIVERED)
 SPARKS = "▁▂▃▄▅▆▇█"
 
@@ -66,7 +70,8 @@ class StepLine:
 
 
 def build_report(conn: Connection, definitions: Definitions, since: datetime,
-                 now: datetime) -> dict[str, Any]:
+                 now: datetime, tz: ZoneInfo = UTC_ZONE) -> dict[str, Any]:
+    """``tz``: the practice's, for the days plans of care end on."""
     return {
         "since": since.isoformat(), "until": now.isoformat(),
         "journeys": [line.as_dict() for line in step_lines(conn, since)],
@@ -74,6 +79,7 @@ def build_report(conn: Connection, definitions: Definitions, since: datetime,
         "satisfaction": satisfaction(conn, since, now),
         "cases": case_summary(conn, since, now),
         "referrals": referral_lines(conn, since),
+        "plan_of_care": plan_report(conn, definitions, since, now, tz),
     }
 
 

@@ -17,6 +17,7 @@ from engine.cases import CAUSES, Case, case_fields
 from engine.definitions.templates import Fields
 from engine.domain import Appointment, Contact, Patient, Recipient, Referrer
 from engine.message_context import message_context, practice_fields
+from engine.patient_links import with_token
 from engine.referrals import DigestLine
 from engine.settings import Settings
 from engine.timing import at_local, zone
@@ -98,8 +99,19 @@ def sample_context(settings: Settings, now: datetime, language: str | None = Non
     context["patient"] = Fields({**{k: view[k] for k in (
         "id", "first_name", "last_name", "full_name", "language", "timezone")},
         "discharged_on": now.astimezone(zone(timezone)).date(),
-        "custom": _AnyField({}, "patient.custom")}, "patient")
+        "custom": _AnyField({}, "patient.custom"), **_sample_links(settings)}, "patient")
     return context
+
+
+# As long as a real patient token (engine.patient_links), so lengths and segments are right
+SAMPLE_TOKEN = "MTIzNA.aUPaAg.Rk3q9m1WbX2sYtQpLz8vN4cHjE0"
+
+
+def _sample_links(settings: Settings) -> dict[str, str]:
+    """The sample patient's booking and intake links: the practice's, with a token."""
+    booking, intake = settings.practice.booking_url, settings.practice.links.get("intake", "")
+    return {"booking_link": with_token(booking, SAMPLE_TOKEN) if booking else "",
+            "intake_link": with_token(intake, SAMPLE_TOKEN) if intake else ""}
 
 
 def sample_digest(now: datetime, settings: Settings) -> Fields:

@@ -81,6 +81,20 @@ SETTINGS: tuple[Setting, ...] = (
             "waitlist recovers, and practice.visit_price in templates. Unset: not shown."),
     Setting("practice.currency", "TOUCHPOINT_CURRENCY",
             "ISO 4217 currency of practice.visit_price.", "USD"),
+    Setting("practice.booking_url", "TOUCHPOINT_BOOKING_URL",
+            "The practice's online booking page: patient.booking_link is it with "
+            "?patient=TOKEN (a signed patient token) when the EMR gives no booking_url of "
+            "its own. Unset: no booking link.", ""),
+    Setting("links.secret", "TOUCHPOINT_LINKS_SECRET",
+            "Signs the patient tokens of booking and intake links; when unset, the key of "
+            "unsubscribe links (webhooks.secret_key, else the database's) is used.",
+            "", secret=True),
+    Setting("links.max_age", "TOUCHPOINT_LINKS_MAX_AGE",
+            "How long a patient token in a link is accepted (GET /api/v1/patient-tokens/…).",
+            "60d"),
+    Setting("daemon.plan_cron", "TOUCHPOINT_PLAN_CRON",
+            "When the daemon checks plans of care: nudges under-scheduled patients, opens "
+            "at-risk cases (crontab, practice's timezone).", "0 9 * * *"),
     Setting("practice.staff_email", "TOUCHPOINT_STAFF_EMAIL",
             "Where staff alerts go (reschedule requests, replies to read).", ""),
     Setting("channels.sms_provider", "TOUCHPOINT_SMS_PROVIDER",
@@ -289,6 +303,7 @@ class Practice(BaseModel):
     website: str = ""
     links: dict[str, str] = Field(default_factory=dict)
     staff_email: str = ""
+    booking_url: str = ""
     visit_price: Decimal | None = Field(default=None, ge=0)
     currency: str = "USD"
 
@@ -305,6 +320,25 @@ class Practice(BaseModel):
         if value is not None:
             zone(value)
         return value
+
+    @field_validator("booking_url")
+    @classmethod
+    def _web_address(cls, value: str) -> str:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("must be a web address starting with https://")
+        return value
+
+
+class Links(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    secret: str = Field("", repr=False)
+    max_age: timedelta = timedelta(days=60)
+
+    @field_validator("max_age", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
 
 
 class Channels(BaseModel):
@@ -376,13 +410,14 @@ class Daemon(BaseModel):
     tick: timedelta = timedelta(seconds=15)
     sweep_cron: str = "5 * * * *"
     housekeeping_cron: str = "30 3 * * *"
+    plan_cron: str = "0 9 * * *"
 
     @field_validator("tick", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value
 
-    @field_validator("sweep_cron", "housekeeping_cron")
+    @field_validator("sweep_cron", "housekeeping_cron", "plan_cron")
     @classmethod
     def _cron(cls, value: str) -> str:
         from apscheduler.triggers.cron import CronTrigger
@@ -634,6 +669,7 @@ class Settings(BaseModel):
     sendgrid: SendGrid = SendGrid()
     email: Email = Email()
     webhooks: Webhooks = Webhooks()
+    links: Links = Links()
     caps: Caps = Caps()
     console: Console = Console()
     daemon: Daemon = Daemon()
@@ -708,7 +744,7 @@ _FIELD_PATH: dict[str, tuple[str, ...]] = {
        if s.key.split(".")[0] in {"practice", "channels", "dispatch", "twilio", "sendgrid",
                                   "email", "webhooks", "caps", "console", "daemon", "recovery",
                                   "referrals", "templates", "retention", "api", "hl7",
-                                  "fhir"}},
+                                  "fhir", "links"}},
 }
 
 

@@ -463,7 +463,8 @@ def test_openapi_shows_the_api_and_not_the_webhooks(api: Api) -> None:
     assert paths == {"/api/v1/patients/{patient_id}", "/api/v1/appointments/{appointment_id}",
                      "/api/v1/contacts/{contact_id}", "/api/v1/referrers/{referrer_id}",
                      "/api/v1/patients/{patient_id}/touch-points",
-                     "/api/v1/touch-points/{touch_point_id}"}
+                     "/api/v1/touch-points/{touch_point_id}",
+                     "/api/v1/patient-tokens/{token}"}
     assert "securitySchemes" in schema.json()["components"]
     docs = api.client.get("/api/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()

@@ -105,3 +105,24 @@ def test_the_timeline_shows_what_providers_reported(console: Console) -> None:
     page = console.client.get("/patients/P1004", headers=HTML)
     assert "sms delivered: welcome / welcome" in page.text
     assert "reported by twilio" in page.text
+
+
+def test_the_patients_page_shows_the_plan_of_care_and_intake(console: Console) -> None:
+    clinic = console.clinic
+    start = (NOW - timedelta(days=14)).date()
+    clinic.patients(patient("P1", plan_visits="12", plan_visits_per_week="2",
+                            plan_start=start.isoformat(), intake_completed="yes"),
+                    patient("P2"))
+    clinic.appointments(
+        appointment("A0", "P1", start=(NOW - timedelta(days=30)).isoformat(),
+                    status="completed"),  # before the plan: not one of its visits
+        appointment("A1", "P1", start=(NOW - timedelta(days=10)).isoformat(),
+                    status="completed"),
+        appointment("A2", "P1", start=(NOW - timedelta(days=7)).isoformat(),
+                    status="completed"))
+    console.sign_in("desk@clinic.example.com")
+    page = console.client.get("/patients/P1", headers=HTML).text
+    assert f"2 of 12 visits done, 2 a week, from {start.isoformat()}." in page
+    assert "Intake: complete" in page
+    other = console.client.get("/patients/P2", headers=HTML).text
+    assert "Plan of care" in other and "Intake: not complete" in other

@@ -68,7 +68,8 @@ def instant(text: str) -> datetime:
 def variables(start: datetime | None = None, first_name: str = "Ana") -> dict[str, Any]:
     return {
         "patient": Fields({"first_name": first_name, "last_name": "Reyes",
-                           "custom": Fields({})}),
+                           "custom": Fields({}), "booking_link": "https://x.example/book",
+                           "intake_link": ""}),
         "practice": Fields({"name": "Riverside Physical Therapy", "phone": "(312) 555-0199",
                             "links": Fields({})}),
         "appointment": Fields({"start": start, "therapist": "Maya Chen, DPT",
@@ -96,6 +97,7 @@ def test_the_shipped_library_loads_with_no_findings_and_the_documented_journeys(
         "review-request": ("appointment.completed, patient.discharged", "marketing"),
         "referral-loop": ("referral.first_visit_booked, referral.first_visit_attended, "
                           "referral.first_visit_missed, patient.discharged", "transactional"),
+        "plan-of-care": ("plan.under_scheduled", "transactional"),
     }
     assert definitions.journeys["review-request"].once_per == timedelta(weeks=26)
     assert definitions.score_steps == {("follow-up", "satisfaction")}
@@ -127,8 +129,8 @@ def test_every_shipped_sms_renders_as_gsm7_text_in_english_and_spanish(tmp_path:
     # practice's language
     shipped = sorted({(name, channel) for name, channel, _, _ in templates.files()
                       if not name.startswith(("staff/", "referral-loop/", "referrals/"))})
-    # 16 for the patient journeys, 4 recovery and review request, 5 replies to texts
-    assert len(shipped) == 25
+    # 18 for the patient journeys, 4 recovery and review request, 5 replies to texts
+    assert len(shipped) == 27
     for name, channel in shipped:
         for wanted in ("en", "es"):
             message = templates.render(name, channel, wanted, context, CHICAGO)
@@ -389,7 +391,8 @@ def test_a_step_channel_without_a_template_file_names_the_expected_path(tmp_path
     pytest.param("t/sneaky.sms.j2", "{{ patient.__class__ }}",
                  [(1, "'patient' has no field '__class__'",
                    "patient has: id, first_name, last_name, full_name, language, timezone, "
-                   "custom, discharged_on")], id="dunder-access"),
+                   "custom, discharged_on, booking_link, intake_link")],
+                 id="dunder-access"),
 ])
 def test_template_findings_name_the_file_and_line(
         tmp_path: Path, name: str, source: str, expected: list[tuple[int, str, str]]) -> None:
@@ -588,15 +591,15 @@ def validate(tmp_path: Path, schedules: Path, templates: Path, *extra: str) -> R
 def test_validate_accepts_the_shipped_library(tmp_path: Path) -> None:
     result = validate(tmp_path, LIBRARY_SCHEDULES, LIBRARY_TEMPLATES)
     assert result.exit_code == 0, result.output
-    assert re.fullmatch(r"7 journeys, 0 error\(s\), \d+ warning\(s\)\.",
+    assert re.fullmatch(r"8 journeys, 0 error\(s\), \d+ warning\(s\)\.",
                         result.stdout.splitlines()[-1])
 
     result = validate(tmp_path, LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["errors"] == 0
-    assert report["journeys"] == ["follow-up", "pre-visit", "recovery", "referral-loop",
-                                  "review-request", "welcome", "win-back"]
+    assert report["journeys"] == ["follow-up", "plan-of-care", "pre-visit", "recovery",
+                                  "referral-loop", "review-request", "welcome", "win-back"]
     assert report["warnings"] == len(report["diagnostics"])
     assert {d["severity"] for d in report["diagnostics"]} <= {"warning"}
 

@@ -11,6 +11,8 @@ DELETE /api/v1/contacts/{contact_id}         write:records  no longer a recipien
 DELETE /api/v1/referrers/{referrer_id}       write:records  no longer sent updates
 GET    /api/v1/patients/{patient_id}/touch-points  read:log  each with its why
 GET    /api/v1/touch-points/{id}             read:log       one, with its story
+GET    /api/v1/patient-tokens/{token}        read:patient-  whose a booking or intake
+                                             tokens         link's token is
 =========================================  =============  =============================
 
 OpenAPI: ``/api/openapi.json``, browsable at ``/api/docs``. Keys: engine/api/keys.py
@@ -25,7 +27,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from engine.api import problems, records, touch_points
+from engine.api import patient_tokens, problems, records, touch_points
 from engine.api.auth import RateLimiter
 
 PREFIX = "/api/v1"
@@ -38,3 +40,4 @@ def mount(app: FastAPI, services: Any) -> None:
     problems.install(app)
     app.include_router(records.router, prefix=PREFIX)
     app.include_router(touch_points.router, prefix=PREFIX)
+    app.include_router(patient_tokens.router, prefix=PREFIX)

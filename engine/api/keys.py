@@ -27,8 +27,9 @@ from engine.errors import NotFound, UserError
 from engine.store.schema import api_keys
 
 #: What a key may do: ``write:records`` (PUT and DELETE records), ``read:log`` (GET
-#: touch points and their why).
-SCOPES = ("write:records", "read:log")
+#: touch points and their why), ``read:patient-tokens`` (GET whose a booking or intake
+#: link's token is: for the practice's booking page).
+SCOPES = ("write:records", "read:log", "read:patient-tokens")
 PREFIX = "tp"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 

@@ -77,8 +77,28 @@ class PatientIn(RecordIn):
     date_of_birth: Text
     referral_source: Text = Field(None, description="A referrer_id already stored.")
     discharged_on: Text
+    plan_visits: Annotated[int | str | None, Field(
+        default=None, description="The plan of care: visits prescribed (1-200).")]
+    plan_visits_per_week: Annotated[int | str | None, Field(
+        default=None, description="Visits a week the plan prescribes (1-7).")]
+    plan_start: Text = Field(None, description="The plan's first day (YYYY-MM-DD).")
+    plan_end: Text = Field(None, description="The plan's last day (optional).")
+    intake_completed: Flag
+    booking_url: Text = Field(None, description="The EMR's booking page for this patient.")
     custom: dict[str, str] = Field(default_factory=dict,
                                    description="Custom fields (extra CSV columns).")
+
+    def cells(self) -> dict[str, str]:
+        """As a CSV row; the plan of care, intake and booking fields left out of the body
+        keep what is stored (null or ``""`` clears them; the plan's four fields go
+        together: one given, the others left out are cleared)."""
+        row = super().cells()
+        given = self.model_fields_set
+        plan = set(importer.PLAN_COLUMNS)
+        for name in importer.PLAN_FIELDS:
+            if name not in given and not (name in plan and plan & given):
+                del row[name]
+        return row
 
 
 class AppointmentIn(RecordIn):
@@ -167,7 +187,8 @@ KINDS = {
         "patient", patients, "patient_id",
         lambda conn, rows, source, settings, now: importer.sync_patients(
             conn, rows, source, region=settings.phone_region, now=now),
-        {"first_name": "x"}, frozenset({"patient_id"})),
+        {"first_name": "x", "plan_visits": "1", "plan_visits_per_week": "1"},
+        frozenset({"patient_id"})),
     "appointment": Kind(
         "appointment", appointments, "appointment_id",
         lambda conn, rows, source, settings, now: importer.sync_appointments(

@@ -19,6 +19,7 @@ module                 commands
 ``api_keys``           ``api-keys …``
 ``webhooks``           ``webhooks …``
 ``patient``            ``patient export|erase``
+``plans``              ``plan-check``
 =====================  ==============================================================
 
 A command module registers its commands on ``cli`` (or on a group such as ``import_``)
@@ -45,6 +46,7 @@ from engine.cli import (  # noqa: E402
     fhir,  # noqa: F401
     hl7,  # noqa: F401
     inbox,  # noqa: F401
+    plans,  # noqa: F401
     report,  # noqa: F401
     running,  # noqa: F401
     touch_points,  # noqa: F401

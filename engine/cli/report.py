@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from engine import clock
+from engine import clock, plan_of_care
 from engine.cli.common import age, app_of, echo_json, since_day
 from engine.cli.root import cli
 from engine.report import build_report, sparkline
@@ -34,7 +34,7 @@ def report_cmd(ctx: click.Context, since: str | None, as_json: bool) -> None:
     start = now - timedelta(days=30) if since is None else since_day(since, tz)
     definitions = app.definitions()
     with app.db().transaction() as conn:
-        data = build_report(conn, definitions, start, now)
+        data = build_report(conn, definitions, start, now, tz)
     if as_json:
         echo_json(data)
         return
@@ -90,3 +90,4 @@ def _print_report(data: dict[str, Any], start: datetime, tz: ZoneInfo) -> None:
             refs.add_row(row["referrer"], str(row["referred"]), str(row["seen"]),
                          str(row["discharged"]), str(row["messages"]))
         console.print(refs)
+    console.print("\n".join(plan_of_care.report_lines(data["plan_of_care"])), highlight=False)

@@ -52,7 +52,7 @@ def add_routes(app: FastAPI, console: Console, guard: Guard) -> None:
             first = (now - timedelta(days=30)).astimezone(tz).date()
         start = at_local(first, dtime(0, 0), tz)
         with console.db.transaction() as conn:
-            data = build_report(conn, console.definitions, start, now)
+            data = build_report(conn, console.definitions, start, now, tz)
             series = days(conn, start, now, tz)
         lines = data["journeys"]
         return render(

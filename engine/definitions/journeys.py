@@ -69,6 +69,7 @@ TRIGGER_EVENTS = (
     "referral.first_visit_booked",  # a referred patient's first visit was booked
     "referral.first_visit_attended",  # ... they came to it
     "referral.first_visit_missed",  # ... they did not
+    "plan.under_scheduled",  # fewer visits booked than the plan of care needs (daily)
 )
 EXIT_EVENTS = (
     "appointment.booked",

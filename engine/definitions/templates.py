@@ -49,8 +49,10 @@ from engine.sms_segments import NonGsmCharacter, analyse, is_gsm7, to_gsm7
 
 # What templates can use. ``custom`` (patient) and ``links`` (practice) are open tables.
 FIELDS: dict[str, tuple[str, ...]] = {
+    # booking_link: the patient's booking page (the EMR's, or the practice's with a signed
+    # token); intake_link: the intake form until intake is complete (both may be empty)
     "patient": ("id", "first_name", "last_name", "full_name", "language", "timezone", "custom",
-                "discharged_on"),
+                "discharged_on", "booking_link", "intake_link"),
     "appointment": ("id", "start", "end", "duration_minutes", "visit_type", "therapist",
                     "location", "status", "visit_number", "confirmed"),
     "practice": ("name", "phone", "phone_e164", "address", "website", "timezone", "links",

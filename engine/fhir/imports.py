@@ -3,11 +3,13 @@
 * Each resource is validated on its own with fhir.resources' R4B model: an invalid one is
   refused with the reason and named ``Type/id`` (or ``entry 3`` / ``line 3`` when it has
   no id); every other resource is kept.
-* Types other than Patient, RelatedPerson and Appointment are counted and skipped.
+* Types other than Patient, RelatedPerson, Appointment and CarePlan are counted and
+  skipped.
 * Patients are applied first, then RelatedPersons (as contacts), then Appointments, all in
   the caller's transaction, through :func:`engine.importer.sync_patients`,
   :func:`~engine.importer.sync_contacts` and :func:`~engine.importer.sync_appointments`:
-  the same validation, change detection and events as a CSV import.
+  the same validation, change detection and events as a CSV import. CarePlans come last:
+  each sets its patient's plan of care (:func:`~engine.importer.sync_plans`).
 * Consents: someone new gets ``fhir.sms_consent`` / ``fhir.email_consent`` and never
   marketing consent; someone on file keeps the consents (and a contact what it receives)
   on file, whatever the resource says.
@@ -25,6 +27,7 @@ from typing import Any
 
 from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.careplan import CarePlan
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.relatedperson import RelatedPerson
 from pydantic import BaseModel, ValidationError
@@ -38,13 +41,18 @@ from engine.importer import (
     sync_appointments,
     sync_contacts,
     sync_patients,
+    sync_plans,
 )
 from engine.store.records import among, chunks
 from engine.store.schema import contacts, patients
 
 MODELS: dict[str, type[BaseModel]] = {
-    "Patient": Patient, "RelatedPerson": RelatedPerson, "Appointment": Appointment}
-ORDER = ("Patient", "RelatedPerson", "Appointment")  # the order references need
+    "Patient": Patient, "RelatedPerson": RelatedPerson, "Appointment": Appointment,
+    "CarePlan": CarePlan}
+ORDER = ("Patient", "RelatedPerson", "Appointment", "CarePlan")  # the order references need
+# What `touchpoint fhir sync` searches a server for (CarePlans come in files and Bundles:
+# not every server offers a CarePlan search)
+SEARCHED = ORDER[:3]
 
 
 @dataclass(frozen=True)
@@ -263,6 +271,7 @@ def apply(conn: Connection, entries: Iterable[Entry], source: str, options: Opti
                     full=whole("RelatedPerson"))
     _apply_appointments(conn, valid["Appointment"], source, options, now, summary, fhir_ids,
                         full=whole("Appointment"))
+    _apply_care_plans(conn, valid["CarePlan"], source, options, now, summary, fhir_ids)
     return summary
 
 
@@ -410,3 +419,34 @@ def _apply_appointments(conn: Connection, found: list[tuple[str, Any]], source: 
                              practice_tz=options.practice_tz, now=now,
                              full=full and bool(rows))
     _collect(summary, "Appointment", part, names)
+
+
+def _apply_care_plans(conn: Connection, found: list[tuple[str, Any]], source: str,
+                      options: Options, now: datetime, summary: FhirSummary,
+                      fhir_ids: Mapping[str, str]) -> None:
+    """Each CarePlan sets its patient's plan of care (importer.sync_plans); a full
+    import never removes plans."""
+    refs: dict[str, str | None] = {}
+    for name, plan in found:
+        try:
+            refs[name] = mapping.care_plan_patient(plan)
+        except mapping.MappingError:
+            refs[name] = None
+    owners = _patient_ids(conn, [r for r in refs.values() if r], fhir_ids, options)
+    rows: list[dict[str, str]] = []
+    names: list[str] = []
+    for name, plan in found:
+        try:
+            ref = refs[name] or mapping.care_plan_patient(plan)
+            if ref not in owners:
+                raise mapping.MappingError(f"Patient/{ref} is not a known patient — it must "
+                                           "come before, or in the same file")
+            row = mapping.care_plan_row(plan, owners[ref])
+        except mapping.MappingError as exc:
+            summary.problems.append(Refusal(name, str(exc)))
+            continue
+        rows.append(row)
+        names.append(name)
+    if found:
+        _collect(summary, "CarePlan", sync_plans(conn, enumerate(rows, start=1), source,
+                                                 now=now), names)

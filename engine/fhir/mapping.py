@@ -16,6 +16,7 @@ from datetime import date, datetime
 from typing import Any
 
 from fhir.resources.R4B.appointment import Appointment
+from fhir.resources.R4B.careplan import CarePlan
 from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.contactpoint import ContactPoint
 from fhir.resources.R4B.humanname import HumanName
@@ -264,3 +265,55 @@ def appointment_row(appointment: Appointment, patient_external_id: str) -> dict[
         "therapist": therapist,
         "location": location,
     }
+
+
+# CarePlan.status values whose plan Touchpoint keeps (a draft is not prescribed yet; a
+# revoked or mistaken plan is cleared by the EMR sending the patient's plan again)
+CARE_PLAN_STATUSES = ("active", "on-hold", "completed")
+# Timing.repeat.periodUnit → days in one period (visits are counted a week)
+_PERIOD_DAYS = {"d": 1, "wk": 7, "mo": 30.4375}
+
+
+def care_plan_patient(plan: CarePlan) -> str:
+    found = reference_id(plan.subject, "Patient")
+    if not found:
+        raise MappingError("subject is not a reference to a Patient (Patient/…)")
+    return found
+
+
+def care_plan_row(plan: CarePlan, patient_external_id: str) -> dict[str, str]:
+    """The plan of care columns for ``plan``: the first activity whose
+    ``detail.scheduledTiming.repeat`` says how often (``frequency`` per ``period``
+    ``periodUnit``) gives the visits a week, its ``repeat.count`` (else
+    ``detail.quantity``) the visits prescribed, and ``repeat.boundsPeriod`` (else
+    ``CarePlan.period``) the first and last day."""
+    if str(plan.status) not in CARE_PLAN_STATUSES:
+        raise MappingError(f"status {plan.status}: only {', '.join(CARE_PLAN_STATUSES)} "
+                           "CarePlans carry a plan of care")
+    for activity in plan.activity or ():
+        detail = activity.detail
+        timing = detail.scheduledTiming if detail is not None else None
+        repeat = timing.repeat if timing is not None else None
+        if detail is None or repeat is None or not repeat.frequency or \
+                str(repeat.periodUnit) not in _PERIOD_DAYS:
+            continue
+        period_days = float(repeat.period or 1) * _PERIOD_DAYS[str(repeat.periodUnit)]
+        per_week = max(1, round(int(repeat.frequency) * 7 / period_days))
+        visits = repeat.count or (detail.quantity.value if detail.quantity else None)
+        if not visits:
+            raise MappingError("activity.detail.scheduledTiming.repeat has no count (nor "
+                               "detail.quantity): Touchpoint needs the visits prescribed")
+        bounds = repeat.boundsPeriod or plan.period
+        return {"patient_id": patient_external_id, "plan_visits": str(int(visits)),
+                "plan_visits_per_week": str(per_week),
+                "plan_start": _instant_day(bounds.start if bounds else None),
+                "plan_end": _instant_day(bounds.end if bounds else None)}
+    raise MappingError("has no activity.detail.scheduledTiming.repeat with a frequency per "
+                       "d, wk or mo: no plan of care to take from it")
+
+
+def _instant_day(value: Any) -> str:
+    """The day of a FHIR dateTime (a date, or a date and time), as YYYY-MM-DD."""
+    if isinstance(value, datetime):
+        return value.date().isoformat()
+    return value.isoformat() if isinstance(value, date) else ""

@@ -26,7 +26,7 @@ from sqlalchemy import text
 from engine import clock
 from engine.errors import UserError
 from engine.fhir.client import FhirClient
-from engine.fhir.imports import ORDER, FhirSummary, Options, apply, bundle_entries
+from engine.fhir.imports import SEARCHED, FhirSummary, Options, apply, bundle_entries
 from engine.privacy import redact
 from engine.settings import Settings
 from engine.store.database import Database
@@ -95,7 +95,7 @@ def sync(db: Database, settings: Settings, client: FhirClient) -> SyncReport:
         if not alone:
             report.ran = False
             return report
-        for kind in ORDER:
+        for kind in SEARCHED:
             since = cursors(db).get(kind)
             report.pages[kind] = 0
             for page in client.search(kind, since, page_size):

@@ -91,6 +91,9 @@ def patient_from_row(row: Row[Any]) -> Patient:
         marketing_consent=row.marketing_consent, custom=dict(row.custom or {}),
         date_of_birth=row.date_of_birth, referrer_id=row.referrer_id,
         discharged_on=row.discharged_on, removed_at=row.removed_at,
+        plan_visits=row.plan_visits, plan_visits_per_week=row.plan_visits_per_week,
+        plan_start=row.plan_start, plan_end=row.plan_end,
+        intake_completed=bool(row.intake_completed), booking_url=row.booking_url,
     )
 
 

@@ -163,6 +163,17 @@ class Patient(Base):
     source_updated_at: Mapped[datetime | None]
     # Left the practice's records (a full sync, an HL7 S17, an API DELETE): see engine.removal
     removed_at: Mapped[datetime | None]
+    # The plan of care (engine/plan_of_care.py): visits prescribed, how many a week, from
+    # when to when; all empty when the EMR gives none.
+    plan_visits: Mapped[int | None] = mapped_column(Integer)
+    plan_visits_per_week: Mapped[int | None] = mapped_column(Integer)
+    plan_start: Mapped[date | None] = mapped_column(Date)
+    plan_end: Mapped[date | None] = mapped_column(Date)
+    # The intake form is done: patient.intake_link is empty from then on.
+    intake_completed: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                   server_default=false())
+    # The EMR's own booking page for this patient (patient.booking_link), if it gives one
+    booking_url: Mapped[str | None] = mapped_column(String(500))
 
 
 class Referrer(Base):
