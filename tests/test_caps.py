@@ -230,7 +230,7 @@ def test_a_patient_with_three_visits_a_week_gets_every_reminder_by_text(
         reminders = clinic.touch_points(journey="pre-visit")
         assert len(reminders) == 12
         assert {(tp.step, tp.status, tp.channel) for tp in reminders} == {
-            ("two-days-before", Status.SENT, "sms"), ("two-hours-before", Status.SENT, "sms")}
+            ("three-days-before", Status.SENT, "sms"), ("two-hours-before", Status.SENT, "sms")}
         assert not [h for tp in reminders for h in clinic.history(tp) if h.kind == "deferred"]
         # two reminders on each visit day but the first, at 08:00 and 10:00 local
         monday = [tp.sending_at for tp in reminders

@@ -148,13 +148,13 @@ def test_now_with_an_offset_runs_the_engine_at_that_instant(
     result = invoke(*options, "--now", "2026-11-03T10:00-06:00", "run", "--once", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["at"] == "2026-11-03T16:00:00Z"
-    # the day-old welcomes are past their deadline; the two-days-before reminder is due
+    assert report["at"] == "2026-11-02T16:00:00Z"
+    # the day-old welcomes are past their deadline; the three-days-before reminder is due
     assert report["dispatch"]["sent"] == 1
     assert report["dispatch"]["skipped"] == {"too_late": 4}
     rows = json.loads(invoke(*options, "log", "--status", "sent", "--json").stdout)
     assert [(r["patient_id"], r["journey"], r["step"], r["sent_at"]) for r in rows] == [
-        ("P1", "pre-visit", "two-days-before", "2026-11-03T16:00:00Z")]
+        ("P1", "pre-visit", "three-days-before", "2026-11-02T16:00:00Z")]
 
 
 def test_now_without_an_offset_is_a_usage_error(tmp_path: Path) -> None:
@@ -189,7 +189,7 @@ def test_log_json_rows_carry_imported_ids_utc_times_and_masked_recipients(
         ("P2", None, "welcome", "welcome", "sent"),
         ("P1", None, "welcome", "what-to-expect", "planned"),
         ("P2", None, "welcome", "what-to-expect", "planned"),
-        ("P1", "A1", "pre-visit", "two-days-before", "planned"),
+        ("P1", "A1", "pre-visit", "three-days-before", "planned"),
         ("P1", "A1", "pre-visit", "two-hours-before", "planned"),
     ]
     sent = rows[0]
@@ -199,7 +199,7 @@ def test_log_json_rows_carry_imported_ids_utc_times_and_masked_recipients(
         "sent_at": "2026-11-02T15:00:00Z", "status": "sent", "reason": None, "attempts": 1}
     assert isinstance(sent["id"], int) and sent["provider_message_id"].startswith("fake-sms-")
     assert [r["due_at"] for r in rows[2:]] == ["2026-11-02T15:10:00Z", "2026-11-02T15:10:00Z",
-                                               "2026-11-03T16:00:00Z", "2026-11-05T14:00:00Z"]
+                                               "2026-11-02T16:00:00Z", "2026-11-05T14:00:00Z"]
     assert "+13125550100" not in result.stdout and "p1@example.com" not in result.stdout
 
     revealed = json.loads(invoke(*ran, "log", "--json", "--reveal").stdout)
@@ -210,7 +210,7 @@ def test_log_filters_by_patient_journey_and_status(ran: list[str]) -> None:
     cases: list[tuple[tuple[str, ...], set[tuple[str, str, str]]]] = [
         (("--patient", "P2"), {("P2", "welcome", "welcome"),
                                ("P2", "welcome", "what-to-expect")}),
-        (("--journey", "pre-visit"), {("P1", "pre-visit", "two-days-before"),
+        (("--journey", "pre-visit"), {("P1", "pre-visit", "three-days-before"),
                                       ("P1", "pre-visit", "two-hours-before")}),
         (("--status", "sent"), {("P1", "welcome", "welcome"), ("P2", "welcome", "welcome")}),
         (("--patient", "P1", "--status", "planned", "--journey", "welcome"),
@@ -421,13 +421,13 @@ def test_simulate_replays_a_feed_and_sends_the_reminders_due(
     assert [(m["journey"], m["step"], m["kind"], m["to"]) for m in sent] == [
         ("welcome", "welcome", "sms", "+13125550100"),
         ("welcome", "what-to-expect", "email", "p1@example.com"),
-        ("pre-visit", "two-days-before", "sms", "+13125550100"),
+        ("pre-visit", "three-days-before", "sms", "+13125550100"),
     ]
     rows = json.loads(invoke(*options, "log", "--json").stdout)
     assert [(r["step"], r["status"], r["sent_at"]) for r in rows] == [
         ("welcome", "sent", "2026-11-02T15:05:00Z"),  # the first 5-minute tick after 15:02
         ("what-to-expect", "sent", "2026-11-02T15:15:00Z"),
-        ("two-days-before", "sent", "2026-11-03T16:00:00Z"),
+        ("three-days-before", "sent", "2026-11-02T16:00:00Z"),
         ("two-hours-before", "planned", None),
     ]
 
@@ -443,7 +443,7 @@ def test_simulate_replays_patients_text_replies_as_the_webhook_would(
               [{"at": "2026-11-02T15:20:00Z",
                 **appointment("A1", "P1", "2026-11-05T10:00:00-06:00")}],
               ["at", *appointment().keys()])
-    # C after the reminder of Tue 10:00 CST, then STOP
+    # C after the reminder of Mon 10:00 CST, then STOP
     write_csv(feed / "feed_replies.csv",
               [{"at": "2026-11-03T16:30:00Z", "from": "(312) 555-0100", "body": "C"},
                {"at": "2026-11-03T17:00:00Z", "from": "(312) 555-0100", "body": "stop"}],
@@ -455,7 +455,7 @@ def test_simulate_replays_patients_text_replies_as_the_webhook_would(
     assert [(r["journey"], r["step"], r["status"], r["reason"]) for r in rows] == [
         ("welcome", "welcome", "sent", None),
         ("welcome", "what-to-expect", "sent", None),
-        ("pre-visit", "two-days-before", "sent", None),
+        ("pre-visit", "three-days-before", "sent", None),
         ("replies", "confirmed", "sent", None),  # "C": confirmed, and told so
         ("replies", "stop", "sent", None),  # STOP: confirmed once
         ("pre-visit", "two-hours-before", "skipped", "opted_out"),

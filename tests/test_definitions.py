@@ -98,11 +98,13 @@ def test_the_shipped_library_loads_with_no_findings_and_the_documented_journeys(
                           "referral.first_visit_missed, patient.discharged", "transactional"),
     }
     assert definitions.journeys["review-request"].once_per == timedelta(weeks=26)
-    assert definitions.score_steps == {("follow-up", "satisfaction")}
+    assert definitions.score_steps == {("follow-up", "satisfaction-day-7"),
+                                       ("follow-up", "satisfaction-day-28")}
     pre_visit = definitions.journeys["pre-visit"]
     assert [(s.id, s.when.describe(), s.channels, s.line) for s in pre_visit.steps] == [
-        ("two-days-before", "2 days before at 10:00", ("sms", "email"), 8),
-        ("two-hours-before", "2h before", ("sms",), 13),
+        ("three-days-before", "3 days before at 10:00", ("sms", "email"), 10),
+        ("one-day-before", "1 day before at 10:00", ("sms", "email"), 15),
+        ("two-hours-before", "2h before", ("sms",), 24),
     ]
     # a cancelled visit stops its own reminders only; any booking ends a win-back
     assert pre_visit.exit_on == (ExitRule("appointment.cancelled", "anchor"),)
@@ -127,8 +129,8 @@ def test_every_shipped_sms_renders_as_gsm7_text_in_english_and_spanish(tmp_path:
     # practice's language
     shipped = sorted({(name, channel) for name, channel, _, _ in templates.files()
                       if not name.startswith(("staff/", "referral-loop/", "referrals/"))})
-    # 16 for the patient journeys, 4 recovery and review request, 5 replies to texts
-    assert len(shipped) == 25
+    # 18 for the patient journeys, 4 recovery and review request, 5 replies to texts
+    assert len(shipped) == 27
     for name, channel in shipped:
         for wanted in ("en", "es"):
             message = templates.render(name, channel, wanted, context, CHICAGO)

@@ -228,7 +228,7 @@ class Practice:
         self.clinic.tick()
         self.at("2026-11-02T10:00:00-06:00")
         self.clinic.tick()
-        reminder = self.clinic.one("pre-visit", "two-days-before")
+        reminder = self.clinic.one("pre-visit", "three-days-before")
         assert (reminder.status, reminder.channel) == (Status.SENT, "sms")
         return reminder
 
@@ -452,7 +452,7 @@ def test_a_fallback_with_no_usable_channel_left_fails_with_both_reasons(
 
 
 def test_no_fallback_after_the_deadline(practice: Practice) -> None:
-    reminder = practice.reminded()  # two-days-before: [sms, email], expires after 1 day
+    reminder = practice.reminded()  # three-days-before: [sms, email], expires after 1 day
     assert reminder.expires_at is not None
     practice.at(reminder.expires_at + timedelta(minutes=1))
     response = practice.status(reminder.id, "failed", reminder.provider_message_id or "",
@@ -483,7 +483,7 @@ def test_a_landline_30006_is_not_textable_later_steps_go_straight_to_email(
     practice.clinic.appointments(appointment("A1", "P1", "2026-11-04T15:00:00-06:00"))
     practice.at("2026-11-02T10:00:00-06:00")
     practice.clinic.tick()
-    reminder = practice.clinic.one("pre-visit", "two-days-before")
+    reminder = practice.clinic.one("pre-visit", "three-days-before")
     assert (reminder.status, reminder.channel) == (Status.SENT, "email")
     assert "sms: the address opted out" in (practice.clinic.history(reminder)[1].detail or "")
     assert [m.to for m in practice.texts()] == [NUMBER]  # only the welcome was ever texted
@@ -1020,7 +1020,7 @@ def test_c_confirms_the_visit_of_the_reminder(practice: Practice) -> None:
     log = practice.cli("log", "--json", "--journey", "pre-visit")
     assert log.exit_code == 0, log.output
     assert {row["step"]: row["appointment_confirmed"] for row in json.loads(log.stdout)} == {
-        "two-days-before": True, "two-hours-before": True}
+        "three-days-before": True, "two-hours-before": True}
     table = practice.cli("log", "--journey", "pre-visit").stdout.splitlines()
     assert [line.split()[-1] for line in table if "-before" in line] == ["confirmed"] * 2
 
