@@ -497,7 +497,7 @@ def test_deleting_an_appointment_cancels_its_reminders_and_a_put_brings_it_back(
     gone = delete(api, "/appointments/A1")
     assert gone.status_code == 200, gone.text
     assert gone.json() == {"kind": "appointment", "id": "A1", "result": "removed",
-                           "touch_points_cancelled": 2, "updated_at": None}
+                           "touch_points_cancelled": 3, "updated_at": None}
     reminder = api.clinic.one("pre-visit", "three-days-before")
     assert (reminder.status, reminder.reason) == (Status.CANCELLED, "patient_removed")
     assert api.rows(appointments)[0].removed_at == MONDAY_9AM
@@ -512,7 +512,7 @@ def test_deleting_an_appointment_cancels_its_reminders_and_a_put_brings_it_back(
     assert [tp.status for tp in api.clinic.touch_points(step="three-days-before")] == [
         Status.CANCELLED, Status.PLANNED]
     assert [(e.action, e.detail) for e in api.audit() if e.action.endswith(".delete")] == [
-        ("api.appointment.delete", {"result": "removed", "touch_points_cancelled": 2}),
+        ("api.appointment.delete", {"result": "removed", "touch_points_cancelled": 3}),
         ("api.appointment.delete", {"result": "unchanged", "touch_points_cancelled": 0})]
 
 

@@ -307,9 +307,10 @@ def test_staff_hear_of_a_minor_with_no_guardian_once_and_further_skips_are_noted
     with clinic.db.transaction() as conn:
         [case] = list_cases(conn)
         notes = [e.detail for e in case_history(conn, case.id) if e.kind == "note"]
-    assert notes == ["again: pre-visit/three-days-before, pre-visit/two-hours-before not sent: "
-                     "the patient is under 18 and no parent or guardian is on file — import "
-                     "one (touchpoint import contacts), then resolve this case"]
+    assert notes == ["again: pre-visit/three-days-before, pre-visit/one-day-before, "
+                     "pre-visit/two-hours-before not sent: the patient is under 18 and no "
+                     "parent or guardian is on file — import one (touchpoint import "
+                     "contacts), then resolve this case"]
 
 
 def test_a_date_of_birth_imported_after_planning_holds_the_minors_texts_at_send_time(
@@ -560,6 +561,7 @@ def test_with_contacts_nothing_goes_twice_and_every_touch_point_is_accounted_for
     visit = appointment("A1", "P1", "2026-11-05T10:00:00-06:00")
     moments = ["2026-11-02T14:00:00Z", "2026-11-02T14:10:00Z",  # welcome, what-to-expect
                "2026-11-02T16:00:00Z",  # three days before, 10:00 CST
+               "2026-11-04T16:00:00Z",  # the day before, 10:00 CST
                "2026-11-05T14:00:00Z"]  # two hours before
     with freeze_time(moments[0]) as frozen:
         clinic.patients(*people)
@@ -591,6 +593,8 @@ def test_with_contacts_nothing_goes_twice_and_every_touch_point_is_accounted_for
         ("what-to-expect", "C2", Status.SENT, None): 1,  # their own inbox
         ("three-days-before", "C1", Status.SENT, None): 1,
         ("three-days-before", "C2", Status.SKIPPED, "shared_address"): 1,
+        ("one-day-before", "C1", Status.SENT, None): 1,
+        ("one-day-before", "C2", Status.SKIPPED, "shared_address"): 1,
         ("two-hours-before", "C1", Status.SENT, None): 1,
         ("two-hours-before", "C2", Status.SKIPPED, "shared_address"): 1,
     }
@@ -601,6 +605,7 @@ def test_with_contacts_nothing_goes_twice_and_every_touch_point_is_accounted_for
         ("gabriela@example.com", "welcome", "what-to-expect"),
         ("marco@example.com", "welcome", "what-to-expect"),
         ("+13125550177", "pre-visit", "three-days-before"),
+        ("+13125550177", "pre-visit", "one-day-before"),
         ("+13125550177", "pre-visit", "two-hours-before"),
     ])
     for tp in after:
@@ -619,14 +624,14 @@ def test_a_cancelled_visit_cancels_every_recipients_reminders(make_clinic: MakeC
         clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
         clinic.tick()
         assert sorted(by_recipient(clinic, "pre-visit", "three-days-before")) == ["C1", "C2"]
-        frozen.move_to("2026-11-03T12:00:00Z")
+        frozen.move_to("2026-11-02T15:00:00Z")
         clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00",
                                         status="cancelled"))
-        for moment in ("2026-11-02T16:00:00Z", "2026-11-05T14:00:00Z"):
+        for moment in ("2026-11-02T16:00:00Z", "2026-11-04T16:00:00Z", "2026-11-05T14:00:00Z"):
             frozen.move_to(moment)
             clinic.tick()
     reminders = clinic.touch_points(journey="pre-visit")
-    assert len(reminders) == 4
+    assert len(reminders) == 6  # three steps, each for both parents
     assert {(tp.status, tp.reason) for tp in reminders} == \
         {(Status.CANCELLED, "appointment_cancelled")}
     assert clinic.sms.sent == [] and clinic.email.sent == []
@@ -700,5 +705,6 @@ def test_the_forecast_shows_what_a_minors_guardian_will_receive(
     for entries in (before, after):
         shown = {e.step: (e.outcome, e.recipient) for e in entries if e.journey == "pre-visit"}
         assert shown == {"three-days-before": ("send", "+1••••••••77"),
+                         "one-day-before": ("send", "+1••••••••77"),
                          "two-hours-before": ("send", "+1••••••••77")}
         assert all(f"|{key}|" in e.key for e in entries if e.journey == "pre-visit")

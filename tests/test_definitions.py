@@ -72,7 +72,8 @@ def variables(start: datetime | None = None, first_name: str = "Ana") -> dict[st
         "practice": Fields({"name": "Riverside Physical Therapy", "phone": "(312) 555-0199",
                             "links": Fields({})}),
         "appointment": Fields({"start": start, "therapist": "Maya Chen, DPT",
-                               "location": "Main St", "visit_type": "Follow-up"})
+                               "location": "Main St", "visit_type": "Follow-up",
+                               "confirmed": False})
         if start else None,
     }
 
