@@ -123,7 +123,7 @@ def test_a_dry_run_prints_the_messages_and_leaves_the_database_as_it_was(
                   env={"TOUCHPOINT_FAKE_OUTBOX": str(outbox)})
     assert real.exit_code == 0, real.output
     report = json.loads(real.stdout)
-    assert (report["events"], report["planned"], report["dispatch"]["sent"]) == (3, 6, 2)
+    assert (report["events"], report["planned"], report["dispatch"]["sent"]) == (3, 7, 2)
     assert len(outbox.read_text().splitlines()) == 2
 
 

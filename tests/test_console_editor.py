@@ -62,7 +62,7 @@ def test_save_review_publish_and_undo(console: Console) -> None:
     console.sign_in("manager@clinic.example.com")
     token = console.csrf()
     schedule = (console.schedules / "pre-visit.yaml").read_text()
-    moved = schedule.replace('at: "10:00"', 'at: "09:00"')
+    moved = schedule.replace('{days_before: 3, at: "10:00"}', '{days_before: 3, at: "09:00"}')
     saved = console.client.post("/edit/save", data={"csrf_token": token, "path": SCHEDULE,
                                                     "content": moved})
     assert saved.status_code == 200 and "Draft saved" in saved.text
@@ -70,7 +70,7 @@ def test_save_review_publish_and_undo(console: Console) -> None:
     review = console.client.get("/publish", headers=HTML)
     assert "What publishing changes in the next 14 days" in review.text
     assert "1 moved" in review.text and "P1" in review.text
-    assert '<span class="added">+    when: {days_before: 2, at: &#34;09:00&#34;}' in review.text
+    assert '<span class="added">+    when: {days_before: 3, at: &#34;09:00&#34;}' in review.text
     published = console.client.post("/publish", data={"csrf_token": token,
                                                       "note": "reminders at nine"})
     assert published.status_code == 200 and "Published version 1" in published.text

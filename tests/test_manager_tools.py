@@ -532,21 +532,21 @@ def test_preview_renders_every_channel_and_language_of_a_step_for_the_sample(
     data = as_json(run_cli("preview", "pre-visit", "three-days-before", "--json"))
     text = run_cli("preview", "pre-visit", "three-days-before")
 
-    # The sample visit is next week's Wednesday at 10:30; the reminder two days before, 10:00.
-    assert data["due_at"] == "2026-11-09T16:00:00+00:00"
+    # The sample visit is next week's Wednesday at 10:30; the reminder 3 days before, 10:00.
+    assert data["due_at"] == "2026-11-08T16:00:00+00:00"
     assert (data["status"], data["timezone"]) == ("planned", "America/Chicago")
-    assert data["when"] == "3 days before at 10:00 → Mon 09 Nov 2026 10:00 CST"
+    assert data["when"] == "3 days before at 10:00 → Sun 08 Nov 2026 10:00 CST"
     shown = [(m["channel"], m["language"], m["template"]) for m in data["messages"]]
     assert shown == [("sms", "en", "pre-visit/three-days-before.sms.j2"),
                      ("email", "en", "pre-visit/three-days-before.email.j2"),
                      ("sms", "es", "pre-visit/three-days-before.es.sms.j2"),
                      ("email", "es", "pre-visit/three-days-before.es.email.j2")]
     sms_en, email_en, sms_es, email_es = data["messages"]
-    assert sms_en["body"] == ("Riverside Physical Therapy: Hi Alexandra, see you Wed, Nov 11 "
-                              "at 10:30 AM. Reply C to confirm, R to reschedule. "
-                              "(312) 555-0199. STOP to opt out")
-    assert sms_en["segments"] == {"encoding": "GSM-7", "segments": 1, "characters": 143}
-    assert sms_es["segments"] == {"encoding": "GSM-7", "segments": 1, "characters": 159}
+    assert sms_en["body"] == ("Riverside Physical Therapy: see you Wed, Nov 11 at 10:30 AM. "
+                              "Missed visits slow recovery. Reply C to confirm, R to "
+                              "reschedule. (312) 555-0199. STOP to opt out")
+    assert sms_en["segments"] == {"encoding": "GSM-7", "segments": 1, "characters": 158}
+    assert sms_es["segments"] == {"encoding": "GSM-7", "segments": 1, "characters": 160}
     assert email_en["subject"] == "See you Wednesday, November 11 at 10:30 AM"
     assert email_es["subject"] == "Le esperamos el miércoles, 11 de noviembre a las 10:30"
     assert "Wednesday, November 11 at 10:30 AM with Maya Chen, DPT" in email_en["body"]
@@ -557,8 +557,8 @@ def test_preview_renders_every_channel_and_language_of_a_step_for_the_sample(
     lines = text.stdout.splitlines()
     assert lines[:2] == [
         "pre-visit / three-days-before (transactional) for sample patient Alexandra Rivera",
-        "  when: 3 days before at 10:00 → Mon 09 Nov 2026 10:00 CST"]
-    assert "  [GSM-7, 1 segment, 143 characters]" in lines
+        "  when: 3 days before at 10:00 → Sun 08 Nov 2026 10:00 CST"]
+    assert "  [GSM-7, 1 segment, 158 characters]" in lines
     assert "Subject: See you Wednesday, November 11 at 10:30 AM" in lines
 
 
@@ -573,12 +573,12 @@ def test_preview_for_a_patient_uses_their_language_appointment_and_timezone(
     assert run_cli("import", "patients", "patients.csv", db=sqlite_url).exit_code == 0
     assert run_cli("import", "appointments", "appointments.csv", db=sqlite_url).exit_code == 0
 
-    data = as_json(run_cli("preview", "pre-visit", "three-days-before", "--patient", "P1",
+    data = as_json(run_cli("preview", "pre-visit", "one-day-before", "--patient", "P1",
                            "--json", db=sqlite_url))
 
-    # Tuesday 10:00 in Los Angeles (18:00Z), not 10:00 in the practice's Chicago.
-    assert data["due_at"] == "2026-11-03T18:00:00+00:00"
-    assert data["when"] == "3 days before at 10:00 → Mon 02 Nov 2026 10:00 PST"
+    # Wednesday 10:00 in Los Angeles (18:00Z), not 10:00 in the practice's Chicago.
+    assert data["due_at"] == "2026-11-04T18:00:00+00:00"
+    assert data["when"] == "1 day before at 10:00 → Wed 04 Nov 2026 10:00 PST"
     assert (data["recipient"], data["timezone"]) == ("P1 Lucía Reyes", "America/Los_Angeles")
     assert [(m["channel"], m["language"], m["note"]) for m in data["messages"]] == [
         ("sms", "es", "not usable: sms: no sms consent"),
@@ -587,10 +587,10 @@ def test_preview_for_a_patient_uses_their_language_appointment_and_timezone(
     # their appointment, in their time: Thursday 10:00 Pacific; one GSM-7 segment, not
     # three in UCS-2 for the í of her name
     assert (sms["segments"]["encoding"], sms["segments"]["segments"]) == ("GSM-7", 1)
-    assert sms["body"] == ("Riverside Physical Therapy: Hola Lucia, le esperamos el jue, 5 nov "
+    assert sms["body"] == ("Riverside Physical Therapy: Lucia, le esperamos manana, jue, 5 nov "
                            "a las 10:00. Responda C para confirmar, R para cambiar. "
                            "(312) 555-0199. STOP para salir")
-    assert email["subject"] == "Le esperamos el jueves, 5 de noviembre a las 10:00"
+    assert email["subject"] == "Mañana a las 10:00: su cita en Riverside Physical Therapy"
     # a practice texting under the healthcare exemption needs no SMS consent for it
     write_config(tmp_path, '\n[caps]\nmode = "exemption"\n')
     data = as_json(run_cli("preview", "pre-visit", "three-days-before", "--patient", "P1",
@@ -664,8 +664,8 @@ def test_preview_html_writes_one_file_per_language(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("journey", "step", "message"), [
     pytest.param("previsit", "three-days-before",
                  "Error: no journey 'previsit' — did you mean 'pre-visit'?", id="journey"),
-    pytest.param("pre-visit", "two-day-before",
-                 "Error: journey pre-visit has no step 'two-day-before' — did you mean "
+    pytest.param("pre-visit", "three-day-before",
+                 "Error: journey pre-visit has no step 'three-day-before' — did you mean "
                  "'three-days-before'?", id="step"),
 ])
 def test_preview_of_an_unknown_journey_or_step_is_one_line_with_a_suggestion(
@@ -701,9 +701,9 @@ def test_test_send_goes_through_the_provider_and_is_logged_as_a_test(
             (tmp_path / "outbox.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(m["to"], m["kind"], m["test"], m["journey"], m["step"]) for m in sent] == [
         ("+13125550142", "sms", True, "pre-visit", "three-days-before")]
-    assert sent[0]["body"] == ("Riverside Physical Therapy: Hi Alexandra, see you Wed, Nov 11 "
-                               "at 10:30 AM. Reply C to confirm, R to reschedule. "
-                               "(312) 555-0199. STOP to opt out")
+    assert sent[0]["body"] == ("Riverside Physical Therapy: see you Wed, Nov 11 at 10:30 AM. "
+                               "Missed visits slow recovery. Reply C to confirm, R to "
+                               "reschedule. (312) 555-0199. STOP to opt out")
     [row] = _log(sqlite_url)
     assert {k: row[k] for k in ("id", "patient_id", "test", "status", "channel", "recipient",
                                 "journey", "step", "provider_message_id")} == {
@@ -869,6 +869,10 @@ def test_forecast_lists_sends_and_skips_with_reasons_and_changes_nothing(
         ("2026-11-02T16:00:00Z", "P2", "three-days-before", "send", "email", "p•••@example.com",
          None),
         ("2026-11-02T16:00:00Z", "P3", "three-days-before", "send", "sms", "+1••••••••02", None),
+        ("2026-11-04T16:00:00Z", "P1", "one-day-before", "send", "sms", "+1••••••••00", None),
+        ("2026-11-04T16:00:00Z", "P2", "one-day-before", "send", "email", "p•••@example.com",
+         None),
+        ("2026-11-04T16:00:00Z", "P3", "one-day-before", "send", "sms", "+1••••••••02", None),
         ("2026-11-05T14:00:00Z", "P1", "two-hours-before", "send", "sms", "+1••••••••00", None),
         ("2026-11-05T15:00:00Z", "P2", "two-hours-before", "skip", None, None, "no_consent"),
     ]
@@ -888,7 +892,7 @@ def test_forecast_lists_sends_and_skips_with_reasons_and_changes_nothing(
     lines = text.stdout.splitlines()
     assert "  09:00  P2       Ben Reyes          pre-visit/two-hours-before       skipped: " \
            "no_consent" in lines
-    assert lines[-1] == ("Next 7 days (America/Chicago): 4 to send, 1 too_late, 1 no_consent. "
+    assert lines[-1] == ("Next 7 days (America/Chicago): 7 to send, 1 too_late, 1 no_consent. "
                          "Nothing was changed.")
     assert _tables(database_url) == before
 
@@ -909,6 +913,7 @@ def test_forecast_of_planned_touch_points_carries_their_ids(sqlite_url: str,
     assert _tables(database_url) == before
     assert [(e["step"], e["touch_point_id"], e["outcome"]) for e in data["entries"]] == [
         ("three-days-before", ids["three-days-before"], "send"),
+        ("one-day-before", ids["one-day-before"], "send"),
         ("two-hours-before", ids["two-hours-before"], "send")]
 
 
@@ -994,7 +999,7 @@ def test_a_moved_step_re_times_its_pending_touch_points(
     try:
         reminder = clinic.one("pre-visit", "three-days-before")
         assert (reminder.status, reminder.due_at) == (Status.PLANNED,
-                                                      utc("2026-11-03T09:00:00-06:00"))
+                                                      utc("2026-11-02T09:00:00-06:00"))
         entries = clinic.history(reminder)
         assert [(h.kind, h.status, h.source) for h in entries] == [
             ("transition", "planned", "planner"), ("retimed", "planned", "definitions")]
@@ -1006,8 +1011,8 @@ def test_a_moved_step_re_times_its_pending_touch_points(
         with freeze_time("2026-11-02T15:00:00Z"):  # 09:00 CST: the new time
             clinic.tick()
         assert clinic.one("pre-visit", "three-days-before").status == Status.SENT
-        assert clinic.sms.sent[0].body.startswith("Riverside Physical Therapy: Hi Ana, we will "
-                                                  "see you Thu, Nov 5 at 10:00 AM.")
+        assert clinic.sms.sent[0].body.startswith("Riverside Physical Therapy: we will see you "
+                                                  "Thu, Nov 5 at 10:00 AM.")
     finally:
         clinic.close()
 
@@ -1053,10 +1058,10 @@ def test_a_step_added_to_a_journey_is_planned_for_its_pending_runs(
         added = clinic.one("pre-visit", "day-before")
         assert (added.status, added.due_at) == (Status.PLANNED, utc("2026-11-04T12:00:00-06:00"))
         assert added.anchor == clinic.one("pre-visit", "three-days-before").anchor
-        assert len(clinic.touch_points(journey="pre-visit")) == 3
+        assert len(clinic.touch_points(journey="pre-visit")) == 4
         # the unchanged steps were left alone
         assert [len(clinic.history(tp)) for tp in clinic.touch_points(journey="pre-visit")] == \
-            [1, 1, 1]
+            [1, 1, 1, 1]
     finally:
         clinic.close()
 
@@ -1070,7 +1075,7 @@ def test_a_step_moved_to_a_moment_already_past_is_skipped_unless_it_catches_up(
         status: str, reason: str | None) -> None:
     _booked_clinic(database_url, tmp_path, library, now="2026-11-01T15:00:00Z")
     # three days before at 09:00 is Mon 2 Nov 09:00 CST; the edit lands at 10:00
-    edit(library[0] / "pre-visit.yaml", '{days_before: 2, at: "10:00"}',
+    edit(library[0] / "pre-visit.yaml", '{days_before: 3, at: "10:00"}',
          '{days_before: 3, at: "09:00"}')
     edit(library[0] / "pre-visit.yaml", "    channels: [sms, email]",
          catch_up + "    channels: [sms, email]")
@@ -1218,11 +1223,13 @@ def test_forecast_diff_compares_only_the_days_both_forecasts_looked_at(
         return as_json(run_cli("forecast", "--json", *extra, db=sqlite_url,
                                schedules=schedules, templates=templates))
 
-    assert forecast("--days", "1")["entries"] == []  # the reminders are Tuesday and later
+    # today's 3-day reminders; the day-before ones are Wednesday
+    assert {e["step"] for e in forecast("--days", "1")["entries"]} == {"three-days-before"}
     week = forecast("--diff")  # looks 7 days ahead: what it sees past a day is not new
-    assert len(week["entries"]) == 5 and week["diff"]["changes"] == []
-    edit(schedules / "pre-visit.yaml", 'at: "10:00"', 'at: "09:00"')
-    day = forecast("--diff", "--days", "1")  # Tuesday 09:00 is past its horizon; not kept
+    assert len(week["entries"]) == 8 and week["diff"]["changes"] == []
+    edit(schedules / "pre-visit.yaml", '{days_before: 1, at: "10:00"}',
+         '{days_before: 1, at: "09:00"}')
+    day = forecast("--diff", "--days", "1")  # Wednesday 09:00 is past its horizon; not kept
     assert day["diff"]["changes"] == []
     assert [c["change"] for c in forecast("--diff")["diff"]["changes"]] == ["changed"] * 3
 
