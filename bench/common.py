@@ -150,7 +150,7 @@ def load_settled(db: Database, count: int, patients_count: int = 10_000) -> None
         false_ = 0 if dialect == "sqlite" else False
         batch = []
         for n in range(count):
-            batch.append((ids[n % len(ids)], "patient", false_, "pre-visit", "two-days-before",
+            batch.append((ids[n % len(ids)], "patient", false_, "pre-visit", "three-days-before",
                           f"old:{n}", "transactional", "", at, "sent", 1, "sms", "fake",
                           f"fake-{n}", at, at, at, at,
                           "Riverside Physical Therapy: Hi Alexandra, see you Wed, Dec 2 at "

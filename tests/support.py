@@ -5,7 +5,7 @@
         clinic.patients(patient("P1"))
         clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00-06:00"))
         clinic.tick()
-    clinic.one("pre-visit", "two-days-before").status
+    clinic.one("pre-visit", "three-days-before").status
 """
 
 from __future__ import annotations

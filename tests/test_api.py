@@ -150,7 +150,7 @@ def test_a_cancellation_by_put_records_the_event_and_the_next_run_cancels_the_re
     booked(api)
     assert api.event_kinds() == ["patient.created", "appointment.booked"]
     api.clinic.tick()
-    reminder = api.clinic.one("pre-visit", "two-days-before")
+    reminder = api.clinic.one("pre-visit", "three-days-before")
     assert reminder.status == Status.PLANNED
 
     cancelled = api.put("/appointments/A1", {**VISIT, "status": "canceled"})
@@ -158,7 +158,7 @@ def test_a_cancellation_by_put_records_the_event_and_the_next_run_cancels_the_re
     assert cancelled.json()["events"] == ["appointment.cancelled"]
     assert cancelled.json()["result"] == "updated"
     api.clinic.tick()
-    reminder = api.clinic.one("pre-visit", "two-days-before")
+    reminder = api.clinic.one("pre-visit", "three-days-before")
     assert reminder.status == Status.CANCELLED
 
     # the same cancellation again: nothing new
@@ -428,8 +428,8 @@ def test_a_patients_touch_points_with_their_why_and_one_touch_point(api: Api) ->
     assert listed.status_code == 200, listed.text
     points = listed.json()["touch_points"]
     assert {(p["journey"], p["step"]) for p in points} >= {("welcome", "welcome"),
-                                                          ("pre-visit", "two-days-before")}
-    reminder = next(p for p in points if p["step"] == "two-days-before")
+                                                          ("pre-visit", "three-days-before")}
+    reminder = next(p for p in points if p["step"] == "three-days-before")
     assert reminder["why"].startswith("It is planned for ")
     assert "recipient" in reminder and "5550100" not in listed.text
 
@@ -493,13 +493,13 @@ def test_deleting_an_appointment_cancels_its_reminders_and_a_put_brings_it_back(
         api: Api) -> None:
     booked(api)
     api.clinic.tick()
-    assert api.clinic.one("pre-visit", "two-days-before").status == Status.PLANNED
+    assert api.clinic.one("pre-visit", "three-days-before").status == Status.PLANNED
 
     gone = delete(api, "/appointments/A1")
     assert gone.status_code == 200, gone.text
     assert gone.json() == {"kind": "appointment", "id": "A1", "result": "removed",
-                           "touch_points_cancelled": 2, "updated_at": None}
-    reminder = api.clinic.one("pre-visit", "two-days-before")
+                           "touch_points_cancelled": 3, "updated_at": None}
+    reminder = api.clinic.one("pre-visit", "three-days-before")
     assert (reminder.status, reminder.reason) == (Status.CANCELLED, "patient_removed")
     assert api.rows(appointments)[0].removed_at == MONDAY_9AM
     again = delete(api, "/appointments/A1")
@@ -510,10 +510,10 @@ def test_deleting_an_appointment_cancels_its_reminders_and_a_put_brings_it_back(
                                                               ["appointment.booked"])
     assert api.rows(appointments)[0].removed_at is None
     api.clinic.tick()
-    assert [tp.status for tp in api.clinic.touch_points(step="two-days-before")] == [
+    assert [tp.status for tp in api.clinic.touch_points(step="three-days-before")] == [
         Status.CANCELLED, Status.PLANNED]
     assert [(e.action, e.detail) for e in api.audit() if e.action.endswith(".delete")] == [
-        ("api.appointment.delete", {"result": "removed", "touch_points_cancelled": 2}),
+        ("api.appointment.delete", {"result": "removed", "touch_points_cancelled": 3}),
         ("api.appointment.delete", {"result": "unchanged", "touch_points_cancelled": 0})]
 
 

@@ -104,7 +104,7 @@ def test_an_event_that_cannot_be_planned_is_set_aside_and_the_others_are_sent(
         for external_id in ("P2", "P3"):
             assert [tp.status for tp in clinic.touch_points(journey="pre-visit",
                                                            patient=external_id)] \
-                == ["planned", "planned"]
+                == ["planned", "planned", "planned"]
         assert clinic.touch_points(patient="P1", journey="pre-visit") == []
         for event_id in bad:
             row = event_row(clinic, event_id)
@@ -283,7 +283,7 @@ def test_each_bad_appointment_cell_refuses_its_row_by_line_and_keeps_the_good_on
         report = clinic.tick()  # the kept rows plan as usual, nothing is set aside
     assert report.events == 3
     assert {tp.step for tp in clinic.touch_points(journey="pre-visit")} \
-        == {"two-days-before", "two-hours-before"}
+        == {"three-days-before", "one-day-before", "two-hours-before"}
     with clinic.db.transaction() as conn:
         assert conn.execute(select(func.count()).select_from(events)
                             .where(events.c.failed_at.is_not(None))).scalar() == 0

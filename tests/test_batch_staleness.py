@@ -8,7 +8,7 @@ and SendGrid's unsubscribe events), while the fake provider is taking message N 
 batch of 500. On SQLite and PostgreSQL.
 
 Practice timezone: America/Chicago (CST, UTC-6). Every visit is Thu 2026-11-05 10:00; its
-two-days-before reminder is due Tue 2026-11-03 10:00 CST (16:00 UTC).
+three-days-before reminder is due Tue 2026-11-03 10:00 CST (16:00 UTC).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from tests.support import Clinic, appointment, patient, write_csv
 VISIT = "2026-11-05T10:00:00-06:00"
 MOVED_TO = "2026-11-12T10:00:00-06:00"
 PLANNING = "2026-11-02T14:00:00Z"
-REMINDERS_DUE = "2026-11-03T16:00:00Z"
+REMINDERS_DUE = "2026-11-02T16:00:00Z"
 COUNT = 500
 
 # Patients by index (the batch goes in this order). Each group's change is committed
@@ -130,7 +130,7 @@ def book_500(clinic: Clinic) -> dict[int, int]:
         clinic.appointments(*(appointment(f"A{i:03d}", external(i), VISIT)
                               for i in range(COUNT)))
         clinic.tick()
-    reminders = {i: clinic.one("pre-visit", "two-days-before", patient=external(i)).id
+    reminders = {i: clinic.one("pre-visit", "three-days-before", patient=external(i)).id
                  for i in range(COUNT)}
     due = [tp.id for tp in clinic.touch_points(status=Status.PLANNED)
            if tp.due_at <= datetime.fromisoformat(REMINDERS_DUE)]
@@ -216,7 +216,7 @@ def test_changes_committed_mid_batch_stop_every_message_not_yet_handed_over(
 
     # … and each ends as the send-time guards say.
     by_id = {tp.id: tp for tp in clinic.touch_points(journey="pre-visit",
-                                                     step="two-days-before")}
+                                                     step="three-days-before")}
 
     def outcomes(group: range) -> set[tuple[str, str | None, str | None]]:
         return {(by_id[reminders[i]].status, by_id[reminders[i]].reason,
@@ -369,7 +369,7 @@ def test_the_conditional_sending_mark(clinic: Clinic, elsewhere: Database,
         clinic.runner.plan_pending()
     with freeze_time(REMINDERS_DUE), clinic.db.transaction() as conn:
         [tp] = [t for t in claim_due(conn, "me", clock.now(), 10, timedelta(minutes=5))
-                if t.step == "two-days-before"]
+                if t.step == "three-days-before"]
         [booked] = load_appointments(conn, [tp.appointment_id or 0]).values()
     assert tp.patient_id is not None
     recheck = Recheck(tp.purpose, tp.patient_id, tp.planned_at,

@@ -215,9 +215,9 @@ def test_a_held_message_past_its_deadline_is_skipped_frequency_cap() -> None:
 
 def test_a_patient_with_three_visits_a_week_gets_every_reminder_by_text(
         database_url: str, tmp_path: Path) -> None:
-    """Mon/Wed/Fri for two weeks: on a visit day the 2-hour reminder and the next
-    visit's 2-day reminder both go (the exemption would allow one), across the end of
-    daylight saving time on Sunday 1 November."""
+    """Mon/Wed/Fri for two weeks: on a visit day the 2-hour reminder and a later visit's
+    3-day reminder both go, and on other days two reminders at 10:00 (the exemption would
+    allow one), across the end of daylight saving time on Sunday 1 November."""
     clinic = Clinic(database_url, tmp_path)
     try:
         clock.set_now(utc("2026-10-29T09:00:00-05:00"))
@@ -228,14 +228,21 @@ def test_a_patient_with_three_visits_a_week_gets_every_reminder_by_text(
                               for n, day in enumerate(days)))
         clinic.run_until(utc("2026-11-13T10:00:00-06:00"), timedelta(hours=1))
         reminders = clinic.touch_points(journey="pre-visit")
-        assert len(reminders) == 12
+        assert len(reminders) == 18
         assert {(tp.step, tp.status, tp.channel) for tp in reminders} == {
-            ("two-days-before", Status.SENT, "sms"), ("two-hours-before", Status.SENT, "sms")}
+            ("three-days-before", Status.SENT, "sms"), ("one-day-before", Status.SENT, "sms"),
+            ("two-hours-before", Status.SENT, "sms")}
         assert not [h for tp in reminders for h in clinic.history(tp) if h.kind == "deferred"]
-        # two reminders on each visit day but the first, at 08:00 and 10:00 local
-        monday = [tp.sending_at for tp in reminders
-                  if tp.sending_at is not None and tp.sending_at.date().isoformat() == days[3]]
-        assert monday == [utc(f"{days[3]}T08:00:00-06:00"), utc(f"{days[3]}T10:00:00-06:00")]
+
+        def sent_on(day: str) -> list[datetime]:
+            return sorted(tp.sending_at for tp in reminders
+                          if tp.sending_at is not None and tp.sending_at.date().isoformat() == day)
+
+        # Friday's 2-hour reminder at 08:00 and Monday's 3-day one at 10:00
+        assert sent_on(days[2]) == [utc(f"{days[2]}T08:00:00-06:00"),
+                                    utc(f"{days[2]}T10:00:00-06:00")]
+        # Tuesday: Wednesday's day-before reminder and Friday's 3-day one, both at 10:00
+        assert sent_on("2026-11-10") == [utc("2026-11-10T10:00:00-06:00")] * 2
     finally:
         clinic.close()
 

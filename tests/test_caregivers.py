@@ -296,7 +296,7 @@ def test_staff_hear_of_a_minor_with_no_guardian_once_and_further_skips_are_noted
         clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
         clinic.tick()
     welcome = by_recipient(clinic, "welcome", "welcome")["patient"]
-    reminder = by_recipient(clinic, "pre-visit", "two-days-before")["patient"]
+    reminder = by_recipient(clinic, "pre-visit", "three-days-before")["patient"]
     assert outcome(welcome) == outcome(reminder) == (Status.SKIPPED, "no_guardian", None)
     assert clinic.sms.sent == []
     [alert] = clinic.email.sent
@@ -307,9 +307,10 @@ def test_staff_hear_of_a_minor_with_no_guardian_once_and_further_skips_are_noted
     with clinic.db.transaction() as conn:
         [case] = list_cases(conn)
         notes = [e.detail for e in case_history(conn, case.id) if e.kind == "note"]
-    assert notes == ["again: pre-visit/two-days-before, pre-visit/two-hours-before not sent: "
-                     "the patient is under 18 and no parent or guardian is on file — import "
-                     "one (touchpoint import contacts), then resolve this case"]
+    assert notes == ["again: pre-visit/three-days-before, pre-visit/one-day-before, "
+                     "pre-visit/two-hours-before not sent: the patient is under 18 and no "
+                     "parent or guardian is on file — import one (touchpoint import "
+                     "contacts), then resolve this case"]
 
 
 def test_a_date_of_birth_imported_after_planning_holds_the_minors_texts_at_send_time(
@@ -319,12 +320,12 @@ def test_a_date_of_birth_imported_after_planning_holds_the_minors_texts_at_send_
         clinic.patients(patient("P1"), baseline=True)
         clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
         clinic.tick()
-        assert by_recipient(clinic, "pre-visit", "two-days-before")["patient"].status \
+        assert by_recipient(clinic, "pre-visit", "three-days-before")["patient"].status \
             == Status.PLANNED
         clinic.patients(patient("P1", date_of_birth="2012-05-31"), baseline=True)
-    with freeze_time("2026-11-03T16:00:00Z"):  # Tue 10:00 CST: the reminder is due
+    with freeze_time("2026-11-02T16:00:00Z"):  # Mon 10:00 CST: the reminder is due
         clinic.tick()
-    reminder = by_recipient(clinic, "pre-visit", "two-days-before")["patient"]
+    reminder = by_recipient(clinic, "pre-visit", "three-days-before")["patient"]
     assert (reminder.status, reminder.reason, reminder.detail) == (
         Status.SKIPPED, "no_guardian",
         "the patient is a minor with no parent or guardian on file (contacts.csv)")
@@ -559,7 +560,8 @@ def test_with_contacts_nothing_goes_twice_and_every_touch_point_is_accounted_for
                       phone="(312) 555-0177", email="marco@example.com")]
     visit = appointment("A1", "P1", "2026-11-05T10:00:00-06:00")
     moments = ["2026-11-02T14:00:00Z", "2026-11-02T14:10:00Z",  # welcome, what-to-expect
-               "2026-11-03T16:00:00Z",  # two days before, 10:00 CST
+               "2026-11-02T16:00:00Z",  # three days before, 10:00 CST
+               "2026-11-04T16:00:00Z",  # the day before, 10:00 CST
                "2026-11-05T14:00:00Z"]  # two hours before
     with freeze_time(moments[0]) as frozen:
         clinic.patients(*people)
@@ -589,8 +591,10 @@ def test_with_contacts_nothing_goes_twice_and_every_touch_point_is_accounted_for
         ("welcome", "C2", Status.SKIPPED, "shared_address"): 1,
         ("what-to-expect", "C1", Status.SENT, None): 1,
         ("what-to-expect", "C2", Status.SENT, None): 1,  # their own inbox
-        ("two-days-before", "C1", Status.SENT, None): 1,
-        ("two-days-before", "C2", Status.SKIPPED, "shared_address"): 1,
+        ("three-days-before", "C1", Status.SENT, None): 1,
+        ("three-days-before", "C2", Status.SKIPPED, "shared_address"): 1,
+        ("one-day-before", "C1", Status.SENT, None): 1,
+        ("one-day-before", "C2", Status.SKIPPED, "shared_address"): 1,
         ("two-hours-before", "C1", Status.SENT, None): 1,
         ("two-hours-before", "C2", Status.SKIPPED, "shared_address"): 1,
     }
@@ -600,7 +604,8 @@ def test_with_contacts_nothing_goes_twice_and_every_touch_point_is_accounted_for
         ("+13125550177", "welcome", "welcome"),
         ("gabriela@example.com", "welcome", "what-to-expect"),
         ("marco@example.com", "welcome", "what-to-expect"),
-        ("+13125550177", "pre-visit", "two-days-before"),
+        ("+13125550177", "pre-visit", "three-days-before"),
+        ("+13125550177", "pre-visit", "one-day-before"),
         ("+13125550177", "pre-visit", "two-hours-before"),
     ])
     for tp in after:
@@ -618,15 +623,15 @@ def test_a_cancelled_visit_cancels_every_recipients_reminders(make_clinic: MakeC
                         contact("C2", "P1", relationship="father", phone="(312) 555-0172"))
         clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
         clinic.tick()
-        assert sorted(by_recipient(clinic, "pre-visit", "two-days-before")) == ["C1", "C2"]
-        frozen.move_to("2026-11-03T12:00:00Z")
+        assert sorted(by_recipient(clinic, "pre-visit", "three-days-before")) == ["C1", "C2"]
+        frozen.move_to("2026-11-02T15:00:00Z")
         clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00",
                                         status="cancelled"))
-        for moment in ("2026-11-03T16:00:00Z", "2026-11-05T14:00:00Z"):
+        for moment in ("2026-11-02T16:00:00Z", "2026-11-04T16:00:00Z", "2026-11-05T14:00:00Z"):
             frozen.move_to(moment)
             clinic.tick()
     reminders = clinic.touch_points(journey="pre-visit")
-    assert len(reminders) == 4
+    assert len(reminders) == 6  # three steps, each for both parents
     assert {(tp.status, tp.reason) for tp in reminders} == \
         {(Status.CANCELLED, "appointment_cancelled")}
     assert clinic.sms.sent == [] and clinic.email.sent == []
@@ -699,6 +704,7 @@ def test_the_forecast_shows_what_a_minors_guardian_will_receive(
     assert {tp.recipient for tp in ledger.values()} == {key}
     for entries in (before, after):
         shown = {e.step: (e.outcome, e.recipient) for e in entries if e.journey == "pre-visit"}
-        assert shown == {"two-days-before": ("send", "+1••••••••77"),
+        assert shown == {"three-days-before": ("send", "+1••••••••77"),
+                         "one-day-before": ("send", "+1••••••••77"),
                          "two-hours-before": ("send", "+1••••••••77")}
         assert all(f"|{key}|" in e.key for e in entries if e.journey == "pre-visit")

@@ -114,7 +114,7 @@ def test_a_dry_run_prints_the_messages_and_leaves_the_database_as_it_was(
     assert "\nWelcome to Riverside Physical Therapy, Ana!" in result.stdout
     assert "── sms to +1••••••••02 · welcome/welcome" in result.stdout
     assert result.stdout.rstrip().endswith(
-        "dry run (nothing recorded): 3 event(s) planned into 6 touch point(s); 2 sent.")
+        "dry run (nothing recorded): 3 event(s) planned into 7 touch point(s); 2 sent.")
     assert "+13125550100" not in result.stdout
     assert dump(database_url) == before  # events still unprocessed, no touch point, no history
     assert not outbox.exists()  # the fake provider was never called
@@ -123,7 +123,7 @@ def test_a_dry_run_prints_the_messages_and_leaves_the_database_as_it_was(
                   env={"TOUCHPOINT_FAKE_OUTBOX": str(outbox)})
     assert real.exit_code == 0, real.output
     report = json.loads(real.stdout)
-    assert (report["events"], report["planned"], report["dispatch"]["sent"]) == (3, 6, 2)
+    assert (report["events"], report["planned"], report["dispatch"]["sent"]) == (3, 7, 2)
     assert len(outbox.read_text().splitlines()) == 2
 
 
@@ -134,7 +134,7 @@ def test_run_once_json_reports_the_tick(sqlite_url: str, tmp_path: Path) -> None
     report = json.loads(result.stdout)
     expected = {
         "at": "2026-11-02T15:00:00Z", "recovered": 0, "lapses": 0, "events": 3,
-        "planned": 6, "exited": 0, "dry_run": False,
+        "planned": 7, "exited": 0, "dry_run": False,
         "dispatch": {"claimed": 2, "sent": 2, "failed": 0, "unknown": 0, "deferred": 0,
                      "retried": 0, "skipped": {}, "cancelled": {}}}
     assert {k: report.get(k) for k in expected if k != "dispatch"} == \
@@ -145,16 +145,16 @@ def test_run_once_json_reports_the_tick(sqlite_url: str, tmp_path: Path) -> None
 def test_now_with_an_offset_runs_the_engine_at_that_instant(
         sqlite_url: str, tmp_path: Path) -> None:
     options = imported(tmp_path, sqlite_url)
-    result = invoke(*options, "--now", "2026-11-03T10:00-06:00", "run", "--once", "--json")
+    result = invoke(*options, "--now", "2026-11-04T10:00-06:00", "run", "--once", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["at"] == "2026-11-03T16:00:00Z"
-    # the day-old welcomes are past their deadline; the two-days-before reminder is due
+    assert report["at"] == "2026-11-04T16:00:00Z"
+    # the welcomes and the 3-day reminder are past their deadline; the day-before one is due
     assert report["dispatch"]["sent"] == 1
-    assert report["dispatch"]["skipped"] == {"too_late": 4}
+    assert report["dispatch"]["skipped"] == {"too_late": 5}
     rows = json.loads(invoke(*options, "log", "--status", "sent", "--json").stdout)
     assert [(r["patient_id"], r["journey"], r["step"], r["sent_at"]) for r in rows] == [
-        ("P1", "pre-visit", "two-days-before", "2026-11-03T16:00:00Z")]
+        ("P1", "pre-visit", "one-day-before", "2026-11-04T16:00:00Z")]
 
 
 def test_now_without_an_offset_is_a_usage_error(tmp_path: Path) -> None:
@@ -189,7 +189,8 @@ def test_log_json_rows_carry_imported_ids_utc_times_and_masked_recipients(
         ("P2", None, "welcome", "welcome", "sent"),
         ("P1", None, "welcome", "what-to-expect", "planned"),
         ("P2", None, "welcome", "what-to-expect", "planned"),
-        ("P1", "A1", "pre-visit", "two-days-before", "planned"),
+        ("P1", "A1", "pre-visit", "three-days-before", "planned"),
+        ("P1", "A1", "pre-visit", "one-day-before", "planned"),
         ("P1", "A1", "pre-visit", "two-hours-before", "planned"),
     ]
     sent = rows[0]
@@ -199,7 +200,8 @@ def test_log_json_rows_carry_imported_ids_utc_times_and_masked_recipients(
         "sent_at": "2026-11-02T15:00:00Z", "status": "sent", "reason": None, "attempts": 1}
     assert isinstance(sent["id"], int) and sent["provider_message_id"].startswith("fake-sms-")
     assert [r["due_at"] for r in rows[2:]] == ["2026-11-02T15:10:00Z", "2026-11-02T15:10:00Z",
-                                               "2026-11-03T16:00:00Z", "2026-11-05T14:00:00Z"]
+                                               "2026-11-02T16:00:00Z", "2026-11-04T16:00:00Z",
+                                               "2026-11-05T14:00:00Z"]
     assert "+13125550100" not in result.stdout and "p1@example.com" not in result.stdout
 
     revealed = json.loads(invoke(*ran, "log", "--json", "--reveal").stdout)
@@ -210,7 +212,8 @@ def test_log_filters_by_patient_journey_and_status(ran: list[str]) -> None:
     cases: list[tuple[tuple[str, ...], set[tuple[str, str, str]]]] = [
         (("--patient", "P2"), {("P2", "welcome", "welcome"),
                                ("P2", "welcome", "what-to-expect")}),
-        (("--journey", "pre-visit"), {("P1", "pre-visit", "two-days-before"),
+        (("--journey", "pre-visit"), {("P1", "pre-visit", "three-days-before"),
+                                      ("P1", "pre-visit", "one-day-before"),
                                       ("P1", "pre-visit", "two-hours-before")}),
         (("--status", "sent"), {("P1", "welcome", "welcome"), ("P2", "welcome", "welcome")}),
         (("--patient", "P1", "--status", "planned", "--journey", "welcome"),
@@ -416,18 +419,19 @@ def test_simulate_replays_a_feed_and_sends_the_reminders_due(
     assert result.exit_code == 0, result.output
     totals = json.loads(result.stdout)
     assert {k: totals[k] for k in ("planned", "sent", "failed")} == {
-        "planned": 4, "sent": 3, "failed": 0}
+        "planned": 5, "sent": 3, "failed": 0}
     sent = [json.loads(line) for line in outbox.read_text().splitlines()]
     assert [(m["journey"], m["step"], m["kind"], m["to"]) for m in sent] == [
         ("welcome", "welcome", "sms", "+13125550100"),
         ("welcome", "what-to-expect", "email", "p1@example.com"),
-        ("pre-visit", "two-days-before", "sms", "+13125550100"),
+        ("pre-visit", "three-days-before", "sms", "+13125550100"),
     ]
     rows = json.loads(invoke(*options, "log", "--json").stdout)
     assert [(r["step"], r["status"], r["sent_at"]) for r in rows] == [
         ("welcome", "sent", "2026-11-02T15:05:00Z"),  # the first 5-minute tick after 15:02
         ("what-to-expect", "sent", "2026-11-02T15:15:00Z"),
-        ("two-days-before", "sent", "2026-11-03T16:00:00Z"),
+        ("three-days-before", "sent", "2026-11-02T16:00:00Z"),
+        ("one-day-before", "planned", None),
         ("two-hours-before", "planned", None),
     ]
 
@@ -443,7 +447,7 @@ def test_simulate_replays_patients_text_replies_as_the_webhook_would(
               [{"at": "2026-11-02T15:20:00Z",
                 **appointment("A1", "P1", "2026-11-05T10:00:00-06:00")}],
               ["at", *appointment().keys()])
-    # C after the reminder of Tue 10:00 CST, then STOP
+    # C after the reminder of Mon 10:00 CST, then STOP
     write_csv(feed / "feed_replies.csv",
               [{"at": "2026-11-03T16:30:00Z", "from": "(312) 555-0100", "body": "C"},
                {"at": "2026-11-03T17:00:00Z", "from": "(312) 555-0100", "body": "stop"}],
@@ -455,9 +459,10 @@ def test_simulate_replays_patients_text_replies_as_the_webhook_would(
     assert [(r["journey"], r["step"], r["status"], r["reason"]) for r in rows] == [
         ("welcome", "welcome", "sent", None),
         ("welcome", "what-to-expect", "sent", None),
-        ("pre-visit", "two-days-before", "sent", None),
+        ("pre-visit", "three-days-before", "sent", None),
         ("replies", "confirmed", "sent", None),  # "C": confirmed, and told so
         ("replies", "stop", "sent", None),  # STOP: confirmed once
+        ("pre-visit", "one-day-before", "sent", None),  # by email: texts are stopped
         ("pre-visit", "two-hours-before", "skipped", "opted_out"),
     ]
     with open_database(sqlite_url).transaction() as conn:

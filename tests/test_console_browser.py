@@ -187,20 +187,20 @@ def test_resolve_a_case(browser: Browser, site: str, database_url: str) -> None:
 
 def test_edit_a_template_see_the_error_at_its_line_fix_it_and_publish(
         browser: Browser, site: str, database_url: str, tmp_path: Path) -> None:
-    sms = tmp_path / "message_templates/pre-visit/two-days-before.sms.j2"
+    sms = tmp_path / "message_templates/pre-visit/three-days-before.sms.j2"
     original = sms.read_text(encoding="utf-8")
     shoot = database_url.startswith("sqlite")
     desk = browser.new_page(viewport={"width": 1280, "height": 900})
     sign_in(desk, site)
     expect(desk.get_by_role("link", name="Edit", exact=True)).to_have_count(0)
-    desk.goto(f"{site}/edit/message_templates/pre-visit/two-days-before.sms.j2")
+    desk.goto(f"{site}/edit/message_templates/pre-visit/three-days-before.sms.j2")
     expect(desk.get_by_role("heading", name="Not for your role")).to_be_visible()
     desk.close()
 
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     sign_in(page, site, email="manager@clinic.example.com")
     page.get_by_role("link", name="Edit", exact=True).click()
-    page.get_by_role("link", name="message_templates/pre-visit/two-days-before.sms.j2").click()
+    page.get_by_role("link", name="message_templates/pre-visit/three-days-before.sms.j2").click()
     source = page.get_by_label("Text", exact=True)
     source.fill("\n" + original.replace("recipient.first_name", "recipient.frist_name"))
     problems = page.get_by_role("list", name="Problems in this file")

@@ -9,7 +9,7 @@ from engine import clock, drafts
 from tests.console_support import HTML, NOW, Console
 from tests.support import appointment, patient
 
-SMS = "message_templates/pre-visit/two-days-before.sms.j2"
+SMS = "message_templates/pre-visit/three-days-before.sms.j2"
 SCHEDULE = "schedules/pre-visit.yaml"
 
 
@@ -39,7 +39,7 @@ def test_only_managers_and_owners_open_the_editor(console: Console) -> None:
 def test_the_check_names_a_misspelt_field_at_its_line_and_the_fix_previews(
         console: Console) -> None:
     console.sign_in("manager@clinic.example.com")
-    original = (console.templates / "pre-visit/two-days-before.sms.j2").read_text()
+    original = (console.templates / "pre-visit/three-days-before.sms.j2").read_text()
     token = {"X-CSRF-Token": console.csrf()}
     typo = console.client.post("/edit/check", headers=token, data={
         "path": SMS, "content": "\n" + original.replace("recipient.first_name",
@@ -62,7 +62,7 @@ def test_save_review_publish_and_undo(console: Console) -> None:
     console.sign_in("manager@clinic.example.com")
     token = console.csrf()
     schedule = (console.schedules / "pre-visit.yaml").read_text()
-    moved = schedule.replace('at: "10:00"', 'at: "09:00"')
+    moved = schedule.replace('{days_before: 3, at: "10:00"}', '{days_before: 3, at: "09:00"}')
     saved = console.client.post("/edit/save", data={"csrf_token": token, "path": SCHEDULE,
                                                     "content": moved})
     assert saved.status_code == 200 and "Draft saved" in saved.text
@@ -70,7 +70,7 @@ def test_save_review_publish_and_undo(console: Console) -> None:
     review = console.client.get("/publish", headers=HTML)
     assert "What publishing changes in the next 14 days" in review.text
     assert "1 moved" in review.text and "P1" in review.text
-    assert '<span class="added">+    when: {days_before: 2, at: &#34;09:00&#34;}' in review.text
+    assert '<span class="added">+    when: {days_before: 3, at: &#34;09:00&#34;}' in review.text
     published = console.client.post("/publish", data={"csrf_token": token,
                                                       "note": "reminders at nine"})
     assert published.status_code == 200 and "Published version 1" in published.text
@@ -89,7 +89,7 @@ def test_save_review_publish_and_undo(console: Console) -> None:
 def test_publishing_is_refused_while_a_draft_has_errors(console: Console) -> None:
     console.sign_in("manager@clinic.example.com")
     token = console.csrf()
-    original = (console.templates / "pre-visit/two-days-before.sms.j2").read_text()
+    original = (console.templates / "pre-visit/three-days-before.sms.j2").read_text()
     console.client.post("/edit/save", data={"csrf_token": token, "path": SMS,
                                             "content": original.replace("{{ practice.name }}",
                                                                         "{{ practice.nmae }}")})
@@ -98,7 +98,7 @@ def test_publishing_is_refused_while_a_draft_has_errors(console: Console) -> Non
     assert 'action="/publish"' not in review.text
     refused = console.client.post("/publish", data={"csrf_token": token})
     assert refused.status_code == 422
-    assert (console.templates / "pre-visit/two-days-before.sms.j2").read_text() == original
+    assert (console.templates / "pre-visit/three-days-before.sms.j2").read_text() == original
     with console.clinic.db.transaction() as conn:
         assert list(drafts.drafts(conn)) == [SMS]
 
@@ -109,9 +109,9 @@ def test_a_test_send_goes_to_the_signed_in_persons_own_phone_or_email(
 
     console.sign_in("manager@clinic.example.com")
     token = console.csrf()
-    content = (console.templates / "pre-visit/two-days-before.sms.j2").read_text()
+    content = (console.templates / "pre-visit/three-days-before.sms.j2").read_text()
     form = {"csrf_token": token, "path": SMS, "content": content.replace("Reply C", "Yo. Reply C"),
-            "step": "pre-visit/two-days-before"}
+            "step": "pre-visit/three-days-before"}
     no_phone = console.client.post("/edit/test-send", data={**form, "channel": "sms"})
     assert no_phone.status_code == 422 and "users set-phone" in no_phone.text
     with console.clinic.db.transaction() as conn:

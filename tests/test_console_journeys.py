@@ -22,9 +22,9 @@ def test_a_journey_shows_its_steps_around_the_visit_with_their_reach(console: Co
     page = console.client.get("/journeys/pre-visit", headers=HTML)
     assert page.status_code == 200
     text = page.text
-    assert text.index("two-days-before") < text.index("two-hours-before") \
+    assert text.index("three-days-before") < text.index("two-hours-before") \
         < text.index("the visit (appointment.booked)")
-    assert "2 days before at 10:00" in text and "2h before" in text
+    assert "3 days before at 10:00" in text and "2h before" in text
     assert "priority reminder (40)" in text
     assert "Will reach <strong>2</strong> patients" in text
     assert "edit its words" not in text  # a viewer does not edit

@@ -73,7 +73,8 @@ def variables(start: datetime | None = None, first_name: str = "Ana") -> dict[st
         "practice": Fields({"name": "Riverside Physical Therapy", "phone": "(312) 555-0199",
                             "links": Fields({})}),
         "appointment": Fields({"start": start, "therapist": "Maya Chen, DPT",
-                               "location": "Main St", "visit_type": "Follow-up"})
+                               "location": "Main St", "visit_type": "Follow-up",
+                               "confirmed": False})
         if start else None,
     }
 
@@ -100,11 +101,13 @@ def test_the_shipped_library_loads_with_no_findings_and_the_documented_journeys(
         "plan-of-care": ("plan.under_scheduled", "transactional"),
     }
     assert definitions.journeys["review-request"].once_per == timedelta(weeks=26)
-    assert definitions.score_steps == {("follow-up", "satisfaction")}
+    assert definitions.score_steps == {("follow-up", "satisfaction-day-7"),
+                                       ("follow-up", "satisfaction-day-28")}
     pre_visit = definitions.journeys["pre-visit"]
     assert [(s.id, s.when.describe(), s.channels, s.line) for s in pre_visit.steps] == [
-        ("two-days-before", "2 days before at 10:00", ("sms", "email"), 8),
-        ("two-hours-before", "2h before", ("sms",), 13),
+        ("three-days-before", "3 days before at 10:00", ("sms", "email"), 10),
+        ("one-day-before", "1 day before at 10:00", ("sms", "email"), 15),
+        ("two-hours-before", "2h before", ("sms",), 24),
     ]
     # a cancelled visit stops its own reminders only; any booking ends a win-back
     assert pre_visit.exit_on == (ExitRule("appointment.cancelled", "anchor"),)

@@ -222,8 +222,8 @@ def test_the_backoff_never_schedules_a_retry_past_the_deadline(
         reminder = clinic.one("pre-visit", "two-hours-before")
         assert reminder.due_at == utc("2026-11-05T08:00:00-06:00")
         assert reminder.expires_at == utc("2026-11-05T10:00:00-06:00")
-        frozen.move_to("2026-11-03T16:00:00Z")
-        clinic.tick()  # the two-days-before reminder goes out on its day
+        frozen.move_to("2026-11-02T16:00:00Z")
+        clinic.tick()  # the three-days-before reminder goes out on its day
         clinic.sms.fail_when(lambda m: TransientChannelError("down", provider="fake", status=500)
                              if m.step == "two-hours-before" else None)
         frozen.move_to("2026-11-05T14:00:00Z")
@@ -299,8 +299,8 @@ def test_a_permanent_error_on_the_last_channel_fails_with_the_providers_code(
     with freeze_time("2026-11-02T14:00:00Z") as frozen:
         clinic.patients(patient("P1"), baseline=True)
         clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
-        frozen.move_to("2026-11-03T16:00:00Z")
-        clinic.tick()  # the two-days-before reminder goes out by sms
+        frozen.move_to("2026-11-02T16:00:00Z")
+        clinic.tick()  # the three-days-before reminder goes out by sms
         clinic.sms.script(PermanentChannelError("invalid 'To' phone number", provider="fake",
                                                 code="21211", status=400))
         frozen.move_to("2026-11-05T14:00:00Z")  # the sms-only 2-hour reminder
@@ -312,7 +312,7 @@ def test_a_permanent_error_on_the_last_channel_fails_with_the_providers_code(
         Status.FAILED, "provider_error", 1)
     assert reminder.detail == "sms: fake HTTP 400 code 21211: invalid 'To' phone number"
     assert reminder.claimed_by is None
-    assert [m.step for m in clinic.sms.attempts] == ["two-days-before", "two-hours-before"]
+    assert [m.step for m in clinic.sms.attempts] == ["three-days-before", "two-hours-before"]
     assert moves(clinic, reminder.id)[-1] == ("sending", "failed", "provider_error",
                                               "dispatcher")
 
@@ -327,10 +327,10 @@ def test_a_provider_opt_out_blocks_the_number_for_the_next_touch_point(
         clinic.sms.script(PermanentChannelError(
             "Attempt to send to unsubscribed recipient", provider="fake", code="21610",
             status=400, opted_out=True))
-        frozen.move_to("2026-11-03T16:00:00Z")  # two days before, 10:00 CST
+        frozen.move_to("2026-11-02T16:00:00Z")  # three days before, 10:00 CST
         clinic.tick()
-        two_days = clinic.one("pre-visit", "two-days-before")
-        assert (two_days.status, two_days.channel) == (Status.SENT, "email")
+        three_days = clinic.one("pre-visit", "three-days-before")
+        assert (three_days.status, three_days.channel) == (Status.SENT, "email")
         with clinic.db.transaction() as conn:
             blocked = conn.execute(select(opt_outs.c.channel, opt_outs.c.address,
                                           opt_outs.c.purpose, opt_outs.c.source)).all()
@@ -347,8 +347,8 @@ def test_a_21610_refusal_on_the_last_channel_fails_as_opted_out(clinic: Clinic) 
     with freeze_time("2026-11-02T14:00:00Z") as frozen:
         clinic.patients(patient("P1"), baseline=True)
         clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
-        frozen.move_to("2026-11-03T16:00:00Z")
-        clinic.tick()  # the two-days-before reminder goes out by sms
+        frozen.move_to("2026-11-02T16:00:00Z")
+        clinic.tick()  # the three-days-before reminder goes out by sms
         clinic.sms.script(PermanentChannelError(
             "Attempt to send to unsubscribed recipient", provider="fake", code="21610",
             status=400, opted_out=True))

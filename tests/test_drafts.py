@@ -22,7 +22,7 @@ from tests.support import (
 )
 
 NOW = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
-SMS = "message_templates/pre-visit/two-days-before.sms.j2"
+SMS = "message_templates/pre-visit/three-days-before.sms.j2"
 SCHEDULE = "schedules/pre-visit.yaml"
 
 
@@ -98,14 +98,14 @@ def test_the_forecast_shows_what_a_draft_moves_and_rewords(clinic: Clinic) -> No
     moved = schedule.replace('at: "10:00"', 'at: "09:00"')
     changes = drafts.forecast_changes(clinic.db, clinic.settings, clinic.definitions,
                                       {SCHEDULE: moved}, NOW)
-    [change] = [c for c in changes if c.step == "two-days-before"]
+    [change] = [c for c in changes if c.step == "three-days-before"]
     assert change.kind == "changed" and "at" in change.what
     assert change.before and change.after
     assert change.after["at"] < change.before["at"]  # an hour earlier
     wording = (drafts.read_file(clinic.settings, SMS) or "").replace("Reply C", "Text C")
     reworded = drafts.forecast_changes(clinic.db, clinic.settings, clinic.definitions,
                                        {SMS: wording}, NOW)
-    assert [(c.step, c.what) for c in reworded] == [("two-days-before", ("digest",))]
+    assert [(c.step, c.what) for c in reworded] == [("three-days-before", ("digest",))]
     assert drafts.summary(reworded)["reworded"] == 1
 
 
@@ -130,7 +130,7 @@ def test_an_edit_is_checked_and_previewed_for_the_sample_and_a_real_minor(
                                original.replace("recipient.first_name", "recipient.frist_name"),
                                NOW)
         assert [(p.line, p.code) for p in typo.problems][:1] == [(1, "undefined")]
-        assert typo.steps == [("pre-visit", "two-days-before")]
+        assert typo.steps == [("pre-visit", "three-days-before")]
         fixed = drafts.try_edit(conn, clinic.settings, SMS,
                                 original.replace("Reply C", "Free parking. Reply C"), NOW)
         assert [p for p in fixed.problems if p.severity == "error"] == []

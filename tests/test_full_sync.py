@@ -125,7 +125,7 @@ def test_a_removed_patient_who_comes_back_is_reactivated_with_their_visit(
     with freeze_time(LATER):
         clinic.tick()
     reminders = clinic.touch_points(patient="P2", journey="pre-visit",
-                                    step="two-days-before", recipient="patient")
+                                    step="three-days-before", recipient="patient")
     assert [(tp.status, tp.anchor.endswith(":v2")) for tp in reminders] == [
         (Status.CANCELLED, False), (Status.PLANNED, True)]
 

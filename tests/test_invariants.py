@@ -44,11 +44,11 @@ def test_a_booking_plans_each_step_once_and_sends_it_once(clinic: Clinic) -> Non
         clinic.patients(patient("P1"))
         clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
         clinic.tick()
-        reminder = clinic.one("pre-visit", "two-days-before")
+        reminder = clinic.one("pre-visit", "three-days-before")
         assert reminder.status == Status.PLANNED
-        assert reminder.due_at == utc("2026-11-03T10:00:00-06:00")
+        assert reminder.due_at == utc("2026-11-02T10:00:00-06:00")
 
-        frozen.move_to("2026-11-03T16:00:00Z")  # Tue 10:00 CST
+        frozen.move_to("2026-11-02T16:00:00Z")  # Mon 10:00 CST
         clinic.tick()
         clinic.tick()  # a second pass finds nothing to do
         # re-importing the very same data changes nothing and plans nothing new
@@ -57,11 +57,12 @@ def test_a_booking_plans_each_step_once_and_sends_it_once(clinic: Clinic) -> Non
         report = clinic.tick()
         assert report.planned == 0
 
-    reminder = clinic.one("pre-visit", "two-days-before")
+    reminder = clinic.one("pre-visit", "three-days-before")
     assert reminder.status == Status.SENT and reminder.channel == "sms"
     assert len(clinic.sent_to(reminder.id)) == 1
     assert Counter((tp.journey, tp.step) for tp in clinic.touch_points()) == {
-        ("pre-visit", "two-days-before"): 1, ("pre-visit", "two-hours-before"): 1,
+        ("pre-visit", "three-days-before"): 1, ("pre-visit", "one-day-before"): 1,
+        ("pre-visit", "two-hours-before"): 1,
         ("welcome", "welcome"): 1, ("welcome", "what-to-expect"): 1}
 
 
@@ -121,7 +122,7 @@ def test_no_reminder_for_a_cancelled_appointment(clinic: Clinic) -> None:
         frozen.move_to("2026-11-03T12:00:00Z")
         clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00",
                                         status="cancelled"))
-        frozen.move_to("2026-11-03T16:00:00Z")
+        frozen.move_to("2026-11-02T16:00:00Z")
         clinic.tick()
         frozen.move_to("2026-11-05T14:00:00Z")
         clinic.tick()
@@ -138,9 +139,9 @@ def test_cancellation_not_yet_planned_is_caught_at_send_time(clinic: Clinic) -> 
         clinic.tick()
         with clinic.db.transaction() as conn:  # the EMR row changed; no event yet
             conn.execute(update(appointments_table).values(status="cancelled"))
-        frozen.move_to("2026-11-03T16:00:00Z")
+        frozen.move_to("2026-11-02T16:00:00Z")
         clinic.runner.dispatcher.run()  # type: ignore[union-attr]
-    reminder = clinic.one("pre-visit", "two-days-before")
+    reminder = clinic.one("pre-visit", "three-days-before")
     assert (reminder.status, reminder.reason) == (Status.CANCELLED, "appointment_cancelled")
     assert clinic.sms.sent == []
 
@@ -150,17 +151,17 @@ def test_a_moved_appointment_gets_reminders_for_its_new_time_only(clinic: Clinic
         clinic.patients(patient("P1"), baseline=True)
         clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
         clinic.tick()
-        frozen.move_to("2026-11-03T12:00:00Z")
+        frozen.move_to("2026-11-02T15:00:00Z")
         summary = clinic.appointments(appointment("A1", "P1", "2026-11-10T15:00:00-06:00"))
         assert summary.events == {"appointment.rescheduled": 1}
         clinic.tick()
-        frozen.move_to("2026-11-03T16:00:00Z")  # the old reminder's moment
+        frozen.move_to("2026-11-02T16:00:00Z")  # the old reminder's moment
         clinic.tick()
-        frozen.move_to("2026-11-08T16:00:00Z")  # Sun 10:00 CST, two days before the new time
+        frozen.move_to("2026-11-07T16:00:00Z")  # Sat 10:00 CST, 3 days before the new time
         clinic.tick()
-    old, new = clinic.touch_points(journey="pre-visit", step="two-days-before")
+    old, new = clinic.touch_points(journey="pre-visit", step="three-days-before")
     assert (old.status, old.reason) == (Status.CANCELLED, "anchor_changed")
-    assert new.status == Status.SENT and new.due_at == utc("2026-11-08T10:00:00-06:00")
+    assert new.status == Status.SENT and new.due_at == utc("2026-11-07T10:00:00-06:00")
     assert [m.touch_point_id for m in clinic.sms.sent] == [new.id]
     assert "Tue, Nov 10" in clinic.sms.sent[0].body and "3:00 PM" in clinic.sms.sent[0].body
 
@@ -192,10 +193,10 @@ def test_reminders_stay_at_ten_local_across_the_dst_change(clinic: Clinic) -> No
         clinic.patients(patient("P1"), baseline=True)
         clinic.appointments(
             appointment("A1", "P1", "2026-10-31T10:00:00-05:00"),  # Sat, CDT
-            appointment("A2", "P1", "2026-11-03T10:00:00-06:00"))  # Tue, CST
+            appointment("A2", "P1", "2026-11-04T10:00:00-06:00"))  # Wed, CST
         clinic.tick()
-    first, second = clinic.touch_points(journey="pre-visit", step="two-days-before")
-    assert first.due_at == datetime(2026, 10, 29, 15, 0, tzinfo=UTC)
+    first, second = clinic.touch_points(journey="pre-visit", step="three-days-before")
+    assert first.due_at == datetime(2026, 10, 28, 15, 0, tzinfo=UTC)
     assert second.due_at == datetime(2026, 11, 1, 16, 0, tzinfo=UTC)  # the change day
 
 
@@ -222,15 +223,15 @@ def test_a_message_due_at_night_is_deferred_at_send_time(clinic: Clinic) -> None
         clinic.patients(patient("P1"), baseline=True)
         clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
         clinic.tick()
-        frozen.move_to("2026-11-04T03:30:00Z")  # the daemon was down; it is 21:30 CST
+        frozen.move_to("2026-11-03T03:30:00Z")  # the daemon was down; it is 21:30 CST
         clinic.tick()
-        reminder = clinic.one("pre-visit", "two-days-before")
+        reminder = clinic.one("pre-visit", "three-days-before")
         assert reminder.status == Status.PLANNED
-        assert reminder.due_at == utc("2026-11-04T08:00:00-06:00")
+        assert reminder.due_at == utc("2026-11-03T08:00:00-06:00")
         assert clinic.history(reminder)[-1].reason == "quiet_hours"
-        frozen.move_to("2026-11-04T14:00:00Z")
+        frozen.move_to("2026-11-03T14:00:00Z")
         clinic.tick()
-    assert clinic.one("pre-visit", "two-days-before").status == Status.SENT
+    assert clinic.one("pre-visit", "three-days-before").status == Status.SENT
 
 
 def test_an_early_visits_two_hour_reminder_is_skipped_not_sent_at_night(clinic: Clinic) -> None:
@@ -244,15 +245,19 @@ def test_an_early_visits_two_hour_reminder_is_skipped_not_sent_at_night(clinic: 
     assert "quiet hours" in (reminder.detail or "")
 
 
-def test_a_two_days_before_reminder_for_a_visit_booked_tomorrow_is_not_sent_late(
+def test_a_three_days_before_reminder_for_a_visit_booked_tomorrow_is_not_sent_late(
         clinic: Clinic) -> None:
     with freeze_time("2026-11-02T14:00:00Z"):
         clinic.patients(patient("P1"), baseline=True)
         clinic.appointments(appointment("A1", "P1", "2026-11-03T15:00:00-06:00"))
         clinic.tick()
-    reminder = clinic.one("pre-visit", "two-days-before")
+    reminder = clinic.one("pre-visit", "three-days-before")
     assert (reminder.status, reminder.reason) == (Status.SKIPPED, "too_late")
     assert clinic.sms.sent == []
+    # the day-before reminder is still ahead (Mon 10:00 CST) and will go
+    day_before = clinic.one("pre-visit", "one-day-before")
+    assert (day_before.status, day_before.due_at) == (Status.PLANNED,
+                                                      utc("2026-11-02T10:00:00-06:00"))
 
 
 # --------------------------------------------------------------------------- 4. consent first
@@ -263,12 +268,12 @@ def test_sms_without_consent_falls_back_to_email(clinic: Clinic) -> None:
         clinic.patients(patient("P1", sms_consent="no"), baseline=True)
         clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
         clinic.tick()
-        frozen.move_to("2026-11-03T16:00:00Z")
+        frozen.move_to("2026-11-02T16:00:00Z")
         clinic.tick()
         frozen.move_to("2026-11-05T14:00:00Z")
         clinic.tick()
-    two_days = clinic.one("pre-visit", "two-days-before")
-    assert (two_days.status, two_days.channel) == (Status.SENT, "email")
+    three_days = clinic.one("pre-visit", "three-days-before")
+    assert (three_days.status, three_days.channel) == (Status.SENT, "email")
     two_hours = clinic.one("pre-visit", "two-hours-before")  # sms only
     assert (two_hours.status, two_hours.reason) == (Status.SKIPPED, "no_consent")
     assert clinic.sms.sent == []
@@ -297,9 +302,9 @@ def test_an_opted_out_number_gets_nothing(clinic: Clinic) -> None:
             conn.execute(opt_outs.insert().values(channel="sms", address="+13125550100",
                                                   purpose="all", source="test",
                                                   created_at=clock.now()))
-        frozen.move_to("2026-11-03T16:00:00Z")
+        frozen.move_to("2026-11-02T16:00:00Z")
         clinic.tick()
-    reminder = clinic.one("pre-visit", "two-days-before")
+    reminder = clinic.one("pre-visit", "three-days-before")
     assert (reminder.status, reminder.reason) == (Status.SKIPPED, "opted_out")
 
 

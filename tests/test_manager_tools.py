@@ -529,24 +529,24 @@ def test_preview_renders_every_channel_and_language_of_a_step_for_the_sample(
         tmp_path: Path) -> None:
     write_config(tmp_path)
 
-    data = as_json(run_cli("preview", "pre-visit", "two-days-before", "--json"))
-    text = run_cli("preview", "pre-visit", "two-days-before")
+    data = as_json(run_cli("preview", "pre-visit", "three-days-before", "--json"))
+    text = run_cli("preview", "pre-visit", "three-days-before")
 
-    # The sample visit is next week's Wednesday at 10:30; the reminder two days before, 10:00.
-    assert data["due_at"] == "2026-11-09T16:00:00+00:00"
+    # The sample visit is next week's Wednesday at 10:30; the reminder 3 days before, 10:00.
+    assert data["due_at"] == "2026-11-08T16:00:00+00:00"
     assert (data["status"], data["timezone"]) == ("planned", "America/Chicago")
-    assert data["when"] == "2 days before at 10:00 → Mon 09 Nov 2026 10:00 CST"
+    assert data["when"] == "3 days before at 10:00 → Sun 08 Nov 2026 10:00 CST"
     shown = [(m["channel"], m["language"], m["template"]) for m in data["messages"]]
-    assert shown == [("sms", "en", "pre-visit/two-days-before.sms.j2"),
-                     ("email", "en", "pre-visit/two-days-before.email.j2"),
-                     ("sms", "es", "pre-visit/two-days-before.es.sms.j2"),
-                     ("email", "es", "pre-visit/two-days-before.es.email.j2")]
+    assert shown == [("sms", "en", "pre-visit/three-days-before.sms.j2"),
+                     ("email", "en", "pre-visit/three-days-before.email.j2"),
+                     ("sms", "es", "pre-visit/three-days-before.es.sms.j2"),
+                     ("email", "es", "pre-visit/three-days-before.es.email.j2")]
     sms_en, email_en, sms_es, email_es = data["messages"]
-    assert sms_en["body"] == ("Riverside Physical Therapy: Hi Alexandra, see you Wed, Nov 11 "
-                              "at 10:30 AM. Reply C to confirm, R to reschedule. "
-                              "(312) 555-0199. STOP to opt out")
-    assert sms_en["segments"] == {"encoding": "GSM-7", "segments": 1, "characters": 143}
-    assert sms_es["segments"] == {"encoding": "GSM-7", "segments": 1, "characters": 159}
+    assert sms_en["body"] == ("Riverside Physical Therapy: see you Wed, Nov 11 at 10:30 AM. "
+                              "Missed visits slow recovery. Reply C to confirm, R to "
+                              "reschedule. (312) 555-0199. STOP to opt out")
+    assert sms_en["segments"] == {"encoding": "GSM-7", "segments": 1, "characters": 158}
+    assert sms_es["segments"] == {"encoding": "GSM-7", "segments": 1, "characters": 160}
     assert email_en["subject"] == "See you Wednesday, November 11 at 10:30 AM"
     assert email_es["subject"] == "Le esperamos el miércoles, 11 de noviembre a las 10:30"
     assert "Wednesday, November 11 at 10:30 AM with Maya Chen, DPT" in email_en["body"]
@@ -556,9 +556,9 @@ def test_preview_renders_every_channel_and_language_of_a_step_for_the_sample(
     assert text.exit_code == 0, text.output
     lines = text.stdout.splitlines()
     assert lines[:2] == [
-        "pre-visit / two-days-before (transactional) for sample patient Alexandra Rivera",
-        "  when: 2 days before at 10:00 → Mon 09 Nov 2026 10:00 CST"]
-    assert "  [GSM-7, 1 segment, 143 characters]" in lines
+        "pre-visit / three-days-before (transactional) for sample patient Alexandra Rivera",
+        "  when: 3 days before at 10:00 → Sun 08 Nov 2026 10:00 CST"]
+    assert "  [GSM-7, 1 segment, 158 characters]" in lines
     assert "Subject: See you Wednesday, November 11 at 10:30 AM" in lines
 
 
@@ -573,12 +573,12 @@ def test_preview_for_a_patient_uses_their_language_appointment_and_timezone(
     assert run_cli("import", "patients", "patients.csv", db=sqlite_url).exit_code == 0
     assert run_cli("import", "appointments", "appointments.csv", db=sqlite_url).exit_code == 0
 
-    data = as_json(run_cli("preview", "pre-visit", "two-days-before", "--patient", "P1",
+    data = as_json(run_cli("preview", "pre-visit", "one-day-before", "--patient", "P1",
                            "--json", db=sqlite_url))
 
-    # Tuesday 10:00 in Los Angeles (18:00Z), not 10:00 in the practice's Chicago.
-    assert data["due_at"] == "2026-11-03T18:00:00+00:00"
-    assert data["when"] == "2 days before at 10:00 → Tue 03 Nov 2026 10:00 PST"
+    # Wednesday 10:00 in Los Angeles (18:00Z), not 10:00 in the practice's Chicago.
+    assert data["due_at"] == "2026-11-04T18:00:00+00:00"
+    assert data["when"] == "1 day before at 10:00 → Wed 04 Nov 2026 10:00 PST"
     assert (data["recipient"], data["timezone"]) == ("P1 Lucía Reyes", "America/Los_Angeles")
     assert [(m["channel"], m["language"], m["note"]) for m in data["messages"]] == [
         ("sms", "es", "not usable: sms: no sms consent"),
@@ -587,13 +587,13 @@ def test_preview_for_a_patient_uses_their_language_appointment_and_timezone(
     # their appointment, in their time: Thursday 10:00 Pacific; one GSM-7 segment, not
     # three in UCS-2 for the í of her name
     assert (sms["segments"]["encoding"], sms["segments"]["segments"]) == ("GSM-7", 1)
-    assert sms["body"] == ("Riverside Physical Therapy: Hola Lucia, le esperamos el jue, 5 nov "
+    assert sms["body"] == ("Riverside Physical Therapy: Lucia, le esperamos manana, jue, 5 nov "
                            "a las 10:00. Responda C para confirmar, R para cambiar. "
                            "(312) 555-0199. STOP para salir")
-    assert email["subject"] == "Le esperamos el jueves, 5 de noviembre a las 10:00"
+    assert email["subject"] == "Mañana a las 10:00: su cita en Riverside Physical Therapy"
     # a practice texting under the healthcare exemption needs no SMS consent for it
     write_config(tmp_path, '\n[caps]\nmode = "exemption"\n')
-    data = as_json(run_cli("preview", "pre-visit", "two-days-before", "--patient", "P1",
+    data = as_json(run_cli("preview", "pre-visit", "three-days-before", "--patient", "P1",
                            "--json", db=sqlite_url))
     assert [(m["channel"], m["note"]) for m in data["messages"]] == [
         ("sms", "to +1••••••••00"), ("email", "to p•••@example.com")]
@@ -616,7 +616,7 @@ def test_preview_for_a_minor_shows_their_parent_and_the_words_they_get(
     for kind in ("patients", "contacts", "appointments"):
         assert run_cli("import", kind, f"{kind}.csv", db=sqlite_url).exit_code == 0
 
-    data = as_json(run_cli("preview", "pre-visit", "two-days-before", "--patient", "P1",
+    data = as_json(run_cli("preview", "pre-visit", "three-days-before", "--patient", "P1",
                            "--json", db=sqlite_url))
     [parent] = data["recipients"]
     assert (parent["recipient"], parent["key"][:8], parent["status"]) == (
@@ -629,12 +629,12 @@ def test_preview_for_a_minor_shows_their_parent_and_the_words_they_get(
         "to +1••••••••77")
     assert email["note"] == "to c•••@example.com"  # the parent's, not the minor's
 
-    text = run_cli("preview", "pre-visit", "two-days-before", "--patient", "P1", db=sqlite_url)
+    text = run_cli("preview", "pre-visit", "three-days-before", "--patient", "P1", db=sqlite_url)
     assert text.exit_code == 0, text.output
-    assert text.stdout.splitlines()[0] == ("pre-visit / two-days-before (transactional) for "
+    assert text.stdout.splitlines()[0] == ("pre-visit / three-days-before (transactional) for "
                                            "parent Rachel for P1 Olivia Park")
 
-    alone = as_json(run_cli("preview", "pre-visit", "two-days-before", "--patient", "P2",
+    alone = as_json(run_cli("preview", "pre-visit", "three-days-before", "--patient", "P2",
                             "--json", db=sqlite_url))
     [noah] = alone["recipients"]
     assert (noah["recipient"], noah["status"], noah["reason"], noah["messages"]) == (
@@ -647,7 +647,7 @@ def test_preview_html_writes_one_file_per_language(tmp_path: Path) -> None:
     write_config(tmp_path)
     target = tmp_path / "reminder.html"
 
-    data = as_json(run_cli("preview", "pre-visit", "two-days-before", "--html", str(target),
+    data = as_json(run_cli("preview", "pre-visit", "three-days-before", "--html", str(target),
                            "--json"))
 
     spanish = tmp_path / "reminder.es.html"
@@ -662,11 +662,11 @@ def test_preview_html_writes_one_file_per_language(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("journey", "step", "message"), [
-    pytest.param("previsit", "two-days-before",
+    pytest.param("previsit", "three-days-before",
                  "Error: no journey 'previsit' — did you mean 'pre-visit'?", id="journey"),
-    pytest.param("pre-visit", "two-day-before",
-                 "Error: journey pre-visit has no step 'two-day-before' — did you mean "
-                 "'two-days-before'?", id="step"),
+    pytest.param("pre-visit", "three-day-before",
+                 "Error: journey pre-visit has no step 'three-day-before' — did you mean "
+                 "'three-days-before'?", id="step"),
 ])
 def test_preview_of_an_unknown_journey_or_step_is_one_line_with_a_suggestion(
         tmp_path: Path, journey: str, step: str, message: str) -> None:
@@ -691,7 +691,7 @@ def test_test_send_goes_through_the_provider_and_is_logged_as_a_test(
         sqlite_url: str, tmp_path: Path) -> None:
     write_config(tmp_path, 'fake_outbox = "outbox.jsonl"\n')  # [channels] is the last table
 
-    result = run_cli("test-send", "pre-visit", "two-days-before", "--to", "(312) 555-0142",
+    result = run_cli("test-send", "pre-visit", "three-days-before", "--to", "(312) 555-0142",
                      db=sqlite_url)
 
     assert result.exit_code == 0, result.output
@@ -700,15 +700,15 @@ def test_test_send_goes_through_the_provider_and_is_logged_as_a_test(
     sent = [json.loads(line) for line in
             (tmp_path / "outbox.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(m["to"], m["kind"], m["test"], m["journey"], m["step"]) for m in sent] == [
-        ("+13125550142", "sms", True, "pre-visit", "two-days-before")]
-    assert sent[0]["body"] == ("Riverside Physical Therapy: Hi Alexandra, see you Wed, Nov 11 "
-                               "at 10:30 AM. Reply C to confirm, R to reschedule. "
-                               "(312) 555-0199. STOP to opt out")
+        ("+13125550142", "sms", True, "pre-visit", "three-days-before")]
+    assert sent[0]["body"] == ("Riverside Physical Therapy: see you Wed, Nov 11 at 10:30 AM. "
+                               "Missed visits slow recovery. Reply C to confirm, R to "
+                               "reschedule. (312) 555-0199. STOP to opt out")
     [row] = _log(sqlite_url)
     assert {k: row[k] for k in ("id", "patient_id", "test", "status", "channel", "recipient",
                                 "journey", "step", "provider_message_id")} == {
         "id": 1, "patient_id": None, "test": True, "status": "sent", "channel": "sms",
-        "recipient": "+13125550142", "journey": "pre-visit", "step": "two-days-before",
+        "recipient": "+13125550142", "journey": "pre-visit", "step": "three-days-before",
         "provider_message_id": sent[0]["provider_message_id"]}
 
 
@@ -717,7 +717,7 @@ def test_test_send_of_an_email_in_another_language_uses_the_env_outbox(
     write_config(tmp_path)
     outbox = tmp_path / "elsewhere.jsonl"
 
-    result = run_cli("test-send", "pre-visit", "two-days-before", "--to", "Me@Example.com",
+    result = run_cli("test-send", "pre-visit", "three-days-before", "--to", "Me@Example.com",
                      "--language", "es", db=sqlite_url,
                      env={"TOUCHPOINT_FAKE_OUTBOX": str(outbox)})
 
@@ -735,10 +735,10 @@ def test_test_send_of_an_email_in_another_language_uses_the_env_outbox(
     pytest.param("pre-visit", "two-hours-before", "me@example.com",
                  "Error: pre-visit/two-hours-before sends sms, not email — give --to a phone "
                  "number", id="email-to-sms-only-step"),
-    pytest.param("pre-visit", "two-days-before", "555-0142",
+    pytest.param("pre-visit", "three-days-before", "555-0142",
                  "Error: --to '555-0142' is not a phone number (with area code; default "
                  "region US)", id="short-phone"),
-    pytest.param("pre-visit", "two-days-before", "me@@example",
+    pytest.param("pre-visit", "three-days-before", "me@@example",
                  "Error: --to 'me@@example' is not an email address", id="bad-email"),
 ])
 def test_test_send_refuses_an_address_the_step_cannot_use(
@@ -765,10 +765,10 @@ def test_a_test_send_the_provider_refuses_for_now_does_not_stay_pending(
         with freeze_time(NOW) as frozen:
             tp = send_test(clinic.db, clinic.definitions, clinic.settings,
                            {"sms": clinic.sms, "email": clinic.email}, "pre-visit",
-                           "two-days-before", "(312) 555-0142", clock.now())
+                           "three-days-before", "(312) 555-0142", clock.now())
             frozen.move_to("2026-11-02T14:30:00Z")  # well past any retry delay
             clinic.tick()
-        row = clinic.one("pre-visit", "two-days-before", test=True)
+        row = clinic.one("pre-visit", "three-days-before", test=True)
         assert row.id == tp.id
         assert row.status in (Status.SENT, Status.FAILED), (row.status, row.detail)
     finally:
@@ -865,10 +865,14 @@ def test_forecast_lists_sends_and_skips_with_reasons_and_changes_nothing(
     assert [(e["at"], e["patient_id"], e["step"], e["outcome"], e["channel"], e["recipient"],
              e["reason"]) for e in entries] == [
         ("2026-11-02T14:00:00Z", "P3", "two-hours-before", "skip", None, None, "too_late"),
-        ("2026-11-03T16:00:00Z", "P1", "two-days-before", "send", "sms", "+1••••••••00", None),
-        ("2026-11-03T16:00:00Z", "P2", "two-days-before", "send", "email", "p•••@example.com",
+        ("2026-11-02T16:00:00Z", "P1", "three-days-before", "send", "sms", "+1••••••••00", None),
+        ("2026-11-02T16:00:00Z", "P2", "three-days-before", "send", "email", "p•••@example.com",
          None),
-        ("2026-11-03T16:00:00Z", "P3", "two-days-before", "send", "sms", "+1••••••••02", None),
+        ("2026-11-02T16:00:00Z", "P3", "three-days-before", "send", "sms", "+1••••••••02", None),
+        ("2026-11-04T16:00:00Z", "P1", "one-day-before", "send", "sms", "+1••••••••00", None),
+        ("2026-11-04T16:00:00Z", "P2", "one-day-before", "send", "email", "p•••@example.com",
+         None),
+        ("2026-11-04T16:00:00Z", "P3", "one-day-before", "send", "sms", "+1••••••••02", None),
         ("2026-11-05T14:00:00Z", "P1", "two-hours-before", "send", "sms", "+1••••••••00", None),
         ("2026-11-05T15:00:00Z", "P2", "two-hours-before", "skip", None, None, "no_consent"),
     ]
@@ -878,16 +882,17 @@ def test_forecast_lists_sends_and_skips_with_reasons_and_changes_nothing(
     assert by_key["P2", "two-hours-before"]["detail"] == "sms: no sms consent"
     assert by_key["P3", "two-hours-before"]["detail"].startswith(
         "quiet hours (08:00–21:00 America/Chicago) would delay it to 2026-11-05T14:00:00+00:00")
-    assert by_key["P1", "two-days-before"]["content"] == (
-        "Riverside Physical Therapy: Hi Ana, see you Thu, Nov 5 at 10:00 AM. Reply C to "
-        "confirm, R to reschedule. (312) 555-0199. STOP to opt out")
-    assert by_key["P2", "two-days-before"]["subject"] == "See you Thursday, November 5 at 11:00 AM"
+    assert by_key["P1", "three-days-before"]["content"] == (
+        "Riverside Physical Therapy: see you Thu, Nov 5 at 10:00 AM. Missed visits slow "
+        "recovery. Reply C to confirm, R to reschedule. (312) 555-0199. STOP to opt out")
+    assert by_key["P2", "three-days-before"]["subject"] == \
+        "See you Thursday, November 5 at 11:00 AM"
 
     assert text.exit_code == 0, text.output
     lines = text.stdout.splitlines()
     assert "  09:00  P2       Ben Reyes          pre-visit/two-hours-before       skipped: " \
            "no_consent" in lines
-    assert lines[-1] == ("Next 7 days (America/Chicago): 4 to send, 1 too_late, 1 no_consent. "
+    assert lines[-1] == ("Next 7 days (America/Chicago): 7 to send, 1 too_late, 1 no_consent. "
                          "Nothing was changed.")
     assert _tables(database_url) == before
 
@@ -907,7 +912,8 @@ def test_forecast_of_planned_touch_points_carries_their_ids(sqlite_url: str,
 
     assert _tables(database_url) == before
     assert [(e["step"], e["touch_point_id"], e["outcome"]) for e in data["entries"]] == [
-        ("two-days-before", ids["two-days-before"], "send"),
+        ("three-days-before", ids["three-days-before"], "send"),
+        ("one-day-before", ids["one-day-before"], "send"),
         ("two-hours-before", ids["two-hours-before"], "send")]
 
 
@@ -965,9 +971,9 @@ def _booked_clinic(database_url: str, tmp_path: Path, library: tuple[Path, Path]
             clinic.patients(patient("P1"), baseline=True)
             clinic.appointments(appointment("A1", "P1", "2026-11-05T10:00:00-06:00"))
             clinic.tick()
-        reminder = clinic.one("pre-visit", "two-days-before")
+        reminder = clinic.one("pre-visit", "three-days-before")
         assert (reminder.status, reminder.due_at) == (Status.PLANNED,
-                                                      utc("2026-11-03T10:00:00-06:00"))
+                                                      utc("2026-11-02T10:00:00-06:00"))
     finally:
         clinic.close()
 
@@ -985,28 +991,28 @@ def test_a_moved_step_re_times_its_pending_touch_points(
         database_url: str, tmp_path: Path, library: tuple[Path, Path]) -> None:
     _booked_clinic(database_url, tmp_path, library)
     # new wording alone changes no timing: templates are rendered at send time
-    edit(library[1] / "pre-visit/two-days-before.sms.j2", "see you", "we will see you")
+    edit(library[1] / "pre-visit/three-days-before.sms.j2", "see you", "we will see you")
     _after_edit(database_url, tmp_path, library).close()
     edit(library[0] / "pre-visit.yaml", 'at: "10:00"', 'at: "09:00"')
 
     clinic = _after_edit(database_url, tmp_path, library)
     try:
-        reminder = clinic.one("pre-visit", "two-days-before")
+        reminder = clinic.one("pre-visit", "three-days-before")
         assert (reminder.status, reminder.due_at) == (Status.PLANNED,
-                                                      utc("2026-11-03T09:00:00-06:00"))
+                                                      utc("2026-11-02T09:00:00-06:00"))
         entries = clinic.history(reminder)
         assert [(h.kind, h.status, h.source) for h in entries] == [
             ("transition", "planned", "planner"), ("retimed", "planned", "definitions")]
-        assert entries[-1].detail == ("the schedule changed: due 2026-11-03T16:00:00+00:00 → "
-                                      "2026-11-03T15:00:00+00:00")
+        assert entries[-1].detail == ("the schedule changed: due 2026-11-02T16:00:00+00:00 → "
+                                      "2026-11-02T15:00:00+00:00")
         untouched = clinic.one("pre-visit", "two-hours-before")
         assert untouched.due_at == utc("2026-11-05T08:00:00-06:00")
         assert len(clinic.history(untouched)) == 1
-        with freeze_time("2026-11-03T15:00:00Z"):  # 09:00 CST: the new time
+        with freeze_time("2026-11-02T15:00:00Z"):  # 09:00 CST: the new time
             clinic.tick()
-        assert clinic.one("pre-visit", "two-days-before").status == Status.SENT
-        assert clinic.sms.sent[0].body.startswith("Riverside Physical Therapy: Hi Ana, we will "
-                                                  "see you Thu, Nov 5 at 10:00 AM.")
+        assert clinic.one("pre-visit", "three-days-before").status == Status.SENT
+        assert clinic.sms.sent[0].body.startswith("Riverside Physical Therapy: we will see you "
+                                                  "Thu, Nov 5 at 10:00 AM.")
     finally:
         clinic.close()
 
@@ -1023,14 +1029,14 @@ def test_a_removed_step_or_journey_cancels_its_pending_touch_points(
         removed = clinic.one("pre-visit", "two-hours-before")
         assert (removed.status, removed.reason) == (Status.CANCELLED, "step_removed")
         assert removed.detail == "pre-visit/two-hours-before was removed from schedules/"
-        assert clinic.one("pre-visit", "two-days-before").status == Status.PLANNED
+        assert clinic.one("pre-visit", "three-days-before").status == Status.PLANNED
     finally:
         clinic.close()
 
     journey.unlink()
     clinic = _after_edit(database_url, tmp_path, library)
     try:
-        gone = clinic.one("pre-visit", "two-days-before")
+        gone = clinic.one("pre-visit", "three-days-before")
         assert (gone.status, gone.reason) == (Status.CANCELLED, "journey_removed")
         assert [(h.previous_status, h.status, h.reason, h.source)
                 for h in clinic.history(gone)][-1] == (
@@ -1045,17 +1051,17 @@ def test_a_step_added_to_a_journey_is_planned_for_its_pending_runs(
     _booked_clinic(database_url, tmp_path, library)
     edit(library[0] / "pre-visit.yaml", "  - id: two-hours-before\n",
          '  - id: day-before\n    when: {days_before: 1, at: "12:00"}\n    channels: [email]\n'
-         "    template: pre-visit/two-days-before\n  - id: two-hours-before\n")
+         "    template: pre-visit/three-days-before\n  - id: two-hours-before\n")
 
     clinic = _after_edit(database_url, tmp_path, library)
     try:
         added = clinic.one("pre-visit", "day-before")
         assert (added.status, added.due_at) == (Status.PLANNED, utc("2026-11-04T12:00:00-06:00"))
-        assert added.anchor == clinic.one("pre-visit", "two-days-before").anchor
-        assert len(clinic.touch_points(journey="pre-visit")) == 3
+        assert added.anchor == clinic.one("pre-visit", "three-days-before").anchor
+        assert len(clinic.touch_points(journey="pre-visit")) == 4
         # the unchanged steps were left alone
         assert [len(clinic.history(tp)) for tp in clinic.touch_points(journey="pre-visit")] == \
-            [1, 1, 1]
+            [1, 1, 1, 1]
     finally:
         clinic.close()
 
@@ -1069,14 +1075,14 @@ def test_a_step_moved_to_a_moment_already_past_is_skipped_unless_it_catches_up(
         status: str, reason: str | None) -> None:
     _booked_clinic(database_url, tmp_path, library, now="2026-11-01T15:00:00Z")
     # three days before at 09:00 is Mon 2 Nov 09:00 CST; the edit lands at 10:00
-    edit(library[0] / "pre-visit.yaml", '{days_before: 2, at: "10:00"}',
+    edit(library[0] / "pre-visit.yaml", '{days_before: 3, at: "10:00"}',
          '{days_before: 3, at: "09:00"}')
     edit(library[0] / "pre-visit.yaml", "    channels: [sms, email]",
          catch_up + "    channels: [sms, email]")
 
     clinic = _after_edit(database_url, tmp_path, library, now="2026-11-02T16:00:00Z")
     try:
-        moved = clinic.one("pre-visit", "two-days-before")
+        moved = clinic.one("pre-visit", "three-days-before")
         assert (moved.status, moved.reason) == (status, reason)
         if status == Status.SKIPPED:
             assert moved.detail == ("the schedule changed after its new moment "
@@ -1104,20 +1110,20 @@ def test_forecast_diff_shows_what_an_edit_changes(
     assert first.stdout.startswith("No earlier forecast to compare with")
 
     edit(schedules / "pre-visit.yaml", 'at: "10:00"', 'at: "09:00"')
-    edit(templates / "pre-visit/two-days-before.sms.j2", "see you", "we will see you")
+    edit(templates / "pre-visit/three-days-before.sms.j2", "see you", "we will see you")
     moved = forecast_diff().stdout.splitlines()
     assert moved == [
         "Compared with the forecast of 2026-11-02T14:00:00Z: 3 change(s).",
-        "  ~ Tue 03 Nov 09:00  P1       pre-visit/two-days-before: moved from Tue 03 Nov 10:00; "
+        "  ~ Mon 02 Nov 09:00  P1       pre-visit/three-days-before: moved from Mon 02 Nov 10:00; "
         "the wording changed",
-        "  ~ Tue 03 Nov 09:00  P2       pre-visit/two-days-before: moved from Tue 03 Nov 10:00",
-        "  ~ Tue 03 Nov 09:00  P3       pre-visit/two-days-before: moved from Tue 03 Nov 10:00; "
+        "  ~ Mon 02 Nov 09:00  P2       pre-visit/three-days-before: moved from Mon 02 Nov 10:00",
+        "  ~ Mon 02 Nov 09:00  P3       pre-visit/three-days-before: moved from Mon 02 Nov 10:00; "
         "the wording changed",
     ]
 
     edit(schedules / "pre-visit.yaml", "  - id: two-hours-before\n",
          '  - id: day-before\n    when: {days_before: 1, at: "12:00"}\n    channels: [email]\n'
-         "    template: pre-visit/two-days-before\n  - id: two-hours-before\n")
+         "    template: pre-visit/three-days-before\n  - id: two-hours-before\n")
     data = as_json(run_cli("forecast", "--diff", "--json", db=database_url,
                            schedules=schedules, templates=templates))
     assert data["diff"]["previous"] == "2026-11-02T14:00:00Z"
@@ -1127,13 +1133,13 @@ def test_forecast_diff_shows_what_an_edit_changes(
         ("added", "P2", "day-before", [], None),
         ("added", "P3", "day-before", [], None)]
     assert data["diff"]["changes"][0]["after"]["at"] == "2026-11-04T18:00:00Z"
-    assert _ledger_due(database_url)["two-days-before"] == {utc("2026-11-03T16:00:00Z")}
+    assert _ledger_due(database_url)["three-days-before"] == {utc("2026-11-02T16:00:00Z")}
 
     # The next run applies the edit to the ledger, exactly as the forecast showed it.
     report = as_json(run_cli("run", "--once", "--json", db=database_url, schedules=schedules,
                              templates=templates))
     assert report["edits"] == {"retimed": 3, "added": 3, "cancelled": 0, "skipped": 0}
-    assert _ledger_due(database_url)["two-days-before"] == {utc("2026-11-03T15:00:00Z")}
+    assert _ledger_due(database_url)["three-days-before"] == {utc("2026-11-02T15:00:00Z")}
     assert _ledger_due(database_url)["day-before"] == {utc("2026-11-04T18:00:00Z")}
     assert forecast_diff().stdout == ("Compared with the forecast of 2026-11-02T14:00:00Z: 0 "
                                       "change(s).\n")
@@ -1200,7 +1206,7 @@ def test_forecast_diff_compares_with_the_last_full_forecast_not_a_filtered_one(
         "changes"]) == 3
     assert forecast("--diff", "--patient", "P2").stdout.splitlines() == [
         "Compared with the forecast of 2026-11-02T14:00:00Z: 1 change(s).",
-        "  ~ Tue 03 Nov 09:00  P2       pre-visit/two-days-before: moved from Tue 03 Nov 10:00"]
+        "  ~ Mon 02 Nov 09:00  P2       pre-visit/three-days-before: moved from Mon 02 Nov 10:00"]
     forecast("--journey", "welcome")
     assert forecast("--diff").stdout.splitlines()[0] == (
         "Compared with the forecast of 2026-11-02T14:00:00Z: 3 change(s).")
@@ -1217,11 +1223,13 @@ def test_forecast_diff_compares_only_the_days_both_forecasts_looked_at(
         return as_json(run_cli("forecast", "--json", *extra, db=sqlite_url,
                                schedules=schedules, templates=templates))
 
-    assert forecast("--days", "1")["entries"] == []  # the reminders are Tuesday and later
+    # today's 3-day reminders; the day-before ones are Wednesday
+    assert {e["step"] for e in forecast("--days", "1")["entries"]} == {"three-days-before"}
     week = forecast("--diff")  # looks 7 days ahead: what it sees past a day is not new
-    assert len(week["entries"]) == 5 and week["diff"]["changes"] == []
-    edit(schedules / "pre-visit.yaml", 'at: "10:00"', 'at: "09:00"')
-    day = forecast("--diff", "--days", "1")  # Tuesday 09:00 is past its horizon; not kept
+    assert len(week["entries"]) == 8 and week["diff"]["changes"] == []
+    edit(schedules / "pre-visit.yaml", '{days_before: 1, at: "10:00"}',
+         '{days_before: 1, at: "09:00"}')
+    day = forecast("--diff", "--days", "1")  # Wednesday 09:00 is past its horizon; not kept
     assert day["diff"]["changes"] == []
     assert [c["change"] for c in forecast("--diff")["diff"]["changes"]] == ["changed"] * 3
 
@@ -1233,12 +1241,12 @@ def test_forecast_diff_does_not_list_messages_sent_since_as_changes(
                    templates=templates).exit_code == 0  # foresees the reminders at 10:00 CST
     # The manager moves them to 09:00; the daemon applies the edit and sends them at 09:00.
     edit(schedules / "pre-visit.yaml", 'at: "10:00"', 'at: "09:00"')
-    later = "2026-11-03T15:00:00Z"  # Tue 09:00 CST, before the 10:00 the baseline foresaw
+    later = "2026-11-02T15:00:00Z"  # Mon 09:00 CST, before the 10:00 the baseline foresaw
     sent = as_json(run_cli("run", "--once", "--json", db=database_url, schedules=schedules,
                            templates=templates, now=later))
     assert sent["edits"]["retimed"] == 3
     statuses = {(row.patient_id, row.step): row.status for row in _ledger(database_url)}
-    assert sorted(s for (_, step), s in statuses.items() if step == "two-days-before") == [
+    assert sorted(s for (_, step), s in statuses.items() if step == "three-days-before") == [
         Status.SENT, Status.SENT, Status.SENT]
 
     result = run_cli("forecast", "--diff", db=database_url, schedules=schedules,

@@ -256,7 +256,7 @@ def test_each_event_type_is_sent_from_its_real_trigger_signed_and_minimum_necess
     assert by_type["touch_point.delivered"] == [{
         "type": "touch_point.delivered", "timestamp": "2026-11-02T16:05:00Z",
         "data": {"patient_id": "P1", "appointment_id": "A1", "touch_point_id": reminder.id,
-                 "journey": "pre-visit", "step": "two-days-before", "channel": "sms",
+                 "journey": "pre-visit", "step": "three-days-before", "channel": "sms",
                  "recipient": "patient"}}]
     assert [p["data"] for p in by_type["appointment.confirmed"]] == [{
         "patient_id": "P1", "appointment_id": "A1", "touch_point_id": reminder.id,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
+from sqlalchemy import update
 
 from engine import clock
 from engine.cases import Case, due_time, get_case, history, list_cases, resolve
@@ -25,10 +26,11 @@ from engine.channels.base import OutboundMessage
 from engine.errors import PermanentChannelError
 from engine.feedback import parse_score, reads_as_complaint
 from engine.outcomes import Status
+from engine.report import satisfaction
 from engine.runner import Runner
 from engine.settings import load_settings
 from engine.store.ledger import TouchPoint
-from engine.store.schema import appointments, inbound_messages, patients
+from engine.store.schema import appointments, inbound_messages, patients, touch_points
 from tests.support import appointment, patient, write_config
 from tests.test_webhooks import STAFF, Practice
 
@@ -39,10 +41,10 @@ DIRECTOR = "director@riversidept.example"
 RECOVERY = f'\n[recovery]\nowner_name = "{OWNER_NAME}"\nowner_email = "{OWNER}"\n'
 ALERT_COMMAND = 'touchpoint case 1 resolve --note "what you did"'
 
-# P1 has two visits long past (history) and a third completed on Monday 10:00: the
-# follow-up journey asks the 0-10 question on Tuesday 03 Nov at 12:00 CST.
-VISITS = (appointment("A1", "P1", "2026-10-19T10:00:00-05:00", status="completed"),
-          appointment("A2", "P1", "2026-10-26T10:00:00-05:00", status="completed"),
+# P1's first visit was Tuesday 27 Oct 10:00, two more followed: the follow-up journey asks
+# the 0-10 question 7 days after the first visit, on Tuesday 03 Nov at 12:00 CST.
+VISITS = (appointment("A1", "P1", "2026-10-27T10:00:00-05:00", status="completed"),
+          appointment("A2", "P1", "2026-10-29T10:00:00-05:00", status="completed"),
           appointment("A3", "P1", "2026-11-02T10:00:00-06:00", status="completed"))
 QUESTION_AT = "2026-11-03T12:00:00-06:00"
 
@@ -69,16 +71,24 @@ def sqlite_desk(sqlite_url: str, tmp_path: Path) -> Iterator[Practice]:
     rig.close()
 
 
-def asked(p: Practice, **fields: str) -> TouchPoint:
-    """P1 (imported Monday 11:30, no welcome) after their third visit, texted the 0-10
-    question on Tuesday at 12:00 CST."""
-    p.at("2026-11-02T11:30:00-06:00")
+def visited(p: Practice, **fields: str) -> None:
+    """P1 (no welcome) imported with their first visit on Tuesday 27 Oct, the visits since
+    on Monday 02 Nov 11:30 CST (a visit first seen days later is history: it asks nothing)."""
+    p.at("2026-10-27T11:30:00-05:00")
     p.clinic.patients(patient("P1", **fields), baseline=True)
+    p.clinic.appointments(VISITS[0])
+    p.clinic.tick()
+    p.at("2026-11-02T11:30:00-06:00")
     p.clinic.appointments(*VISITS)
     p.clinic.tick()
+
+
+def asked(p: Practice, **fields: str) -> TouchPoint:
+    """P1 a week after their first visit, texted the 0-10 question on Tuesday at 12:00 CST."""
+    visited(p, **fields)
     p.at(QUESTION_AT)
     p.clinic.tick()
-    question = p.clinic.one("follow-up", "satisfaction")
+    question = p.clinic.one("follow-up", "satisfaction-day-7")
     assert (question.status, question.channel) == (Status.SENT, "sms")
     return question
 
@@ -211,7 +221,7 @@ def test_a_texted_score_is_kept_on_the_patient_the_visit_and_the_message(
     [ana] = desk.rows(patients)
     assert (ana.satisfaction_score, ana.satisfaction_at) == (8, local("2026-11-03T12:40-06:00"))
     scored = {a.external_id: a.satisfaction_score for a in desk.rows(appointments)}
-    assert scored == {"A1": None, "A2": None, "A3": 8}
+    assert scored == {"A1": 8, "A2": None, "A3": None}  # the first visit: it asked
     assert reply.appointment_id == question.appointment_id
     assert desk.clinic.history(question)[-1].detail == "the patient answered 8/10"
     # a middling score: no case, no review request, nothing for the inbox or the staff
@@ -220,6 +230,41 @@ def test_a_texted_score_is_kept_on_the_patient_the_visit_and_the_message(
     assert cases_of(desk) == []
     assert desk.clinic.touch_points(journey="review-request") == []
     assert desk.emails() == []
+
+
+def test_the_question_goes_7_and_28_days_after_the_first_visit_and_each_answer_counts(
+        desk: Practice) -> None:
+    question = asked(desk)
+    later = desk.clinic.one("follow-up", "satisfaction-day-28")  # one: visits 2 and 3 ask none
+    assert (later.status, later.due_at) == (Status.PLANNED, local("2026-11-24T12:00:00-06:00"))
+    first_visit = {a.external_id: a.id for a in desk.rows(appointments)}["A1"]
+    assert question.appointment_id == later.appointment_id == first_visit
+    desk.at("2026-11-03T12:30:00-06:00")
+    desk.text_in("8", "SMweek")
+    desk.at("2026-11-24T12:00:00-06:00")
+    desk.clinic.tick()
+    later = desk.clinic.one("follow-up", "satisfaction-day-28")
+    assert (later.status, later.channel) == (Status.SENT, "sms")
+    desk.at("2026-11-24T12:20:00-06:00")
+    desk.text_in("9", "SMmonth")
+    assert [(r.score, r.touch_point_id) for r in desk.rows(inbound_messages)] == [
+        (8, question.id), (9, later.id)]
+    assert desk.rows(patients)[0].satisfaction_score == 9  # the latest answer
+
+
+def test_answers_to_the_old_third_visit_question_still_count_after_an_upgrade(
+        desk: Practice) -> None:
+    """A practice upgrading from the single ``satisfaction`` step keeps its history: the
+    report counts every scored reply, whatever the step that asked was called."""
+    question = asked(desk)
+    desk.at("2026-11-03T12:30:00-06:00")
+    desk.text_in("9", "SMold")
+    with desk.clinic.db.transaction() as conn:
+        conn.execute(update(touch_points).where(touch_points.c.id == question.id)
+                     .values(step="satisfaction"))
+        scores = satisfaction(conn, local("2026-11-02T00:00:00-06:00"),
+                              local("2026-11-09T00:00:00-06:00"))
+    assert (scores["answers"], scores["average"], scores["promoters"]) == (1, 9.0, 1)
 
 
 @pytest.mark.parametrize(("body", "score"), [
@@ -235,11 +280,10 @@ def test_each_way_of_writing_a_score_is_read_as_the_answer(
 
 
 def test_a_number_is_an_answer_only_within_a_week_of_the_question(desk: Practice) -> None:
-    desk.at("2026-11-02T11:30:00-06:00")
-    desk.clinic.patients(patient("P1"), baseline=True)
-    desk.clinic.appointments(*VISITS)
+    visited(desk)
     desk.text_in("7", "SMnoquestion")  # nothing asked yet: just a text
-    asked(desk)
+    desk.at(QUESTION_AT)
+    desk.clinic.tick()
     desk.at("2026-11-03T12:30:00-06:00")
     desk.text_in("7, parking was hard", "SMwords")
     desk.at("2026-11-10T11:59:00-06:00")  # 6 days 23 h 59 min after the question
@@ -290,7 +334,7 @@ def test_a_low_score_opens_a_case_the_owner_hears_of_next_tick_and_the_patient_g
         1, "low_score", "open", OWNER_NAME)
     assert (opened.touch_point_id, opened.appointment_id) == (question.id,
                                                               question.appointment_id)
-    assert opened.detail == "answered 3/10 to follow-up/satisfaction"
+    assert opened.detail == "answered 3/10 to follow-up/satisfaction-day-7"
     assert opened.opened_at == local("2026-11-03T12:30:00-06:00")
     assert opened.due_at == local("2026-11-04T12:30:00-06:00")
     assert opened.alerted_at is None and desk.emails() == []
@@ -300,7 +344,7 @@ def test_a_low_score_opens_a_case_the_owner_hears_of_next_tick_and_the_patient_g
     [alert] = mail_to(desk, OWNER)
     assert alert.subject == "Recovery case 1: a low satisfaction score - Ana Reyes"
     lines = [line.strip() for line in alert.body.splitlines()]
-    assert "Why:     a low satisfaction score - answered 3/10 to follow-up/satisfaction" in \
+    assert "Why:     a low satisfaction score - answered 3/10 to follow-up/satisfaction-day-7" in \
         alert.body
     assert 'They wrote: "3"' in lines
     assert ALERT_COMMAND in lines

@@ -4,7 +4,7 @@ holds one of their messages does not send it, and a record that comes back is re
 On SQLite and PostgreSQL.
 
 Practice timezone America/Chicago (CST, UTC-6); the visit is Thu 2026-11-05 10:00 CST, its
-two-days-before reminder due Tue 2026-11-03 16:00 UTC.
+three-days-before reminder due Tue 2026-11-03 16:00 UTC.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tests.support import Clinic, appointment, contact, patient
 
 VISIT = "2026-11-05T10:00:00-06:00"
 PLANNING = "2026-11-02T14:00:00Z"
-REMINDERS_DUE = "2026-11-03T16:00:00Z"
+REMINDERS_DUE = "2026-11-02T16:00:00Z"
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_a_removed_patient_gets_nothing_new_and_nothing_goes(clinic: Clinic) -> 
     assert [m for m in clinic.sms.sent + clinic.email.sent
             if m.to in ("+13125550177", "c1@example.com", "+13125550178", "c2@example.com")
             ] == []
-    assert clinic.one("pre-visit", "two-days-before", patient="P2").status == Status.SENT
+    assert clinic.one("pre-visit", "three-days-before", patient="P2").status == Status.SENT
 
 
 def test_removing_an_appointment_cancels_only_what_is_anchored_on_it(clinic: Clinic) -> None:
@@ -161,9 +161,9 @@ def test_removing_a_contact_stops_their_messages_not_the_others(clinic: Clinic) 
         assert tp.status == expected, tp
     with freeze_time(REMINDERS_DUE):
         clinic.tick()
-    assert clinic.one("pre-visit", "two-days-before", patient="P1",
+    assert clinic.one("pre-visit", "three-days-before", patient="P1",
                       recipient=f"contact:{c2}").status == Status.SENT
-    assert clinic.one("pre-visit", "two-days-before", patient="P1",
+    assert clinic.one("pre-visit", "three-days-before", patient="P1",
                       recipient=f"contact:{c1}").reason == Reason.PATIENT_REMOVED
 
 
@@ -198,10 +198,10 @@ def test_a_message_already_claimed_by_a_running_batch_does_not_go(
     with freeze_time(REMINDERS_DUE):
         report = clinic.tick()
     assert report.dispatch.claimed == 5
-    p3 = clinic.one("pre-visit", "two-days-before", patient="P3")
+    p3 = clinic.one("pre-visit", "three-days-before", patient="P3")
     assert (p3.status, p3.reason) == (Status.CANCELLED, Reason.PATIENT_REMOVED)
     assert clinic.sent_to(p3.id) == []
     assert [m.touch_point_id for m in handed if m.touch_point_id == p3.id] == []
     assert len(handed) == 4
-    assert {clinic.one("pre-visit", "two-days-before", patient=f"P{i}").status
+    assert {clinic.one("pre-visit", "three-days-before", patient=f"P{i}").status
             for i in (1, 2, 4, 5)} == {Status.SENT}

@@ -221,14 +221,14 @@ class Practice:
         return self.clinic.touch_points(journey="welcome", step="welcome")
 
     def reminded(self, **fields: str) -> TouchPoint:
-        """P1 (no welcome) with a visit Wed 04 Nov 15:00 CST, reminded by text Mon 10:00."""
+        """P1 (no welcome) with a visit Thu 05 Nov 15:00 CST, reminded by text Mon 10:00."""
         self.at(MONDAY_9AM)
         self.clinic.patients(patient("P1", **fields), baseline=True)
-        self.clinic.appointments(appointment("A1", "P1", "2026-11-04T15:00:00-06:00"))
+        self.clinic.appointments(appointment("A1", "P1", "2026-11-05T15:00:00-06:00"))
         self.clinic.tick()
         self.at("2026-11-02T10:00:00-06:00")
         self.clinic.tick()
-        reminder = self.clinic.one("pre-visit", "two-days-before")
+        reminder = self.clinic.one("pre-visit", "three-days-before")
         assert (reminder.status, reminder.channel) == (Status.SENT, "sms")
         return reminder
 
@@ -452,7 +452,7 @@ def test_a_fallback_with_no_usable_channel_left_fails_with_both_reasons(
 
 
 def test_no_fallback_after_the_deadline(practice: Practice) -> None:
-    reminder = practice.reminded()  # two-days-before: [sms, email], expires after 1 day
+    reminder = practice.reminded()  # three-days-before: [sms, email], expires after 1 day
     assert reminder.expires_at is not None
     practice.at(reminder.expires_at + timedelta(minutes=1))
     response = practice.status(reminder.id, "failed", reminder.provider_message_id or "",
@@ -480,10 +480,10 @@ def test_a_landline_30006_is_not_textable_later_steps_go_straight_to_email(
         Status.SENT, "email")
 
     # the next text-or-email step goes by email without trying the number
-    practice.clinic.appointments(appointment("A1", "P1", "2026-11-04T15:00:00-06:00"))
+    practice.clinic.appointments(appointment("A1", "P1", "2026-11-05T15:00:00-06:00"))
     practice.at("2026-11-02T10:00:00-06:00")
     practice.clinic.tick()
-    reminder = practice.clinic.one("pre-visit", "two-days-before")
+    reminder = practice.clinic.one("pre-visit", "three-days-before")
     assert (reminder.status, reminder.channel) == (Status.SENT, "email")
     assert "sms: the address opted out" in (practice.clinic.history(reminder)[1].detail or "")
     assert [m.to for m in practice.texts()] == [NUMBER]  # only the welcome was ever texted
@@ -1008,7 +1008,7 @@ def test_c_confirms_the_visit_of_the_reminder(practice: Practice) -> None:
     [visit] = practice.rows(appointments)
     assert visit.confirmed_at == utc("2026-11-02T10:30:00-06:00")
     assert [m.body for m in practice.texts()[1:]] == [
-        "Riverside Physical Therapy: thanks, you're confirmed for Wed, Nov 4 at 3:00 PM. See "
+        "Riverside Physical Therapy: thanks, you're confirmed for Thu, Nov 5 at 3:00 PM. See "
         "you then! (312) 555-0199. STOP to opt out"]
     assert replies(practice) == [("replies", "confirmed", "sent", NUMBER)]
     assert practice.moves(reminder.id)[-1] == ("note", None, None, "confirmed", "sms reply")
@@ -1016,13 +1016,19 @@ def test_c_confirms_the_visit_of_the_reminder(practice: Practice) -> None:
     assert (message.intent, message.touch_point_id, message.appointment_id,
             message.staff_status) == ("confirm", reminder.id, visit.id, "")
     assert practice.emails() == []  # nothing for staff to do
+    # the day before, a confirmed visit is not asked to confirm again
+    practice.at("2026-11-04T10:00:00-06:00")
+    practice.clinic.tick()
+    assert practice.texts()[-1].body == (
+        "Riverside Physical Therapy: Ana, see you tomorrow, Thu, Nov 5 at 3:00 PM. Need to "
+        "change it? Reply R. (312) 555-0199. STOP to opt out")
 
     log = practice.cli("log", "--json", "--journey", "pre-visit")
     assert log.exit_code == 0, log.output
     assert {row["step"]: row["appointment_confirmed"] for row in json.loads(log.stdout)} == {
-        "two-days-before": True, "two-hours-before": True}
+        "three-days-before": True, "one-day-before": True, "two-hours-before": True}
     table = practice.cli("log", "--journey", "pre-visit").stdout.splitlines()
-    assert [line.split()[-1] for line in table if "-before" in line] == ["confirmed"] * 2
+    assert [line.split()[-1] for line in table if "-before" in line] == ["confirmed"] * 3
 
 
 def test_confirm_and_reschedule_words(sqlite_practice: Practice) -> None:
@@ -1032,7 +1038,7 @@ def test_confirm_and_reschedule_words(sqlite_practice: Practice) -> None:
     sqlite_practice.at(MONDAY_9AM)
     sqlite_practice.clinic.patients(*(patient(f"P{n}", phone=number)
                                       for n, number in enumerate(numbers)), baseline=True)
-    sqlite_practice.clinic.appointments(*(appointment(f"A{n}", f"P{n}", "2026-11-04T15:00-06:00")
+    sqlite_practice.clinic.appointments(*(appointment(f"A{n}", f"P{n}", "2026-11-05T15:00-06:00")
                                           for n in range(len(numbers))))
     sqlite_practice.clinic.tick()
     sqlite_practice.at("2026-11-02T10:00:00-06:00")
@@ -1060,7 +1066,7 @@ def test_r_asks_to_reschedule_tells_the_patient_and_alerts_staff(practice: Pract
     [alert] = practice.emails()
     assert (alert.to, alert.subject, alert.journey, alert.step) == (
         STAFF, "Reschedule request from Ana Reyes", "staff-alerts", "reschedule-request")
-    assert ("Ana Reyes (patient P1) asked to reschedule the visit on Wednesday, November 4 at "
+    assert ("Ana Reyes (patient P1) asked to reschedule the visit on Thursday, November 5 at "
             "3:00 PM with Maya Chen, DPT.") in alert.body
     assert 'Their text: "R"' in alert.body
     assert replies(practice) == [("replies", "reschedule", "sent", NUMBER),
@@ -1124,7 +1130,7 @@ def test_a_spanish_speaking_patient_is_answered_in_spanish(sqlite_practice: Prac
     sqlite_practice.reminded(language="es")
     assert sqlite_practice.text_in("c", "SMes").status_code == 200
     assert [m.body for m in sqlite_practice.texts()[1:]] == [
-        "Riverside Physical Therapy: gracias, su cita queda confirmada para el mié, 4 nov a "
+        "Riverside Physical Therapy: gracias, su cita queda confirmada para el jue, 5 nov a "
         "las 15:00. (312) 555-0199. STOP para salir"]
 
 

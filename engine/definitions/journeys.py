@@ -8,10 +8,10 @@
     trigger: appointment.booked       # or {event: patient.lapsed, after: 30d}, or a list
     exit_on: [appointment.cancelled]  # pending steps are cancelled with that reason
     steps:
-      - id: two-days-before
-        when: {days_before: 2, at: "10:00"}   # calendar day, recipient's local time
+      - id: three-days-before
+        when: {days_before: 3, at: "10:00"}   # calendar day, recipient's local time
         channels: [sms, email]                # first allowed and reachable wins
-        template: pre-visit/two-days-before
+        template: pre-visit/three-days-before
 
 A journey with several triggers (``trigger: [a, b]``) says on each step which one starts
 it (``on: a``). ``recipient`` addresses the patient (the default: for a minor, their
@@ -615,7 +615,7 @@ class _JourneyReader:
         template = item.get("template")
         if not isinstance(template, str) or not template.strip():
             self.error(self.key_line(item, "template"), "a step needs a template",
-                       "add e.g. `template: pre-visit/two-days-before` (a path under "
+                       "add e.g. `template: pre-visit/three-days-before` (a path under "
                        "message_templates/, without extension)")
         elif template.strip().endswith((".j2", ".sms", ".email")):
             self.error(self.key_line(item, "template"),

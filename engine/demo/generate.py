@@ -13,8 +13,8 @@ days from Monday 2026-10-05 (daylight saving ends on 2026-11-01 inside the windo
   bookings, completions, cancellations, moves and no-shows;
 * ``referrers.csv`` — two referral sources; some new patients name one;
 * ``contacts.csv`` — the parent of the practice's one minor patient;
-* ``feed_replies.csv`` — patients' answers to the 0-10 question (a day after their
-  third visit), including a low score and a complaint.
+* ``feed_replies.csv`` — patients' answers to the 0-10 question (7 and 28 days after
+  their first visit), including a low score and a complaint.
 
 All phone numbers are in the 555-01xx range reserved for fiction; emails use
 example.com.
@@ -221,7 +221,8 @@ ANSWERS = ["10", "9", "8/10", "eight", "4", "10", "7", "the front desk was rude 
 
 def replies(patients: list[Patient], visits: list[Visit]) -> list[tuple[datetime, str, str]]:
     """(when, from, body): an answer 25 minutes after each satisfaction question, which
-    goes at 12:00 the day after a patient's third completed visit."""
+    goes at 12:00 7 and 28 days after a patient's first completed visit (a first visit
+    before the demo starts is history: no question follows it)."""
     completed: dict[str, list[datetime]] = {}
     for v in visits:
         if v.fate == "completed":
@@ -232,14 +233,15 @@ def replies(patients: list[Patient], visits: list[Visit]) -> list[tuple[datetime
     answers = iter(ANSWERS * 10)
     for p in patients:
         starts = sorted(completed.get(p.patient_id, []))
-        if len(starts) < 3 or p.sms_consent != "yes" or p.date_of_birth:
+        if not starts or starts[0] < START or p.sms_consent != "yes" or p.date_of_birth:
             continue
         tz = ZoneInfo(p.timezone) if p.timezone else TZ
-        day = starts[2].astimezone(tz).date() + timedelta(days=1)
-        at = datetime.combine(day, time(12, 25), tzinfo=tz)
-        if START < at < END:
-            answer = next(answers)
-            out.append((at, p.phone, "ocho" if p.language == "es" else answer))
+        for days in (7, 28):
+            day = starts[0].astimezone(tz).date() + timedelta(days=days)
+            at = datetime.combine(day, time(12, 25), tzinfo=tz)
+            if START < at < END:
+                answer = next(answers)
+                out.append((at, p.phone, "ocho" if p.language == "es" else answer))
     return sorted(out)
 
 
