@@ -132,8 +132,9 @@ def test_every_shipped_sms_renders_as_gsm7_text_in_english_and_spanish(tmp_path:
     # practice's language
     shipped = sorted({(name, channel) for name, channel, _, _ in templates.files()
                       if not name.startswith(("staff/", "referral-loop/", "referrals/"))})
-    # 18 for the patient journeys, 4 recovery and review request, 5 replies to texts
-    assert len(shipped) == 27
+    # 20 for the patient journeys (with the day-before reminder and the plan-of-care
+    # nudge), 4 recovery and review request, 5 replies to texts
+    assert len(shipped) == 29
     for name, channel in shipped:
         for wanted in ("en", "es"):
             message = templates.render(name, channel, wanted, context, CHICAGO)
