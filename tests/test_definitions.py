@@ -146,6 +146,30 @@ def test_every_shipped_sms_renders_as_gsm7_text_in_english_and_spanish(tmp_path:
                 assert "Riverside Physical Therapy" in message.body
 
 
+def test_the_shipped_welcome_links_the_intake_form_until_intake_is_complete(
+        tmp_path: Path) -> None:
+    """The email carries the patient's own link (with their token); the text, to stay one
+    segment, the practice's form; neither once the patient's intake is complete."""
+    templates = TemplateSet(LIBRARY_TEMPLATES)
+    settings = load_settings(write_config(tmp_path), {})
+    own = "https://riversidept.example/intake?patient=TOKEN"
+    for intake_link in (own, ""):
+        base = variables(instant("2026-11-09T10:30:00-06:00"))
+        context = {**base, "practice": practice_fields(settings),
+                   "patient": Fields({"first_name": "Ana", "last_name": "Reyes",
+                                      "custom": Fields({}), "booking_link": "",
+                                      "intake_link": intake_link}),
+                   "recipient": Fields({"first_name": "Ana", "is_patient": True}),
+                   "unsubscribe_url": None}
+        for language in ("en", "es"):
+            email = templates.render("welcome/welcome", "email", language, context, CHICAGO)
+            text = templates.render("welcome/welcome", "sms", language, context, CHICAGO)
+            assert (own in email.body) == bool(intake_link)
+            assert (f'href="{own}"' in (email.html or "")) == bool(intake_link)
+            assert ("riversidept.example/intake" in text.body) == bool(intake_link)
+            assert "TOKEN" not in text.body
+
+
 # --------------------------------------------------------------------------- journey diagnostics
 
 
