@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -391,30 +391,43 @@ def _apply_contacts(conn: Connection, found: list[tuple[str, Any]], source: str,
     _collect(summary, "RelatedPerson", part, names)
 
 
-def _apply_appointments(conn: Connection, found: list[tuple[str, Any]], source: str,
-                        options: Options, now: datetime, summary: FhirSummary,
-                        fhir_ids: Mapping[str, str], full: bool = False) -> None:
+def _rows_of_patients(conn: Connection, found: list[tuple[str, Any]],
+                      patient_of: Callable[[Any], str],
+                      row_of: Callable[[Any, str], dict[str, str]], options: Options,
+                      summary: FhirSummary, fhir_ids: Mapping[str, str],
+                      ) -> tuple[list[dict[str, str]], list[str]]:
+    """The importer rows of resources that belong to a patient (Appointment, CarePlan),
+    with their names; a resource whose patient is unknown, or that does not map, is
+    refused with its reason (the others are kept)."""
     refs: dict[str, str | None] = {}
-    for name, appointment in found:
+    for name, resource in found:
         try:
-            refs[name] = mapping.appointment_patient(appointment)
+            refs[name] = patient_of(resource)
         except mapping.MappingError:
             refs[name] = None
     owners = _patient_ids(conn, [r for r in refs.values() if r], fhir_ids, options)
     rows: list[dict[str, str]] = []
     names: list[str] = []
-    for name, appointment in found:
+    for name, resource in found:
         try:
-            ref = refs[name] or mapping.appointment_patient(appointment)
+            ref = refs[name] or patient_of(resource)
             if ref not in owners:
                 raise mapping.MappingError(f"Patient/{ref} is not a known patient — it must "
                                            "come before, or in the same file")
-            row = mapping.appointment_row(appointment, owners[ref])
+            row = row_of(resource, owners[ref])
         except mapping.MappingError as exc:
             summary.problems.append(Refusal(name, str(exc)))
             continue
         rows.append(row)
         names.append(name)
+    return rows, names
+
+
+def _apply_appointments(conn: Connection, found: list[tuple[str, Any]], source: str,
+                        options: Options, now: datetime, summary: FhirSummary,
+                        fhir_ids: Mapping[str, str], full: bool = False) -> None:
+    rows, names = _rows_of_patients(conn, found, mapping.appointment_patient,
+                                    mapping.appointment_row, options, summary, fhir_ids)
     part = sync_appointments(conn, enumerate(rows, start=1), source,
                              practice_tz=options.practice_tz, now=now,
                              full=full and bool(rows))
@@ -426,27 +439,8 @@ def _apply_care_plans(conn: Connection, found: list[tuple[str, Any]], source: st
                       fhir_ids: Mapping[str, str]) -> None:
     """Each CarePlan sets its patient's plan of care (importer.sync_plans); a full
     import never removes plans."""
-    refs: dict[str, str | None] = {}
-    for name, plan in found:
-        try:
-            refs[name] = mapping.care_plan_patient(plan)
-        except mapping.MappingError:
-            refs[name] = None
-    owners = _patient_ids(conn, [r for r in refs.values() if r], fhir_ids, options)
-    rows: list[dict[str, str]] = []
-    names: list[str] = []
-    for name, plan in found:
-        try:
-            ref = refs[name] or mapping.care_plan_patient(plan)
-            if ref not in owners:
-                raise mapping.MappingError(f"Patient/{ref} is not a known patient — it must "
-                                           "come before, or in the same file")
-            row = mapping.care_plan_row(plan, owners[ref])
-        except mapping.MappingError as exc:
-            summary.problems.append(Refusal(name, str(exc)))
-            continue
-        rows.append(row)
-        names.append(name)
+    rows, names = _rows_of_patients(conn, found, mapping.care_plan_patient,
+                                    mapping.care_plan_row, options, summary, fhir_ids)
     if found:
         _collect(summary, "CarePlan", sync_plans(conn, enumerate(rows, start=1), source,
                                                  now=now), names)
