@@ -45,7 +45,10 @@ from engine.store.schema import (
     provider_events,
     recovery_cases,
     referrers,
+    slot_offers,
+    slots,
     touch_points,
+    waitlist_entries,
 )
 from engine.timing import format_duration
 
@@ -102,6 +105,14 @@ TABLES: dict[str, str] = {
                         "events and touch_points already export.",
     "webhook_deliveries": "neither: delivery state of those events (ids, times, status).",
     "webhook_attempts": "neither: each delivery attempt (status codes, redacted errors).",
+    "waitlist_entries": "export: the patient's waitlist entry and preferences. erase: "
+                        "withdrawn, preferences (days, times, therapist, location, visit "
+                        "type, dates) removed; times kept.",
+    "slots": "export: slots the patient freed (cancelled) or claimed. erase: kept (a visit "
+             "time of the practice's day; the report counts them).",
+    "slot_offers": "export: every slot the patient was offered and their answer. erase: "
+                   "kept (ids, waves, times and statuses only: the report counts them); "
+                   "standing offers withdrawn.",
 }
 
 
@@ -178,6 +189,10 @@ def _scopes(conn: Connection, person: Person) -> dict[str, list[Any]]:
         "case_events": [case_events.c.case_id.in_(case_ids)],
         "audit_log": [audit_log.c.target == target(person.external_id)],
         "referrers": [referrers.c.id == person.referrer_id],
+        "waitlist_entries": [waitlist_entries.c.patient_id == person.id],
+        "slots": [or_(slots.c.freed_by_patient_id == person.id,
+                      slots.c.claimed_by_patient_id == person.id)],
+        "slot_offers": [slot_offers.c.patient_id == person.id],
     }
 
 
@@ -283,6 +298,12 @@ def erase(conn: Connection, external_id: str, now: datetime) -> Erasure:
     change("recovery_cases", {"detail": ""})
     change("recovery_cases", {"resolution": ""}, recovery_cases.c.resolution.is_not(None))
     change("case_events", {"detail": ""})
+    change("waitlist_entries", {"status": "withdrawn", "days": [], "time_from": None,
+                                "time_until": None, "therapist": "", "location": "",
+                                "visit_type": "", "earliest": None, "latest": None,
+                                "source": "", "updated_at": now})
+    change("slot_offers", {"status": "withdrawn", "answered_at": now},
+           slot_offers.c.status == "offered")
     return done
 
 

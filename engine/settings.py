@@ -274,6 +274,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fhir.email_consent", "TOUCHPOINT_FHIR_EMAIL_CONSENT",
             "Email consent recorded for a patient or contact first seen in FHIR (never "
             "changes one on file).", True),
+    Setting("waitlist.wave_size", "TOUCHPOINT_WAITLIST_WAVE_SIZE",
+            "How many waitlisted patients one wave offers a freed slot to (the best "
+            "matches first); see docs/waitlist.md.", 3),
+    Setting("waitlist.wave_every", "TOUCHPOINT_WAITLIST_WAVE_EVERY",
+            "How long after one wave the next goes, while nobody has claimed the slot.",
+            "10m"),
+    Setting("waitlist.offer_expiry", "TOUCHPOINT_WAITLIST_OFFER_EXPIRY",
+            "How long an offer stands (it also ends when the slot is claimed or starts).",
+            "2h"),
+    Setting("waitlist.auto_confirm", "TOUCHPOINT_WAITLIST_AUTO_CONFIRM",
+            "A claimed slot counts as booked at once and the patient's confirmation says "
+            "so: only with an API integration that books the slot.claimed webhook's slot in "
+            "the EMR. Off: a staff member confirms each claim.", False),
 )
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -516,6 +529,27 @@ class Recovery(BaseModel):
         return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
+class Waitlist(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    wave_size: int = Field(3, ge=1, le=50)
+    wave_every: timedelta = timedelta(minutes=10)
+    offer_expiry: timedelta = timedelta(hours=2)
+    auto_confirm: bool = False
+
+    @field_validator("wave_every", "offer_expiry", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("wave_every", "offer_expiry")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0, e.g. 10m")
+        return value
+
+
 class Templates(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -680,6 +714,7 @@ class Settings(BaseModel):
     retention: Retention = Retention()
     hl7: Hl7 = Hl7()
     fhir: Fhir = Fhir()
+    waitlist: Waitlist = Waitlist()
     config_file: Path | None = None
 
     @field_validator("send_from", "send_until", mode="before")
@@ -744,7 +779,7 @@ _FIELD_PATH: dict[str, tuple[str, ...]] = {
        if s.key.split(".")[0] in {"practice", "channels", "dispatch", "twilio", "sendgrid",
                                   "email", "webhooks", "caps", "console", "daemon", "recovery",
                                   "referrals", "templates", "retention", "api", "hl7",
-                                  "fhir", "links"}},
+                                  "fhir", "links", "waitlist"}},
 }
 
 

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
-from engine import audit, cases, clock, patient_data
+from engine import audit, cases, clock, patient_data, waitlist
 from engine.cli import cli
 from engine.daemon import Daemon
 from engine.outcomes import EXPLANATIONS, Reason, Status
@@ -37,6 +37,7 @@ from engine.store.schema import (
     inbound_messages,
     patients,
     provider_events,
+    slot_offers,
     touch_points,
 )
 from engine.webhooks import Kind, ProviderEvent
@@ -125,6 +126,17 @@ def fortnight(database_url: str, tmp_path: Path,
                       "cli:maya", now)
         audit.record(conn, actor="cli:maya", action="patient.export", now=now,
                      target="patient:P1", address="cli", detail={"rows": {"patients": 1}})
+        # on the waitlist: Zelda (offered a slot she freed earlier, as a test of scope) and Bart
+        ids = dict(conn.execute(select(patients.c.external_id, patients.c.id)).all())
+        for external_id, days in (("P1", "tue,thu"), ("P2", "mon")):
+            waitlist.put_entry(conn, ids[external_id], waitlist.parse_preferences(
+                {"days": days, "therapist": "Dr. Lee"}), source="test", now=now)
+        slot = waitlist.open_slot(conn, waitlist.NewSlot(
+            now + timedelta(days=5), 45, freed_by_patient_id=ids["P1"]),
+            source="cancellation", now=now)
+        conn.execute(slot_offers.insert().values(
+            slot_id=slot, patient_id=ids["P1"], wave=1, status="offered", offered_at=now,
+            expires_at=now + timedelta(hours=2)))
     run(clinic, "2026-11-05T13:00:00", "2026-11-06T12:00:00")
     yield clinic
     clinic.close()
@@ -280,6 +292,13 @@ def test_erase_removes_every_trace_keeps_the_counts_and_is_audited(fortnight: Cl
     assert (entry.target, entry.address) == ("patient:P1", "cli")
     assert entry.detail["cancelled"] == len(pending)
     assert entry.detail["changed"]["patients"] == 1
+    # off the waitlist, her preferences gone, her standing offer withdrawn
+    assert entry.detail["changed"]["waitlist_entries"] == 1
+    assert entry.detail["changed"]["slot_offers"] == 1
+    assert "Dr. Lee" in export(fortnight, "P2")["tables"]["waitlist_entries"][0]["therapist"]
+    [her_entry] = export(fortnight, "P1")["tables"]["waitlist_entries"]
+    assert (her_entry["status"], her_entry["therapist"], her_entry["days"]) == (
+        "withdrawn", "", [])
     assert traces(json.dumps(entry.detail), ZELDA_TRACES) == []
     assert erased_at == at("2026-11-06T12:00:00")
 

@@ -18,6 +18,8 @@
     hl7_messages                        (HL7 v2 messages received, once each, and their ACK)
     staff_users ─< staff_sessions       (console accounts: email, role, argon2 hash)
     definition_drafts, definition_versions  (console edits before and after publishing)
+    waitlist_entries                    (patients waiting for an earlier visit: preferences)
+    slots ─< slot_offers                (freed visit times, and who was offered each, when)
 
 Every instant is stored in UTC and read back timezone-aware, on SQLite too.
 """
@@ -25,7 +27,7 @@ Every instant is stored in UTC and read back timezone-aware, on SQLite too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from functools import partial
 from typing import Any, ClassVar, cast
 
@@ -42,6 +44,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    Time,
     TypeDecorator,
     UniqueConstraint,
 )
@@ -633,6 +636,85 @@ class DefinitionVersion(Base):
     files: Mapped[dict[str, Any]] = mapped_column(default=dict)  # path → {before, after}
 
 
+class WaitlistEntry(Base):
+    """A patient who wants an earlier visit, and which freed slots suit them (engine/waitlist.py).
+
+    Empty preferences match anything: no days is any day, no times is any time, no
+    therapist is any therapist. One entry per patient; ``status`` is ``waiting`` (offered
+    slots as they free up), ``claimed`` (won a slot) or ``withdrawn``.
+    """
+
+    __tablename__ = "waitlist_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), unique=True)
+    days: Mapped[list[str]] = mapped_column(JSON, default=list)  # ["mon", "wed"]: local days
+    time_from: Mapped[time | None] = mapped_column(Time)  # local time of day, inclusive
+    time_until: Mapped[time | None] = mapped_column(Time)  # the visit starts before it
+    therapist: Mapped[str] = mapped_column(String(100), default="")
+    location: Mapped[str] = mapped_column(String(200), default="")
+    visit_type: Mapped[str] = mapped_column(String(100), default="")
+    earliest: Mapped[date | None] = mapped_column(Date)  # first local day a slot may be on
+    latest: Mapped[date | None] = mapped_column(Date)  # last local day
+    status: Mapped[str] = mapped_column(String(12), default="waiting")
+    source: Mapped[str] = mapped_column(String(300), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    # The EMR's own last-change time (the API's `updated_at`): an older update is refused.
+    source_updated_at: Mapped[datetime | None]
+
+
+class Slot(Base):
+    """A freed visit time offered to the waitlist: a cancellation's, or one opened through
+    the API or the console. ``status``: ``open`` (offered in waves), ``claimed`` (a patient
+    said yes: staff confirm it), ``booked`` (confirmed), ``expired`` (nobody took it
+    before it started) or ``closed`` (withdrawn by staff or the EMR)."""
+
+    __tablename__ = "slots"
+    __table_args__ = (Index(None, "status", "start_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    appointment_id: Mapped[int | None] = mapped_column(ForeignKey("appointments.id"),
+                                                       unique=True)
+    # The patient who cancelled it: never offered their own slot back
+    freed_by_patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"))
+    start_at: Mapped[datetime]
+    duration_minutes: Mapped[int] = mapped_column(Integer)
+    visit_type: Mapped[str] = mapped_column(String(100), default="")
+    therapist: Mapped[str] = mapped_column(String(100), default="")
+    location: Mapped[str] = mapped_column(String(200), default="")
+    source: Mapped[str] = mapped_column(String(16))  # cancellation, api, console
+    status: Mapped[str] = mapped_column(String(12), default="open")
+    waves: Mapped[int] = mapped_column(Integer, default=0)  # waves offered so far
+    next_wave_at: Mapped[datetime | None]  # when the next wave may go (open slots)
+    claimed_by_patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"))
+    claimed_at: Mapped[datetime | None]
+    booked_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]  # booked, expired or closed: when it stopped
+    opened_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class SlotOffer(Base):
+    """One patient offered one slot. ``status``: ``offered``, ``claimed`` (their yes won),
+    ``taken`` (their yes came after another's), ``expired`` or ``withdrawn`` (the slot
+    closed first)."""
+
+    __tablename__ = "slot_offers"
+    __table_args__ = (UniqueConstraint("slot_id", "patient_id"),
+                      Index(None, "patient_id", "status"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slot_id: Mapped[int] = mapped_column(ForeignKey("slots.id"))
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    wave: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(12), default="offered")
+    offered_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    answered_at: Mapped[datetime | None]
+
+
 # The tables, for Core queries (the hot paths use Core, not ORM sessions).
 patients = cast(Table, Patient.__table__)
 appointments = cast(Table, Appointment.__table__)
@@ -662,3 +744,6 @@ staff_users = cast(Table, StaffUser.__table__)
 staff_sessions = cast(Table, StaffSession.__table__)
 definition_drafts = cast(Table, DefinitionDraft.__table__)
 definition_versions = cast(Table, DefinitionVersion.__table__)
+waitlist_entries = cast(Table, WaitlistEntry.__table__)
+slots = cast(Table, Slot.__table__)
+slot_offers = cast(Table, SlotOffer.__table__)
