@@ -266,19 +266,21 @@ def test_sync_pages_through_every_type_and_remembers_where_it_stopped(
     assert server.token_requests == 1  # the token is kept between requests
     assert set(rows(db, patients, "id")) == {"example", "f201", "animal"}
 
-    # a second sync asks only for what changed after the cursor, and gets only that
+    # a second sync asks only for what changed since the cursor (inclusive: the last
+    # resource seen comes again, unchanged), and gets only that
     server.reset()
     cancelled = example("Appointment-example") | {"status": "cancelled"}
     server.put(cancelled, UPDATED + timedelta(days=1))
     result = run(config, "fhir", "sync")
     assert result.exit_code == 0, result.output
     assert "Appointment 1 (0 new, 1 updated, 0 unchanged, 0 refused)" in result.output
+    assert "Patient 1 (0 new, 0 updated, 1 unchanged, 0 refused)" in result.output
     assert "events: 1 appointment.cancelled" in result.output
     assert "cursor: Patient 2013-11-01T09:02:00Z, RelatedPerson 2013-11-01T09:05:00Z, " \
            "Appointment 2013-11-02T09:00:00Z" in result.output
     asked = [r.query["_lastUpdated"][0] for r in server.requests if r.method == "GET"]
-    assert asked == ["gt2013-11-01T09:02:00Z", "gt2013-11-01T09:05:00Z",
-                     "gt2013-11-01T09:07:00Z"]
+    assert asked == ["ge2013-11-01T09:02:00Z", "ge2013-11-01T09:05:00Z",
+                     "ge2013-11-01T09:07:00Z"]
     assert rows(db, appointments, "status")["example"] == ("cancelled",)
     assert event_kinds(db)[-1] == "appointment.cancelled"
 
@@ -298,9 +300,27 @@ def test_an_interrupted_sync_resumes_after_the_last_page_committed(
 
     server.reset()
     report = sync_once(db, config)
-    assert server.requests[1].query["_lastUpdated"] == ["gt2013-11-01T09:01:00Z"]
+    assert server.requests[1].query["_lastUpdated"] == ["ge2013-11-01T09:01:00Z"]
     assert report.summary.count("created") == 6  # the third patient, 3 contacts, 2 visits
+    assert report.summary.count("unchanged") == 1  # f201, the cursor's own instant
     assert set(rows(db, patients, "id")) == {"example", "f201", "animal"}
+
+
+def test_a_resource_updated_in_the_cursors_own_instant_is_not_missed(
+        config: Path, db: Database, server: FhirAPIServer) -> None:
+    """The cursor is inclusive (_lastUpdated=ge…): a patient the EMR stores in the same
+    instant as the last one the previous sync saw comes with the next sync."""
+    server.put(example("Patient-example"), UPDATED)
+    sync_once(db, config)
+    assert cursors(db) == {"Patient": "2013-11-01T09:00:00Z"}
+
+    server.put(example("Patient-f201"), UPDATED)  # the same instant, stored afterwards
+    report = sync_once(db, config)
+    asked = [r.query.get("_lastUpdated") for r in server.requests if r.path == "/fhir/Patient"]
+    assert asked == [None, ["ge2013-11-01T09:00:00Z"]]
+    assert (report.summary.count("created"), report.summary.count("unchanged")) == (1, 1)
+    assert set(rows(db, patients, "id")) == {"example", "f201"}
+    assert event_kinds(db) == ["patient.created", "patient.created"]  # nothing twice
 
 
 def test_a_token_request_signed_with_another_key_is_refused_clearly(

@@ -11,8 +11,8 @@ README there) and answers as an EMR's FHIR API does:
   minutes ahead and not past, a ``jti`` never seen before). Refusals are OAuth errors
   (``400 invalid_client`` …); success is a bearer token valid ``token_lifetime`` seconds.
 * ``GET /fhir/{Type}``: needs a live bearer token with ``system/{Type}.read`` (else 401 /
-  403 with an OperationOutcome); ``_lastUpdated=gt…``, ``_sort=_lastUpdated`` and
-  ``_count`` work; the answer is a ``searchset`` Bundle with a ``next`` link while more
+  403 with an OperationOutcome); ``_lastUpdated=ge…`` (or ``gt…``), ``_sort=_lastUpdated``
+  and ``_count`` work; the answer is a ``searchset`` Bundle with a ``next`` link while more
   remain.
 
 Times (token expiry, ``exp``) are checked against ``now`` (engine.clock.now by default, so
@@ -188,10 +188,13 @@ class FhirAPIServer(ProviderServer):
                                               f"{resource_type}")
         query = {k: v[0] for k, v in request.query.items()}
         since: datetime | None = None
+        inclusive = False
         if "_lastUpdated" in query:
             value = query["_lastUpdated"]
-            if not value.startswith("gt"):
-                return _outcome(400, "not-supported", "only _lastUpdated=gt… is supported")
+            if value[:2] not in ("ge", "gt"):
+                return _outcome(400, "not-supported",
+                                "only _lastUpdated=ge… or gt… is supported")
+            inclusive = value.startswith("ge")
             since = datetime.fromisoformat(value[2:].replace("Z", "+00:00"))
         if query.get("_sort", "_lastUpdated") != "_lastUpdated":
             return _outcome(400, "not-supported", "only _sort=_lastUpdated is supported")
@@ -199,8 +202,12 @@ class FhirAPIServer(ProviderServer):
         offset = int(query.get("_getpagesoffset", "0"))
         with self._lock:
             found = [r for (kind, _), r in self.resources.items() if kind == resource_type]
-        found = [r for r in found if since is None or
-                 datetime.fromisoformat(r["meta"]["lastUpdated"].replace("Z", "+00:00")) > since]
+
+        def after(resource: Mapping[str, Any]) -> bool:
+            at = datetime.fromisoformat(resource["meta"]["lastUpdated"].replace("Z", "+00:00"))
+            return since is None or at > since or (inclusive and at == since)
+
+        found = [r for r in found if after(r)]
         found.sort(key=lambda r: (r["meta"]["lastUpdated"], r["id"]))
         page = found[offset:offset + count]
         links = [{"relation": "self", "url": self._page_url(resource_type, query, offset)}]
