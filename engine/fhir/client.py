@@ -12,6 +12,9 @@ each ``Bundle.link`` whose relation is ``next`` to the end. The cursor is inclus
 as the specification advises): resources updated in the same instant as the last one seen
 come again rather than never, and applying one again changes nothing.
 
+Reads: ``GET {base}/{Type}/{id}``, for a resource refused before and asked for again; 404
+or 410 means it is gone.
+
 Everything the server can answer wrong becomes a :class:`FhirServerError`, one line (the
 URL without its query, the HTTP status, the OAuth error): a person can act on it.
 """
@@ -26,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx2
 import jwt
@@ -241,6 +244,20 @@ class FhirClient:
         if response.status_code != 200:
             raise self._refused(response, url)
         return self._json_of(response, url, "Bundle")
+
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        """GET one resource as it is now; None when the server says it is gone (404, 410)."""
+        url = f"{self.base_url}/{resource_type}/{quote(resource_id, safe='')}"
+        response = self._get(url)
+        if response.status_code in (404, 410):
+            return None
+        if response.status_code != 200:
+            raise self._refused(response, url)
+        body = self._json_of(response, url, resource_type)
+        if body.get("id") != resource_id:
+            raise FhirServerError(f"the FHIR server answered {_bare(url)} with another "
+                                  f"{resource_type} (id {str(body.get('id'))[:64]!r})")
+        return body
 
     def search(self, resource_type: str, since: str | None, page_size: int,
                ) -> Iterator[dict[str, Any]]:
