@@ -8,6 +8,7 @@ Practice timezone: America/Chicago; the clock is pinned on Monday 2026-11-02 09:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from engine import clock
-from engine.api import keys
+from engine.api import keys, records
 from engine.audit import AuditEntry, entries
 from engine.cli import cli
 from engine.outcomes import Status
@@ -477,8 +478,46 @@ def test_a_body_over_the_limit_is_refused(api: Api) -> None:
                           headers={"Authorization": f"Bearer {api.write}",
                                    "Content-Type": "application/json"})
     assert huge.status_code == 413
+    assert huge.headers["content-type"] == PROBLEM
+    assert huge.json() == {
+        "type": "urn:touchpoint:problem:body-too-large",
+        "title": "The request body is too large", "status": 413,
+        "detail": "the request body is over the limit of 1048576 bytes — nothing was "
+                  "changed; send one record a request"}
     with api.clinic.db.transaction() as conn:
         assert conn.execute(select(func.count()).select_from(patients)).scalar() == 0
+    # (a provider's webhook keeps its plain answer)
+    plain = api.client.post("/webhooks/twilio/inbound", content=b"x" * (1024 * 1024 + 1))
+    assert (plain.status_code, plain.headers["content-type"]) == (
+        413, "text/plain; charset=utf-8")
+
+
+def test_an_unexpected_error_is_a_500_problem_without_traceback_or_patient_data(
+        api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(*args: Any) -> None:
+        raise RuntimeError("cannot store Ana Reyes, (312) 555-0100, ana@example.com")
+
+    monkeypatch.setattr(records, "put", broken)
+    with caplog.at_level(logging.ERROR, logger="touchpoint.api"):
+        failed = api.put("/patients/P1", PATIENT)
+    assert failed.status_code == 500
+    assert failed.headers["content-type"] == PROBLEM
+    assert failed.json() == {
+        "type": "urn:touchpoint:problem:internal-error", "title": "Internal Server Error",
+        "status": 500, "detail": "Touchpoint could not handle this request; nothing was "
+        "changed (one request, one transaction) and the error is in the server's log — "
+        "try again later"}
+    for secret in ("Traceback", "Ana", "Reyes", "555", "ana@", "P1", "RuntimeError"):
+        assert secret not in failed.text
+    [logged] = [r for r in caplog.records if r.name == "touchpoint.api"]
+    said = logged.getMessage()
+    assert said.startswith("api: PUT /api/v1/patients/{patient_id} failed: RuntimeError: ")
+    assert "••••••••00, a•••@example.com" in said  # masked
+    assert "555-0100" not in said and "ana@example.com" not in said
+    assert "(raised at test_api.py:" in said and "records.py:" in said
+    assert api.rows(patients) == []
+    monkeypatch.undo()  # the app serves on
+    assert api.put("/patients/P1", PATIENT).status_code == 201
 
 
 # --------------------------------------------------------------------------- DELETE
