@@ -412,6 +412,34 @@ def test_the_rate_limit_answers_429_with_retry_after_until_the_clock_moves(
         rig.close()
 
 
+def test_a_key_over_its_rate_is_audited_once_a_period_not_once_a_request(
+        database_url: str, tmp_path: Path) -> None:
+    rig = Api(database_url, tmp_path, extra='\n[api]\nrate_limit = "2/minute"\n')
+    try:
+        assert rig.put("/patients/P1", PATIENT).status_code == 201
+        assert rig.put("/patients/P1", PATIENT).status_code == 200
+        flood = [rig.put("/patients/P1", PATIENT).status_code for _ in range(5)]
+        assert flood == [429] * 5
+
+        def denied() -> list[tuple[Any, ...]]:
+            return [(e.at, e.actor, e.target, e.address, e.detail) for e in rig.audit()
+                    if e.action == "api.denied"]
+
+        assert denied() == [(MONDAY_9AM, "api-key:emr", "PUT /api/v1/patients/P1",
+                             "testclient", {"status": 429, "reason": "rate-limited"})]
+        clock.set_now(MONDAY_9AM + timedelta(seconds=30))  # a request's worth refilled
+        assert rig.put("/patients/P1", PATIENT).status_code == 200
+        assert rig.put("/patients/P1", PATIENT).status_code == 429
+        assert len(denied()) == 1  # (the same minute)
+        clock.set_now(MONDAY_9AM + timedelta(seconds=61))
+        assert rig.put("/patients/P1", PATIENT).status_code == 200
+        assert [rig.put("/patients/P1", PATIENT).status_code for _ in range(3)] == [429] * 3
+        assert [at for at, *_ in denied()] == [MONDAY_9AM,
+                                               MONDAY_9AM + timedelta(seconds=61)]
+    finally:
+        rig.close()
+
+
 def test_the_rate_limit_setting_is_checked() -> None:
     with pytest.raises(Exception, match="is not a rate"):
         load_settings(None, {"api.rate_limit": "lots"}, {})
