@@ -176,6 +176,35 @@ def test_a_move_records_rescheduled_and_bumps_the_version(api: Api) -> None:
     assert done.json()["events"] == ["appointment.completed"]
 
 
+def test_a_no_show_by_put_records_the_same_event_as_an_import(api: Api) -> None:
+    past = {**VISIT, "start": "2026-10-30T10:00:00-05:00"}  # (last Friday)
+    assert api.put("/patients/P1", PATIENT).status_code == 201
+    assert api.put("/appointments/A1", past).status_code == 201
+    missed = api.put("/appointments/A1", {**past, "status": "no-show"})
+    assert missed.status_code == 200, missed.text
+    assert (missed.json()["result"], missed.json()["events"]) == (
+        "updated", ["appointment.no_show"])
+    assert api.rows(appointments)[0].status == "no_show"
+    assert api.put("/appointments/A1", {**past, "status": "no_show"}).json()["events"] == []
+    by_api = api.rows(events)[-1]
+
+    # the same visit imported from a CSV file records the same event
+    (api.folder / "appointments.csv").write_text(
+        "appointment_id,patient_id,start,duration_minutes,status,visit_type,therapist,"
+        "location\nA2,P1,2026-10-30T10:00:00-05:00,60,booked,Follow-up,"
+        "\"Maya Chen, DPT\",Main St\n", encoding="utf-8")
+    assert api.cli("import", "appointments", str(api.folder / "appointments.csv")) \
+        .exit_code == 0
+    (api.folder / "appointments.csv").write_text(
+        (api.folder / "appointments.csv").read_text("utf-8").replace("booked", "no-show"),
+        encoding="utf-8")
+    imported = api.cli("import", "appointments", str(api.folder / "appointments.csv"))
+    assert imported.exit_code == 0, imported.output
+    by_import = api.rows(events)[-1]
+    assert (by_import.kind, by_import.patient_id) == (by_api.kind, by_api.patient_id)
+    assert by_import.appointment_id != by_api.appointment_id
+
+
 def test_contacts_and_referrers(api: Api) -> None:
     referrer = api.put("/referrers/DR1", {"name": "Lakeside Orthopedics",
                                           "email": "dr@lakeside.example"})
