@@ -260,6 +260,35 @@ def test_an_adt_a04_registers_the_patient_and_the_parent_in_nk1_as_a_contact(
     assert event_kinds(clinic) == ["patient.created"]
 
 
+def test_an_adt_a28_adds_the_person_as_an_a04_does(clinic: Clinic, conn: Connection) -> None:
+    added = payload("adt_a04_nk1_v251.hl7").replace(b"ADT^A04^ADT_A01", b"ADT^A28^ADT_A05") \
+        .replace(b"EVN|A04|", b"EVN|A28|").replace(b"ADT00001", b"ADT00028")
+    ack = conn.send(added)
+    assert code(ack) == "AA"
+    assert str(ack.segment("MSA")(2)) == "ADT00028"
+    [mia] = rows(clinic, patients)
+    assert (mia["external_id"], mia["first_name"], mia["phone"]) == (
+        "P4001", "Mia", "+13125550155")
+    [linh] = rows(clinic, contacts)
+    assert (linh["patient_id"], linh["relationship"]) == (mia["id"], "parent")
+    assert event_kinds(clinic) == ["patient.created"]
+
+
+def test_a_v24_message_is_applied_and_acked_in_2_4(clinic: Clinic, conn: Connection) -> None:
+    message = payload("siu_s12_v251.hl7")
+    header, _, rest = message.partition(b"\r")
+    fields = header.split(b"|")
+    assert fields[11] == b"2.5.1"  # MSH-12 (MSH-1 is the separator itself)
+    fields[11] = b"2.4"
+    ack = conn.send(b"|".join(fields) + b"\r" + rest)
+    assert code(ack) == "AA"
+    assert str(ack.segment("MSH")(12)) == "2.4"
+    [booked] = rows(clinic, appointments)
+    assert (booked["external_id"], booked["status"]) == ("A7781", "booked")
+    assert booked["start_at"] == datetime(2026, 12, 10, 15, 30, tzinfo=UTC)
+    assert event_kinds(clinic) == ["patient.created", "appointment.booked"]
+
+
 @pytest.mark.parametrize(("name", "version"), [("adt_a08_bad_phone_v251.hl7", "2.5.1"),
                                                ("adt_a08_bad_phone_v23.hl7", "2.3")])
 def test_a_bad_phone_is_answered_ae_with_an_err_naming_pid_13(
