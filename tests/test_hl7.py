@@ -588,17 +588,24 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("given_by", ["TOUCHPOINT_MLLP_PORT", "--mllp-port"])
 def test_touchpoint_serve_listens_for_mllp_beside_the_web_app(sqlite_url: str,
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path,
+                                                              given_by: str) -> None:
     daemon_config(tmp_path)
     http_port, mllp_port = _free_port(), _free_port()
-    env = {**os.environ, "TOUCHPOINT_DATABASE_URL": sqlite_url,
-           "TOUCHPOINT_MLLP_PORT": str(mllp_port)}
+    env = {**os.environ, "TOUCHPOINT_DATABASE_URL": sqlite_url}
+    env.pop("TOUCHPOINT_MLLP_PORT", None)
+    flag: list[str] = []
+    if given_by == "--mllp-port":
+        flag = ["--mllp-port", str(mllp_port)]
+    else:
+        env["TOUCHPOINT_MLLP_PORT"] = str(mllp_port)
     log = (tmp_path / "serve.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "engine", "--schedules", str(LIBRARY_SCHEDULES), "--templates",
-         str(LIBRARY_TEMPLATES), "serve", "--port", str(http_port)], cwd=tmp_path, env=env,
-        stdout=log, stderr=subprocess.STDOUT)
+         str(LIBRARY_TEMPLATES), "serve", "--port", str(http_port), *flag], cwd=tmp_path,
+        env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -623,7 +630,7 @@ def test_touchpoint_serve_listens_for_mllp_beside_the_web_app(sqlite_url: str,
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0 or process.returncode == -signal.SIGTERM
         log.close()
-    assert "HL7 over MLLP on 127.0.0.1:" in (tmp_path / "serve.log").read_text()
+    assert f"HL7 over MLLP on 127.0.0.1:{mllp_port}" in (tmp_path / "serve.log").read_text()
     database = open_database(sqlite_url)
     try:
         with database.transaction() as c:
