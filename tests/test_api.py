@@ -8,6 +8,7 @@ Practice timezone: America/Chicago; the clock is pinned on Monday 2026-11-02 09:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from engine import clock
-from engine.api import keys
+from engine.api import keys, records
 from engine.audit import AuditEntry, entries
 from engine.cli import cli
 from engine.outcomes import Status
@@ -173,6 +174,35 @@ def test_a_move_records_rescheduled_and_bumps_the_version(api: Api) -> None:
     done = api.put("/appointments/A1", {**VISIT, "start": "2026-11-06T10:00:00-06:00",
                                         "status": "completed"})
     assert done.json()["events"] == ["appointment.completed"]
+
+
+def test_a_no_show_by_put_records_the_same_event_as_an_import(api: Api) -> None:
+    past = {**VISIT, "start": "2026-10-30T10:00:00-05:00"}  # (last Friday)
+    assert api.put("/patients/P1", PATIENT).status_code == 201
+    assert api.put("/appointments/A1", past).status_code == 201
+    missed = api.put("/appointments/A1", {**past, "status": "no-show"})
+    assert missed.status_code == 200, missed.text
+    assert (missed.json()["result"], missed.json()["events"]) == (
+        "updated", ["appointment.no_show"])
+    assert api.rows(appointments)[0].status == "no_show"
+    assert api.put("/appointments/A1", {**past, "status": "no_show"}).json()["events"] == []
+    by_api = api.rows(events)[-1]
+
+    # the same visit imported from a CSV file records the same event
+    (api.folder / "appointments.csv").write_text(
+        "appointment_id,patient_id,start,duration_minutes,status,visit_type,therapist,"
+        "location\nA2,P1,2026-10-30T10:00:00-05:00,60,booked,Follow-up,"
+        "\"Maya Chen, DPT\",Main St\n", encoding="utf-8")
+    assert api.cli("import", "appointments", str(api.folder / "appointments.csv")) \
+        .exit_code == 0
+    (api.folder / "appointments.csv").write_text(
+        (api.folder / "appointments.csv").read_text("utf-8").replace("booked", "no-show"),
+        encoding="utf-8")
+    imported = api.cli("import", "appointments", str(api.folder / "appointments.csv"))
+    assert imported.exit_code == 0, imported.output
+    by_import = api.rows(events)[-1]
+    assert (by_import.kind, by_import.patient_id) == (by_api.kind, by_api.patient_id)
+    assert by_import.appointment_id != by_api.appointment_id
 
 
 def test_contacts_and_referrers(api: Api) -> None:
@@ -411,6 +441,34 @@ def test_the_rate_limit_answers_429_with_retry_after_until_the_clock_moves(
         rig.close()
 
 
+def test_a_key_over_its_rate_is_audited_once_a_period_not_once_a_request(
+        database_url: str, tmp_path: Path) -> None:
+    rig = Api(database_url, tmp_path, extra='\n[api]\nrate_limit = "2/minute"\n')
+    try:
+        assert rig.put("/patients/P1", PATIENT).status_code == 201
+        assert rig.put("/patients/P1", PATIENT).status_code == 200
+        flood = [rig.put("/patients/P1", PATIENT).status_code for _ in range(5)]
+        assert flood == [429] * 5
+
+        def denied() -> list[tuple[Any, ...]]:
+            return [(e.at, e.actor, e.target, e.address, e.detail) for e in rig.audit()
+                    if e.action == "api.denied"]
+
+        assert denied() == [(MONDAY_9AM, "api-key:emr", "PUT /api/v1/patients/P1",
+                             "testclient", {"status": 429, "reason": "rate-limited"})]
+        clock.set_now(MONDAY_9AM + timedelta(seconds=30))  # a request's worth refilled
+        assert rig.put("/patients/P1", PATIENT).status_code == 200
+        assert rig.put("/patients/P1", PATIENT).status_code == 429
+        assert len(denied()) == 1  # (the same minute)
+        clock.set_now(MONDAY_9AM + timedelta(seconds=61))
+        assert rig.put("/patients/P1", PATIENT).status_code == 200
+        assert [rig.put("/patients/P1", PATIENT).status_code for _ in range(3)] == [429] * 3
+        assert [at for at, *_ in denied()] == [MONDAY_9AM,
+                                               MONDAY_9AM + timedelta(seconds=61)]
+    finally:
+        rig.close()
+
+
 def test_the_rate_limit_setting_is_checked() -> None:
     with pytest.raises(Exception, match="is not a rate"):
         load_settings(None, {"api.rate_limit": "lots"}, {})
@@ -477,8 +535,46 @@ def test_a_body_over_the_limit_is_refused(api: Api) -> None:
                           headers={"Authorization": f"Bearer {api.write}",
                                    "Content-Type": "application/json"})
     assert huge.status_code == 413
+    assert huge.headers["content-type"] == PROBLEM
+    assert huge.json() == {
+        "type": "urn:touchpoint:problem:body-too-large",
+        "title": "The request body is too large", "status": 413,
+        "detail": "the request body is over the limit of 1048576 bytes — nothing was "
+                  "changed; send one record a request"}
     with api.clinic.db.transaction() as conn:
         assert conn.execute(select(func.count()).select_from(patients)).scalar() == 0
+    # (a provider's webhook keeps its plain answer)
+    plain = api.client.post("/webhooks/twilio/inbound", content=b"x" * (1024 * 1024 + 1))
+    assert (plain.status_code, plain.headers["content-type"]) == (
+        413, "text/plain; charset=utf-8")
+
+
+def test_an_unexpected_error_is_a_500_problem_without_traceback_or_patient_data(
+        api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(*args: Any) -> None:
+        raise RuntimeError("cannot store Ana Reyes, (312) 555-0100, ana@example.com")
+
+    monkeypatch.setattr(records, "put", broken)
+    with caplog.at_level(logging.ERROR, logger="touchpoint.api"):
+        failed = api.put("/patients/P1", PATIENT)
+    assert failed.status_code == 500
+    assert failed.headers["content-type"] == PROBLEM
+    assert failed.json() == {
+        "type": "urn:touchpoint:problem:internal-error", "title": "Internal Server Error",
+        "status": 500, "detail": "Touchpoint could not handle this request; nothing was "
+        "changed (one request, one transaction) and the error is in the server's log — "
+        "try again later"}
+    for secret in ("Traceback", "Ana", "Reyes", "555", "ana@", "P1", "RuntimeError"):
+        assert secret not in failed.text
+    [logged] = [r for r in caplog.records if r.name == "touchpoint.api"]
+    said = logged.getMessage()
+    assert said.startswith("api: PUT /api/v1/patients/{patient_id} failed: RuntimeError: ")
+    assert "••••••••00, a•••@example.com" in said  # masked
+    assert "555-0100" not in said and "ana@example.com" not in said
+    assert "(raised at test_api.py:" in said and "records.py:" in said
+    assert api.rows(patients) == []
+    monkeypatch.undo()  # the app serves on
+    assert api.put("/patients/P1", PATIENT).status_code == 201
 
 
 # --------------------------------------------------------------------------- DELETE

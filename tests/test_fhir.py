@@ -23,7 +23,7 @@ from sqlalchemy import select
 from engine import clock
 from engine.cli import cli
 from engine.fhir.client import FhirClient, FhirServerError, SigningKey
-from engine.fhir.sync import CURSOR_KEY, cursors, sync
+from engine.fhir.sync import CURSOR_KEY, cursors, remembered, sync
 from engine.settings import load_settings
 from engine.store.database import Database, open_database
 from engine.store.records import get_state
@@ -266,19 +266,21 @@ def test_sync_pages_through_every_type_and_remembers_where_it_stopped(
     assert server.token_requests == 1  # the token is kept between requests
     assert set(rows(db, patients, "id")) == {"example", "f201", "animal"}
 
-    # a second sync asks only for what changed after the cursor, and gets only that
+    # a second sync asks only for what changed since the cursor (inclusive: the last
+    # resource seen comes again, unchanged), and gets only that
     server.reset()
     cancelled = example("Appointment-example") | {"status": "cancelled"}
     server.put(cancelled, UPDATED + timedelta(days=1))
     result = run(config, "fhir", "sync")
     assert result.exit_code == 0, result.output
     assert "Appointment 1 (0 new, 1 updated, 0 unchanged, 0 refused)" in result.output
+    assert "Patient 1 (0 new, 0 updated, 1 unchanged, 0 refused)" in result.output
     assert "events: 1 appointment.cancelled" in result.output
     assert "cursor: Patient 2013-11-01T09:02:00Z, RelatedPerson 2013-11-01T09:05:00Z, " \
            "Appointment 2013-11-02T09:00:00Z" in result.output
     asked = [r.query["_lastUpdated"][0] for r in server.requests if r.method == "GET"]
-    assert asked == ["gt2013-11-01T09:02:00Z", "gt2013-11-01T09:05:00Z",
-                     "gt2013-11-01T09:07:00Z"]
+    assert asked == ["ge2013-11-01T09:02:00Z", "ge2013-11-01T09:05:00Z",
+                     "ge2013-11-01T09:07:00Z"]
     assert rows(db, appointments, "status")["example"] == ("cancelled",)
     assert event_kinds(db)[-1] == "appointment.cancelled"
 
@@ -298,9 +300,103 @@ def test_an_interrupted_sync_resumes_after_the_last_page_committed(
 
     server.reset()
     report = sync_once(db, config)
-    assert server.requests[1].query["_lastUpdated"] == ["gt2013-11-01T09:01:00Z"]
+    assert server.requests[1].query["_lastUpdated"] == ["ge2013-11-01T09:01:00Z"]
     assert report.summary.count("created") == 6  # the third patient, 3 contacts, 2 visits
+    assert report.summary.count("unchanged") == 1  # f201, the cursor's own instant
     assert set(rows(db, patients, "id")) == {"example", "f201", "animal"}
+
+
+def test_a_resource_updated_in_the_cursors_own_instant_is_not_missed(
+        config: Path, db: Database, server: FhirAPIServer) -> None:
+    """The cursor is inclusive (_lastUpdated=ge…): a patient the EMR stores in the same
+    instant as the last one the previous sync saw comes with the next sync."""
+    server.put(example("Patient-example"), UPDATED)
+    sync_once(db, config)
+    assert cursors(db) == {"Patient": "2013-11-01T09:00:00Z"}
+
+    server.put(example("Patient-f201"), UPDATED)  # the same instant, stored afterwards
+    report = sync_once(db, config)
+    asked = [r.query.get("_lastUpdated") for r in server.requests if r.path == "/fhir/Patient"]
+    assert asked == [None, ["ge2013-11-01T09:00:00Z"]]
+    assert (report.summary.count("created"), report.summary.count("unchanged")) == (1, 1)
+    assert set(rows(db, patients, "id")) == {"example", "f201"}
+    assert event_kinds(db) == ["patient.created", "patient.created"]  # nothing twice
+
+
+def test_a_refused_resource_is_read_again_at_each_sync_until_applied_or_gone(
+        config: Path, db: Database, server: FhirAPIServer) -> None:
+    """Three appointments of a patient the sync does not know yet are refused, and
+    remembered (the cursor has passed them): each sync reads them again first. Once the
+    patient has come, 2docs is applied and forgotten; example, deleted on the server
+    (410), is forgotten as gone; examplereq (no start) stays refused."""
+    server.put(example("Patient-f201"), UPDATED)
+    server.put_all([example(n) for n in ("Appointment-2docs", "Appointment-examplereq",
+                                         "Appointment-example")],
+                   UPDATED + timedelta(minutes=1))
+    first = run(config, "fhir", "sync", "--json")
+    assert first.exit_code == 3, first.output
+    report = json.loads(first.output)
+    assert (report["rejected"], report["retried"], report["still_refused"],
+            report["gone"]) == (3, 0, 0, 0)
+    assert set(remembered(db)) == {"Appointment/2docs", "Appointment/examplereq",
+                                   "Appointment/example"}
+    assert cursors(db)["Appointment"] == "2013-11-01T09:03:00Z"  # past all three
+
+    # nothing changed: each is read again, and refused again (once: example, the last
+    # one seen, comes in the search too, in the version just retried)
+    server.reset()
+    second = run(config, "fhir", "sync", "--json")
+    assert second.exit_code == 3, second.output
+    report = json.loads(second.output)
+    assert (report["rejected"], report["retried"], report["still_refused"],
+            report["gone"]) == (3, 3, 3, 0)
+    assert sorted(p["resource"] for p in report["problems"]) == [
+        "Appointment/2docs", "Appointment/example", "Appointment/examplereq"]
+    assert [r.path for r in server.requests if r.method == "GET"
+            and r.path.startswith("/fhir/Appointment/")] == [
+        "/fhir/Appointment/2docs", "/fhir/Appointment/example", "/fhir/Appointment/examplereq"]
+
+    server.reset()
+    server.put(example("Patient-example"), UPDATED + timedelta(days=1))
+    server.delete("Appointment", "example")
+    third = run(config, "fhir", "sync")
+    assert third.exit_code == 3, third.output
+    assert "retried: 3 refused before (1 applied, 1 still refused, 1 gone)" in third.output
+    assert "Appointment/examplereq: has no start" in third.output
+    assert set(rows(db, appointments, "id")) == {"2docs"}
+    assert set(remembered(db)) == {"Appointment/examplereq"}
+    assert event_kinds(db)[-1] == "appointment.booked"
+
+
+def test_a_server_error_on_one_retry_keeps_it_and_the_sync_goes_on(
+        config: Path, db: Database, server: FhirAPIServer) -> None:
+    server.put(example("Patient-f201"), UPDATED)
+    server.put_all([example("Appointment-2docs"), example("Appointment-example")],
+                   UPDATED + timedelta(minutes=1))
+    assert run(config, "fhir", "sync").exit_code == 3
+    assert set(remembered(db)) == {"Appointment/2docs", "Appointment/example"}
+
+    server.reset()
+    server.put(example("Patient-example"), UPDATED + timedelta(days=1))
+    # (GETs: the Patient and RelatedPerson searches, then the two reads, then the search)
+    server.enqueue(Outcome("success"), Outcome("success"), Outcome("reply", Reply.json(503, {
+        "resourceType": "OperationOutcome", "issue": [
+            {"severity": "error", "code": "transient", "diagnostics": "overloaded"}]})))
+    result = run(config, "fhir", "sync", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert (report["retried"], report["still_refused"], report["gone"]) == (2, 1, 0)
+    assert [error.split(" for ")[0] for error in report["retry_errors"]] == [
+        "Appointment/2docs: the FHIR server answered HTTP 503"]
+    assert report["created"] == 2  # Patient example, by the search; Appointment example
+    assert set(rows(db, appointments, "id")) == {"example"}
+    assert set(remembered(db)) == {"Appointment/2docs"}
+
+    server.reset()
+    report = sync_once(db, config)
+    assert (report.retried, report.still_refused, report.gone) == (1, 0, 0)
+    assert set(rows(db, appointments, "id")) == {"example", "2docs"}
+    assert remembered(db) == {}
 
 
 def test_a_token_request_signed_with_another_key_is_refused_clearly(

@@ -260,6 +260,35 @@ def test_an_adt_a04_registers_the_patient_and_the_parent_in_nk1_as_a_contact(
     assert event_kinds(clinic) == ["patient.created"]
 
 
+def test_an_adt_a28_adds_the_person_as_an_a04_does(clinic: Clinic, conn: Connection) -> None:
+    added = payload("adt_a04_nk1_v251.hl7").replace(b"ADT^A04^ADT_A01", b"ADT^A28^ADT_A05") \
+        .replace(b"EVN|A04|", b"EVN|A28|").replace(b"ADT00001", b"ADT00028")
+    ack = conn.send(added)
+    assert code(ack) == "AA"
+    assert str(ack.segment("MSA")(2)) == "ADT00028"
+    [mia] = rows(clinic, patients)
+    assert (mia["external_id"], mia["first_name"], mia["phone"]) == (
+        "P4001", "Mia", "+13125550155")
+    [linh] = rows(clinic, contacts)
+    assert (linh["patient_id"], linh["relationship"]) == (mia["id"], "parent")
+    assert event_kinds(clinic) == ["patient.created"]
+
+
+def test_a_v24_message_is_applied_and_acked_in_2_4(clinic: Clinic, conn: Connection) -> None:
+    message = payload("siu_s12_v251.hl7")
+    header, _, rest = message.partition(b"\r")
+    fields = header.split(b"|")
+    assert fields[11] == b"2.5.1"  # MSH-12 (MSH-1 is the separator itself)
+    fields[11] = b"2.4"
+    ack = conn.send(b"|".join(fields) + b"\r" + rest)
+    assert code(ack) == "AA"
+    assert str(ack.segment("MSH")(12)) == "2.4"
+    [booked] = rows(clinic, appointments)
+    assert (booked["external_id"], booked["status"]) == ("A7781", "booked")
+    assert booked["start_at"] == datetime(2026, 12, 10, 15, 30, tzinfo=UTC)
+    assert event_kinds(clinic) == ["patient.created", "appointment.booked"]
+
+
 @pytest.mark.parametrize(("name", "version"), [("adt_a08_bad_phone_v251.hl7", "2.5.1"),
                                                ("adt_a08_bad_phone_v23.hl7", "2.3")])
 def test_a_bad_phone_is_answered_ae_with_an_err_naming_pid_13(
@@ -559,17 +588,24 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("given_by", ["TOUCHPOINT_MLLP_PORT", "--mllp-port"])
 def test_touchpoint_serve_listens_for_mllp_beside_the_web_app(sqlite_url: str,
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path,
+                                                              given_by: str) -> None:
     daemon_config(tmp_path)
     http_port, mllp_port = _free_port(), _free_port()
-    env = {**os.environ, "TOUCHPOINT_DATABASE_URL": sqlite_url,
-           "TOUCHPOINT_MLLP_PORT": str(mllp_port)}
+    env = {**os.environ, "TOUCHPOINT_DATABASE_URL": sqlite_url}
+    env.pop("TOUCHPOINT_MLLP_PORT", None)
+    flag: list[str] = []
+    if given_by == "--mllp-port":
+        flag = ["--mllp-port", str(mllp_port)]
+    else:
+        env["TOUCHPOINT_MLLP_PORT"] = str(mllp_port)
     log = (tmp_path / "serve.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "engine", "--schedules", str(LIBRARY_SCHEDULES), "--templates",
-         str(LIBRARY_TEMPLATES), "serve", "--port", str(http_port)], cwd=tmp_path, env=env,
-        stdout=log, stderr=subprocess.STDOUT)
+         str(LIBRARY_TEMPLATES), "serve", "--port", str(http_port), *flag], cwd=tmp_path,
+        env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -594,7 +630,7 @@ def test_touchpoint_serve_listens_for_mllp_beside_the_web_app(sqlite_url: str,
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0 or process.returncode == -signal.SIGTERM
         log.close()
-    assert "HL7 over MLLP on 127.0.0.1:" in (tmp_path / "serve.log").read_text()
+    assert f"HL7 over MLLP on 127.0.0.1:{mllp_port}" in (tmp_path / "serve.log").read_text()
     database = open_database(sqlite_url)
     try:
         with database.transaction() as c:

@@ -1,6 +1,7 @@
 """Waking the daemon (engine/wake.py): an event committed with ``wake.notify`` is planned
 at once, not at the next ``daemon.tick``. A daemon subprocess runs with a 10-minute tick
-on the real clock (daytime in the practice), on SQLite and PostgreSQL.
+on the real clock (daytime in the practice), on SQLite and PostgreSQL; the last tests PUT
+the events over real HTTP to the `serve` app (uvicorn on 127.0.0.1), as an EMR does.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,10 +21,13 @@ from pathlib import Path
 import pytest
 
 from engine import clock, wake
+from engine.api import keys
 from engine.importer import sync_appointments, sync_patients
 from engine.outcomes import Status
 from engine.settings import load_settings
 from engine.store.database import Database, make_engine, open_database
+from engine.webhooks.app import Services, create_app
+from tests.browser import serving
 from tests.support import (
     LIBRARY_SCHEDULES,
     LIBRARY_TEMPLATES,
@@ -202,3 +207,98 @@ def test_notify_never_raises_and_a_listener_hears_it(database_url: str,
     broken = Database(make_engine(gone), gone)
     wake.notify(broken)  # logs, never raises
     broken.dispose()
+
+
+# --------------------------------------------------------------------------- over HTTP
+
+
+class OverHttp:
+    """The `serve` app (uvicorn on 127.0.0.1) beside the daemon, on the same database: an
+    API key, and PUTs over real HTTP."""
+
+    def __init__(self, daemon: Running, url: str, clinic: Clinic, key: str) -> None:
+        self.daemon = daemon
+        self.url = url
+        self.clinic = clinic
+        self.key = key
+
+    def put(self, path: str, body: dict[str, object]) -> float:
+        """PUT ``body``; returns when the answer came (time.monotonic())."""
+        request = urllib.request.Request(
+            f"{self.url}/api/v1{path}", data=json.dumps(body).encode(), method="PUT",
+            headers={"Authorization": f"Bearer {self.key}",
+                     "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status in (200, 201), answer.read()
+        return time.monotonic()
+
+    def book(self, number: int, start: datetime, status: str = "booked") -> float:
+        if status == "booked":
+            self.put(f"/patients/P{number}", {
+                "first_name": f"Pat{number}", "last_name": "Lee",
+                "phone": f"+1312555{number:04d}", "sms_consent": True})
+        return self.put(f"/appointments/AP{number}", {
+            "patient_id": f"P{number}", "start": start.isoformat(), "duration_minutes": 60,
+            "status": status, "visit_type": "Follow-up"})
+
+
+@pytest.fixture
+def over_http(daemon: Running) -> Iterator[OverHttp]:
+    (daemon.folder / "api").mkdir()
+    clinic = Clinic(daemon.db.url, daemon.folder / "api")
+    with clinic.db.transaction() as conn:
+        key = keys.create(conn, "emr", keys.parse_scopes("write:records"),
+                          datetime.now(UTC))
+    app = create_app(Services(clinic.settings, clinic.db, clinic.definitions,
+                              {"sms": clinic.sms, "email": clinic.email}))
+    try:
+        with serving(app) as url:
+            yield OverHttp(daemon, url, clinic, key)
+    finally:
+        clinic.close()
+
+
+@pytest.mark.slow
+def test_a_booking_put_over_http_sends_its_immediate_message_within_2_seconds(
+        over_http: OverHttp) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
+    for number in (1, 2):
+        answered = over_http.book(number, start)
+        wait_for(lambda n=number: any(m["to"] == f"+1312555{n:04d}" for m in outbox(
+            over_http.daemon.folder)), timeout=10)
+        took = time.monotonic() - answered
+        assert took < 2.0, f"the welcome took {took:.2f} s after the PUT"
+    assert len(outbox(over_http.daemon.folder)) == 2
+
+
+@pytest.mark.slow
+def test_a_cancellation_put_over_http_stops_a_reminder_due_a_second_later(
+        over_http: OverHttp) -> None:
+    """As the in-process test above, but the booking and the cancellation are PUTs to
+    the API (which wakes the daemon): the cancellation, a second before P1's reminder is
+    due, stops it; P2's, due at the same time, goes."""
+    folder, clinic = over_http.daemon.folder, over_http.clinic
+    due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=6)
+    visit = due + timedelta(hours=2)
+    for number in (1, 2):
+        over_http.book(number, visit)
+    wait_for(lambda: len(outbox(folder)) == 2, timeout=5)  # the two welcomes
+    reminders = {p: clinic.one("pre-visit", "two-hours-before", patient=p)
+                 for p in ("P1", "P2")}
+    assert {tp.due_at for tp in reminders.values()} == {due}
+    assert {tp.status for tp in reminders.values()} == {Status.PLANNED}
+
+    wait_for(lambda: datetime.now(UTC) >= due - timedelta(seconds=1), step=0.005)
+    answered = over_http.book(1, visit, status="cancelled")
+    wait_for(lambda: clinic.one("pre-visit", "two-hours-before",
+                                patient="P1").status == Status.CANCELLED, timeout=5)
+    assert time.monotonic() - answered < 1.0
+    stopped = clinic.one("pre-visit", "two-hours-before", patient="P1")
+    assert stopped.reason == "appointment_cancelled"
+
+    wait_for(lambda: datetime.now(UTC) >= due + timedelta(milliseconds=200), step=0.005)
+    over_http.book(3, visit + timedelta(days=2))  # (a wake after the reminders fell due)
+    wait_for(lambda: clinic.one("pre-visit", "two-hours-before",
+                                patient="P2").status == Status.SENT, timeout=5)
+    assert "+13125550002" in {m["to"] for m in outbox(folder)}
+    assert [m for m in outbox(folder) if int(m["touch_point_id"]) == stopped.id] == []

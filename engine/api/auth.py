@@ -4,12 +4,15 @@
 no key, or not a key of ours  401     ``WWW-Authenticate: Bearer``
 a revoked key                 401     (audited as ``api.denied``)
 a key without the scope       403     (audited as ``api.denied``)
-over the key's rate           429     ``Retry-After: <seconds>``
+over the key's rate           429     ``Retry-After: <seconds>`` (audited as
+                                      ``api.denied``, once a period per key)
 ==========================  ======  ==========================================
 
 The rate (setting ``api.rate_limit``, e.g. ``600/minute``) is a token bucket per key, in
 the serve process: a key may burst up to the count, then makes requests as fast as the
-bucket refills. It reads time from :mod:`engine.clock`, so tests can move it.
+bucket refills. It reads time from :mod:`engine.clock`, so tests can move it. A key over
+its rate is audited at its first refusal, then at most once per the setting's period (a
+minute for ``600/minute``): a flood of requests does not flood the audit log.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ class RateLimiter:
     def __init__(self, count: int, period: timedelta) -> None:
         self.capacity = float(count)
         self.per_second = count / period.total_seconds()
+        self.period = period
         self._buckets: dict[str, tuple[float, datetime]] = {}
+        self._audited: dict[str, datetime] = {}  # the last refusal audited, per key
         self._lock = threading.Lock()
 
     def take(self, key: str, now: datetime) -> float:
@@ -61,6 +66,15 @@ class RateLimiter:
                 return 0.0
             self._buckets[key] = (tokens, now)
             return (1 - tokens) / self.per_second
+
+    def to_audit(self, key: str, now: datetime) -> bool:
+        """Whether this refusal of ``key`` is audited: its first, then one a period."""
+        with self._lock:
+            last = self._audited.get(key)
+            if last is not None and timedelta(0) <= now - last < self.period:
+                return False
+            self._audited[key] = now
+            return True
 
 
 _bearer = HTTPBearer(auto_error=False, scheme_name="api-key",
@@ -104,12 +118,20 @@ def requires(scope: str) -> Callable[..., Caller]:
                              detail={"status": refusal.status, "reason": refusal.kind})
         if refusal is not None:
             raise refusal
-        wait = request.app.state.api_limiter.take(key.name, now)
+        limiter: RateLimiter = request.app.state.api_limiter
+        wait = limiter.take(key.name, now)
         if wait > 0:
-            raise Problem(429, "rate-limited",
-                          f"the key {key.name} made more requests than api.rate_limit allows "
-                          "— wait Retry-After seconds", headers={
-                              "Retry-After": str(max(1, math.ceil(wait)))})
+            limited = Problem(429, "rate-limited",
+                              f"the key {key.name} made more requests than api.rate_limit "
+                              "allows — wait Retry-After seconds", headers={
+                                  "Retry-After": str(max(1, math.ceil(wait)))})
+            if limiter.to_audit(key.name, now):
+                with services.db.transaction() as conn:
+                    audit.record(conn, actor=f"api-key:{key.name}", action="api.denied",
+                                 now=now, target=f"{request.method} {request.url.path}",
+                                 address=address,
+                                 detail={"status": 429, "reason": limited.kind})
+            raise limited
         return Caller(key.id, key.name, address)
 
     return dependency

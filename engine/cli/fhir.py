@@ -80,7 +80,8 @@ def fhir_sync_cmd(ctx: click.Context, as_json: bool) -> None:
     """Pull the Patients, RelatedPersons and Appointments changed since the last sync.
 
     Each page is committed with its cursor: an interrupted sync resumes where it stopped.
-    Exits 3 if any resource was refused.
+    A refused resource is remembered and read again at the next sync (forgotten once
+    applied, or gone from the server). Exits 3 if any resource was refused.
     """
     app = app_of(ctx)
     settings, database = app.settings(), app.db()
@@ -99,6 +100,12 @@ def fhir_sync_cmd(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"pages: {pages}")
         click.echo("cursor: " + (", ".join(f"{kind} {at}" for kind, at in
                                            report.cursors.items()) or "none yet"))
+        if report.retried:
+            applied = report.retried - report.still_refused - report.gone
+            click.echo(f"retried: {report.retried} refused before ({applied} applied, "
+                       f"{report.still_refused} still refused, {report.gone} gone)")
+        for error in report.retry_errors:
+            click.echo(f"  kept for the next sync: {error}", err=True)
     if report.summary.problems:
         sys.exit(3)
 

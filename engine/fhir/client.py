@@ -7,8 +7,13 @@ URL for an access token (``grant_type=client_credentials``, ``client_assertion_t
 urn:ietf:params:oauth:client-assertion-type:jwt-bearer``). The token is kept until a
 minute before it expires. RSA keys sign RS384, EC P-384 keys ES384.
 
-Searches: ``GET {base}/{Type}?_lastUpdated=gt{cursor}&_sort=_lastUpdated&_count=N``, then
-each ``Bundle.link`` whose relation is ``next`` to the end.
+Searches: ``GET {base}/{Type}?_lastUpdated=ge{cursor}&_sort=_lastUpdated&_count=N``, then
+each ``Bundle.link`` whose relation is ``next`` to the end. The cursor is inclusive (``ge``,
+as the specification advises): resources updated in the same instant as the last one seen
+come again rather than never, and applying one again changes nothing.
+
+Reads: ``GET {base}/{Type}/{id}``, for a resource refused before and asked for again; 404
+or 410 means it is gone.
 
 Everything the server can answer wrong becomes a :class:`FhirServerError`, one line (the
 URL without its query, the HTTP status, the OAuth error): a person can act on it.
@@ -24,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx2
 import jwt
@@ -199,8 +204,8 @@ class FhirClient:
                                   f"({type(exc).__name__}) — check the URL and the "
                                   "network") from None
 
-    def get_bundle(self, url: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """GET a search page; a 401 renews the token once."""
+    def _get(self, url: str, params: Mapping[str, str] | None = None) -> httpx2.Response:
+        """GET with the access token; a 401 renews the token once."""
         for attempt in (1, 2):
             response = self._send("GET", url, "server", params=params,
                                   headers={"Authorization": f"Bearer {self.token()}"})
@@ -208,31 +213,59 @@ class FhirClient:
                 self._token = None
                 continue
             break
-        if response.status_code != 200:
-            said = _excerpt(response)
-            hint = (" — the access token was refused: check the scopes granted to "
-                    "fhir.client_id" if response.status_code in (401, 403) else
-                    " — try again later" if response.status_code >= 500 else "")
-            raise FhirServerError(f"the FHIR server answered HTTP {response.status_code} for "
-                                  f"{_bare(url)}{': ' + said if said else ''}{hint}")
+        return response
+
+    @staticmethod
+    def _refused(response: httpx2.Response, url: str) -> FhirServerError:
+        said = _excerpt(response)
+        hint = (" — the access token was refused: check the scopes granted to "
+                "fhir.client_id" if response.status_code in (401, 403) else
+                " — try again later" if response.status_code >= 500 else "")
+        return FhirServerError(f"the FHIR server answered HTTP {response.status_code} for "
+                               f"{_bare(url)}{': ' + said if said else ''}{hint}")
+
+    @staticmethod
+    def _json_of(response: httpx2.Response, url: str, expected: str) -> dict[str, Any]:
         try:
             body = response.json()
         except ValueError:
             body = None
-        if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        if not isinstance(body, dict) or body.get("resourceType") != expected:
             kind = body.get("resourceType") if isinstance(body, dict) else None
+            hint = " — check fhir.base_url" if expected == "Bundle" else ""
             raise FhirServerError(f"the FHIR server answered {_bare(url)} with "
                                   f"{kind or 'something that is not FHIR JSON'}, not a "
-                                  "Bundle — check fhir.base_url")
+                                  f"{expected}{hint}")
+        return body
+
+    def get_bundle(self, url: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """GET a search page; a 401 renews the token once."""
+        response = self._get(url, params)
+        if response.status_code != 200:
+            raise self._refused(response, url)
+        return self._json_of(response, url, "Bundle")
+
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        """GET one resource as it is now; None when the server says it is gone (404, 410)."""
+        url = f"{self.base_url}/{resource_type}/{quote(resource_id, safe='')}"
+        response = self._get(url)
+        if response.status_code in (404, 410):
+            return None
+        if response.status_code != 200:
+            raise self._refused(response, url)
+        body = self._json_of(response, url, resource_type)
+        if body.get("id") != resource_id:
+            raise FhirServerError(f"the FHIR server answered {_bare(url)} with another "
+                                  f"{resource_type} (id {str(body.get('id'))[:64]!r})")
         return body
 
     def search(self, resource_type: str, since: str | None, page_size: int,
                ) -> Iterator[dict[str, Any]]:
-        """The pages (Bundles) of the search for ``resource_type`` updated after ``since``,
-        oldest first."""
+        """The pages (Bundles) of the search for ``resource_type`` updated at or after
+        ``since``, oldest first."""
         params = {"_sort": "_lastUpdated", "_count": str(page_size)}
         if since:
-            params["_lastUpdated"] = f"gt{since}"
+            params["_lastUpdated"] = f"ge{since}"
         url: str | None = f"{self.base_url}/{resource_type}"
         seen: set[str] = set()
         page = self.get_bundle(str(url), params)

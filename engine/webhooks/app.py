@@ -18,7 +18,8 @@ Every webhook is verified first — a missing or bad signature gets 403 and chan
 nothing — then recorded in one transaction and answered at once; replies to a text are
 sent after the answer (a background task). A request body over :data:`MAX_BODY` (1 MiB)
 is refused with 413 before it is read whole: by its ``Content-Length``, or, without one,
-as soon as the bytes received pass the limit (:class:`BodyLimit`).
+as soon as the bytes received pass the limit (:class:`BodyLimit`); under ``/api/`` the
+413 is problem+json, as every API error is.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import api, clock
+from engine.api import problems
 from engine.channels.base import Channel
 from engine.console import web as console
 from engine.console.core import Console
@@ -98,10 +100,14 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        log.warning("refused a request to %s: body over %d bytes", scope.get("path"),
-                    self.limit)
-        response = Response(f"request body too large (limit {self.limit} bytes)",
-                            status_code=413, media_type="text/plain")
+        path = str(scope.get("path", ""))
+        api_request = path.startswith(problems.API_PREFIX)
+        # (an API path names a record: log the part before it)
+        log.warning("refused a request to %s: body over %d bytes",
+                    "/".join(path.split("/")[:4]) + "/…" if api_request else path, self.limit)
+        response = problems.too_large(self.limit).response() if api_request else Response(
+            f"request body too large (limit {self.limit} bytes)", status_code=413,
+            media_type="text/plain")
         await response(scope, receive, send)
 
 

@@ -11,9 +11,11 @@ README there) and answers as an EMR's FHIR API does:
   minutes ahead and not past, a ``jti`` never seen before). Refusals are OAuth errors
   (``400 invalid_client`` …); success is a bearer token valid ``token_lifetime`` seconds.
 * ``GET /fhir/{Type}``: needs a live bearer token with ``system/{Type}.read`` (else 401 /
-  403 with an OperationOutcome); ``_lastUpdated=gt…``, ``_sort=_lastUpdated`` and
-  ``_count`` work; the answer is a ``searchset`` Bundle with a ``next`` link while more
+  403 with an OperationOutcome); ``_lastUpdated=ge…`` (or ``gt…``), ``_sort=_lastUpdated``
+  and ``_count`` work; the answer is a ``searchset`` Bundle with a ``next`` link while more
   remain.
+* ``GET /fhir/{Type}/{id}``: the resource (same token rules); 404 for one never stored,
+  410 for one deleted (``delete``).
 
 Times (token expiry, ``exp``) are checked against ``now`` (engine.clock.now by default, so
 tests that move the engine's clock move the server's too). Each stored resource gets the
@@ -90,6 +92,7 @@ class FhirAPIServer(ProviderServer):
         self.granted_scopes = {"system/Patient.read", "system/RelatedPerson.read",
                                "system/Appointment.read"}
         self.resources: dict[tuple[str, str], dict[str, Any]] = {}
+        self.deleted: set[tuple[str, str]] = set()
         self.tokens: dict[str, tuple[datetime, set[str]]] = {}
         self.seen_jti: set[str] = set()
         self.token_requests = 0
@@ -110,6 +113,13 @@ class FhirAPIServer(ProviderServer):
         stored["meta"] = {**stored.get("meta", {}), "lastUpdated": _stamp(last_updated)}
         with self._lock:
             self.resources[(stored["resourceType"], stored["id"])] = stored
+            self.deleted.discard((stored["resourceType"], stored["id"]))
+
+    def delete(self, resource_type: str, resource_id: str) -> None:
+        """Delete a resource: searches no longer find it, a read answers 410 Gone."""
+        with self._lock:
+            self.resources.pop((resource_type, resource_id), None)
+            self.deleted.add((resource_type, resource_id))
 
     def put_all(self, resources: Iterable[Mapping[str, Any]], start: datetime,
                 step: timedelta = timedelta(minutes=1)) -> None:
@@ -129,7 +139,10 @@ class FhirAPIServer(ProviderServer):
             if outcome.kind != "success":
                 request.outcome = outcome.label or outcome.kind
                 return outcome.reply if outcome.reply is not None else outcome
-            return self._search(request, request.path[len(self.base_path) + 1:])
+            kind, _, resource_id = request.path[len(self.base_path) + 1:].partition("/")
+            if resource_id:
+                return self._read(request, kind, urllib.parse.unquote(resource_id))
+            return self._search(request, kind)
         return _outcome(404, "not-found", f"no route for {request.method} {request.path}")
 
     def _token(self, request: RecordedRequest) -> Reply:
@@ -177,7 +190,8 @@ class FhirAPIServer(ProviderServer):
                                 "expires_in": self.token_lifetime, "scope": " ".join(
                                     sorted(asked))}, {"Content-Type": "application/json"})
 
-    def _search(self, request: RecordedRequest, resource_type: str) -> Reply:
+    def _refusal(self, request: RecordedRequest, resource_type: str) -> Reply | None:
+        """401 or 403 when the request's token may not read ``resource_type``."""
         auth = request.header("Authorization") or ""
         with self._lock:
             granted = self.tokens.get(auth.removeprefix("Bearer "))
@@ -186,12 +200,33 @@ class FhirAPIServer(ProviderServer):
         if f"system/{resource_type}.read" not in granted[1]:
             return _outcome(403, "forbidden", f"the token does not allow reading "
                                               f"{resource_type}")
+        return None
+
+    def _read(self, request: RecordedRequest, resource_type: str, resource_id: str) -> Reply:
+        refusal = self._refusal(request, resource_type)
+        if refusal is not None:
+            return refusal
+        with self._lock:
+            found = self.resources.get((resource_type, resource_id))
+            deleted = (resource_type, resource_id) in self.deleted
+        if found is None:
+            return _outcome(410, "deleted", "deleted") if deleted else \
+                _outcome(404, "not-found", f"no {resource_type}/{resource_id}")
+        return Reply.json(200, found, {"Content-Type": "application/fhir+json"})
+
+    def _search(self, request: RecordedRequest, resource_type: str) -> Reply:
+        refusal = self._refusal(request, resource_type)
+        if refusal is not None:
+            return refusal
         query = {k: v[0] for k, v in request.query.items()}
         since: datetime | None = None
+        inclusive = False
         if "_lastUpdated" in query:
             value = query["_lastUpdated"]
-            if not value.startswith("gt"):
-                return _outcome(400, "not-supported", "only _lastUpdated=gt… is supported")
+            if value[:2] not in ("ge", "gt"):
+                return _outcome(400, "not-supported",
+                                "only _lastUpdated=ge… or gt… is supported")
+            inclusive = value.startswith("ge")
             since = datetime.fromisoformat(value[2:].replace("Z", "+00:00"))
         if query.get("_sort", "_lastUpdated") != "_lastUpdated":
             return _outcome(400, "not-supported", "only _sort=_lastUpdated is supported")
@@ -199,8 +234,12 @@ class FhirAPIServer(ProviderServer):
         offset = int(query.get("_getpagesoffset", "0"))
         with self._lock:
             found = [r for (kind, _), r in self.resources.items() if kind == resource_type]
-        found = [r for r in found if since is None or
-                 datetime.fromisoformat(r["meta"]["lastUpdated"].replace("Z", "+00:00")) > since]
+
+        def after(resource: Mapping[str, Any]) -> bool:
+            at = datetime.fromisoformat(resource["meta"]["lastUpdated"].replace("Z", "+00:00"))
+            return since is None or at > since or (inclusive and at == since)
+
+        found = [r for r in found if after(r)]
         found.sort(key=lambda r: (r["meta"]["lastUpdated"], r["id"]))
         page = found[offset:offset + count]
         links = [{"relation": "self", "url": self._page_url(resource_type, query, offset)}]
