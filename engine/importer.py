@@ -55,12 +55,18 @@ from babel import Locale, UnknownLocaleError
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from sqlalchemy import Column, Connection, String, Table, insert, select, text, update
 
-from engine import removal
+from engine import removal, waitlist
 from engine.domain import APPOINTMENT_STATUSES
 from engine.errors import ImportFileError
 from engine.patient_data import erased_on, refusal
 from engine.store.records import among, append_events, chunks
-from engine.store.schema import appointments, contacts, patients, referrers
+from engine.store.schema import (
+    appointments,
+    contacts,
+    patients,
+    referrers,
+    waitlist_entries,
+)
 from engine.timing import zone
 
 PATIENT_COLUMNS = ("patient_id", "first_name", "last_name", "phone", "email", "language",
@@ -76,6 +82,8 @@ PLAN_FIELDS = (*PLAN_COLUMNS, "intake_completed", "booking_url")
 CONTACT_COLUMNS = ("patient_id", "contact_id", "relationship", "first_name", "phone", "email",
                    "language", "timezone", "sms_consent", "email_consent", "receives")
 REFERRER_COLUMNS = ("referrer_id", "name", "contact_name", "email")
+# The waitlist: patient_id, then the preferences (engine/waitlist.py FIELDS), all optional
+WAITLIST_COLUMNS = ("patient_id",)
 APPOINTMENT_COLUMNS = ("appointment_id", "patient_id", "start", "duration_minutes", "status",
                        "visit_type", "therapist", "location")
 # Dates and times Touchpoint accepts: planning moves them by days and years (reminders
@@ -988,3 +996,84 @@ def _write(conn: Connection, table: Any, changes: Sequence[_Change], now: dateti
         conn.execute(insert(table), list(part))
     summary.created = len(new_rows)
     return new_rows
+
+
+# --------------------------------------------------------------------------- waitlist
+
+
+def import_waitlist(conn: Connection, path: Path, *, now: datetime,
+                    progress: Progress | None = None, full: bool = False) -> ImportSummary:
+    """Sync the waitlist from ``path`` (``patient_id`` and the preference columns of
+    :data:`engine.waitlist.FIELDS`, checked by :func:`engine.waitlist.parse_preferences`,
+    as the API checks them); with ``full``, waiting patients not in the file are
+    withdrawn (counted as ``removed``)."""
+    return sync_waitlist(conn, _rows(path, WAITLIST_COLUMNS), path.name, now=now,
+                         progress=progress, full=full)
+
+
+def sync_waitlist(conn: Connection, rows: Rows, source: str, *, now: datetime,
+                  progress: Progress | None = None, full: bool = False) -> ImportSummary:
+    """Sync waitlist rows (line number, row) that came from ``source``."""
+    summary = ImportSummary(source, "waitlist")
+    parsed: dict[str, tuple[int, waitlist.Preferences]] = {}
+    mentioned: set[str] = set()
+    for line, row in rows:
+        summary.rows += 1
+        if progress:
+            progress(1)
+        cell = row.get("patient_id") or ""
+        mentioned.update((cell, cell.strip()))
+        try:
+            if "__error__" in row:
+                raise _RowError(row["__error__"])
+            _check_cells(row)
+            if not cell:
+                raise _RowError("patient_id is empty")
+            try:
+                preferences = waitlist.parse_preferences(
+                    {name: row[name] for name in waitlist.FIELDS if name in row})
+            except waitlist.PreferenceError as exc:
+                raise _RowError("; ".join(f"{name} {detail}"
+                                          for name, detail in exc.errors.items())) from None
+        except _RowError as exc:
+            summary.problems.append(RowProblem(line, str(exc)))
+            continue
+        if cell in parsed:
+            summary.problems.append(RowProblem(
+                line, f"patient_id appears again (first on line {parsed[cell][0]}) — keep one "
+                "row per patient; this row was ignored"))
+            continue
+        parsed[cell] = (line, preferences)
+
+    _refuse_empty_full_sync(full, parsed, summary)
+    known = _existing(conn, patients, list(parsed))
+    for external_id, (line, preferences) in parsed.items():
+        current = known.get(external_id)
+        if current is None:
+            summary.problems.append(RowProblem(
+                line, "patient_id is not a known patient — import patients first"))
+            continue
+        if current["erased_at"] is not None:
+            summary.problems.append(RowProblem(line, refusal(external_id,
+                                                             current["erased_at"])))
+            continue
+        if current["removed_at"] is not None:
+            summary.problems.append(RowProblem(
+                line, "patient_id is a patient removed from the records — import them again "
+                "first"))
+            continue
+        outcome = waitlist.put_entry(conn, current["id"], preferences,
+                                     source=f"{source}:{line}", now=now)
+        setattr(summary, outcome, getattr(summary, outcome) + 1)
+    if full:
+        waiting = conn.execute(
+            select(waitlist_entries.c.patient_id, patients.c.external_id)
+            .join(patients, patients.c.id == waitlist_entries.c.patient_id)
+            .where(waitlist_entries.c.status == "waiting")
+            .order_by(waitlist_entries.c.id)).all()
+        for patient_id, external_id in waiting:
+            if external_id not in mentioned and waitlist.withdraw_entry(conn, patient_id,
+                                                                        now=now):
+                summary.removed += 1
+    summary.problems.sort(key=lambda p: p.line)
+    return summary

@@ -1,5 +1,5 @@
-"""`touchpoint import patients|appointments|contacts|referrers`: sync from an EMR's CSV
-exports, each through one runner (:func:`_run_import`). `import hl7` and `import fhir`
+"""`touchpoint import patients|appointments|contacts|referrers|waitlist`: sync from an
+EMR's CSV exports, each through one runner (:func:`_run_import`). `import hl7` and `import fhir`
 live in engine/cli/hl7.py and engine/cli/fhir.py."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import click
 from sqlalchemy import Connection
 
-from engine import clock
+from engine import audit, clock
 from engine.cli.common import app_of, echo_json, progress_bar
 from engine.cli.root import cli
 from engine.importer import (
@@ -21,6 +21,7 @@ from engine.importer import (
     import_contacts,
     import_patients,
     import_referrers,
+    import_waitlist,
 )
 from engine.settings import Settings
 
@@ -41,7 +42,9 @@ def _report_import(summary: ImportSummary, as_json: bool) -> None:
                          "already cancelled)")
         if summary.reactivated:
             parts.append(f"{summary.reactivated} back in the records (reactivated)")
-        if summary.removed:
+        if summary.removed and summary.kind == "waitlist":
+            parts.append(f"{summary.removed} withdrawn (not in the file)")
+        elif summary.removed:
             parts.append(f"{summary.removed} removed (not in the file; {summary.cancelled} "
                          "pending messages cancelled)")
         click.echo(f"{summary.file}: {', '.join(parts)}, {summary.rejected} rejected.")
@@ -55,13 +58,22 @@ def _report_import(summary: ImportSummary, as_json: bool) -> None:
 
 
 def _run_import(ctx: click.Context, kind: str, file: Path, as_json: bool,
-                run: Callable[[Connection, Settings, Any], ImportSummary]) -> None:
-    """Run one CSV import in one transaction, with a progress bar, and report it."""
+                run: Callable[[Connection, Settings, Any], ImportSummary],
+                audited: bool = False) -> None:
+    """Run one CSV import in one transaction, with a progress bar, and report it; an
+    ``audited`` one records ``import.<kind>`` (the counts) in the same transaction."""
     app = app_of(ctx)
     settings, database = app.settings(), app.db()
     with progress_bar(f"importing {kind}", _count_lines(file)) as bar, \
             database.transaction() as conn:
         summary = run(conn, settings, bar)
+        if audited:
+            counts = summary.as_dict()
+            audit.record(conn, actor=audit.cli_actor(), action=f"import.{kind}",
+                         now=clock.now(), target=f"file:{file.name}", address="cli",
+                         detail={name: counts[name] for name in (
+                             "rows", "created", "updated", "unchanged", "rejected",
+                             "removed")})
     _report_import(summary, as_json)
 
 
@@ -147,3 +159,22 @@ def import_referrers_cmd(ctx: click.Context, file: Path, as_json: bool, full: bo
     _run_import(ctx, "referrers", file, as_json, lambda conn, settings, bar: import_referrers(
         conn, file, region=settings.phone_region, now=clock.now(), progress=bar, full=full))
 
+
+
+@import_.command("waitlist")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--full", is_flag=True,
+              help="FILE holds the whole waitlist: waiting patients not in it are withdrawn "
+                   "(no more offers). Refused if no row is good.")
+@click.pass_context
+def import_waitlist_cmd(ctx: click.Context, file: Path, as_json: bool, full: bool) -> None:
+    """Sync the waitlist (patients who want an earlier visit) from FILE.CSV.
+
+    Columns: patient_id (a known patient), then optional days (mon,wed or mon-fri),
+    time_from, time_until, therapist, location, visit_type, earliest, latest; an empty
+    cell matches anything. Bad rows are reported with their line and field; good rows are
+    kept. Audited. Exits 3 if any row was rejected. See docs/waitlist-records.md.
+    """
+    _run_import(ctx, "waitlist", file, as_json, lambda conn, settings, bar: import_waitlist(
+        conn, file, now=clock.now(), progress=bar, full=full), audited=True)
