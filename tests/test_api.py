@@ -522,7 +522,9 @@ def test_openapi_shows_the_api_and_not_the_webhooks(api: Api) -> None:
                      "/api/v1/contacts/{contact_id}", "/api/v1/referrers/{referrer_id}",
                      "/api/v1/patients/{patient_id}/touch-points",
                      "/api/v1/touch-points/{touch_point_id}",
-                     "/api/v1/patient-tokens/{token}"}
+                     "/api/v1/patient-tokens/{token}", "/api/v1/waitlist/{patient_id}",
+                     "/api/v1/slots", "/api/v1/slots/{slot_id}",
+                     "/api/v1/slots/{slot_id}/confirm", "/api/v1/slots/{slot_id}/withdraw"}
     assert "securitySchemes" in schema.json()["components"]
     docs = api.client.get("/api/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
