@@ -187,6 +187,8 @@ def test_confirm_and_withdraw_follow_the_slots_rules(api: Api) -> None:
     assert (early.status_code, early.headers["content-type"]) == (409, PROBLEM)
     assert early.json()["type"] == "urn:touchpoint:problem:slot-transition-refused"
     assert early.json()["slot_status"] == "open"
+    assert early.json()["detail"] == f"slot {slot_id} is open: only a claimed slot can be " \
+        "confirmed"
     claim(api, slot_id)
     assert api.get(f"/slots/{slot_id}", key=api.write).json()["claimed_by_patient_id"] == "P1"
     booked = call(api, "POST", f"/slots/{slot_id}/confirm")
@@ -196,6 +198,8 @@ def test_confirm_and_withdraw_follow_the_slots_rules(api: Api) -> None:
     assert call(api, "POST", f"/slots/{slot_id}/confirm").json()["result"] == "unchanged"
     refused = call(api, "POST", f"/slots/{slot_id}/withdraw")
     assert (refused.status_code, refused.json()["slot_status"]) == (409, "booked")
+    assert refused.json()["detail"] == f"slot {slot_id} is booked: only an open or claimed " \
+        "slot can be withdrawn"
 
     other = call(api, "POST", "/slots", SLOT).json()["id"]
     closed = call(api, "POST", f"/slots/{other}/withdraw")

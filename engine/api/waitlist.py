@@ -320,9 +320,9 @@ def _transition(request: Request, slot_id: int, caller: Caller,
             change = (waitlist.confirm_slot(conn, slot_id, now=now) if verb == "confirm"
                       else waitlist.close_slot(conn, slot_id, now=now))
             if change == "refused":
-                allowed = "claimed" if verb == "confirm" else "open or claimed"
+                allowed = "a claimed" if verb == "confirm" else "an open or claimed"
                 raise Problem(409, "slot-transition-refused",
-                              f"slot {slot_id} is {before.status}: only an {allowed} slot "
+                              f"slot {slot_id} is {before.status}: only {allowed} slot "
                               f"can be {'confirmed' if verb == 'confirm' else 'withdrawn'}",
                               title="The slot cannot make this change",
                               slot_status=before.status)
