@@ -19,7 +19,7 @@ from sqlalchemy import select
 from engine import clock
 from engine.audit import entries
 from engine.cli import cli
-from engine.store.schema import patients, waitlist_entries
+from engine.store.schema import patients, slots, waitlist_entries
 from tests.support import LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, Clinic, patient
 
 MONDAY_9AM = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)
@@ -128,3 +128,94 @@ def test_each_import_is_audited_with_its_counts(clinic: Clinic) -> None:
     assert (entry.actor, entry.target) == ("cli:al", "file:waitlist.csv")
     assert entry.detail == {"rows": 2, "created": 1, "updated": 0, "unchanged": 0,
                             "rejected": 1, "removed": 0}
+
+
+# --------------------------------------------------------------------------- waitlist …
+
+
+def open_slot(clinic: Clinic, claimant: str | None = None, hours: int = 24) -> int:
+    from datetime import timedelta
+
+    from engine import waitlist
+
+    with clinic.db.transaction() as conn:
+        slot_id = waitlist.open_slot(conn, waitlist.NewSlot(
+            MONDAY_9AM + timedelta(hours=hours), 45, therapist="Maya Chen, DPT"),
+            source="console", now=clock.now())
+        assert slot_id is not None
+        if claimant is not None:
+            who = conn.execute(select(patients.c.id)
+                               .where(patients.c.external_id == claimant)).scalar_one()
+            conn.execute(slots.update().where(slots.c.id == slot_id).values(
+                status="claimed", claimed_by_patient_id=who, claimed_at=clock.now()))
+    return slot_id
+
+
+def test_list_shows_who_waits_with_their_preferences(clinic: Clinic) -> None:
+    assert "Nobody is on the waitlist" in run(clinic, "waitlist", "list").output
+    run(clinic, "import", "waitlist", csv_file(clinic, "P1,mon-wed,08:00,12:00,Dr. Lee,,,,\n"
+                                                       "P2,,,,,,,,\n"))
+    run(clinic, "waitlist", "withdraw", "P2")
+    listed = json.loads(run(clinic, "waitlist", "list", "--json").stdout)
+    assert listed == [{"patient_id": "P1", "days": ["mon", "tue", "wed"],
+                       "time_from": "08:00", "time_until": "12:00", "therapist": "Dr. Lee",
+                       "location": "", "visit_type": "", "earliest": None, "latest": None,
+                       "since": "2026-11-02T15:00:00+00:00"}]
+    table = run(clinic, "waitlist", "list")
+    assert table.exit_code == 0
+    assert "P1" in table.output and "mon, tue, wed · 08:00–12:00 · Dr. Lee" in table.output
+    assert "P2" not in table.output
+
+
+def test_slots_show_status_local_start_waves_and_claimant(clinic: Clinic) -> None:
+    assert "No open or claimed slots." in run(clinic, "waitlist", "slots").output
+    open_id = open_slot(clinic)
+    claimed_id = open_slot(clinic, claimant="P2", hours=48)
+    shown = json.loads(run(clinic, "waitlist", "slots", "--json").stdout)
+    assert [(s["id"], s["status"], s["start_at"], s["waves"], s["claimed_by_patient_id"])
+            for s in shown] == [
+        (open_id, "open", "2026-11-03T09:00:00-06:00", 0, None),
+        (claimed_id, "claimed", "2026-11-04T09:00:00-06:00", 0, "P2")]
+    table = run(clinic, "waitlist", "slots").output
+    assert "Tue 03 Nov 09:00" in table and "claimed" in table and "P2" in table
+    run(clinic, "waitlist", "confirm", str(claimed_id))
+    assert [s["id"] for s in json.loads(run(clinic, "waitlist", "slots", "--json").stdout)] \
+        == [open_id]
+    every = json.loads(run(clinic, "waitlist", "slots", "--all", "--json").stdout)
+    assert [s["status"] for s in every] == ["open", "booked"]
+
+
+def test_confirm_books_a_claimed_slot_and_refuses_others_in_one_line(clinic: Clinic) -> None:
+    open_id = open_slot(clinic)
+    claimed_id = open_slot(clinic, claimant="P1", hours=48)
+    refused = run(clinic, "waitlist", "confirm", str(open_id))
+    assert refused.exit_code == 1
+    assert f"slot {open_id} is open: only a claimed slot can be confirmed" in refused.output
+    assert "Traceback" not in refused.output
+    missing = run(clinic, "waitlist", "confirm", "9999")
+    assert missing.exit_code == 1 and "no slot 9999" in missing.output
+    done = run(clinic, "waitlist", "confirm", str(claimed_id))
+    assert done.exit_code == 0 and f"Slot {claimed_id} is booked." in done.output
+    assert "booked already" in run(clinic, "waitlist", "confirm", str(claimed_id)).output
+    with clinic.db.transaction() as conn:
+        found = [(e.actor, e.action, e.target, e.detail) for e in entries(conn)
+                 if e.action == "waitlist.confirm"]
+    assert found == [("cli:al", "waitlist.confirm", f"slot:{claimed_id}",
+                      {"result": "changed"}),
+                     ("cli:al", "waitlist.confirm", f"slot:{claimed_id}",
+                      {"result": "unchanged"})]
+
+
+def test_withdraw_takes_a_patient_off_and_is_audited(clinic: Clinic) -> None:
+    run(clinic, "import", "waitlist", csv_file(clinic, "P1,,,,,,,,\n"))
+    gone = run(clinic, "waitlist", "withdraw", "P1")
+    assert gone.exit_code == 0 and "P1 is off the waitlist." in gone.output
+    assert entries_by_patient(clinic)["P1"][0] == "withdrawn"
+    assert "was not waiting (withdrawn)" in run(clinic, "waitlist", "withdraw", "P1").output
+    unknown = run(clinic, "waitlist", "withdraw", "P3")
+    assert unknown.exit_code == 1 and "P3 is not on the waitlist" in unknown.output
+    with clinic.db.transaction() as conn:
+        assert [(e.action, e.target, e.detail) for e in entries(conn)
+                if e.action == "waitlist.withdraw"] == [
+            ("waitlist.withdraw", "patient:P1", {"result": "withdrawn"}),
+            ("waitlist.withdraw", "patient:P1", {"result": "unchanged"})]

@@ -6,7 +6,7 @@ module                 commands
 ``root``               the ``touchpoint`` group, its global options, :func:`main`
 ``common``             what commands share: :class:`~engine.cli.common.App`, helpers
 ``config``, ``db``     ``config``; ``db upgrade|current``
-``imports``            ``import patients|appointments|contacts|referrers``
+``imports``            ``import patients|appointments|contacts|referrers|waitlist``
 ``hl7``, ``fhir``      ``import hl7``; ``import fhir``, ``fhir sync|jwks``
 ``running``            ``run``, ``simulate``, ``daemon``, ``serve``, ``demo``
 ``touch_points``       ``log``, ``why``, ``unknown``, ``settle``
@@ -20,6 +20,7 @@ module                 commands
 ``webhooks``           ``webhooks …``
 ``patient``            ``patient export|erase``
 ``plans``              ``plan-check``
+``waitlist``           ``waitlist list|slots|confirm|withdraw``
 =====================  ==============================================================
 
 A command module registers its commands on ``cli`` (or on a group such as ``import_``)
@@ -51,6 +52,7 @@ from engine.cli import (  # noqa: E402
     running,  # noqa: F401
     touch_points,  # noqa: F401
     users,  # noqa: F401
+    waitlist,  # noqa: F401
     webhooks,  # noqa: F401
 )
 from engine.cli import patient as patient_commands  # noqa: E402, F401
