@@ -38,6 +38,7 @@ PERMISSIONS: dict[str, str] = {
     "journeys.edit": "manager", "templates.edit": "manager", "publish": "manager",
     "reveal": "front-desk", "reply": "front-desk", "inbox.done": "front-desk",
     "cases.change": "front-desk", "settle": "front-desk", "opt-out": "front-desk",
+    "waitlist.change": "front-desk",
     "read": "viewer",
 }
 MIN_PASSWORD = 12

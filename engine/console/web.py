@@ -37,6 +37,7 @@ from engine.console import (
     patient_pages,
     report_pages,
     sessions,
+    waitlist_pages,
 )
 from engine.console.core import (
     LOGIN_COOKIE,
@@ -169,6 +170,7 @@ def mount(app: FastAPI, console: Console) -> None:
     editor_pages.add_routes(app, console, session_for)
     journey_pages.add_routes(app, console, session_for)
     report_pages.add_routes(app, console, session_for)
+    waitlist_pages.add_routes(app, console, session_for)
 
 
 def _login_form(console: Console, target: str, *, email: str = "", status: int = 200,
