@@ -31,10 +31,12 @@ class WaitingPatient:
         """The preferences in a few words ("mon, wed · 08:00–12:00 · Maya Chen")."""
         prefs = self.preferences
         parts = [", ".join(prefs.days) if prefs.days else "any day"]
-        if prefs.time_from or prefs.time_until:
-            start = prefs.time_from.strftime("%H:%M") if prefs.time_from else ""
-            end = prefs.time_until.strftime("%H:%M") if prefs.time_until else ""
-            parts.append(f"{start}–{end}")
+        if prefs.time_from and prefs.time_until:
+            parts.append(f"{prefs.time_from:%H:%M}–{prefs.time_until:%H:%M}")
+        elif prefs.time_from:
+            parts.append(f"from {prefs.time_from:%H:%M}")
+        elif prefs.time_until:
+            parts.append(f"before {prefs.time_until:%H:%M}")
         parts += [text for text in (prefs.therapist, prefs.location, prefs.visit_type) if text]
         if prefs.earliest or prefs.latest:
             parts.append(f"{prefs.earliest or '…'} to {prefs.latest or '…'}")
@@ -55,9 +57,9 @@ def waiting(conn: Connection) -> list[WaitingPatient]:
 
 def slot_list(conn: Connection, tz: ZoneInfo, *, every: bool = False,
               ) -> list[dict[str, Any]]:
-    """Slots as ``slot_as_json`` shows them plus ``claimed_by_patient_id`` and
-    ``claimed_by`` (the claimant's name): the open and claimed ones (``every``: all),
-    soonest first."""
+    """Slots as ``slot_as_json`` shows them plus ``claimed_by_patient_id``, ``claimed_by``
+    (the claimant's name) and ``starts`` (practice time, "Tue Dec 08 09:00"): the open
+    and claimed ones (``every``: all), soonest first."""
     claimant = aliased(patients)
     query = (select(slots, claimant.c.external_id.label("claimant_id"),
                     claimant.c.first_name.label("claimant_first"),
@@ -67,5 +69,6 @@ def slot_list(conn: Connection, tz: ZoneInfo, *, every: bool = False,
     if not every:
         query = query.where(slots.c.status.in_(("open", "claimed")))
     return [{**slot_as_json(row, tz), "claimed_by_patient_id": row.claimant_id,
+             "starts": f"{row.start_at.astimezone(tz):%a %b %d %H:%M}",
              "claimed_by": f"{row.claimant_first} {row.claimant_last}".strip()
              if row.claimant_id else None} for row in conn.execute(query)]
