@@ -7,16 +7,19 @@ Practice timezone: America/Chicago; the clock is pinned on Monday 2026-11-02 09:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from engine import clock, waitlist
 from engine.store.schema import patients, slots, waitlist_entries
 from tests.test_api import MONDAY_9AM, PATIENT, PROBLEM, Api
+from tests.test_docs import ROOT, _blocks, _curls
 
 TOMORROW_9AM = "2026-11-03T09:00:00-06:00"
 SLOT: dict[str, Any] = {"start_at": TOMORROW_9AM, "duration_minutes": 45,
@@ -223,3 +226,49 @@ def test_opening_a_slot_wakes_the_daemons_and_a_refusal_does_not(
     assert len(woken) == 1
     call(api, "PUT", "/waitlist/P1", PREFS)
     assert len(woken) == 2
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def test_the_docs_waitlist_curl_examples_answer_as_shown(database_url: str,
+                                                          tmp_path: Path) -> None:
+    """docs/api.md's waitlist examples, run through the API (volatile times aside)."""
+    [block] = _blocks((ROOT / "docs" / "api.md").read_text("utf-8"),
+                      "The waitlist and freed slots")
+    requests = _curls(block)
+    assert [(m, p) for m, p, _, _ in requests] == [
+        ("PUT", "/api/v1/waitlist/P1004"), ("POST", "/api/v1/slots"),
+        ("POST", "/api/v1/slots/7/confirm"), ("POST", "/api/v1/slots/7/withdraw")]
+    rig = Api(database_url, tmp_path)
+    try:
+        clock.set_now(datetime(2026, 12, 5, 12, 11, 42, tzinfo=UTC))
+        assert rig.put("/patients/P1004", PATIENT).status_code == 201
+        with rig.clinic.db.transaction() as conn:  # (slots 1-6, withdrawn: the next is 7)
+            for _ in range(6):
+                slot_id = waitlist.open_slot(conn, waitlist.NewSlot(
+                    clock.now() + timedelta(days=1), 30), source="api", now=clock.now())
+                assert slot_id is not None
+                waitlist.close_slot(conn, slot_id, now=clock.now())
+        volatile = {"since", "stored_at", "opened_at", "claimed_at", "booked_at",
+                    "closed_at"}
+        for method, path, body, answer in requests:
+            if path.endswith("/confirm"):
+                claim(rig, 7, "P1004")
+            got = call(rig, method, path.removeprefix("/api/v1"), body)
+            status = int(answer.split()[1]) if answer.startswith("HTTP/") else None
+            shown = answer[answer.index("{"):]
+            if status is not None:
+                assert got.status_code == status, got.text
+            if "…" in shown:
+                assert got.status_code == 200
+                assert '"status":"booked"' in shown and got.json()["status"] == "booked"
+                assert got.json()["claimed_by_patient_id"] == "P1004"
+                continue
+            documented = json.loads(shown)
+            assert {k: v for k, v in got.json().items() if k not in volatile} == {
+                k: v for k, v in documented.items() if k not in volatile}
+            if "location:" in answer:
+                assert got.headers["location"] == "/api/v1/slots/7"
+    finally:
+        rig.close()
