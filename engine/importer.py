@@ -1011,6 +1011,21 @@ def import_waitlist(conn: Connection, path: Path, *, now: datetime,
                          progress=progress, full=full)
 
 
+def put_waitlist_entry(conn: Connection, patient_id: int, preferences: waitlist.Preferences,
+                       *, source: str, now: datetime,
+                       source_updated_at: datetime | None = None) -> waitlist.Outcome:
+    """:func:`engine.waitlist.put_entry`, except that a *claimed* entry sent again with the
+    same preferences stays claimed (``unchanged``): a nightly export that still lists a
+    patient who just won a slot must not put them back in line for more offers."""
+    current = conn.execute(select(waitlist_entries).where(
+        waitlist_entries.c.patient_id == patient_id)).first()
+    if current is not None and current.status == "claimed" \
+            and waitlist.Preferences.from_row(current) == preferences:
+        return "unchanged"
+    return waitlist.put_entry(conn, patient_id, preferences, source=source, now=now,
+                              source_updated_at=source_updated_at)
+
+
 def sync_waitlist(conn: Connection, rows: Rows, source: str, *, now: datetime,
                   progress: Progress | None = None, full: bool = False) -> ImportSummary:
     """Sync waitlist rows (line number, row) that came from ``source``."""
@@ -1062,7 +1077,7 @@ def sync_waitlist(conn: Connection, rows: Rows, source: str, *, now: datetime,
                 line, "patient_id is a patient removed from the records — import them again "
                 "first"))
             continue
-        outcome = waitlist.put_entry(conn, current["id"], preferences,
+        outcome = put_waitlist_entry(conn, current["id"], preferences,
                                      source=f"{source}:{line}", now=now)
         setattr(summary, outcome, getattr(summary, outcome) + 1)
     if full:

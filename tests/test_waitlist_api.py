@@ -272,3 +272,13 @@ def test_the_docs_waitlist_curl_examples_answer_as_shown(database_url: str,
                 assert got.headers["location"] == "/api/v1/slots/7"
     finally:
         rig.close()
+
+
+def test_a_claimed_entry_put_again_unchanged_stays_claimed(api: Api) -> None:
+    call(api, "PUT", "/waitlist/P1", PREFS)
+    with api.clinic.db.transaction() as conn:
+        conn.execute(waitlist_entries.update().values(status="claimed"))
+    again = call(api, "PUT", "/waitlist/P1", PREFS)
+    assert (again.json()["result"], again.json()["status"]) == ("unchanged", "claimed")
+    changed = call(api, "PUT", "/waitlist/P1", {**PREFS, "days": "fri"})
+    assert (changed.json()["result"], changed.json()["status"]) == ("updated", "waiting")

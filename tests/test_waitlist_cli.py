@@ -219,3 +219,19 @@ def test_withdraw_takes_a_patient_off_and_is_audited(clinic: Clinic) -> None:
                 if e.action == "waitlist.withdraw"] == [
             ("waitlist.withdraw", "patient:P1", {"result": "withdrawn"}),
             ("waitlist.withdraw", "patient:P1", {"result": "unchanged"})]
+
+
+def test_a_claimed_patient_still_in_the_file_stays_claimed(clinic: Clinic) -> None:
+    """A nightly export that still lists a patient who just won a slot must not put them
+    back in line; a changed row does (they want another visit)."""
+    file = csv_file(clinic, "P1,tue,,,,,,,\n")
+    run(clinic, "import", "waitlist", file)
+    with clinic.db.transaction() as conn:
+        conn.execute(waitlist_entries.update().values(status="claimed"))
+    again = json.loads(run(clinic, "import", "waitlist", file, "--json").stdout)
+    assert (again["unchanged"], again["updated"]) == (1, 0)
+    assert entries_by_patient(clinic)["P1"][0] == "claimed"
+    changed = json.loads(run(clinic, "import", "waitlist",
+                             csv_file(clinic, "P1,thu,,,,,,,\n"), "--json").stdout)
+    assert changed["updated"] == 1
+    assert entries_by_patient(clinic)["P1"] == ("waiting", ["thu"], "")

@@ -13,8 +13,10 @@ POST   /api/v1/slots/{slot_id}/withdraw          open or claimed → closed
 Each request is one transaction and one audit row (``api.waitlist.put``,
 ``api.slot.open``, …; a refusal too). The preferences are checked by
 :func:`engine.waitlist.parse_preferences`, as ``touchpoint import waitlist`` checks its CSV
-cells: a 422 names every bad field. A PUT's optional ``updated_at`` (stored as
-``source_updated_at``) makes an older update a 409 no-op, as for the records.
+cells: a 422 names every bad field. A claimed entry PUT again with the same preferences
+stays claimed (:func:`engine.importer.put_waitlist_entry`). A PUT's optional
+``updated_at`` (stored as ``source_updated_at``) makes an older update a 409 no-op, as for
+the records.
 
 A slot's ``external_id`` makes opening it idempotent: the same ``external_id`` with the
 same time, length, therapist, location and visit type answers **200** with the slot
@@ -34,7 +36,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
-from engine import audit, clock, waitlist, wake
+from engine import audit, clock, importer, waitlist, wake
 from engine.api import keys
 from engine.api.auth import Caller, requires
 from engine.api.problems import Problem, invalid
@@ -157,9 +159,9 @@ def put_entry(request: Request, response: Response, body: EntryIn, patient_id: P
                               f"stored (updated_at {_iso(stored_at)}); this update is older "
                               "and was not applied", title="A newer version is stored",
                               current=entry_as_json(current, patient_id))
-            result = waitlist.put_entry(conn, person.id, preferences,
-                                        source=f"api:{caller.name}", now=now,
-                                        source_updated_at=body.updated_at)
+            result = importer.put_waitlist_entry(conn, person.id, preferences,
+                                                 source=f"api:{caller.name}", now=now,
+                                                 source_updated_at=body.updated_at)
             if body.updated_at is not None and current is not None \
                     and body.updated_at != stored_at:
                 conn.execute(waitlist_entries.update()
