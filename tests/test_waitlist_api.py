@@ -282,3 +282,14 @@ def test_a_claimed_entry_put_again_unchanged_stays_claimed(api: Api) -> None:
     assert (again.json()["result"], again.json()["status"]) == ("unchanged", "claimed")
     changed = call(api, "PUT", "/waitlist/P1", {**PREFS, "days": "fri"})
     assert (changed.json()["result"], changed.json()["status"]) == ("updated", "waiting")
+
+
+def test_concurrent_posts_of_one_external_id_open_one_slot(api: Api) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: call(api, "POST", "/slots",
+                                               {**SLOT, "external_id": "S-9"}), range(4)))
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 201], [
+        a.text for a in answers]
+    assert len(api.rows(slots)) == 1
