@@ -404,3 +404,39 @@ def test_a_claim_goes_back_to_the_practice(database_url: str, tmp_path: Path,
         assert "Pat2" in alert.subject and "claimed" in alert.subject
     finally:
         clinic.close()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def test_the_report_counts_freed_offered_filled_and_the_value_recovered(
+        database_url: str, tmp_path: Path) -> None:
+    from engine.report import build_report, waitlist_lines
+    clinic = Clinic(database_url, tmp_path, config_extra="")
+    try:
+        settings = clinic.settings.model_copy(update={
+            "practice": clinic.settings.practice.model_copy(update={"visit_price": 120})})
+        offered_slot(clinic, 2, 3)
+        with freeze_time(MONDAY - timedelta(days=20)):  # a second freed slot, not taken
+            clinic.appointments(appointment("A9", "P6", "2026-11-06T10:00:00-06:00"))
+        with freeze_time(MONDAY + timedelta(minutes=1)):
+            clinic.appointments(appointment("A9", "P6", "2026-11-06T10:00:00-06:00",
+                                            status="cancelled"))
+            clinic.tick()
+        with freeze_time(MONDAY + timedelta(minutes=30)):
+            reply(clinic, 2, "yes")
+        with clinic.db.transaction() as conn:
+            data = build_report(conn, clinic.definitions, MONDAY - timedelta(days=1),
+                                MONDAY + timedelta(hours=1), settings=settings)
+            plain = build_report(conn, clinic.definitions, MONDAY - timedelta(days=1),
+                                 MONDAY + timedelta(hours=1))
+        section = data["waitlist"]
+        assert (section["freed"], section["offered"], section["filled"]) == (2, 2, 1)
+        assert section["median_minutes_to_fill"] == 29.0  # the latest offer: slot 2
+        assert section["visits_recovered"] == 1
+        assert section["value_recovered"] == "120" and section["currency"] == "USD"
+        assert plain["waitlist"]["value_recovered"] is None
+        text = "\n".join(waitlist_lines(section))
+        assert "filled 1" in text and "29m" in text and "worth 120 USD" in text
+    finally:
+        clinic.close()
