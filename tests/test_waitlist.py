@@ -148,12 +148,14 @@ def test_never_offered_to_the_wrong_patients(clinic: Clinic) -> None:
         add_opt_out(conn, "sms", "+13125550104", "all", "sms reply", "STOP", MONDAY)
         conn.execute(patients.update().where(patients.c.external_id == "P5")
                      .values(removed_at=MONDAY))
+        conn.execute(patients.update().where(patients.c.external_id == "P6")
+                     .values(erased_at=MONDAY))
     wait(clinic, 2, 3, 4, 5, 7, 8, 6)
     wait(clinic, 9, preferences=Preferences(days=("mon",)))  # Wednesday does not suit
     with freeze_time(MONDAY):
         cancel_visit(clinic)
         clinic.tick()
-    assert [o.external_id for o in offers(clinic)] == ["P3", "P6"]
+    assert [o.external_id for o in offers(clinic)] == ["P3"]
 
 
 def test_no_offer_at_night_where_the_patient_is_a_later_wave_reaches_them(
