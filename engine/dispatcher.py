@@ -313,7 +313,9 @@ class Snapshot:
             tp.purpose, tp.patient_id, tp.planned_at,
             appointment=(appointment.id, appointment.status, appointment.version)
             if appointment else None,
-            exits=exits[0], case_id=case.id if case is not None and case.is_open else None)
+            exits=exits[0], case_id=case.id if case is not None and case.is_open else None,
+            offer=(slot_id, tp.patient_id)
+            if (slot_id := slot_id_of(tp.anchor)) is not None else None)
 
     def offer(self, tp: TouchPoint) -> tuple[Any, datetime] | None:
         """The standing waitlist offer ``tp`` makes (its slot row and when it ends)."""

@@ -442,3 +442,27 @@ def test_the_report_counts_freed_offered_filled_and_the_value_recovered(
         assert "filled 1" in text and "29m" in text and "worth 120 USD" in text
     finally:
         clinic.close()
+
+
+def test_a_slot_closed_while_a_batch_sends_stops_the_offers_not_yet_sent(
+        clinic: Clinic) -> None:
+    setup_practice(clinic)
+    wait(clinic, 2, 3, 4)
+    closed: list[str] = []
+
+    def close_during_the_first_send(message: Any) -> None:
+        if closed or "Reply YES" not in message.body:
+            return None
+        slot_id = the_slot(clinic).id
+        with clinic.db.transaction() as conn:  # staff withdraw it meanwhile
+            closed.append(waitlist.close_slot(conn, slot_id, now=MONDAY))
+        return None
+
+    clinic.sms.fail_when(close_during_the_first_send)
+    with freeze_time(MONDAY):
+        cancel_visit(clinic)
+        clinic.tick()
+    assert closed == ["changed"]
+    statuses = sorted((tp.status, tp.reason) for tp in clinic.touch_points(journey="waitlist"))
+    assert statuses == sorted([(Status.SENT, None), (Status.CANCELLED, Reason.SLOT_CLOSED),
+                               (Status.CANCELLED, Reason.SLOT_CLOSED)]), statuses
