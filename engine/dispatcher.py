@@ -76,7 +76,7 @@ from engine.guards import (
     decide,
     exemption_length_refusal,
 )
-from engine.message_context import message_context, practice_fields
+from engine.message_context import message_context, practice_fields, slot_fields
 from engine.outcomes import Reason, Status
 from engine.patient_links import PatientLinks
 from engine.privacy import mask_address, redact
@@ -103,6 +103,7 @@ from engine.store.records import (
     visit_numbers,
 )
 from engine.timing import QuietHours, zone
+from engine.waitlist_offers import slot_id_of, standing_offers
 
 log = logging.getLogger("touchpoint.dispatch")
 
@@ -157,6 +158,9 @@ class Snapshot:
     exits: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = field(default_factory=dict)
     # each patient's texts still planned, by touch point id (the limits' look-ahead)
     planned: dict[int, dict[int, PlannedSend]] = field(default_factory=dict)
+    # waitlist offers (anchor slot:ID): (slot id, patient id) → (slot row, offer ends)
+    # for the offers that still stand (engine.waitlist_offers)
+    offers: dict[tuple[int, int], tuple[Any, datetime]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, conn: Connection, batch: Iterable[TouchPoint], definitions: Definitions,
@@ -196,6 +200,10 @@ class Snapshot:
         snapshot = cls(patients, appointments, upcoming, numbers, opted_out(conn, addresses),
                        latest_events(conn, patient_ids, exit_kinds), sends, contacts,
                        referrers, _load_cases(conn, case_ids))
+        offer_pairs = {(slot_id, tp.patient_id) for tp in batch if tp.patient_id is not None
+                       for slot_id in [slot_id_of(tp.anchor)] if slot_id is not None}
+        if offer_pairs:
+            snapshot.offers.update(standing_offers(conn, offer_pairs, now))
         if caps is not None and (caps.mode == "exemption" or caps.sms_per_day):
             snapshot.look_ahead(conn, batch, definitions, now, caps)
         return snapshot
@@ -284,7 +292,9 @@ class Snapshot:
                       recipient=recipient,
                       case_open=case.is_open if case is not None else None,
                       planned=list(self.planned[tp.patient_id].values())
-                      if tp.patient_id in self.planned else ()), recipient
+                      if tp.patient_id in self.planned else (),
+                      offer_stands=self.offer(tp) is not None
+                      if slot_id_of(tp.anchor) is not None else None), recipient
 
     def recheck(self, tp: TouchPoint, journey: Journey, step: Step) -> ledger.Recheck:
         """What the guards read here for ``tp`` that must be unchanged when it is marked
@@ -303,7 +313,14 @@ class Snapshot:
             tp.purpose, tp.patient_id, tp.planned_at,
             appointment=(appointment.id, appointment.status, appointment.version)
             if appointment else None,
-            exits=exits[0], case_id=case.id if case is not None and case.is_open else None)
+            exits=exits[0], case_id=case.id if case is not None and case.is_open else None,
+            offer=(slot_id, tp.patient_id)
+            if (slot_id := slot_id_of(tp.anchor)) is not None else None)
+
+    def offer(self, tp: TouchPoint) -> tuple[Any, datetime] | None:
+        """The standing waitlist offer ``tp`` makes (its slot row and when it ends)."""
+        slot_id = slot_id_of(tp.anchor)
+        return self.offers.get((slot_id, tp.patient_id or 0)) if slot_id is not None else None
 
     def case(self, tp: TouchPoint) -> Case | None:
         _, _, ident = tp.anchor.partition(":")
@@ -327,7 +344,8 @@ class Snapshot:
             case=case_fields(case, settings) if case is not None and settings else None,
             # a referring office sees only the custom fields the practice allowed
             custom_fields=settings.referrals.allowed_fields if to_referrer and settings
-            else None, links=links)
+            else None, links=links,
+            slot=slot_fields(*offer) if (offer := self.offer(tp)) is not None else None)
 
 
 class Dispatcher:

@@ -7,6 +7,8 @@ the touch point may proceed, or a :class:`Verdict` that says what to record inst
   in the practice's records)? Has an event since planning ended the journey? (*never
   stale*)
 * :func:`deadline_verdict` — is it past its deadline? (*too late*)
+* a waitlist offer (anchor ``slot:<id>``) — is the slot still open and the patient's offer
+  still standing? Else it is not sent: ``slot_closed``
 * :func:`quiet_hours_verdict` — is it night where the recipient is? (*never at night*)
 * :func:`channel_refusal` — contact present, consent given, not opted out? (*consent
   first*; in exemption mode, exempt purposes only)
@@ -357,13 +359,15 @@ def decide(tp: TouchPoint, journey: Journey | None, step: Step | None, patient: 
            opt_outs: Mapping[tuple[str, str], set[str]], now: datetime, quiet: QuietHours,
            practice_timezone: str, sends: Sequence[RecentSend] = (),
            caps: FrequencyCaps | None = None, *, recipient: Recipient | None = None,
-           case_open: bool | None = None, planned: Sequence[PlannedSend] = ()) -> Decision:
+           case_open: bool | None = None, planned: Sequence[PlannedSend] = (),
+           offer_stands: bool | None = None) -> Decision:
     """Every send-time guard, in order. The dispatcher acts on it; forecast reports it.
 
     ``recipient`` is who the touch point addresses (default: the patient): their
     timezone, contacts, consents and opt-outs are the ones checked, and ``sends`` are
     counted for them alone. ``planned``: the patient's texts still planned (exemption
     mode); those of a higher priority for the same recipient keep their slots.
+    ``offer_stands``: for a waitlist offer, whether its slot is open and the offer stands.
     """
     if journey is None or step is None:
         reason = Reason.JOURNEY_REMOVED if journey is None else Reason.STEP_REMOVED
@@ -374,6 +378,10 @@ def decide(tp: TouchPoint, journey: Journey | None, step: Step | None, patient: 
                        f"patient {patient.external_id} left the practice's records")
     verdict = deadline_verdict(tp, now) or anchor_verdict(tp, journey, step, appointment,
                                                           latest_events, case_open)
+    if verdict is None and offer_stands is False:
+        verdict = Verdict(Status.CANCELLED, Reason.SLOT_CLOSED,
+                          f"the offer of {tp.anchor.replace(':', ' ')} no longer stands (taken, "
+                          "expired or withdrawn)")
     if verdict is not None:
         return verdict
     person: Patient | Recipient = recipient or patient

@@ -7,6 +7,7 @@ emails or consents — so a template cannot leak what it was never given.
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from babel.numbers import format_currency
 from engine.definitions.templates import Fields, format_phone
 from engine.domain import Appointment, Patient, Recipient, Referrer
 from engine.settings import Settings
+from engine.store.records import as_utc
 
 if TYPE_CHECKING:
     from engine.patient_links import PatientLinks
@@ -93,6 +95,18 @@ def appointment_fields(appointment: Appointment, visit_number: int | None = None
     }, "appointment")
 
 
+def slot_fields(row: Any, expires_at: datetime | None = None) -> Fields:
+    """A ``slots`` row for templates (``slot.start`` renders in the recipient's zone)."""
+    start = as_utc(row.start_at)
+    return Fields({
+        "id": row.id, "start": start,
+        "end": start + timedelta(minutes=row.duration_minutes),
+        "duration_minutes": row.duration_minutes, "therapist": row.therapist,
+        "location": row.location, "visit_type": row.visit_type, "status": row.status,
+        "expires_at": expires_at,
+    }, "slot")
+
+
 def message_context(
     *,
     patient: Patient,
@@ -108,6 +122,7 @@ def message_context(
     case: Fields | None = None,
     custom_fields: Collection[str] | None = None,
     links: PatientLinks | None = None,
+    slot: Fields | None = None,
 ) -> dict[str, Any]:
     # (a referring office, which sees only some custom fields, never gets the patient's links)
     patient_view = patient_fields(patient, practice_timezone, custom_fields,
@@ -118,6 +133,7 @@ def message_context(
                                       practice_timezone),
         "referrer": referrer_fields(referrer) if referrer else None,
         "case": case,
+        "slot": slot,
         "appointment": appointment_fields(
             appointment, visit_number,
             # minimum necessary: whoever sees only some custom fields sees no visit type

@@ -67,6 +67,7 @@ class Reason(StrEnum):
     DROPPED = "dropped"
     PATIENT_ERASED = "patient_erased"
     PATIENT_REMOVED = "patient_removed"
+    SLOT_CLOSED = "slot_closed"
 
 
 EXPLANATIONS: dict[str, str] = {
@@ -111,4 +112,6 @@ EXPLANATIONS: dict[str, str] = {
                            "(touchpoint patient erase), so nothing more goes to them",
     Reason.PATIENT_REMOVED: "the patient or appointment left the practice's records (a full "
                             "sync, an HL7 S17, or an API DELETE)",
+    Reason.SLOT_CLOSED: "the waitlist offer no longer stood: the freed slot was taken by "
+                        "another patient, expired or was withdrawn, or the offer expired",
 }

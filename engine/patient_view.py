@@ -44,6 +44,7 @@ EVENT_TITLES = {
     "appointment.completed": "Visit completed", "appointment.no_show": "Missed visit",
     "patient.lapsed": "No visit for a while", "patient.discharged": "Discharged",
     "plan.under_scheduled": "Fewer visits booked than the plan of care needs",
+    "waitlist.offered": "Offered a freed slot from the waitlist",
 }
 
 

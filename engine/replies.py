@@ -14,6 +14,11 @@ START, UNSTOP (and YES    the number is opted back in and told so
 from an opted-out number)
 HELP, INFO                practice name, phone, message frequency, "Msg&data rates may
                           apply" and how to stop
+a yes (YES, Y, SI, SÍ, OK, with a standing waitlist offer (``offered``, not expired,
+YES PLEASE, I'LL TAKE IT,  its slot open): the first committed yes claims the slot
+LO TOMO … :data:`YES_WORDS`) (``claimed``; with ``waitlist.auto_confirm`` booked) — the
+                          patient is told, staff alerted, ``slot.claimed`` emitted;
+                          a later yes is told the slot was just taken (docs/waitlist.md)
 C, CONFIRM, YES           the appointment of the latest reminder is marked confirmed
 R, RESCHEDULE             a reschedule request: staff are alerted, the patient told
 a score (8, 8/10, eight,  within a week of the satisfaction question (``asks: score``):
@@ -51,7 +56,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, false, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from engine import cases, clock, notify, outbound_webhooks
+from engine import cases, clock, notify, outbound_webhooks, waitlist_offers
 from engine.channels.base import Channel
 from engine.definitions import Definitions
 from engine.definitions.journeys import SYSTEM_JOURNEYS
@@ -59,7 +64,12 @@ from engine.definitions.templates import Fields
 from engine.dispatcher import Dispatcher
 from engine.domain import Appointment, Patient
 from engine.feedback import parse_score, reads_as_complaint
-from engine.message_context import appointment_fields, patient_fields, practice_fields
+from engine.message_context import (
+    appointment_fields,
+    patient_fields,
+    practice_fields,
+    slot_fields,
+)
 from engine.outcomes import Status
 from engine.privacy import mask_address
 from engine.settings import Settings
@@ -68,6 +78,7 @@ from engine.store.database import Database
 from engine.store.records import (
     add_opt_out,
     appointment_from_row,
+    as_utc,
     opted_out,
     patient_from_row,
     remove_opt_outs,
@@ -78,6 +89,7 @@ from engine.store.schema import (
     history,
     inbound_messages,
     patients,
+    slots,
     touch_points,
 )
 from engine.timing import zone
@@ -88,8 +100,14 @@ START_WORDS = frozenset({"start", "unstop"})
 HELP_WORDS = frozenset({"help", "info"})
 CONFIRM_WORDS = frozenset({"c", "confirm", "confirmed", "yes", "y"})
 RESCHEDULE_WORDS = frozenset({"r", "reschedule"})
+# A yes to a waitlist offer (normalised: no accents, no punctuation, lower case).
+YES_WORDS = frozenset({
+    "yes", "y", "yes please", "yeah", "yep", "sure", "ok", "okay", "i ll take it",
+    "ill take it", "i will take it", "i want it", "si", "si por favor", "claro", "lo tomo",
+    "la tomo", "la quiero", "yes i ll take it"})
+WAITLIST_TEMPLATES = ("offer", "claimed", "booked", "taken")
 REPLY_TEMPLATES = ("stop", "start", "help", "confirmed", "reschedule")
-STAFF_TEMPLATES = ("reschedule-request", "reply")
+STAFF_TEMPLATES = ("reschedule-request", "reply", "slot-claimed")
 SCORE_WINDOW = timedelta(days=7)  # how long after the question a number is its answer
 LOW_SCORE = 6  # 0-6 opens a recovery case (and nothing is gated on a high one)
 
@@ -251,6 +269,8 @@ class Handled:
     outgoing: list[Outgoing] = field(default_factory=list)
     flag: str = ""  # "possible opt-out"
     due_at: datetime | None = None  # when staff must have handled it
+    slot: Fields | None = None  # the waitlist slot a yes answered
+    claim: waitlist_offers.Claim | None = None
 
 
 def record_inbound(conn: Connection, settings: Settings, *, provider: str, message_id: str,
@@ -272,6 +292,12 @@ def record_inbound(conn: Connection, settings: Settings, *, provider: str, messa
     reminder, appointment = _latest_reminder(conn, from_number, now)
     patient = next((p for p in matches if reminder and p.id == reminder.patient_id),
                    matches[0] if matches else None)
+    offer = waitlist_offers.standing_offer(conn, [p.id for p in matches], now) \
+        if intent in ("confirm", "other") and normalise(body) in YES_WORDS else None
+    if offer is not None:
+        intent = "waitlist_yes"  # a yes to a standing offer: claims the slot
+        patient = next((p for p in matches if p.id == offer.patient_id), patient)
+        appointment = None
     if intent in ("confirm", "reschedule") and appointment is None:
         intent = "other"  # nothing to confirm: staff read it
     question = _latest_question(conn, from_number, now, asks_score) \
@@ -318,6 +344,8 @@ def record_inbound(conn: Connection, settings: Settings, *, provider: str, messa
                                          "replies/start"))
     elif intent == "help":
         handled.outgoing.append(Outgoing("replies", "help", "sms", from_number, "replies/help"))
+    elif intent == "waitlist_yes" and offer is not None:
+        _claim(conn, settings, handled, offer, row.id, from_number, now)
     elif intent == "confirm" and appointment is not None and reminder is not None:
         conn.execute(update(appointments).where(appointments.c.id == appointment.id)
                      .values(confirmed_at=now))
@@ -453,6 +481,33 @@ def _texts_to(number: str) -> Select[Any]:
             .order_by(touch_points.c.sent_at.desc()))
 
 
+def _claim(conn: Connection, settings: Settings, handled: Handled, offer: Any,
+           inbound_id: int, from_number: str, now: datetime) -> None:
+    """A yes to a standing waitlist offer: the first committed one wins the slot."""
+    claim = waitlist_offers.claim(conn, settings, offer, now)
+    handled.claim = claim
+    slot = conn.execute(select(slots)
+                        .where(slots.c.id == claim.slot_id)).one()
+    handled.slot = slot_fields(slot, offer.expires_at)
+    if claim.outcome == "taken":
+        handled.outgoing.append(Outgoing("replies", "waitlist-taken", "sms", from_number,
+                                         "waitlist/taken"))
+        return
+    step = "booked" if claim.booked else "claimed"
+    handled.outgoing.append(Outgoing("replies", f"waitlist-{step}", "sms", from_number,
+                                     f"waitlist/{step}"))
+    outbound_webhooks.emit_about(
+        conn, "slot.claimed", now, patient_id=offer.patient_id, appointment_id=None,
+        slot_id=claim.slot_id, slot_offer_id=claim.offer_id, status=slot.status,
+        start_at=as_utc(slot.start_at).isoformat(),
+        duration_minutes=slot.duration_minutes, claimed_at=now.isoformat(),
+        inbound_message_id=inbound_id)
+    staff = settings.practice.staff_email
+    if staff:
+        handled.outgoing.append(Outgoing("staff-alerts", "slot-claimed", "email", staff,
+                                         "staff/slot-claimed"))
+
+
 def _note(conn: Connection, tp_id: int, now: datetime, reason: str, detail: str,
           kind: str = "note") -> None:
     conn.execute(history.insert().values(
@@ -479,6 +534,7 @@ def send_outgoing(db: Database, definitions: Definitions, settings: Settings,
         "reply": Fields({"body": body, "from": mask_address(from_number),
                          "received_at": clock.now(), "flag": handled.flag,
                          "due_at": handled.due_at}, "reply"),
+        "slot": handled.slot,
         "unsubscribe_url": None,
     }
     for item in handled.outgoing:

@@ -8,7 +8,10 @@
 * recovery — cases opened by cause, resolved, and every open case with its age;
 * referrals — per referral source: patients referred, seen, discharged, messages sent;
 * plans of care — plan completion rate, drop-outs by visit number, nudges sent and the
-  visits booked within 7 days of one (engine/plan_of_care.py).
+  visits booked within 7 days of one (engine/plan_of_care.py);
+* waitlist — slots freed, offered and filled (claimed or booked), the median time from
+  freed to filled, and the visits recovered with their value (``practice.visit_price``,
+  when ``settings`` are passed in) (engine/waitlist_offers.py).
 
 Everything is read from the ledger, events and cases; nothing is kept twice. Test sends
 (``touchpoint test-send``) and replies to them are never counted.
@@ -16,6 +19,7 @@ Everything is read from the ledger, events and cases; nothing is kept twice. Tes
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -29,6 +33,7 @@ from engine.definitions import Definitions
 from engine.definitions.journeys import SYSTEM_JOURNEYS
 from engine.outcomes import Status
 from engine.plan_of_care import plan_report
+from engine.settings import Settings
 from engine.store.records import as_utc
 from engine.store.schema import (
     appointments,
@@ -37,6 +42,8 @@ from engine.store.schema import (
     patients,
     recovery_cases,
     referrers,
+    slot_offers,
+    slots,
     touch_points,
 )
 
@@ -70,8 +77,10 @@ class StepLine:
 
 
 def build_report(conn: Connection, definitions: Definitions, since: datetime,
-                 now: datetime, tz: ZoneInfo = UTC_ZONE) -> dict[str, Any]:
-    """``tz``: the practice's, for the days plans of care end on."""
+                 now: datetime, tz: ZoneInfo = UTC_ZONE,
+                 settings: Settings | None = None) -> dict[str, Any]:
+    """``tz``: the practice's, for the days plans of care end on; ``settings``: for the
+    value of the visits the waitlist recovered (``practice.visit_price``)."""
     return {
         "since": since.isoformat(), "until": now.isoformat(),
         "journeys": [line.as_dict() for line in step_lines(conn, since)],
@@ -80,7 +89,52 @@ def build_report(conn: Connection, definitions: Definitions, since: datetime,
         "cases": case_summary(conn, since, now),
         "referrals": referral_lines(conn, since),
         "plan_of_care": plan_report(conn, definitions, since, now, tz),
+        "waitlist": waitlist_report(conn, since, settings),
     }
+
+
+def waitlist_report(conn: Connection, since: datetime, settings: Settings | None = None,
+                    ) -> dict[str, Any]:
+    """Slots freed since ``since``: how many were offered (at least one wave), filled
+    (claimed or booked), the median minutes from freed to filled, and the visits
+    recovered with their value (``practice.visit_price``; None when unset)."""
+    rows = conn.execute(select(slots.c.status, slots.c.waves, slots.c.opened_at,
+                               slots.c.claimed_at, slots.c.booked_at)
+                        .where(slots.c.opened_at >= since)).all()
+    filled = [row for row in rows if row.status in ("claimed", "booked")]
+    waits = sorted((as_utc(row.claimed_at or row.booked_at) - as_utc(row.opened_at))
+                   .total_seconds() / 60 for row in filled if row.claimed_at or row.booked_at)
+    offers = conn.execute(select(func.count()).select_from(slot_offers)
+                          .where(slot_offers.c.offered_at >= since)).scalar_one()
+    price = settings.practice.visit_price if settings is not None else None
+    return {"freed": len(rows), "offered": sum(1 for row in rows if row.waves > 0),
+            "offers": int(offers), "filled": len(filled),
+            "booked": sum(1 for row in filled if row.status == "booked"),
+            "median_minutes_to_fill": round(statistics.median(waits), 1) if waits else None,
+            "visits_recovered": len(filled),
+            "value_recovered": str(price * len(filled)) if price is not None else None,
+            "currency": settings.practice.currency
+            if settings is not None and price is not None else None}
+
+
+def waitlist_lines(section: dict[str, Any]) -> list[str]:
+    """The ``waitlist`` section of :func:`build_report` as ``touchpoint report`` prints it."""
+    median = section["median_minutes_to_fill"]
+    lines = ["Waitlist (freed slots)",
+             f"  freed {section['freed']}, offered {section['offered']} "
+             f"({section['offers']} offers), filled {section['filled']} "
+             f"({section['booked']} booked)",
+             f"  median time to fill: {format_minutes(median)}" if median is not None
+             else "  median time to fill: -"]
+    value = section["value_recovered"]
+    lines.append(f"  visits recovered: {section['visits_recovered']}"
+                 + (f", worth {value} {section['currency']}" if value is not None else ""))
+    return lines
+
+
+def format_minutes(minutes: float) -> str:
+    whole = round(minutes)
+    return f"{whole // 60}h {whole % 60:02d}m" if whole >= 60 else f"{whole}m"
 
 
 def step_lines(conn: Connection, since: datetime) -> list[StepLine]:

@@ -13,9 +13,13 @@ A tick does, in order:
    milestones); an event whose planning raises is set aside with its error, and the
    others are planned; an event of a removed patient or appointment plans nothing
    (:mod:`engine.removal`);
-4. **cases** — cases for messages that failed for good are opened, owners of new cases
+4. **waitlist** — stale offers expire, freed slots that started expire, and every open
+   slot whose next wave is due is offered to the next ``waitlist.wave_size`` matching
+   waiting patients (:mod:`engine.waitlist_offers`); their ``waitlist.offered`` events
+   are planned in the same tick;
+5. **cases** — cases for messages that failed for good are opened, owners of new cases
    alerted, overdue cases escalated; on the 1st, last month's referral digests go out;
-5. **dispatch** — due touch points are claimed, re-checked, rendered and sent.
+6. **dispatch** — due touch points are claimed, re-checked, rendered and sent.
 
 Planning and the sweep run under a singleton lock (PostgreSQL advisory lock), so several
 workers can tick at once; dispatch is safe to run concurrently by construction.
@@ -79,6 +83,7 @@ from engine.store.records import (
 )
 from engine.store.schema import PENDING, appointments, events, patients, touch_points
 from engine.timing import at_local, format_duration, zone
+from engine.waitlist_offers import offer_waves, slot_for_cancellation
 
 log = logging.getLogger("touchpoint.runner")
 
@@ -121,6 +126,7 @@ class TickReport:
     case_alerts: int = 0
     escalations: int = 0
     digests: int = 0
+    offers: int = 0  # waitlist offers made
     dispatch: DispatchStats = field(default_factory=DispatchStats)
 
     def as_dict(self) -> dict[str, Any]:
@@ -131,6 +137,7 @@ class TickReport:
                 "set_aside": self.set_aside,
                 "cases_opened": self.cases_opened, "case_alerts": self.case_alerts,
                 "escalations": self.escalations, "digests": self.digests,
+                "offers": self.offers,
                 "dispatch": self.dispatch.as_dict()}
 
 
@@ -168,6 +175,12 @@ class Runner:
         if sweep:
             report.lapses = self.sweep_lapses()
         report.events, report.planned, report.exited = self.plan_pending()
+        report.offers = self.offer_slots()
+        if report.offers:  # their waitlist.offered events become texts in this tick
+            events, planned, exited = self.plan_pending()
+            report.events += events
+            report.planned += planned
+            report.exited += exited
         report.cases_opened, self.cases_opened = self.cases_opened, 0
         if self.case_desk is not None:
             report.case_alerts, report.escalations = self.case_desk.run(clock.now())
@@ -193,6 +206,14 @@ class Runner:
             log.warning("%d touch point(s) were interrupted mid-send and are now 'unknown': %s",
                         len(recovered), ", ".join(map(str, recovered[:20])))
         return len(recovered)
+
+    def offer_slots(self) -> int:
+        """Expire offers and slots, and send the due waves of open slots (the waitlist)."""
+        with self.db.transaction() as conn:
+            if not try_singleton(conn, "waitlist"):
+                return 0
+            waves = offer_waves(conn, self.settings, clock.now())
+        return waves.offered
 
     # ------------------------------------------------------------------ edits
 
@@ -403,6 +424,8 @@ class Runner:
             if patient is None or patient.removed_at is not None \
                     or event.appointment_id in gone:
                 continue  # left the practice's records: nothing new (engine.removal)
+            if event.kind == "appointment.cancelled":
+                slot_for_cancellation(conn, event, now)  # offered to the waitlist
             condition = self._condition(patient, appts.get(event.appointment_id or 0),
                                         numbers, case_views.get(event.id)) \
                 if conditional else None

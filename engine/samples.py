@@ -78,6 +78,16 @@ def sample_case(now: datetime, settings: Settings, cause: str = "low_score") -> 
                 resolved_at=None, resolution=None)
 
 
+def sample_slot(now: datetime, timezone: str) -> Fields:
+    """A freed slot tomorrow at 10:00, offered for 2 hours."""
+    appointment = sample_appointment(now, timezone)
+    return Fields({"id": 0, "start": appointment.start_at, "end": appointment.end_at,
+                   "duration_minutes": appointment.duration_minutes,
+                   "therapist": appointment.therapist, "location": appointment.location,
+                   "visit_type": appointment.visit_type, "status": "open",
+                   "expires_at": now + timedelta(hours=2)}, "slot")
+
+
 def sample_context(settings: Settings, now: datetime, language: str | None = None,
                    journey: str = "", step: str = "", recipient: str | None = None,
                    name: tuple[str, str] = SAMPLE_NAMES[0]) -> dict[str, Any]:
@@ -93,7 +103,8 @@ def sample_context(settings: Settings, now: datetime, language: str | None = Non
         patient=patient, appointment=sample_appointment(now, timezone),
         practice=practice_fields(settings), practice_timezone=timezone, touch_point_id=0,
         journey=journey, step=step, visit_number=3, recipient=addressed, referrer=referrer,
-        case=case_fields(sample_case(now, settings), settings))
+        case=case_fields(sample_case(now, settings), settings),
+        slot=sample_slot(now, timezone))
     context["unsubscribe_url"] = f"{public_url(settings)}/unsubscribe/EXAMPLE-TOKEN"
     view = context["patient"]
     context["patient"] = Fields({**{k: view[k] for k in (

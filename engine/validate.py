@@ -239,6 +239,8 @@ def _check_system_templates(templates: TemplateSet, settings: Settings, now: dat
     the appointment may be unknown), within one segment, and HELP says what it must."""
     tz = zone(settings.require("practice.timezone"))
     wanted = [("replies", name, "sms") for name in REPLY_TEMPLATES]
+    # answers to a yes to a waitlist offer (docs/waitlist.md)
+    wanted += [("waitlist", name, "sms") for name in ("claimed", "booked", "taken")]
     if settings.practice.staff_email:
         wanted += [("staff", name, "email") for name in STAFF_TEMPLATES]
     if settings.recovery.owner_email or settings.practice.staff_email:
@@ -252,7 +254,8 @@ def _check_system_templates(templates: TemplateSet, settings: Settings, now: dat
         if not templates.has(template, channel):
             yield Diagnostic(str(templates.directory / f"{template}.{channel}.j2"), None,
                              f"missing the {channel} template for '{name}' "
-                             f"({'replies to patients' if folder == 'replies' else 'staff'})",
+                             "(replies to patients)" if folder in ("replies", "waitlist")
+                             else "(staff)",
                              "copy it from the shipped message_templates/", code="missing-template")
             continue
         for language in templates.languages(template, channel):

@@ -95,7 +95,7 @@ def test_the_watcher_survives_a_failing_reload_and_a_failing_watch(
            "again" in text
     assert "files changed: the definitions could not be loaded (RuntimeError: disk went " \
            "away), still running the last good ones" in text
-    assert "files changed: reloaded 8 journeys" in text  # the next edit still reloads
+    assert "files changed: reloaded 9 journeys" in text  # the next edit still reloads
 
 
 def test_a_reload_that_raises_anything_keeps_the_last_good_definitions(clinic: Clinic) -> None:
@@ -132,7 +132,7 @@ def test_a_daemon_started_with_an_invalid_schedule_runs_the_last_good_ones_and_s
                                                        lambda: load(clinic))
         assert restored is not None
         assert "welcome.yaml:7: unknown trigger event 'patient.creatd'" in caplog.text
-        assert "running the last good definitions, kept 2026-11-02T15:00:00Z (8 journeys)" \
+        assert "running the last good definitions, kept 2026-11-02T15:00:00Z (9 journeys)" \
             in caplog.text
         assert sorted(definitions.journeys) == sorted(clinic.definitions.journeys)
 

@@ -99,6 +99,7 @@ def test_the_shipped_library_loads_with_no_findings_and_the_documented_journeys(
         "referral-loop": ("referral.first_visit_booked, referral.first_visit_attended, "
                           "referral.first_visit_missed, patient.discharged", "transactional"),
         "plan-of-care": ("plan.under_scheduled", "transactional"),
+        "waitlist": ("waitlist.offered", "transactional"),
     }
     assert definitions.journeys["review-request"].once_per == timedelta(weeks=26)
     assert definitions.score_steps == {("follow-up", "satisfaction-day-7"),
@@ -127,14 +128,16 @@ def test_every_shipped_sms_renders_as_gsm7_text_in_english_and_spanish(tmp_path:
     context = {**variables(saturday), "practice": practice_fields(settings),
                "unsubscribe_url": "https://tp.example/unsubscribe/TOKEN",
                "recipient": Fields({"first_name": "Ana", "is_patient": True}),
-               "case": Fields({"cause": "low_score", "owner": "Jordan Ellis"})}
+               "case": Fields({"cause": "low_score", "owner": "Jordan Ellis"}),
+               "slot": Fields({"start": saturday, "therapist": "Maya Chen, DPT"})}
     # staff alerts are for staff, and referral-loop notes for referring offices: in the
     # practice's language
     shipped = sorted({(name, channel) for name, channel, _, _ in templates.files()
                       if not name.startswith(("staff/", "referral-loop/", "referrals/"))})
     # 20 for the patient journeys (with the day-before reminder and the plan-of-care
-    # nudge), 4 recovery and review request, 5 replies to texts
-    assert len(shipped) == 29
+    # nudge), 4 recovery and review request, 5 replies to texts, 4 waitlist texts (offer,
+    # claimed, booked, taken)
+    assert len(shipped) == 33
     for name, channel in shipped:
         for wanted in ("en", "es"):
             message = templates.render(name, channel, wanted, context, CHICAGO)
@@ -619,7 +622,7 @@ def validate(tmp_path: Path, schedules: Path, templates: Path, *extra: str) -> R
 def test_validate_accepts_the_shipped_library(tmp_path: Path) -> None:
     result = validate(tmp_path, LIBRARY_SCHEDULES, LIBRARY_TEMPLATES)
     assert result.exit_code == 0, result.output
-    assert re.fullmatch(r"8 journeys, 0 error\(s\), \d+ warning\(s\)\.",
+    assert re.fullmatch(r"9 journeys, 0 error\(s\), \d+ warning\(s\)\.",
                         result.stdout.splitlines()[-1])
 
     result = validate(tmp_path, LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, "--json")
@@ -627,7 +630,8 @@ def test_validate_accepts_the_shipped_library(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["errors"] == 0
     assert report["journeys"] == ["follow-up", "plan-of-care", "pre-visit", "recovery",
-                                  "referral-loop", "review-request", "welcome", "win-back"]
+                                  "referral-loop", "review-request", "waitlist", "welcome",
+                                  "win-back"]
     assert report["warnings"] == len(report["diagnostics"])
     assert {d["severity"] for d in report["diagnostics"]} <= {"warning"}
 

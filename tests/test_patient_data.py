@@ -136,7 +136,8 @@ def fortnight(database_url: str, tmp_path: Path,
             source="cancellation", now=now)
         conn.execute(slot_offers.insert().values(
             slot_id=slot, patient_id=ids["P1"], wave=1, status="offered", offered_at=now,
-            expires_at=now + timedelta(hours=2)))
+            # still standing at the erasure (the ticks expire offers past expires_at)
+            expires_at=now + timedelta(days=4)))
     run(clinic, "2026-11-05T13:00:00", "2026-11-06T12:00:00")
     yield clinic
     clinic.close()

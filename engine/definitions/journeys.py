@@ -70,6 +70,7 @@ TRIGGER_EVENTS = (
     "referral.first_visit_attended",  # ... they came to it
     "referral.first_visit_missed",  # ... they did not
     "plan.under_scheduled",  # fewer visits booked than the plan of care needs (daily)
+    "waitlist.offered",  # a freed slot was offered to a waitlisted patient (data.anchor slot:ID)
 )
 EXIT_EVENTS = (
     "appointment.booked",

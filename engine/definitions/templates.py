@@ -69,6 +69,10 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "case": ("id", "cause", "reason", "detail", "owner", "status", "opened_at", "due_at",
              "command", "score"),
     "referrer": ("name", "contact_name"),  # the patient's referral source
+    # a freed slot offered from the waitlist (waitlist/ templates, staff/slot-claimed):
+    # expires_at is when this patient's offer ends
+    "slot": ("id", "start", "end", "duration_minutes", "therapist", "location", "visit_type",
+             "status", "expires_at"),
     # the monthly referral digest (referrals/monthly-digest)
     "digest": ("month", "referred", "seen", "discharged", "patients"),
 }

@@ -32,6 +32,10 @@ event type                 emitted when
 ``touch_point.failed``     a message failed for good (the dispatcher, or a
                            provider's status callback)
 ``touch_point.delivered``  a provider reports a message delivered
+``slot.claimed``           a waitlisted patient's yes won a freed slot
+                           (``slot_id``, ``slot_offer_id``, ``status``:
+                           claimed or booked, ``start_at``,
+                           ``duration_minutes``, ``claimed_at``)
 =========================  ==================================================
 
 Payloads follow the Standard Webhooks shape ``{"type", "timestamp", "data"}``; ``data``
@@ -64,7 +68,8 @@ from engine.store.schema import (
 )
 
 EVENT_TYPES = ("appointment.confirmed", "reschedule.requested", "patient.opted_out",
-               "case.opened", "case.resolved", "touch_point.failed", "touch_point.delivered")
+               "case.opened", "case.resolved", "touch_point.failed", "touch_point.delivered",
+               "slot.claimed")
 #: What ``touchpoint webhooks test ID`` sends (to that endpoint only; not subscribable).
 TEST_EVENT = "webhook.test"
 SECRET_PREFIX = "whsec_"

@@ -439,7 +439,7 @@ class Recheck:
     provider: the address has no opt-out covering ``purpose`` on the channel; the
     appointment is still in the (status, version) the guards saw, and not removed; none of the
     patient-scoped ``exits`` events happened after ``planned_at``; the recovery case is
-    still open.
+    still open; a waitlist offer's slot is still open and the offer still ``offered``.
     """
 
     purpose: str
@@ -448,6 +448,7 @@ class Recheck:
     appointment: tuple[int, str, int] | None = None  # (id, status, version)
     exits: tuple[str, ...] = ()
     case_id: int | None = None
+    offer: tuple[int, int] | None = None  # (slot id, patient id): the offer still stands
 
 
 class SendPath:
@@ -481,6 +482,10 @@ class SendPath:
                 "AND occurred_at > {p} AND kind {kinds})")
     _CASE_OPEN = (" AND EXISTS (SELECT 1 FROM recovery_cases WHERE id = {p} "
                   "AND status = 'open')")
+    _OFFER_STANDS = (" AND EXISTS (SELECT 1 FROM slot_offers JOIN slots ON slots.id = "
+                     "slot_offers.slot_id WHERE slot_offers.slot_id = {p} AND "
+                     "slot_offers.patient_id = {p} AND slot_offers.status = 'offered' "
+                     "AND slots.status = 'open')")
     _HELD = "SELECT 1 FROM touch_points WHERE id = {p} AND status = 'planned' AND claimed_by = {p}"
     _SENT = (
         "UPDATE touch_points SET status = 'sent', reason = NULL, detail = {p}, "
@@ -500,7 +505,7 @@ class SendPath:
         self.history_sql = self._HISTORY.format(p=mark)
         self.held_sql = self._HELD.format(p=mark)
         self._mark = mark
-        self._rechecked: dict[tuple[bool, int, bool], str] = {}
+        self._rechecked: dict[tuple[bool, int, bool, bool], str] = {}
         self.history: list[tuple[Any, ...]] = []
         self._raw: Any = None
         self._raw_cursor: Any = None
@@ -529,6 +534,8 @@ class SendPath:
                 params += (recheck.patient_id, self._time(recheck.planned_at), *recheck.exits)
             if recheck.case_id is not None:
                 params += (recheck.case_id,)
+            if recheck.offer is not None:
+                params += recheck.offer
         cursor.execute(sql, params)
         if cursor.rowcount != 1:
             return False
@@ -546,7 +553,7 @@ class SendPath:
         # (one statement per shape, each kept prepared by the driver; a step has an exit
         # event or two, bound one by one: cheaper than an array parameter on SQLite)
         shape = (recheck.appointment is not None, len(recheck.exits),
-                 recheck.case_id is not None)
+                 recheck.case_id is not None, recheck.offer is not None)
         sql = self._rechecked.get(shape)
         if sql is None:
             sql = self.sending_sql + self._NOT_OPTED_OUT.format(p=self._mark)
@@ -557,6 +564,8 @@ class SendPath:
                 sql += self._NO_EXIT.format(p=self._mark, kinds=kinds)
             if shape[2]:
                 sql += self._CASE_OPEN.format(p=self._mark)
+            if shape[3]:
+                sql += self._OFFER_STANDS.format(p=self._mark)
             self._rechecked[shape] = sql
         return sql
 
