@@ -440,6 +440,19 @@ def test_the_report_counts_freed_offered_filled_and_the_value_recovered(
         assert plain["waitlist"]["value_recovered"] is None
         text = "\n".join(waitlist_lines(section))
         assert "filled 1" in text and "29m" in text and "worth 120 USD" in text
+        # `touchpoint report` prints it, valued with practice.visit_price
+        from click.testing import CliRunner
+
+        from engine.cli import cli
+        printed = CliRunner().invoke(cli, [
+            "--config", str(clinic.config), "--db", clinic.settings.database_url,
+            "--schedules", str(clinic.settings.schedules_dir),
+            "--templates", str(clinic.settings.templates_dir),
+            "--now", (MONDAY + timedelta(hours=1)).isoformat(), "report",
+            "--since", "2026-11-01"], env={"TOUCHPOINT_VISIT_PRICE": "120"})
+        assert printed.exit_code == 0, printed.output
+        assert "Waitlist (freed slots)" in printed.output
+        assert "visits recovered: 1, worth 120 USD" in printed.output
     finally:
         clinic.close()
 

@@ -15,7 +15,7 @@ from rich.table import Table
 from engine import clock, plan_of_care
 from engine.cli.common import age, app_of, echo_json, since_day
 from engine.cli.root import cli
-from engine.report import build_report, sparkline
+from engine.report import build_report, sparkline, waitlist_lines
 from engine.timing import zone
 
 
@@ -26,7 +26,7 @@ from engine.timing import zone
 @click.pass_context
 def report_cmd(ctx: click.Context, since: str | None, as_json: bool) -> None:
     """How the practice's messages are doing: per journey and step, win-back conversion,
-    satisfaction, recovery cases and referrals."""
+    satisfaction, recovery cases, referrals, plans of care and the waitlist."""
     app = app_of(ctx)
     settings = app.settings()
     tz = zone(settings.practice.timezone or "UTC")
@@ -34,7 +34,7 @@ def report_cmd(ctx: click.Context, since: str | None, as_json: bool) -> None:
     start = now - timedelta(days=30) if since is None else since_day(since, tz)
     definitions = app.definitions()
     with app.db().transaction() as conn:
-        data = build_report(conn, definitions, start, now, tz)
+        data = build_report(conn, definitions, start, now, tz, settings=settings)
     if as_json:
         echo_json(data)
         return
@@ -91,3 +91,4 @@ def _print_report(data: dict[str, Any], start: datetime, tz: ZoneInfo) -> None:
                          str(row["discharged"]), str(row["messages"]))
         console.print(refs)
     console.print("\n".join(plan_of_care.report_lines(data["plan_of_care"])), highlight=False)
+    console.print("\n" + "\n".join(waitlist_lines(data["waitlist"])), highlight=False)
