@@ -50,6 +50,7 @@ from engine.samples import SAMPLE_NAMES, sample_context, sample_digest
 from engine.settings import Settings
 from engine.sms_segments import analyse
 from engine.timing import zone
+from engine.waitlist_offers import OFFERED
 
 # What the HELP reply must say about charges (CTIA), by language.
 RATES_WORDING = {"en": "Msg&data rates may apply", "es": "tarifas de mensajes y datos"}
@@ -71,7 +72,8 @@ def check_definitions(settings: Settings, now: datetime) -> Definitions:
     found.extend(_check_referrer_fields(definitions, settings))
     if not definitions.errors and not links:  # rendering needs files that compile
         found.extend(_check_renders(definitions, settings, now))
-        found.extend(_check_system_templates(templates, settings, now))
+        offers = any(j.trigger.event == OFFERED for j in definitions.journeys.values())
+        found.extend(_check_system_templates(templates, settings, now, offers))
     # (a template read for the patient and for a guardian may say the same thing twice)
     return Definitions(definitions.journeys, templates, tuple(dict.fromkeys(found)))
 
@@ -234,13 +236,14 @@ def _check_renders(definitions: Definitions, settings: Settings, now: datetime,
 
 
 def _check_system_templates(templates: TemplateSet, settings: Settings, now: datetime,
-                            ) -> Iterator[Diagnostic]:
+                            offers: bool) -> Iterator[Diagnostic]:
     """Replies to patients' texts and staff alerts: present, renderable (the patient and
-    the appointment may be unknown), within one segment, and HELP says what it must."""
+    the appointment may be unknown), within one segment, and HELP says what it must.
+    ``offers``: a journey sends waitlist offers, so a yes needs its answers."""
     tz = zone(settings.require("practice.timezone"))
     wanted = [("replies", name, "sms") for name in REPLY_TEMPLATES]
-    # answers to a yes to a waitlist offer (docs/waitlist.md)
-    wanted += [("waitlist", name, "sms") for name in ("claimed", "booked", "taken")]
+    if offers:  # answers to a yes to a waitlist offer (docs/waitlist.md)
+        wanted += [("waitlist", name, "sms") for name in ("claimed", "booked", "taken")]
     if settings.practice.staff_email:
         wanted += [("staff", name, "email") for name in STAFF_TEMPLATES]
     if settings.recovery.owner_email or settings.practice.staff_email:

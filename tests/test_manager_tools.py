@@ -180,6 +180,23 @@ def test_a_small_clean_library_validates_clean(tmp_path: Path) -> None:
     assert (code, found) == (0, [])
 
 
+def test_a_library_that_offers_waitlist_slots_needs_the_answers_to_a_yes(
+        tmp_path: Path) -> None:
+    """The small library above sends no offers, so it needs no waitlist answers; with
+    the shipped waitlist journey but only its offer template, each missing answer is
+    named."""
+    waitlist = (LIBRARY_TEMPLATES.parent / "schedules" / "waitlist.yaml").read_text()
+    code, found, folder = validate(tmp_path, {"reminders.yaml": REMINDERS,
+                                              "waitlist.yaml": waitlist}, {
+        "reminders/two-hours-before.sms.j2": GOOD_SMS,
+        "reminders/two-hours-before.es.sms.j2": GOOD_ES_SMS,
+        "waitlist/offer.sms.j2": (LIBRARY_TEMPLATES / "waitlist/offer.sms.j2").read_text()})
+    assert code == 1
+    assert [(d["file"], d["code"]) for d in found] == [
+        (str(folder / f"waitlist/{name}.sms.j2"), "missing-template")
+        for name in ("claimed", "booked", "taken")]
+
+
 def test_a_practice_link_that_is_not_configured_is_an_error_saying_where_to_set_it(
         tmp_path: Path) -> None:
     hi = ("{% block subject %}Welcome{% endblock %}\n"
