@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import Connection, and_, func, or_, select, update
 
 from engine.domain import Event
 from engine.outcomes import Reason, Status
@@ -99,6 +99,14 @@ def offer_waves(conn: Connection, settings: Settings, now: datetime) -> WaveRepo
     """Expire stale offers, expire slots that started, and send the next wave of every
     open slot whose ``next_wave_at`` has come."""
     report = WaveReport()
+    # one query on an idle tick: is any offer to expire, or any slot's wave, due?
+    soonest = conn.execute(select(
+        select(func.min(slot_offers.c.expires_at))
+        .where(slot_offers.c.status == "offered").scalar_subquery(),
+        select(func.min(slots.c.next_wave_at))
+        .where(slots.c.status == "open").scalar_subquery())).one()
+    if not any(at is not None and as_utc(at) <= now for at in soonest):
+        return report
     report.expired_offers = conn.execute(
         update(slot_offers).where(slot_offers.c.status == "offered",
                                   slot_offers.c.expires_at <= now)
