@@ -3,20 +3,16 @@ day, sign out — at a desk's 1280 px and on a phone. Screenshots: screenshots/*
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from engine import clock, staff
-from engine.webhooks.app import Services, create_app
-from tests.browser import CHROMIUM, screenshot_path, serving
+from tests.browser import console_clinic, screenshot_path, serving_console
 from tests.support import (
-    LIBRARY_SCHEDULES,
-    LIBRARY_TEMPLATES,
     Clinic,
     appointment,
     contact,
@@ -28,24 +24,10 @@ PASSWORD = "a long and private passphrase"
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield launched
-        launched.close()
-
-
 @pytest.fixture
 def site(database_url: str, tmp_path: Path) -> Iterator[str]:
-    clock.set_now(NOW)
-    shutil.copytree(LIBRARY_SCHEDULES, tmp_path / "schedules")
-    shutil.copytree(LIBRARY_TEMPLATES, tmp_path / "message_templates")
-    clinic = Clinic(database_url, tmp_path, schedules=tmp_path / "schedules",
-                    templates=tmp_path / "message_templates")
-    with clinic.db.transaction() as conn:
-        staff.add_user(conn, "desk@clinic.example.com", "front-desk", PASSWORD, NOW)
-        staff.add_user(conn, "manager@clinic.example.com", "manager", PASSWORD, NOW)
+    clinic = console_clinic(database_url, tmp_path, NOW, PASSWORD, {
+        "desk@clinic.example.com": "front-desk", "manager@clinic.example.com": "manager"})
     clinic.patients(patient("P1004", first_name="Lucia", last_name="Rivera",
                             phone="(312) 555-0142", date_of_birth="2012-03-04"),
                     patient("P2001", first_name="Tom", last_name="Rivers",
@@ -54,9 +36,7 @@ def site(database_url: str, tmp_path: Path) -> Iterator[str]:
     clinic.appointments(appointment("A1", "P1004",
                                     start=(NOW + timedelta(days=3)).isoformat()))
     clinic.tick()
-    app = create_app(Services(clinic.settings, clinic.db, clinic.definitions,
-                              {"sms": clinic.sms, "email": clinic.email}))
-    with serving(app) as url:
+    with serving_console(clinic) as url:
         yield url
     clinic.close()
 
@@ -262,9 +242,7 @@ def test_the_dashboard_on_a_week_of_the_demo(browser: Browser, database_url: str
     with clinic.db.transaction() as conn:
         staff.add_user(conn, "desk@clinic.example.com", "front-desk", PASSWORD, NOW)
     run_demo(clinic.db, clinic.settings, clinic.definitions, days=14)
-    app = create_app(Services(clinic.settings, clinic.db, clinic.definitions,
-                              {"sms": clinic.sms, "email": clinic.email}))
-    with serving(app) as url:
+    with serving_console(clinic) as url:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         sign_in(page, url)
         page.goto(f"{url}/dashboard?since={START:%Y-%m-%d}")

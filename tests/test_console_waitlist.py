@@ -8,21 +8,19 @@ The clock is Monday 2026-12-07 09:00 CST (America/Chicago).
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 from sqlalchemy import select
 
-from engine import clock, staff, waitlist
+from engine import waitlist
 from engine.store.schema import patients, slots, waitlist_entries
-from engine.webhooks.app import Services, create_app
-from tests.browser import CHROMIUM, screenshot_path, serving
+from tests.browser import console_clinic, screenshot_path, serving_console
 from tests.console_support import HTML, NOW, PASSWORD, Console
-from tests.support import LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, Clinic, patient
+from tests.support import Clinic, patient
 
 
 def seed(clinic: Clinic) -> tuple[int, int]:
@@ -159,28 +157,12 @@ def test_the_slot_form_opens_a_slot_in_practice_time_and_refuses_the_past(
 # --------------------------------------------------------------------------- browser
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield launched
-        launched.close()
-
-
 @pytest.fixture
 def site(database_url: str, tmp_path: Path) -> Iterator[str]:
-    clock.set_now(NOW)
-    shutil.copytree(LIBRARY_SCHEDULES, tmp_path / "schedules")
-    shutil.copytree(LIBRARY_TEMPLATES, tmp_path / "message_templates")
-    clinic = Clinic(database_url, tmp_path, schedules=tmp_path / "schedules",
-                    templates=tmp_path / "message_templates")
-    with clinic.db.transaction() as conn:
-        staff.add_user(conn, "desk@clinic.example.com", "front-desk", PASSWORD, NOW)
-        staff.add_user(conn, "viewer@clinic.example.com", "viewer", PASSWORD, NOW)
+    clinic = console_clinic(database_url, tmp_path, NOW, PASSWORD, {
+        "desk@clinic.example.com": "front-desk", "viewer@clinic.example.com": "viewer"})
     seed(clinic)
-    app = create_app(Services(clinic.settings, clinic.db, clinic.definitions,
-                              {"sms": clinic.sms, "email": clinic.email}))
-    with serving(app) as url:
+    with serving_console(clinic) as url:
         yield url
     clinic.close()
 
