@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -115,6 +116,19 @@ def write_csv(path: Path, rows: Iterable[Mapping[str, str]], columns: Iterable[s
     return path
 
 
+def definitions_of(schedules: Path, templates: Path, language: str) -> Definitions:
+    """The checked definitions of these folders; the shipped library's are loaded once per
+    test process (no test writes to it; a test that edits files edits its own copy)."""
+    if (schedules, templates) == (LIBRARY_SCHEDULES, LIBRARY_TEMPLATES):
+        return _shipped_definitions(language)
+    return load_definitions(schedules, templates, language).raise_for_errors()
+
+
+@functools.cache
+def _shipped_definitions(language: str) -> Definitions:
+    return load_definitions(LIBRARY_SCHEDULES, LIBRARY_TEMPLATES, language).raise_for_errors()
+
+
 class Clinic:
     def __init__(self, database_url: str, folder: Path, *, config_extra: str = "",
                  schedules: Path = LIBRARY_SCHEDULES, templates: Path = LIBRARY_TEMPLATES,
@@ -125,8 +139,8 @@ class Clinic:
             "database.url": database_url, "paths.schedules": str(schedules),
             "paths.templates": str(templates)})
         self.db: Database = open_database(database_url)
-        self.definitions: Definitions = load_definitions(
-            schedules, templates, self.settings.practice.language).raise_for_errors()
+        self.definitions: Definitions = definitions_of(
+            schedules, templates, self.settings.practice.language)
         self.sms = FakeChannel("sms")
         self.email = FakeChannel("email")
         self.runner = Runner(self.db, self.settings, self.definitions,
