@@ -14,6 +14,7 @@ score, a complaint …).
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -102,6 +103,13 @@ class SimulationResult:
         return sum(r.dispatch.sent for r in self.reports)
 
 
+def _reply_id(row: FeedRow) -> str:
+    """The reply's message id: the same row replayed is one message (recorded once),
+    and a row of another feed on the same line is another (ids are not line numbers)."""
+    what = "\x1f".join((row.at.isoformat(), row.row["from"], row.row["body"]))
+    return f"feed-{hashlib.sha256(what.encode()).hexdigest()[:24]}"
+
+
 def apply_replies(runner: Runner, rows: list[FeedRow]) -> int:
     """Record each text reply as the SMS webhook would, then send what it calls for."""
     settings = runner.settings
@@ -117,7 +125,7 @@ def apply_replies(runner: Runner, rows: list[FeedRow]) -> int:
             raise ImportFileError(f"feed_replies.csv:{row.line}: 'from' is empty")
         with runner.db.transaction() as conn:
             result = record_inbound(conn, settings, provider="simulated",
-                                    message_id=f"feed-{row.line}", from_number=number,
+                                    message_id=_reply_id(row), from_number=number,
                                     to_number=settings.practice.phone or "",
                                     body=row.row["body"], now=clock.now(),
                                     asks_score=runner.definitions.score_steps)

@@ -470,6 +470,30 @@ def test_simulate_replays_patients_text_replies_as_the_webhook_would(
     assert confirmed is not None
 
 
+def test_the_replies_of_a_second_feed_are_recorded_and_the_same_feed_again_is_not(
+        sqlite_url: str, tmp_path: Path) -> None:
+    """Reply ids are not line numbers: line 2 of another feed is another message."""
+    options = practice(tmp_path, sqlite_url)
+    assert invoke(*options, "--now", "2026-11-02T08:00-06:00", "import", "patients",
+                  str(write_csv(tmp_path / "p.csv", [patient("P1")], list(patient())))
+                  ).exit_code == 0
+    bodies = []
+    for body, at in (("Hello?", "2026-11-02T15:30:00Z"), ("Anyone there?",
+                                                        "2026-11-02T16:30:00Z"),
+                     ("Anyone there?", "2026-11-02T16:30:00Z")):  # the last feed again
+        feed = tmp_path / f"feed-{len(bodies)}"
+        feed.mkdir()
+        write_csv(feed / "feed_replies.csv", [{"at": at, "from": "(312) 555-0100",
+                                               "body": body}], ["at", "from", "body"])
+        result = invoke(*options, "--now", "2026-11-02T09:00-06:00", "simulate",
+                        "--until", "2026-11-02T11:00-06:00", "--feed", str(feed))
+        assert result.exit_code == 0, result.output
+        with open_database(sqlite_url).transaction() as conn:
+            bodies = list(conn.execute(text(
+                "SELECT body FROM inbound_messages ORDER BY id")).scalars())
+    assert bodies == ["Hello?", "Anyone there?"]
+
+
 def test_a_feed_reply_from_a_number_that_is_not_one_names_its_line(
         sqlite_url: str, tmp_path: Path) -> None:
     options = practice(tmp_path, sqlite_url)
