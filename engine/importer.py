@@ -928,9 +928,10 @@ def sync_contacts(conn: Connection, rows: Rows, source: str, *, region: str, now
 def _parse_rows(rows: Rows, id_column: str, table: Table,
                 parse: Callable[[Mapping[str, str]], dict[str, Any]], summary: ImportSummary,
                 progress: Progress | None, mentioned: set[str] | None = None,
-                ) -> dict[str, tuple[int, dict[str, Any]]]:
+                again: str = "") -> dict[str, tuple[int, dict[str, Any]]]:
     """``{external id: (line, values)}`` of the good ``rows``; each bad row (and a
-    repeated id) is a problem with its line number. ``mentioned`` gets every row's id."""
+    repeated id, its problem ending in ``again``) is a problem with its line number.
+    ``mentioned`` gets every row's id."""
     parsed: dict[str, tuple[int, dict[str, Any]]] = {}
     for line, row in rows:
         summary.rows += 1
@@ -952,7 +953,8 @@ def _parse_rows(rows: Rows, id_column: str, table: Table,
             continue
         if external_id in parsed:
             summary.problems.append(RowProblem(
-                line, f"{id_column} appears again (first on line {parsed[external_id][0]})"))
+                line, f"{id_column} appears again (first on line {parsed[external_id][0]})"
+                f"{again}"))
             continue
         parsed[external_id] = (line, values)
     return parsed
@@ -1030,39 +1032,21 @@ def sync_waitlist(conn: Connection, rows: Rows, source: str, *, now: datetime,
                   progress: Progress | None = None, full: bool = False) -> ImportSummary:
     """Sync waitlist rows (line number, row) that came from ``source``."""
     summary = ImportSummary(source, "waitlist")
-    parsed: dict[str, tuple[int, waitlist.Preferences]] = {}
     mentioned: set[str] = set()
-    for line, row in rows:
-        summary.rows += 1
-        if progress:
-            progress(1)
-        cell = row.get("patient_id") or ""
-        mentioned.update((cell, cell.strip()))
-        try:
-            if "__error__" in row:
-                raise _RowError(row["__error__"])
-            _check_cells(row)
-            if not cell:
-                raise _RowError("patient_id is empty")
-            try:
-                preferences = waitlist.parse_preferences(
-                    {name: row[name] for name in waitlist.FIELDS if name in row})
-            except waitlist.PreferenceError as exc:
-                raise _RowError("; ".join(f"{name} {detail}"
-                                          for name, detail in exc.errors.items())) from None
-        except _RowError as exc:
-            summary.problems.append(RowProblem(line, str(exc)))
-            continue
-        if cell in parsed:
-            summary.problems.append(RowProblem(
-                line, f"patient_id appears again (first on line {parsed[cell][0]}) — keep one "
-                "row per patient; this row was ignored"))
-            continue
-        parsed[cell] = (line, preferences)
 
+    def parse(row: Mapping[str, str]) -> dict[str, Any]:
+        try:
+            return {"preferences": waitlist.parse_preferences(
+                {name: row[name] for name in waitlist.FIELDS if name in row})}
+        except waitlist.PreferenceError as exc:
+            raise _RowError("; ".join(f"{name} {detail}"
+                                      for name, detail in exc.errors.items())) from None
+
+    parsed = _parse_rows(rows, "patient_id", waitlist_entries, parse, summary, progress,
+                         mentioned, again=" — keep one row per patient; this row was ignored")
     _refuse_empty_full_sync(full, parsed, summary)
     known = _existing(conn, patients, list(parsed))
-    for external_id, (line, preferences) in parsed.items():
+    for external_id, (line, values) in parsed.items():
         current = known.get(external_id)
         if current is None:
             summary.problems.append(RowProblem(
@@ -1077,7 +1061,7 @@ def sync_waitlist(conn: Connection, rows: Rows, source: str, *, now: datetime,
                 line, "patient_id is a patient removed from the records — import them again "
                 "first"))
             continue
-        outcome = put_waitlist_entry(conn, current["id"], preferences,
+        outcome = put_waitlist_entry(conn, current["id"], values["preferences"],
                                      source=f"{source}:{line}", now=now)
         setattr(summary, outcome, getattr(summary, outcome) + 1)
     if full:

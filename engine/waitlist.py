@@ -35,7 +35,7 @@ FIELDS = ("days", "time_from", "time_until", "therapist", "location", "visit_typ
 ENTRY_STATUSES = ("waiting", "claimed", "withdrawn")
 SLOT_STATUSES = ("open", "claimed", "booked", "expired", "closed")
 SLOT_SOURCES = ("cancellation", "api", "console")
-_TEXT_LIMITS = {"therapist": 100, "location": 200, "visit_type": 100}
+TEXT_LIMITS = {"therapist": 100, "location": 200, "visit_type": 100}
 _DAY_NAMES = {name: index for index, name in enumerate(DAYS)} | {
     full: index for index, full in enumerate(
         ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"))}
@@ -120,7 +120,7 @@ def parse_preferences(raw: Mapping[str, Any]) -> Preferences:
     earliest = _checked(errors, "earliest", _day, raw.get("earliest"))
     latest = _checked(errors, "latest", _day, raw.get("latest"))
     texts: dict[str, str] = {}
-    for name, most in _TEXT_LIMITS.items():
+    for name, most in TEXT_LIMITS.items():
         value = raw.get(name)
         if value is None:
             texts[name] = ""
@@ -268,8 +268,10 @@ def open_slot(conn: Connection, slot: NewSlot, *, source: str, now: datetime) ->
     return int(conn.execute(slots.insert().values(
         external_id=slot.external_id, appointment_id=slot.appointment_id,
         freed_by_patient_id=slot.freed_by_patient_id, start_at=slot.start_at,
-        duration_minutes=slot.duration_minutes, visit_type=slot.visit_type[:100],
-        therapist=slot.therapist[:100], location=slot.location[:200], source=source,
+        duration_minutes=slot.duration_minutes,
+        visit_type=slot.visit_type[:TEXT_LIMITS["visit_type"]],
+        therapist=slot.therapist[:TEXT_LIMITS["therapist"]],
+        location=slot.location[:TEXT_LIMITS["location"]], source=source,
         status="open", waves=0, next_wave_at=now, opened_at=now, updated_at=now,
     ).returning(slots.c.id)).scalar_one())
 

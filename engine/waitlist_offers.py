@@ -37,6 +37,7 @@ from sqlalchemy import Connection, and_, func, or_, select, update
 from engine.domain import Event
 from engine.outcomes import Reason, Status
 from engine.settings import Settings
+from engine.store import ledger
 from engine.store.records import append_events, as_utc
 from engine.store.schema import (
     appointments,
@@ -48,7 +49,14 @@ from engine.store.schema import (
     waitlist_entries,
 )
 from engine.timing import QuietHours, at_local, zone
-from engine.waitlist import NewSlot, Preferences, close_slot, ends_offers, open_slot
+from engine.waitlist import (
+    NewSlot,
+    Preferences,
+    close_slot,
+    confirm_slot,
+    ends_offers,
+    open_slot,
+)
 
 log = logging.getLogger("touchpoint.waitlist")
 
@@ -264,14 +272,12 @@ def claim(conn: Connection, settings: Settings, offer: Any, now: datetime) -> Cl
     cancel_unsent_offers(conn, offer.slot_id, now)
     booked = False
     if settings.waitlist.auto_confirm:
-        from engine.waitlist import confirm_slot
         booked = confirm_slot(conn, offer.slot_id, now=now) == "changed"
     return Claim("won", offer.slot_id, offer.id, booked)
 
 
 def cancel_unsent_offers(conn: Connection, slot_id: int, now: datetime) -> int:
     """Cancel the offer texts of ``slot_id`` not sent yet (``slot_closed``)."""
-    from engine.store import ledger
     ids = list(conn.execute(select(touch_points.c.id).where(
         touch_points.c.status == Status.PLANNED, touch_points.c.journey == JOURNEY,
         touch_points.c.anchor == slot_anchor(slot_id))).scalars())

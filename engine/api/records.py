@@ -328,7 +328,7 @@ def put(request: Request, kind: Kind, external_id: str, body: RecordIn, caller: 
         except IntegrityError:
             applied = _apply(services, kind, row, body, caller, target)
     except Problem as problem:
-        _audit_refusal(services, caller, f"api.{kind.name}.put", target, problem)
+        audit_refusal(services, caller, f"api.{kind.name}.put", target, problem)
         raise
     if applied.result != "unchanged":
         wake.notify(services.db)
@@ -431,7 +431,7 @@ def delete(request: Request, kind: Kind, external_id: str, updated_at: datetime 
                          detail={"result": result, "touch_points_cancelled": cancelled})
             keys.mark_used(conn, caller.key_id, now)
     except Problem as problem:
-        _audit_refusal(services, caller, action, target, problem)
+        audit_refusal(services, caller, action, target, problem)
         raise
     if result == "removed":
         wake.notify(services.db)
@@ -441,7 +441,7 @@ def delete(request: Request, kind: Kind, external_id: str, updated_at: datetime 
                        stored_at is None or updated_at > stored_at) else stored_at)
 
 
-def _audit_refusal(services: Any, caller: Caller, action: str, target: str,
+def audit_refusal(services: Any, caller: Caller, action: str, target: str,
                    problem: Problem) -> None:
     """A refused request changed nothing, but the key's use is still on record."""
     detail: dict[str, Any] = {"status": problem.status, "refused": problem.kind}

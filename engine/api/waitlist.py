@@ -40,7 +40,7 @@ from engine import audit, clock, importer, waitlist, wake
 from engine.api import keys
 from engine.api.auth import Caller, requires
 from engine.api.problems import Problem, invalid
-from engine.api.records import _audit_refusal
+from engine.api.records import audit_refusal
 from engine.store.schema import patients, slots, waitlist_entries
 from engine.timing import zone
 
@@ -78,9 +78,9 @@ class SlotIn(BaseModel):
     start_at: AwareDatetime = Field(description="ISO 8601 with its offset, e.g. "
                                     "2026-11-03T09:00:00-06:00; must be ahead.")
     duration_minutes: int = Field(ge=1, le=waitlist.LONGEST_VISIT)
-    therapist: str = Field("", max_length=100)
-    location: str = Field("", max_length=200)
-    visit_type: str = Field("", max_length=100)
+    therapist: str = Field("", max_length=waitlist.TEXT_LIMITS["therapist"])
+    location: str = Field("", max_length=waitlist.TEXT_LIMITS["location"])
+    visit_type: str = Field("", max_length=waitlist.TEXT_LIMITS["visit_type"])
     external_id: str | None = Field(None, min_length=1, max_length=64, description=(
         "The EMR's id of the slot: opening it again is idempotent."))
 
@@ -170,7 +170,7 @@ def put_entry(request: Request, response: Response, body: EntryIn, patient_id: P
             shown = {**entry_as_json(_entry(conn, person.id), patient_id), "result": result}
             _done(conn, caller, action, target, now, result=result)
     except Problem as problem:
-        _audit_refusal(services, caller, action, target, problem)
+        audit_refusal(services, caller, action, target, problem)
         raise
     if result != "unchanged":
         wake.notify(services.db)
@@ -194,7 +194,7 @@ def get_entry(request: Request, patient_id: PatientId,
             _done(conn, caller, action, target, clock.now(), status=current.status)
             return entry_as_json(current, patient_id)
     except Problem as problem:
-        _audit_refusal(services, caller, action, target, problem)
+        audit_refusal(services, caller, action, target, problem)
         raise
 
 
@@ -217,7 +217,7 @@ def delete_entry(request: Request, patient_id: PatientId,
             shown = {**entry_as_json(_entry(conn, person.id), patient_id), "result": result}
             _done(conn, caller, action, target, now, result=result)
     except Problem as problem:
-        _audit_refusal(services, caller, action, target, problem)
+        audit_refusal(services, caller, action, target, problem)
         raise
     return shown
 
@@ -253,7 +253,7 @@ def open_slot(request: Request, response: Response, body: SlotIn,
         except IntegrityError:  # the same external_id opened at the same time
             shown, created = _open(services, body, caller, tz, target, action)
     except Problem as problem:
-        _audit_refusal(services, caller, action, target, problem)
+        audit_refusal(services, caller, action, target, problem)
         raise
     if created:
         response.headers["Location"] = f"/api/v1/slots/{shown['id']}"
@@ -306,7 +306,7 @@ def get_slot(request: Request, slot_id: int, caller: Caller = WRITE) -> dict[str
             _done(conn, caller, action, target, clock.now(), status=shown["status"])
             return shown
     except Problem as problem:
-        _audit_refusal(services, caller, action, target, problem)
+        audit_refusal(services, caller, action, target, problem)
         raise
 
 
@@ -331,7 +331,7 @@ def _transition(request: Request, slot_id: int, caller: Caller,
             shown = {**slot_view(conn, _slot(conn, slot_id), tz), "result": change}
             _done(conn, caller, action, target, now, result=change)
     except Problem as problem:
-        _audit_refusal(services, caller, action, target, problem)
+        audit_refusal(services, caller, action, target, problem)
         raise
     if change == "changed":
         wake.notify(services.db)

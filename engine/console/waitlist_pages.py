@@ -129,9 +129,8 @@ def add_routes(app: FastAPI, console: Console, guard: Guard) -> None:
         if not minutes.isdigit() or not 1 <= int(minutes) <= waitlist.LONGEST_VISIT:
             errors["duration_minutes"] = ("duration_minutes must be a whole number of "
                                           f"minutes from 1 to {waitlist.LONGEST_VISIT}")
-        texts = {name: form.get(name, "").strip() for name in
-                 ("therapist", "location", "visit_type")}
-        for name, most in (("therapist", 100), ("location", 200), ("visit_type", 100)):
+        texts = {name: form.get(name, "").strip() for name in waitlist.TEXT_LIMITS}
+        for name, most in waitlist.TEXT_LIMITS.items():
             if len(texts[name]) > most:
                 errors[name] = f"{name} is longer than {most} characters"
         if errors or start is None:
