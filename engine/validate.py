@@ -67,7 +67,7 @@ def check_definitions(settings: Settings, now: datetime) -> Definitions:
     templates = definitions.templates
     links = list(_check_links(templates, settings))
     found.extend(links)
-    found.extend(_check_variants(templates))
+    found.extend(_check_variants(templates, {d.file for d in definitions.errors}))
     found.extend(_check_marketing_email(definitions))
     found.extend(_check_referrer_fields(definitions, settings))
     if not definitions.errors and not links:  # rendering needs files that compile
@@ -140,10 +140,11 @@ def _check_referrer_fields(definitions: Definitions, settings: Settings,
                                      f"[\"{field}\"]", code="minimum-necessary")
 
 
-def _check_variants(templates: TemplateSet) -> Iterator[Diagnostic]:
+def _check_variants(templates: TemplateSet, broken: set[str]) -> Iterator[Diagnostic]:
     """A language variant (``x.es.sms.j2``) says what its default file says: the same
     ``{{ }}`` fields, and the time and date of the appointment wherever the default shows
-    them (``| time``, ``| date`` …)."""
+    them (``| time``, ``| date`` …). A pair with a ``broken`` file (one with an error of
+    its own) is compared once that error is fixed: its fields cannot be read yet."""
     for name, channel, language, file in templates.files():
         if language is None or not templates.has(name, channel):
             continue
@@ -151,6 +152,8 @@ def _check_variants(templates: TemplateSet) -> Iterator[Diagnostic]:
         assert default_file is not None
         default = default_file[0]
         where = str(templates.path(file))
+        if where in broken or str(templates.path(default)) in broken:
+            continue
         theirs, ours = templates.references(default), templates.references(file)
         # (`appointment` alone is a guard, not data)
         for variable in sorted(v for v in theirs.keys() - ours.keys() if "." in v):

@@ -180,6 +180,18 @@ def test_a_small_clean_library_validates_clean(tmp_path: Path) -> None:
     assert (code, found) == (0, [])
 
 
+def test_a_broken_default_is_one_error_not_a_list_of_variant_warnings(
+        tmp_path: Path) -> None:
+    """Its fields cannot be read until it compiles, so its variants are compared then."""
+    code, found, folder = validate(tmp_path, {"reminders.yaml": REMINDERS}, {
+        "reminders/two-hours-before.sms.j2": GOOD_SMS + "{{ patient.first_name | nosuch }}\n",
+        "reminders/two-hours-before.es.sms.j2": GOOD_ES_SMS})
+    assert code == 1
+    assert [(d["file"], d["severity"]) for d in found] == [
+        (str(folder / "reminders/two-hours-before.sms.j2"), "error")]
+    assert "unknown filter 'nosuch'" in found[0]["message"]
+
+
 def test_a_library_that_offers_waitlist_slots_needs_the_answers_to_a_yes(
         tmp_path: Path) -> None:
     """The small library above sends no offers, so it needs no waitlist answers; with
